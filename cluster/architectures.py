@@ -65,7 +65,8 @@ class Architecture:
 
 
 def _vae(scale: Scale, latent_channels: int, **real: Any) -> dict[str, Any]:
-    blocks = (128, 256, 512, 512) if scale == "full" else (4, 4, 8, 8)
+    # Tiny: equal widths, because an encoder level without resnets cannot change width.
+    blocks = (128, 256, 512, 512) if scale == "full" else (4, 4, 4, 4)
     return {
         "in_channels": 3,
         "out_channels": 3,

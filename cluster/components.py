@@ -41,7 +41,11 @@ def on_cpu(seed: int) -> ModuleFactory:
 def on_meta(create: Callable[[], torch.nn.Module]) -> torch.nn.Module:
     """Create a module's parameters on the meta device (no storage); buffers stay real."""
     with init_empty_weights(include_buffers=False):
-        return create().eval()
+        module = create().eval()
+    # transformers ties shared embeddings (T5) at init, but not under init_empty_weights.
+    if hasattr(module, "tie_weights"):
+        module.tie_weights()
+    return module
 
 
 def materialize_(module: torch.nn.Module, device: torch.device, dtype: torch.dtype, seed: int) -> None:

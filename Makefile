@@ -1,0 +1,32 @@
+# The README's two commands. Both create (or reuse) .venv and install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "raydiant needs Python >= 3.11 (set PYTHON=python3.11)")'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/raydiant models build-tiny var/models/tiny
+	$(VENV)/bin/raydiant models list
+	$(VENV)/bin/raydiant generate "a lighthouse on a cliff at sunset, oil painting" \
+		--model flux-schnell --n 4 --seed 42 --out var/demo
+	$(VENV)/bin/raydiant generate "a red fox in the snow" \
+		--model stable-diffusion-xl --size 1024*1024 --steps 4 --seed 7 --out var/demo
+	@echo "images are in var/demo/"
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf var .pytest_cache

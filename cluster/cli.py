@@ -1,0 +1,146 @@
+"""The `raydiant` command.
+
+Every user error (unknown model, size not allowed, unreadable weights, bad config) ends with one
+line on stderr naming the problem and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cluster.config import ConfigError, RaydiantConfig, load_config
+from cluster.models import parse_size
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="raydiant: a distributed render cluster for text-to-image diffusion models.")
+models_app = typer.Typer(no_args_is_help=True, help="Inspect the model catalogue and build tiny models.")
+app.add_typer(models_app, name="models")
+
+# Piped output gets a wide console, so tables are not cut at 80 columns.
+console = Console() if sys.stdout.isatty() else Console(width=200)
+errors = Console(stderr=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Config YAML (default: configs/local.yaml).")
+
+
+def fail(message: str) -> NoReturn:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _config(path: Optional[Path]) -> RaydiantConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@models_app.command("list")
+def models_list(config: Optional[Path] = ConfigOption) -> None:
+    """Table of the configured models: family, weight source, defaults and limits."""
+    table = Table("model", "family", "source", "default size", "steps", "guidance", "n", "batch")
+    for name, spec in _config(config).specs().items():
+        table.add_row(name, spec.family.value, spec.source, spec.default_size,
+                      f"{spec.default_steps} ({spec.min_steps}..{spec.max_steps})",
+                      f"{spec.guidance_name} {spec.default_guidance:g} ({spec.min_guidance:g}..{spec.max_guidance:g})",
+                      f"1..{spec.max_n}", str(spec.max_batch_size))
+    console.print(table)
+
+
+@models_app.command("build-tiny")
+def models_build_tiny(directory: Path = typer.Argument(..., help="Output directory.")) -> None:
+    """Build tiny random-weight pipelines: DIR/flux, DIR/flux-kontext, DIR/sdxl, DIR/sd15."""
+    from cluster.tiny import build_all_tiny
+
+    _quiet_libraries()
+    for family, path in build_all_tiny(directory).items():
+        console.print(f"{family.value:13} {path}")
+
+
+@app.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    model: str = typer.Option("flux-schnell", "--model", "-m", help="Model name (see `raydiant models list`)."),
+    n: int = typer.Option(1, "--n", "-n", help="Images to render (seeded seed, seed+1, ...)."),
+    seed: Optional[int] = typer.Option(None, "--seed", "-s", help="Seed of the first image (default: random)."),
+    size: Optional[str] = typer.Option(None, "--size", help="W*H, e.g. 1024*1024 (default: the model's)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (default: the model's)."),
+    guidance: Optional[float] = typer.Option(None, "--guidance", "--scale", help="Guidance (default: the model's)."),
+    negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Input image (edit models)."),
+    metadata: bool = typer.Option(True, "--metadata/--no-metadata", help="Write sampling parameters into the PNG."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Output directory."),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda, cpu, ... (default: cuda if present)."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Render images in this process (no Ray): the quickest way to check a model's weights."""
+    from cluster.engine import Renderer
+    from cluster.request import RenderError, RenderRequest
+    from cluster.weights import ModelLoadError
+
+    cfg = _config(config)
+    if model not in cfg.models:
+        fail(f"unknown model '{model}'; configured: {', '.join(cfg.models)}")
+    width = height = None
+    if size is not None:
+        parsed = parse_size(size)
+        if parsed is None:
+            fail(f"--size must look like W*H (e.g. 1024*1024), got '{size}'")
+        width, height = parsed
+    init_image = None
+    if image is not None:
+        try:
+            init_image = image.read_bytes()
+        except OSError as exc:
+            fail(f"cannot read --image {image}: {exc.strerror}")
+    request = RenderRequest(model=model, prompt=prompt, negative_prompt=negative, width=width,
+                            height=height, steps=steps, guidance=guidance, seed=seed, n=n,
+                            add_sampling_metadata=metadata, init_image=init_image)
+    spec = cfg.spec(model)
+    if isinstance(problem := spec.resolve(request), RenderError):
+        fail(problem.message)
+
+    _quiet_libraries()
+    try:
+        with console.status(f"loading {model} from {spec.source}"):
+            renderer = Renderer(spec.model_copy(update={"warmup": False}), device=device)
+        with console.status(f"rendering {n} image(s)"):
+            results = renderer.render([request])
+    except ModelLoadError as exc:
+        fail(str(exc))
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for result in results:
+        if result.error:
+            failed += 1
+            errors.print(f"image {result.index}: {result.error.code}: {result.error.message}")
+            continue
+        path = out / f"{model}-{result.seed}.png"
+        path.write_bytes(result.image)  # type: ignore[arg-type]
+        console.print(f"{path}  seed={result.seed}  {result.width}x{result.height}  "
+                      f"{result.inference_s:.2f}s (batch {result.batch_size})")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and advice are noise in a CLI."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,224 @@
+"""`Renderer`: one loaded model that turns `RenderRequest`s into images.
+
+The same class is the body of a Ray Serve model replica and the callable of a Ray Data actor
+pool, so it imports neither. It validates requests against the model's limits, expands each
+into its `n` images (image i seeded seed + i, each with its own generator), renders images of
+one shape together in batches of at most `max_batch_size`, and returns one `RenderResult` per
+image in request order. A failing request or batch yields error results, never an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Hashable, Sequence
+
+import torch
+from PIL import Image
+
+from cluster.architectures import Family
+from cluster.batch_invariance import make_batch_invariant
+from cluster.batching import plan_batches
+from cluster.config import RaydiantConfig, load_config
+from cluster.imageio import decode, encode, sampling_metadata
+from cluster.models import ModelSpec, parse_size
+from cluster.request import RenderError, RenderRequest, RenderResult, ResolvedRequest
+from cluster.seeding import generator, image_seeds
+from cluster.weights import load_pipeline
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """CUDA when present, else CPU (or what the caller names)."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` means bf16 on CUDA and fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+@dataclass(frozen=True)
+class _Image:
+    """One image to render: image `index` of request `request_index`."""
+
+    request_index: int
+    index: int
+    seed: int
+    request: ResolvedRequest
+    init_image: Image.Image | None = None
+
+
+def _batch_key(image: _Image) -> Hashable:
+    """Images that can share one pipeline call: same shape and same sampling settings.
+
+    Whether a negative prompt is present is part of the key, because SD pipelines treat a
+    missing one (zeros) differently from any text, and one call takes one or the other.
+    """
+    r = image.request
+    init_size = image.init_image.size if image.init_image is not None else None
+    return (r.width, r.height, r.steps, r.guidance, r.negative_prompt is not None, init_size)
+
+
+class Renderer:
+    """One model, loaded on one device, rendering batches of requests."""
+
+    def __init__(self, spec: ModelSpec, device: str | None = None):
+        self.spec = spec
+        self.max_batch_size = spec.max_batch_size
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(spec.dtype, self.device)
+        started = time.perf_counter()
+        self.pipeline = load_pipeline(spec.name, spec.family, spec.source, self.dtype, self.device)
+        self._place_on_device()
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.load_s = time.perf_counter() - started
+        log.info("loaded %s from %s on %s (%s) in %.1fs", spec.name, spec.source, self.device,
+                 self.dtype, self.load_s)
+        if spec.warmup:
+            self.warm_up()
+
+    @classmethod
+    def from_config(cls, model: str, config: RaydiantConfig | None = None, device: str | None = None) -> "Renderer":
+        config = config or load_config()
+        return cls(config.spec(model), device=device)
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [c for c in self.pipeline.components.values() if isinstance(c, torch.nn.Module)]
+
+    def _place_on_device(self) -> None:
+        if self.spec.offload and self.device.type == "cuda":
+            self.pipeline.enable_model_cpu_offload(device=self.device)
+            return
+        if self.spec.offload:
+            log.info("%s: offload has no effect on %s; running fully on it", self.spec.name, self.device)
+        self.pipeline.to(self.device)
+        if self.device.type == "cpu":
+            make_batch_invariant(self._modules())
+
+    def warm_up(self) -> None:
+        """Render one full batch at the default size with the fewest steps, so that a model that
+        cannot run (OOM, broken weights) fails at load rather than under traffic."""
+        width, height = parse_size(self.spec.default_size)  # type: ignore[misc]
+        init = encode(Image.new("RGB", (width, height), "gray")) if self.spec.edit else None
+        request = RenderRequest(model=self.spec.name, prompt="warm-up", width=width, height=height,
+                                steps=self.spec.min_steps, seed=0, n=1, init_image=init,
+                                add_sampling_metadata=False)
+        started = time.perf_counter()
+        results = self.render([request] * self.max_batch_size)
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise RuntimeError(f"warm-up of {self.spec.name} failed: {failed[0].message}")
+        log.info("warmed up %s (batch %d) in %.1fs", self.spec.name, self.max_batch_size,
+                 time.perf_counter() - started)
+
+    def check_health(self) -> None:
+        """Raise if the device cannot compute: a small computation on it, synchronised."""
+        probe = torch.arange(8, device=self.device, dtype=torch.float32)
+        if float((probe * 2).sum().item()) != 56.0:
+            raise RuntimeError(f"health check failed: wrong arithmetic on {self.device}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # --- rendering ----------------------------------------------------------------------------
+
+    def render(self, requests: Sequence[RenderRequest]) -> list[RenderResult]:
+        """Render every image of every request; results in request order, then image order.
+
+        An invalid request yields one result (index 0) carrying its error.
+        """
+        results: list[RenderResult] = []
+        images: list[_Image] = []
+        for request_index, request in enumerate(requests):
+            prepared = self._prepare(request_index, request)
+            if isinstance(prepared, RenderResult):
+                results.append(prepared)
+            else:
+                images.extend(prepared)
+        for batch in plan_batches(images, _batch_key, self.max_batch_size):
+            results.extend(self._render_batch(batch))
+        return sorted(results, key=lambda r: (r.request_index, r.index))
+
+    def _prepare(self, request_index: int, request: RenderRequest) -> list[_Image] | RenderResult:
+        resolved = self.spec.resolve(request) if request.model == self.spec.name else RenderError(
+            "ModelNotFound", f"this renderer serves {self.spec.name}, not {request.model}")
+        if isinstance(resolved, RenderError):
+            return RenderResult(request_id=request.request_id, request_index=request_index, index=0,
+                                seed=request.seed or 0, width=request.width or 0,
+                                height=request.height or 0, error=resolved)
+        init_image = None
+        if resolved.init_image is not None:
+            try:
+                init_image = decode(resolved.init_image).convert("RGB")
+            except Exception:  # noqa: BLE001 - any undecodable upload is the caller's error
+                return RenderResult(request_id=request.request_id, request_index=request_index,
+                                    index=0, seed=resolved.seed, width=resolved.width,
+                                    height=resolved.height,
+                                    error=RenderError.invalid("input image cannot be decoded"))
+        return [
+            _Image(request_index, i, seed, resolved, init_image)
+            for i, seed in enumerate(image_seeds(resolved.seed, resolved.n))
+        ]
+
+    def _pipeline_kwargs(self, batch: list[_Image]) -> dict[str, Any]:
+        first = batch[0].request
+        kwargs: dict[str, Any] = {
+            "prompt": [image.request.prompt for image in batch],
+            "width": first.width,
+            "height": first.height,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance,
+            # CPU generators: the starting noise of a seed is the same on every device.
+            "generator": [generator(image.seed, "cpu") for image in batch],
+            "output_type": "pil",
+        }
+        if first.negative_prompt is not None:
+            kwargs["negative_prompt"] = [image.request.negative_prompt for image in batch]
+        if self.spec.family == Family.FLUX_KONTEXT:
+            kwargs["image"] = [image.init_image for image in batch]
+            kwargs["max_area"] = first.width * first.height  # keep the requested size
+        return kwargs
+
+    def _render_batch(self, batch: list[_Image]) -> list[RenderResult]:
+        started = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                pictures = self.pipeline(**self._pipeline_kwargs(batch)).images
+        except torch.OutOfMemoryError:
+            if len(batch) > 1:  # retry in halves: a smaller batch may fit
+                half = len(batch) // 2
+                log.warning("%s: out of memory at batch %d, retrying in halves", self.spec.name, len(batch))
+                return self._render_batch(batch[:half]) + self._render_batch(batch[half:])
+            return self._failed(batch, RenderError("InternalError.OutOfMemory",
+                                                   "the device ran out of memory rendering this image"))
+        except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the caller
+            log.exception("%s: batch of %d failed", self.spec.name, len(batch))
+            return self._failed(batch, RenderError("InternalError", f"rendering failed: {exc}"))
+        elapsed = time.perf_counter() - started
+        return [
+            RenderResult(
+                request_id=image.request.request_id, request_index=image.request_index,
+                index=image.index, seed=image.seed, width=picture.width, height=picture.height,
+                image=encode(picture, "png", sampling_metadata(image.request, image.seed)
+                             if image.request.add_sampling_metadata else None),
+                inference_s=elapsed, batch_size=len(batch),
+            )
+            for image, picture in zip(batch, pictures)
+        ]
+
+    @staticmethod
+    def _failed(batch: list[_Image], error: RenderError) -> list[RenderResult]:
+        return [
+            RenderResult(request_id=image.request.request_id, request_index=image.request_index,
+                         index=image.index, seed=image.seed, width=image.request.width,
+                         height=image.request.height, error=error)
+            for image in batch
+        ]

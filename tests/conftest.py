@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny models built once per machine into a cache under var/, renderers
+loaded once per session."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# Tiny models are deterministic, so one build per machine serves every run.
+os.environ.setdefault("RAYDIANT_CACHE", str(REPO / "var" / "test-cache"))
+
+from cluster.config import load_config  # noqa: E402  (after RAYDIANT_CACHE is set)
+from cluster.engine import Renderer  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    """GPU tests skip without CUDA, whatever the -m selection."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def local_config():
+    return load_config()
+
+
+def _renderer(local_config, name: str) -> Renderer:
+    return Renderer(local_config.spec(name).model_copy(update={"warmup": False}), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def flux_renderer(local_config) -> Renderer:
+    return _renderer(local_config, "flux-schnell")
+
+
+@pytest.fixture(scope="session")
+def sdxl_renderer(local_config) -> Renderer:
+    return _renderer(local_config, "stable-diffusion-xl")
+
+
+@pytest.fixture(scope="session")
+def kontext_renderer(local_config) -> Renderer:
+    return _renderer(local_config, "flux-kontext")
+
+
+def pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir() -> Path:
+    """The tiny SD 1.5 pipeline directory (built on first use)."""
+    from cluster.architectures import Family
+    from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
+
+    return build_tiny(Family.SD15, tiny_cache_dir() / TINY_DIRS[Family.SD15])
