@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
+demo: export RAYDIANT_CACHE ?= $(CURDIR)/var/cache
 demo: $(STAMP)
 	$(VENV)/bin/raydiant models build-tiny var/models/tiny
 	$(VENV)/bin/raydiant models list
