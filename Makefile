@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean services
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "raydiant needs Python >= 3.11 (set PYTHON=python3.11)")'
@@ -23,7 +23,12 @@ demo: $(STAMP)
 		--model stable-diffusion-xl --size 1024*1024 --steps 4 --seed 7 --out var/demo
 	@echo "images are in var/demo/"
 
-test: $(STAMP)
+# Servers the tests start themselves (on free loopback ports); installed here when missing.
+services:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
+		|| echo "warning: could not install redis-server; its tests will skip (or fail under CI=true)"
+
+test: $(STAMP) services
 	$(PY) -m pytest
 
 bench: $(STAMP)

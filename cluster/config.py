@@ -39,12 +39,96 @@ class ModelConfig(BaseModel):
     warmup: bool | None = Field(None, description="Render once at load.")
 
 
+class AutoscalingConfig(BaseModel):
+    """Ray Serve autoscaling of one model deployment (see Ray Serve's autoscaling_config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 allows scale to zero).")
+    max_replicas: int = Field(1, ge=1, description="Most replicas.")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="Requests per replica to aim for.")
+
+
+class DeploymentConfig(BaseModel):
+    """How one model is deployed on Ray Serve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    autoscaling: AutoscalingConfig = Field(default_factory=AutoscalingConfig, description="Replica autoscaling.")
+    ray_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0},
+        description="Ray actor options of each replica, e.g. {num_gpus: 1}.")
+    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica takes at once (>= batch size).")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long @serve.batch waits to fill a batch.")
+
+
+class RateLimitConfig(BaseModel):
+    """Per-API-key token bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_second: float = Field(10.0, gt=0, description="Sustained rate per key.")
+    burst: int = Field(20, ge=1, description="Requests a key may send at once.")
+
+
+class ServeConfig(BaseModel):
+    """The online service."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    port: int = Field(8000, description="HTTP port.")
+    public_url: str | None = Field(None, description="Base URL clients reach us at (default http://host:port).")
+    models: list[str] | None = Field(None, description="Models to deploy (default: all configured).")
+    api_keys: list[str] = Field(default_factory=list, description="Accepted keys (also $RAYDIANT_API_KEYS).")
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="Per-key rate limit.")
+    max_body_bytes: int = Field(12 * 1024 * 1024, description="Largest request body accepted.")
+    max_queued_per_model: int = Field(64, ge=1, description="Waiting tasks per model before 503.")
+    task_deadline_s: float = Field(600.0, gt=0, description="A task not done by then ends FAILED.")
+    max_attempts: int = Field(3, ge=1, description="Dispatch attempts when a replica or ingress dies.")
+    lease_s: float = Field(15.0, gt=0, description="An unrenewed task lease this old is re-dispatched.")
+    retention_s: int = Field(86400, gt=0, description="Task records and result files live this long.")
+    url_expiry_s: int = Field(86400, gt=0, description="Result URLs are valid this long.")
+    sync_timeout_s: float = Field(300.0, gt=0, description="Longest a synchronous create waits.")
+    deployments: dict[str, DeploymentConfig] = Field(
+        default_factory=dict, description="Per-model deployment settings; key 'default' applies to all.")
+
+    def deployment(self, model: str) -> DeploymentConfig:
+        return self.deployments.get(model) or self.deployments.get("default") or DeploymentConfig()
+
+
+class TaskStoreConfig(BaseModel):
+    """Where task records live: an SQLite file (embedded default) or Redis (clusters)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["sqlite", "redis"] = Field("sqlite", description="Store backend.")
+    path: str = Field("var/tasks.sqlite", description="SQLite file (sqlite backend).")
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis backend; $RAYDIANT_REDIS_URL).")
+
+
+class StorageConfig(BaseModel):
+    """Where result files live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field("var/results", description="Local path or fsspec URI (s3://bucket/prefix).")
+    signing_key: str | None = Field(None, description="HMAC key for local URLs ($RAYDIANT_SIGNING_KEY, "
+                                                      "else generated once into <root>/.signing-key).")
+
+
 class RaydiantConfig(BaseModel):
     """The whole configuration file."""
 
     model_config = ConfigDict(extra="forbid")
 
     models: dict[str, ModelConfig] = Field(description="Models to serve, by API name.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="The online service.")
+    tasks: TaskStoreConfig = Field(default_factory=TaskStoreConfig, description="Task records.")
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Result files.")
+
+    def served_models(self) -> list[str]:
+        return self.serve.models if self.serve.models is not None else list(self.models)
 
     def spec(self, name: str) -> ModelSpec:
         """The catalogue entry of `name` with this config's overrides applied."""
@@ -57,6 +141,9 @@ class RaydiantConfig(BaseModel):
         return {name: self.spec(name) for name in self.models}
 
     def check_names(self) -> None:
+        for name in self.served_models():
+            if name not in self.models:
+                raise ConfigError(f"serve.models: '{name}' is not in models ({', '.join(self.models)})")
         for name, entry in self.models.items():
             base = entry.like or name
             if base not in CATALOGUE:

@@ -1,0 +1,107 @@
+"""Result storage on any fsspec filesystem: atomic writes, reads, and signed URLs that expire.
+
+- Writes go to a temporary name beside the target and are renamed into place (local disk), or
+  rely on the object store's all-or-nothing PUT (S3, GCS): no reader ever sees half a file.
+- URLs: object stores presign (`fs.sign`); local storage gets an HMAC-signed URL served by the
+  ingress (`serve/files.py`), checked with `verify()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import fsspec
+
+_LOCAL_PROTOCOLS = {"file", "local"}
+
+
+class StorageError(Exception):
+    """A path outside the storage root, or a filesystem failure."""
+
+
+def safe_key(key: str) -> str:
+    """Normalise a storage key; refuse absolute paths and `..` (path traversal)."""
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key:
+        raise StorageError(f"invalid storage key: {key!r}")
+    normal = posixpath.normpath(key)
+    if normal.startswith("..") or normal == "." or "/../" in f"/{normal}/":
+        raise StorageError(f"invalid storage key: {key!r}")
+    return normal
+
+
+@dataclass
+class Storage:
+    """Files under `root` (a local path or fsspec URI)."""
+
+    root: str
+    signing_key: bytes = b""
+    public_url: str = ""  # base URL of the ingress, for locally served files
+
+    def __post_init__(self) -> None:
+        self.fs, self._root = fsspec.core.url_to_fs(self.root)
+        self.is_local = bool(set(_protocols(self.fs)) & _LOCAL_PROTOCOLS)
+        if self.is_local:
+            self.fs.makedirs(self._root, exist_ok=True)
+
+    def path(self, key: str) -> str:
+        return f"{self._root.rstrip('/')}/{safe_key(key)}"
+
+    def write(self, key: str, data: bytes) -> None:
+        """Write `data` at `key` atomically."""
+        target = self.path(key)
+        if not self.is_local:
+            self.fs.pipe_file(target, data)  # object stores: a PUT is all-or-nothing
+            return
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        staging = f"{posixpath.dirname(target)}/.{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp"
+        try:
+            self.fs.pipe_file(staging, data)
+            self.fs.mv(staging, target)
+        finally:
+            if self.fs.exists(staging):
+                self.fs.rm(staging)
+
+    def read(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        path = self.path(prefix)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    # --- signed URLs --------------------------------------------------------------------------
+
+    def url(self, key: str, expires_in_s: int) -> str:
+        """An absolute URL for `key`, valid for `expires_in_s` seconds."""
+        if not self.is_local:
+            return self.fs.sign(self.path(key), expiration=expires_in_s)
+        expires = int(time.time()) + expires_in_s
+        query = urlencode({"expires": expires, "signature": self._signature(safe_key(key), expires)})
+        return f"{self.public_url.rstrip('/')}/files/{safe_key(key)}?{query}"
+
+    def verify(self, key: str, expires: int, signature: str) -> bool:
+        """True when `signature` was made by `url()` for `key` and has not expired."""
+        try:
+            expected = self._signature(safe_key(key), expires)
+        except StorageError:
+            return False
+        return expires >= time.time() and hmac.compare_digest(expected, signature)
+
+    def _signature(self, key: str, expires: int) -> str:
+        if not self.signing_key:
+            raise StorageError("no signing key configured for local result URLs")
+        return hmac.new(self.signing_key, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

@@ -1,0 +1,70 @@
+"""SQLite task store: the embedded default (one file, survives restarts, several processes)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from serve.tasks.record import TaskRecord
+from serve.tasks.store import TaskStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    body TEXT NOT NULL
+)"""
+
+
+class SQLiteTaskStore(TaskStore):
+    def __init__(self, path: str | Path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        # One connection per store, used from worker threads one at a time; WAL lets other
+        # processes (another ingress, the CLI) read and write the same file.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_SCHEMA)
+        self._lock = threading.Lock()
+
+    async def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
+        def work() -> list[tuple]:
+            with self._lock:
+                cursor = self._db.execute(sql, params)
+                rows = cursor.fetchall()
+                self._rowcount = cursor.rowcount
+                return rows
+
+        return await asyncio.to_thread(work)
+
+    async def _insert(self, record: TaskRecord) -> None:
+        await self._run("INSERT INTO tasks VALUES (?, ?, ?, ?)",
+                        (record.task_id, record.version, record.expires_at, record.model_dump_json()))
+
+    async def _load(self, task_id: str) -> TaskRecord | None:
+        rows = await self._run("SELECT body FROM tasks WHERE task_id = ?", (task_id,))
+        return TaskRecord.model_validate_json(rows[0][0]) if rows else None
+
+    async def _compare_and_set(self, record: TaskRecord, expected_version: int) -> bool:
+        def work() -> bool:
+            with self._lock:
+                cursor = self._db.execute(
+                    "UPDATE tasks SET version = ?, expires_at = ?, body = ? WHERE task_id = ? AND version = ?",
+                    (record.version, record.expires_at, record.model_dump_json(), record.task_id, expected_version))
+                return cursor.rowcount == 1
+
+        return await asyncio.to_thread(work)
+
+    async def _all(self) -> Iterable[TaskRecord]:
+        rows = await self._run("SELECT body FROM tasks")
+        return [TaskRecord.model_validate_json(body) for (body,) in rows]
+
+    async def _delete(self, task_ids: list[str]) -> None:
+        marks = ",".join("?" * len(task_ids))
+        await self._run(f"DELETE FROM tasks WHERE task_id IN ({marks})", tuple(task_ids))
+
+    async def close(self) -> None:
+        self._db.close()

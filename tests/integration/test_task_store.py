@@ -1,0 +1,129 @@
+"""Both task-store backends against real servers: a SQLite file and a Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from serve.tasks.record import TaskRecord, TaskStatus
+from serve.tasks.redis import RedisTaskStore
+from serve.tasks.sqlite import SQLiteTaskStore
+from tests.servers import redis_server
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def loop():
+    # One event loop per test: the Redis client binds to the loop it first ran on.
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path, loop):
+    global run
+    run = loop.run_until_complete
+    if request.param == "sqlite":
+        s = SQLiteTaskStore(tmp_path / "tasks.sqlite")
+    else:
+        s = RedisTaskStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex[:8]}")
+    yield s
+    run(s.close())
+
+
+def record(task_id: str | None = None, **fields) -> TaskRecord:
+    now = time.time()
+    base = dict(task_id=task_id or uuid.uuid4().hex, model="flux-schnell", submit_time=now,
+                deadline=now + 600, expires_at=now + 3600, key_id="k1")
+    return TaskRecord(**(base | fields))
+
+
+run = asyncio.run  # replaced per test by the store fixture's loop
+
+
+def test_create_get_and_unknown(store):
+    r = record(request={"prompt": "a cat", "seed": 1})
+    run(store.create(r))
+    got = run(store.get(r.task_id))
+    assert got == r
+    assert run(store.get("nope")) is None
+
+
+def test_cancel_only_from_pending(store):
+    r = record()
+    run(store.create(r))
+    running = run(store.transition(r.task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING))
+    assert running.status == TaskStatus.RUNNING and running.version == 1
+    assert run(store.transition(r.task_id, {TaskStatus.PENDING}, status=TaskStatus.CANCELED)) is None
+    assert run(store.get(r.task_id)).status == TaskStatus.RUNNING
+
+
+def test_concurrent_transitions_have_one_winner(store):
+    r = record()
+    run(store.create(r))
+
+    async def race():
+        # In one event loop the stores interleave at every await: a real race on version.
+        return await asyncio.gather(*[
+            store.transition(r.task_id, {TaskStatus.PENDING}, status=s)
+            for s in [TaskStatus.RUNNING, TaskStatus.CANCELED] * 5])
+
+    winners = [x for x in run(race()) if x is not None]  # noqa: F821
+    assert len(winners) == 1
+    assert run(store.get(r.task_id)).status == winners[0].status
+
+
+def test_list_filters_and_pages(store):
+    base = time.time()
+    for i in range(7):
+        run(store.create(record(submit_time=base + i, model="flux-schnell" if i % 2 else "stable-diffusion-xl")))
+    run(store.create(record(key_id="someone-else")))
+    page, total = run(store.list(key_id="k1", page_no=1, page_size=3))
+    assert total == 7 and [r.submit_time for r in page] == [base + 6, base + 5, base + 4]
+    page3, _ = run(store.list(key_id="k1", page_no=3, page_size=3))
+    assert len(page3) == 1
+    flux, total = run(store.list(key_id="k1", model="flux-schnell"))
+    assert total == 3 and all(r.model == "flux-schnell" for r in flux)
+    recent, total = run(store.list(key_id="k1", start=base + 5))
+    assert total == 2
+
+
+def test_expired_lease_is_claimed_once(store):
+    now = time.time()
+    stale = record(owner="dead", lease_until=now - 1, status=TaskStatus.RUNNING)
+    live = record(owner="alive", lease_until=now + 60)
+    done = record(owner="dead", lease_until=now - 1, status=TaskStatus.SUCCEEDED)
+    for r in (stale, live, done):
+        run(store.create(r))
+    claimed = run(store.claim_expired("me", now, now + 30))
+    assert [r.task_id for r in claimed] == [stale.task_id]
+    assert run(store.get(stale.task_id)).owner == "me"
+    assert run(store.claim_expired("other", now, now + 30)) == []
+
+
+def test_renew_extends_only_own_leases(store):
+    now = time.time()
+    mine, theirs = record(owner="me", lease_until=now), record(owner="them", lease_until=now)
+    for r in (mine, theirs):
+        run(store.create(r))
+    run(store.renew("me", [mine.task_id, theirs.task_id], now + 100))
+    assert run(store.get(mine.task_id)).lease_until == now + 100
+    assert run(store.get(theirs.task_id)).lease_until == now
+
+
+def test_records_expire_after_retention(store):
+    short = record(expires_at=time.time() + 1)
+    run(store.create(short))
+    assert run(store.get(short.task_id)) is not None
+    time.sleep(2.1)
+    assert run(store.get(short.task_id)) is None
+    assert short.task_id in run(store.purge_expired(time.time()))
