@@ -130,6 +130,52 @@ def generate(
         raise typer.Exit(1)
 
 
+@app.command("serve")
+def serve_command(
+    config: Optional[Path] = ConfigOption,
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: the config's, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default: the config's, 8000)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (default: start one)."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Dynamic batching of requests."),
+) -> None:
+    """Run the online service in the foreground; Ctrl-C or SIGTERM drains and stops it."""
+    import signal
+    import threading
+
+    from serve.auth import configured_keys
+
+    cfg = _config(config)
+    if not configured_keys(cfg.serve.api_keys):
+        fail("no API keys configured: set RAYDIANT_API_KEYS=key1,key2 or serve.api_keys in the config")
+    host, port = host or cfg.serve.host, port or cfg.serve.port
+    _quiet_libraries()
+
+    import ray
+    from ray import serve as ray_serve
+
+    from serve.app import build_app
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with console.status("starting Ray"):
+        ray.init(address=address, namespace="raydiant", log_to_driver=False, configure_logging=False)
+    try:
+        with console.status(f"deploying {', '.join(cfg.served_models())}"):
+            ray_serve.start(http_options={"host": host, "port": port})
+            ray_serve.run(build_app({"config": str(config) if config else None, "batching": batching}),
+                          name="raydiant", route_prefix="/", blocking=False)
+        console.print(f"raydiant is serving on http://{host}:{port}  "
+                      f"(DashScope base: http://{host}:{port}/api/v1; Ctrl-C stops)")
+        stop.wait()
+    except Exception as exc:  # noqa: BLE001 - deployment failures are reported in one line
+        fail(f"serving failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+    finally:
+        console.print("draining and shutting down")
+        ray_serve.shutdown()
+        ray.shutdown()
+
+
 def _quiet_libraries() -> None:
     """Library progress bars and advice are noise in a CLI."""
     import diffusers

@@ -83,6 +83,9 @@ class ServeConfig(BaseModel):
     api_keys: list[str] = Field(default_factory=list, description="Accepted keys (also $RAYDIANT_API_KEYS).")
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="Per-key rate limit.")
     max_body_bytes: int = Field(12 * 1024 * 1024, description="Largest request body accepted.")
+    max_image_bytes: int = Field(10 * 1024 * 1024, description="Largest input image (edit models).")
+    allow_private_fetch: bool = Field(
+        False, description="Allow fetching image_url / callback_url on private or loopback addresses.")
     max_queued_per_model: int = Field(64, ge=1, description="Waiting tasks per model before 503.")
     task_deadline_s: float = Field(600.0, gt=0, description="A task not done by then ends FAILED.")
     max_attempts: int = Field(3, ge=1, description="Dispatch attempts when a replica or ingress dies.")
@@ -113,8 +116,10 @@ class StorageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     root: str = Field("var/results", description="Local path or fsspec URI (s3://bucket/prefix).")
-    signing_key: str | None = Field(None, description="HMAC key for local URLs ($RAYDIANT_SIGNING_KEY, "
-                                                      "else generated once into <root>/.signing-key).")
+    signing_key: str | None = Field(None, description="HMAC key for local result URLs "
+                                                      "(default: $RAYDIANT_SIGNING_KEY, else signing_key_file).")
+    signing_key_file: str = Field("var/signing.key", description="Generated once when no key is given, so "
+                                                                  "URLs stay valid across restarts.")
 
 
 class RaydiantConfig(BaseModel):

@@ -80,13 +80,15 @@ class Storage:
 
     # --- signed URLs --------------------------------------------------------------------------
 
-    def url(self, key: str, expires_in_s: int) -> str:
-        """An absolute URL for `key`, valid for `expires_in_s` seconds."""
+    def url(self, key: str, expires_in_s: int, base_url: str | None = None) -> str:
+        """An absolute URL for `key`, valid for `expires_in_s` seconds. Local files are served
+        by the ingress at `public_url` (or `base_url`, the address the client reached us at)."""
         if not self.is_local:
             return self.fs.sign(self.path(key), expiration=expires_in_s)
         expires = int(time.time()) + expires_in_s
         query = urlencode({"expires": expires, "signature": self._signature(safe_key(key), expires)})
-        return f"{self.public_url.rstrip('/')}/files/{safe_key(key)}?{query}"
+        base = (self.public_url or base_url or "").rstrip("/")
+        return f"{base}/files/{safe_key(key)}?{query}"
 
     def verify(self, key: str, expires: int, signature: str) -> bool:
         """True when `signature` was made by `url()` for `key` and has not expired."""

@@ -1,0 +1,55 @@
+"""DashScope image-synthesis wire models (shared/contracts/dashscope.md).
+
+Request bodies are parsed by hand in `service.py` (unknown parameters must pass through and
+wrong types must become `InvalidParameter` naming the field), so only responses are modelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class TaskOutput(BaseModel):
+    task_id: str
+    task_status: str  # always present: the SDK raises KeyError without it
+    submit_time: str | None = None
+    scheduled_time: str | None = None
+    end_time: str | None = None
+    results: list[dict[str, Any]] | None = None
+    task_metrics: dict[str, int] | None = None
+    code: str | None = None  # whole-task failure only (inside output, never top level)
+    message: str | None = None
+
+
+class TaskBody(BaseModel):
+    request_id: str
+    output: TaskOutput
+    usage: dict[str, int] | None = None
+
+
+class TaskListItem(BaseModel):
+    task_id: str
+    task_status: str
+    model_name: str
+    submit_time: str
+    scheduled_time: str | None = None
+    end_time: str | None = None
+
+
+class TaskList(BaseModel):
+    request_id: str
+    tasks: list[TaskListItem]  # the v2 client reads `tasks`
+    data: list[TaskListItem]
+    total: int
+    page_no: int
+    page_size: int
+
+
+class ErrorBody(BaseModel):
+    request_id: str
+    code: str
+    message: str

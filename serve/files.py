@@ -1,0 +1,28 @@
+"""Serves local result files behind HMAC-signed, expiring URLs (object stores presign instead)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+router = APIRouter()
+
+
+def _refuse(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"code": "AccessDenied" if status == 403 else "NotFound", "message": message},
+                        status_code=status)
+
+
+@router.get("/files/{key:path}")
+async def get_file(key: str, request: Request, expires: int = 0, signature: str = "") -> Response:
+    storage = request.app.state.storage
+    if not storage.verify(key, expires, signature):
+        return _refuse(403, "the URL signature is invalid or has expired")
+    try:
+        data = await asyncio.to_thread(storage.read, key)
+    except (FileNotFoundError, IsADirectoryError):
+        return _refuse(404, "no such file (it may have expired)")
+    media = "image/png" if key.endswith(".png") else "application/octet-stream"
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
