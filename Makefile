@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[test]"
+	# The 1.x DashScope SDK, for contract tests, beside the 2.x one (tests put it on PYTHONPATH).
+	$(PY) -m pip install --quiet --no-deps --upgrade --target var/sdk/dashscope-1 "dashscope==1.27.8"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 demo: export RAYDIANT_CACHE ?= $(CURDIR)/var/cache
