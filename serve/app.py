@@ -12,7 +12,7 @@ from typing import Any
 from ray.serve import Application
 
 from cluster.config import RaydiantConfig, load_config
-from serve.deployment import ModelServer
+from serve.deployment import ModelServer, deployment_name
 from serve.ingress import Ingress
 
 
@@ -24,10 +24,6 @@ def _absolute_paths(config: RaydiantConfig) -> RaydiantConfig:
     storage.signing_key_file = os.path.abspath(storage.signing_key_file)
     config.tasks.path = os.path.abspath(config.tasks.path)
     return config
-
-
-def deployment_name(model: str) -> str:
-    return "model-" + model.replace(".", "_")
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:

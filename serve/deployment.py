@@ -19,6 +19,11 @@ from cluster.request import RenderRequest, RenderResult
 log = logging.getLogger(__name__)
 
 
+def deployment_name(model: str) -> str:
+    """Serve deployment name of a model (dots are not welcome in deployment names)."""
+    return "model-" + model.replace(".", "_")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, health_check_period_s=5,
                   health_check_timeout_s=30, graceful_shutdown_timeout_s=60)
 class ModelServer:

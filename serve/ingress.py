@@ -11,12 +11,14 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.schema import DeploymentStatus
 
 from cluster.config import RaydiantConfig, StorageConfig
 from cluster.storage import Storage
 from serve.auth import ApiKeys, RateLimiter, configured_keys
 from serve.dashscope.router import router as dashscope_router
 from serve.dashscope.service import DashScopeService, request_id
+from serve.deployment import deployment_name
 from serve.files import router as files_router
 from serve.tasks.dispatch import Dispatcher
 from serve.tasks.factory import open_store
@@ -41,12 +43,15 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 only when every model deployment answers."""
-    handles = request.app.state.handles
-    names = list(handles)
-    answers = await asyncio.gather(*(asyncio.wait_for(handles[n].ping.remote(), 5) for n in names),
-                                   return_exceptions=True)
-    down = [n for n, a in zip(names, answers) if isinstance(a, BaseException)]
+    """200 only when every model deployment is HEALTHY in Serve's own view (its controller runs
+    each replica's `check_health`). Asking the controller, rather than sending a request,
+    keeps the answer right while replicas are busy at capacity."""
+    names = list(request.app.state.handles)
+    status = await asyncio.to_thread(serve.status)
+    app_status = status.applications.get(serve.get_replica_context().app_name)
+    deployments = app_status.deployments if app_status else {}
+    down = [n for n in names if getattr(deployments.get(deployment_name(n)), "status", None)
+            != DeploymentStatus.HEALTHY]
     status = 503 if down else 200
     return JSONResponse({"status": "unavailable" if down else "ok", "models": names, "down": down},
                         status_code=status)

@@ -89,6 +89,10 @@ class Dispatcher:
         self._start(record.task_id, record.model)
 
     def _start(self, task_id: str, model: str) -> None:
+        # Counted as waiting from now (not from when its coroutine first runs), so a burst of
+        # submissions cannot overshoot the queue bound.
+        self._queues[model].waiting += 1
+        metrics.queue_depth.set(self._queues[model].waiting, tags={"model": model})
         self._owned.add(task_id)
         self._done.setdefault(task_id, asyncio.Event())
         task = asyncio.create_task(self._run(task_id, model))
@@ -109,8 +113,6 @@ class Dispatcher:
 
     async def _run(self, task_id: str, model: str) -> None:
         queue = self._queues[model]
-        queue.waiting += 1
-        metrics.queue_depth.set(queue.waiting, tags={"model": model})
         try:
             async with queue.slots:
                 queue.waiting -= 1
