@@ -137,6 +137,8 @@ def serve_command(
     port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default: the config's, 8000)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (default: start one)."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Dynamic batching of requests."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", help="Prometheus metrics port of the local Ray node (new clusters only)."),
 ) -> None:
     """Run the online service in the foreground; Ctrl-C or SIGTERM drains and stops it."""
     import signal
@@ -159,7 +161,8 @@ def serve_command(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with console.status("starting Ray"):
-        ray.init(address=address, namespace="raydiant", log_to_driver=False, configure_logging=False)
+        extra = {"_metrics_export_port": metrics_port} if metrics_port and not address else {}
+        ray.init(address=address, namespace="raydiant", log_to_driver=False, configure_logging=False, **extra)
     try:
         with console.status(f"deploying {', '.join(cfg.served_models())}"):
             ray_serve.start(http_options={"host": host, "port": port})

@@ -89,7 +89,7 @@ class Service:
 
 @contextmanager
 def raydiant_service(workdir, config_yaml: str, api_keys: str = "test-key", port: int | None = None,
-                     startup_timeout_s: float = 240) -> Iterator[Service]:
+                     startup_timeout_s: float = 240, extra_args: tuple[str, ...] = ()) -> Iterator[Service]:
     """`raydiant serve` in a subprocess (its own process group, so its Ray cluster goes with it);
     yields the base URL once /healthz answers 200. Stopped with SIGTERM (drain), then SIGKILL."""
     import signal
@@ -105,7 +105,7 @@ def raydiant_service(workdir, config_yaml: str, api_keys: str = "test-key", port
     env = os.environ | {"RAYDIANT_API_KEYS": api_keys, "RAY_DISABLE_USAGE_STATS": "1"}
     raydiant = Path(sys.executable).parent / "raydiant"
     log = open(workdir / "serve.log", "ab")
-    process = subprocess.Popen([str(raydiant), "serve", "--config", str(config), "--port", str(port)],
+    process = subprocess.Popen([str(raydiant), "serve", "--config", str(config), "--port", str(port), *extra_args],
                                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

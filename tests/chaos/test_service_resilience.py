@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from tests.servers import raydiant_service
+from tests.servers import free_port, raydiant_service
 
 KEYS = ["limited-key", "queue-key", "chaos-key", "ingress-key"]
 CONFIG = """
@@ -35,10 +35,14 @@ storage: {{root: "{work}/results", signing_key_file: "{work}/signing.key"}}
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELED"}
 
 
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     work = tmp_path_factory.mktemp("resilience")
-    with raydiant_service(work, CONFIG.format(work=work), api_keys=",".join(KEYS)) as running:
+    with raydiant_service(work, CONFIG.format(work=work), api_keys=",".join(KEYS),
+                          extra_args=("--metrics-port", str(METRICS_PORT))) as running:
         yield running
 
 
@@ -135,3 +139,22 @@ def test_ingress_killed_mid_task(service):
     kill(service, "ServeReplica:raydiant:ingress")
     outputs = wait_all(service, "ingress-key", ids)
     assert_complete_once(outputs, n=2)
+
+
+def test_metrics_exported_in_prometheus_format(service):
+    """After the tests above rendered and failed images, Ray's metrics endpoint shows them."""
+    deadline = time.monotonic() + 60
+    text = ""
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            text = ""
+        if "raydiant_images_rendered" in text and "raydiant_task_render_seconds" in text:
+            break
+        time.sleep(2)
+    rendered = [line for line in text.splitlines() if line.startswith("ray_raydiant_images_rendered")
+                or line.startswith("raydiant_images_rendered")]
+    assert rendered, "raydiant_images_rendered not exported"
+    assert any('model="flux-schnell"' in line for line in rendered)
+    assert "raydiant_task_render_seconds_bucket" in text and "raydiant_queue_depth" in text

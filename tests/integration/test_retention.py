@@ -1,0 +1,30 @@
+"""Task records and their result files expire together after the retention time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from cluster.config import ServeConfig
+from cluster.storage import Storage
+from serve.tasks.dispatch import Dispatcher
+from serve.tasks.record import TaskRecord, TaskStatus
+from serve.tasks.sqlite import SQLiteTaskStore
+
+
+def test_purge_deletes_expired_records_and_their_files(tmp_path):
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "tasks.sqlite")
+        storage = Storage(str(tmp_path / "results"), signing_key=b"k")
+        dispatcher = Dispatcher(store, storage, handles={}, settings=ServeConfig(), concurrency={})
+        now = time.time()
+        for task_id, expires in (("old", now - 1), ("new", now + 3600)):
+            await store.create(TaskRecord(task_id=task_id, model="m", status=TaskStatus.SUCCEEDED,
+                                          submit_time=now, deadline=now, expires_at=expires))
+            storage.write(f"tasks/{task_id}/0.png", b"png")
+        await dispatcher._purge()
+        return (storage.exists("tasks/old/0.png"), storage.exists("tasks/new/0.png"),
+                await store.get("old"), await store.get("new") is not None)
+
+    old_file, new_file, old_record, new_record = asyncio.run(scenario())
+    assert (old_file, new_file, old_record, new_record) == (False, True, None, True)

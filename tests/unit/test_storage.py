@@ -1,0 +1,37 @@
+"""Storage keys cannot escape the root; signed URLs verify only as issued and until expiry."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from cluster.storage import Storage, StorageError, safe_key
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "", ".", "a\\b", "a/\x00"])
+def test_unsafe_keys_refused(key):
+    with pytest.raises(StorageError):
+        safe_key(key)
+
+
+def test_atomic_write_leaves_no_temporary_files(tmp_path):
+    storage = Storage(str(tmp_path), signing_key=b"k")
+    storage.write("tasks/t/0.png", b"data")
+    assert storage.read("tasks/t/0.png") == b"data"
+    assert [p.name for p in (tmp_path / "tasks" / "t").iterdir()] == ["0.png"]
+
+
+def test_signed_url_round_trip_and_expiry(tmp_path):
+    storage = Storage(str(tmp_path), signing_key=b"secret", public_url="http://host:1")
+    url = storage.url("tasks/t/0.png", 60)
+    parsed = urlparse(url)
+    assert url.startswith("http://host:1/files/tasks/t/0.png?")
+    query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
+    assert storage.verify("tasks/t/0.png", int(query["expires"]), query["signature"])
+    assert not storage.verify("tasks/t/1.png", int(query["expires"]), query["signature"])
+    assert not storage.verify("tasks/t/0.png", int(query["expires"]) + 1, query["signature"])
+    assert not storage.verify("../tasks/t/0.png", int(query["expires"]), query["signature"])
+    past = int(time.time()) - 1
+    assert not storage.verify("tasks/t/0.png", past, storage._signature("tasks/t/0.png", past))
