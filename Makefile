@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/raydiant generate "a red fox in the snow" \
 		--model stable-diffusion-xl --size 1024*1024 --steps 4 --seed 7 --out var/demo
 	@echo "images are in var/demo/"
+	$(PY) -m serve.demo
 
 # Servers the tests start themselves (on free loopback ports); installed here when missing.
 services:

@@ -12,16 +12,11 @@ import socket
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from serve.local_service import Service, free_port, local_service  # noqa: F401  (re-exported for tests)
 
 
 def require(binary: str, why: str) -> str:
@@ -71,68 +66,14 @@ def redis_server() -> Iterator[str]:
         stop(process)
 
 
-@dataclass
-class Service:
-    url: str  # http://127.0.0.1:PORT
-    pid: int  # of `raydiant serve`, also its session id
-
-    def processes(self, pattern: str) -> list[int]:
-        """Pids in this service's session whose command line contains `pattern`."""
-        out = subprocess.run(["ps", "-e", "-o", "pid=,sid=,args="], capture_output=True, text=True).stdout
-        found = []
-        for line in out.splitlines():
-            pid, sid, args = line.split(None, 2)
-            if int(sid) == self.pid and pattern in args:
-                found.append(int(pid))
-        return found
-
-
 @contextmanager
-def raydiant_service(workdir, config_yaml: str, api_keys: str = "test-key", port: int | None = None,
-                     startup_timeout_s: float = 240, extra_args: tuple[str, ...] = ()) -> Iterator[Service]:
-    """`raydiant serve` in a subprocess (its own process group, so its Ray cluster goes with it);
-    yields the base URL once /healthz answers 200. Stopped with SIGTERM (drain), then SIGKILL."""
-    import signal
-    import sys
-    import urllib.request
+def raydiant_service(workdir, config_yaml: str, api_keys: str = "test-key",
+                     extra_args: tuple[str, ...] = ()) -> Iterator[Service]:
+    """`raydiant serve` with `config_yaml`, in a subprocess on a free loopback port."""
     from pathlib import Path
 
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = workdir / "config.yaml"
+    config = Path(workdir) / "config.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(config_yaml)
-    port = port or free_port()
-    env = os.environ | {"RAYDIANT_API_KEYS": api_keys, "RAY_DISABLE_USAGE_STATS": "1"}
-    raydiant = Path(sys.executable).parent / "raydiant"
-    log = open(workdir / "serve.log", "ab")
-    process = subprocess.Popen([str(raydiant), "serve", "--config", str(config), "--port", str(port), *extra_args],
-                               cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"raydiant serve exited with {process.returncode}; see {workdir / 'serve.log'}")
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"service not healthy after {startup_timeout_s}s; see {workdir / 'serve.log'}")
-            time.sleep(1)
-        yield Service(base, process.pid)
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # whatever of its group is left (Ray workers)
-        except ProcessLookupError:
-            pass
-        process.wait()
-        log.close()
+    with local_service(workdir, config, api_keys=api_keys, extra_args=extra_args) as running:
+        yield running

@@ -1,0 +1,94 @@
+"""Run `raydiant serve` in a subprocess on loopback, for the demo, benchmarks and tests.
+
+The subprocess gets its own process session, so the Ray cluster it starts goes with it: stop
+sends SIGTERM (Serve drains), then SIGKILL to whatever of that session is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str  # http://127.0.0.1:PORT
+    pid: int  # of `raydiant serve`, also its session id
+
+    def processes(self, pattern: str) -> list[int]:
+        """Pids in this service's session whose command line contains `pattern`."""
+        out = subprocess.run(["ps", "-e", "-o", "pid=,sid=,args="], capture_output=True, text=True).stdout
+        found = []
+        for line in out.splitlines():
+            pid, sid, args = line.split(None, 2)
+            if int(sid) == self.pid and pattern in args:
+                found.append(int(pid))
+        return found
+
+
+@contextmanager
+def local_service(workdir: str | Path, config: Path | None = None, api_keys: str = "local-key",
+                  port: int | None = None, extra_args: tuple[str, ...] = (),
+                  startup_timeout_s: float = 240) -> Iterator[Service]:
+    """Start the service, yield it once /healthz answers 200, stop it on exit."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    command = [str(Path(sys.executable).parent / "raydiant"), "serve", "--port", str(port), *extra_args]
+    if config is not None:
+        command += ["--config", str(config)]
+    env = os.environ | {"RAYDIANT_API_KEYS": api_keys, "RAY_DISABLE_USAGE_STATS": "1"}
+    log_path = workdir / "serve.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        try:
+            _wait_healthy(f"http://127.0.0.1:{port}", process, startup_timeout_s, log_path)
+            yield Service(f"http://127.0.0.1:{port}", process.pid)
+        finally:
+            _stop(process)
+
+
+def _wait_healthy(base: str, process: subprocess.Popen, timeout_s: float, log_path: Path) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"raydiant serve exited with {process.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=5) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"service not healthy after {timeout_s}s; see {log_path}")
+        time.sleep(1)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # whatever of its session is left (Ray workers)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
