@@ -1,0 +1,118 @@
+"""Online overhead and throughput, measured side by side in one run on this machine.
+
+    .venv/bin/python bench/online.py [--requests 24] [--size 512*1024]
+
+1. The bare `Renderer` rendering one image in-process (p50/p95 latency).
+2. The same image through the service, one synchronous DashScope request at a time
+   (p50/p95): the difference is the service's overhead (HTTP, task store, Serve hops, PNG write).
+3. Throughput (images/s) at 1, 4 and 16 concurrent clients, with @serve.batch on and off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from cluster.cli import _quiet_libraries
+from cluster.config import load_config
+from cluster.engine import Renderer
+from cluster.models import parse_size
+from cluster.request import RenderRequest
+from serve.local_service import local_service
+
+KEY = "bench-key"
+MODEL = "flux-schnell"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bare_latencies(size: str, count: int) -> list[float]:
+    width, height = parse_size(size)
+    renderer = Renderer(load_config().spec(MODEL).model_copy(update={"warmup": False}))
+    request = RenderRequest(model=MODEL, prompt="bench", seed=1, width=width, height=height)
+    renderer.render([request])
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        renderer.render([request])
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def body(size: str, seed: int) -> dict:
+    return {"model": MODEL, "input": {"prompt": "bench"}, "parameters": {"size": size, "seed": seed}}
+
+
+async def sync_request(client: httpx.AsyncClient, url: str, size: str, seed: int) -> float:
+    started = time.perf_counter()
+    answer = await client.post(url, json=body(size, seed), headers={"Authorization": f"Bearer {KEY}"})
+    assert answer.status_code == 200 and answer.json()["output"]["task_status"] == "SUCCEEDED", answer.text
+    return time.perf_counter() - started
+
+
+async def served_latencies(base: str, size: str, count: int) -> list[float]:
+    url = f"{base}/api/v1/services/aigc/text2image/image-synthesis"
+    async with httpx.AsyncClient(timeout=300) as client:
+        await sync_request(client, url, size, 0)
+        return [await sync_request(client, url, size, 1) for _ in range(count)]
+
+
+async def throughput(base: str, size: str, clients: int, total: int) -> float:
+    url = f"{base}/api/v1/services/aigc/text2image/image-synthesis"
+    per_client = max(1, total // clients)
+
+    async def client_loop(client: httpx.AsyncClient, offset: int) -> None:
+        for i in range(per_client):
+            await sync_request(client, url, size, offset * 1000 + i)
+
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients)) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client, c) for c in range(clients)))
+        return clients * per_client / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=24, help="latency samples, and requests per throughput run")
+    parser.add_argument("--size", default="512*1024")
+    args = parser.parse_args()
+    _quiet_libraries()
+
+    bare = bare_latencies(args.size, args.requests)
+    gc.collect()
+    work = Path(tempfile.mkdtemp(prefix="raydiant-bench-"))
+    config = work / "config.yaml"
+    config.write_text("models:\n  flux-schnell: {source: 'tiny:flux'}\n"
+                      "serve:\n  rate_limit: {requests_per_second: 1000, burst: 1000}\n")
+    rows = {}
+    for batching in (True, False):
+        flag = "--batching" if batching else "--no-batching"
+        with local_service(work / flag, config, api_keys=KEY, extra_args=(flag,)) as service:
+            if batching:
+                served = asyncio.run(served_latencies(service.url, args.size, args.requests))
+            rows[batching] = {c: asyncio.run(throughput(service.url, args.size, c, args.requests)) for c in (1, 4, 16)}
+
+    print(f"\nflux-schnell (tiny), {args.size}, 4 steps, CPU; {args.requests} requests per figure")
+    print(f"{'':28} {'p50 ms':>8} {'p95 ms':>8}")
+    print(f"{'bare Renderer':28} {percentile(bare, .5) * 1e3:8.0f} {percentile(bare, .95) * 1e3:8.0f}")
+    print(f"{'sync DashScope request':28} {percentile(served, .5) * 1e3:8.0f} {percentile(served, .95) * 1e3:8.0f}")
+    print(f"{'overhead':28} {(percentile(served, .5) - percentile(bare, .5)) * 1e3:8.0f} "
+          f"{(percentile(served, .95) - percentile(bare, .95)) * 1e3:8.0f}")
+    print(f"\n{'clients':>8} {'batching on img/s':>18} {'batching off img/s':>19}")
+    for clients in (1, 4, 16):
+        print(f"{clients:>8} {rows[True][clients]:>18.2f} {rows[False][clients]:>19.2f}")
+    print(f"(bare Renderer, one at a time: {1 / statistics.median(bare):.2f} img/s)")
+
+
+if __name__ == "__main__":
+    main()
