@@ -1,0 +1,132 @@
+"""The batch render job: Parquet prompts -> images + metadata, streaming, resumable.
+
+read_parquet -> expand rows into images (seeds fixed, bad rows become error items, committed
+images dropped) -> map_batches over an autoscaling pool of `RenderWorker` actors (each commits
+its batch) -> the driver counts what comes back for progress, then compacts the metadata and
+writes summary.json. The dataset is never materialised.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import fsspec
+import pyarrow.parquet as pq
+
+from cluster.config import load_config
+from cluster.storage import Storage
+from jobs.output import committed_keys, compact
+from jobs.rows import expand_batch
+from jobs.spec import JobSpec
+from jobs.worker import RenderWorker
+
+
+class JobError(Exception):
+    """The job cannot start (bad input or output) or failed (error budget exceeded)."""
+
+
+@dataclass
+class Progress:
+    rows_total: int
+    images_done: int = 0
+    images_failed: int = 0
+    images_skipped: int = 0  # already committed by an earlier run
+    started: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.images_done / elapsed if elapsed > 0 else 0.0
+
+
+@dataclass
+class JobSummary:
+    output: str
+    format: str
+    rows: int
+    images: int  # in the output after this run
+    rendered: int  # by this run
+    failed: int
+    skipped: int
+    seconds: float
+    images_per_s: float
+
+
+def input_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    """A Parquet file, a directory of them, or a glob, on any fsspec filesystem."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if any(ch in path for ch in "*?["):
+        files = sorted(fs.glob(path))
+    elif fs.isdir(path):
+        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+    else:
+        files = [path] if fs.exists(path) else []
+    if not files:
+        raise JobError(f"no Parquet input at {uri}")
+    return fs, files
+
+
+def count_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
+    """From the Parquet footers only: no data is read."""
+    return sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
+
+
+def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: None) -> JobSummary:
+    import ray
+    import torch
+
+    config = load_config(spec.config)
+    if spec.defaults.model not in config.models:
+        raise JobError(f"unknown model '{spec.defaults.model}'; configured: {', '.join(config.models)}")
+    fs, files = input_files(spec.input)
+    try:
+        columns = pq.ParquetFile(files[0], filesystem=fs).schema_arrow.names
+    except Exception as exc:  # noqa: BLE001
+        raise JobError(f"cannot read Parquet {files[0]}: {exc}") from None
+    if "prompt" not in columns:
+        raise JobError(f"input has no 'prompt' column (columns: {', '.join(columns)})")
+    rows_total = min(count_rows(fs, files), spec.limit or 1 << 62)
+    storage = Storage(spec.output)
+    done = committed_keys(storage)
+
+    if not ray.is_initialized():
+        ray.init(address=spec.address, log_to_driver=False, configure_logging=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.read_parquet(files, filesystem=fs)
+    if spec.limit:
+        dataset = dataset.limit(spec.limit)
+    specs = config.specs()
+    dataset = dataset.map_batches(expand_batch, batch_format="pandas", fn_kwargs={
+        "specs": specs, "defaults": spec.defaults, "job_seed": spec.seed, "done": done})
+    gpus = 1 if torch.cuda.is_available() else 0
+    dataset = dataset.map_batches(
+        RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=gpus,
+        compute=ray.data.ActorPoolStrategy(min_size=spec.concurrency[0], max_size=spec.concurrency[1]),
+        fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
+                               "batch_size": spec.batch_size})
+
+    progress = Progress(rows_total=rows_total, started=time.monotonic())
+    for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
+        failed = int(batch["error"].notna().sum())
+        progress.images_failed += failed
+        progress.images_done += len(batch) - failed
+        on_progress(progress)
+    elapsed = time.monotonic() - progress.started
+
+    rendered = progress.images_done + progress.images_failed
+    table = compact(storage) if rendered else None
+    images = table.num_rows if table is not None else len(done)
+    failed_total = sum(1 for e in table.column("error").to_pylist() if e) if table is not None else 0
+    summary = JobSummary(output=spec.output, format=spec.format, rows=rows_total, images=images,
+                         rendered=progress.images_done, failed=progress.images_failed, skipped=len(done),
+                         seconds=round(elapsed, 2), images_per_s=round(progress.images_per_s, 3))
+    if rendered:
+        storage.write("summary.json", json.dumps(asdict(summary) | {"failed_in_output": failed_total},
+                                                 indent=2).encode())
+    if progress.images_failed > spec.error_budget(max(rendered, 1)):
+        raise JobError(f"{progress.images_failed} of {rendered} images failed, over the error budget "
+                       f"(--max-errors {spec.max_errors:g}); see {spec.output}/metadata")
+    return summary

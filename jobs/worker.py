@@ -1,0 +1,66 @@
+"""`RenderWorker`: the Ray Data actor that renders work items with the shared `Renderer` and
+commits them to the output (one actor per GPU on clusters, per configured slot on CPU)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+
+from cluster.config import load_config
+from cluster.engine import Renderer
+from cluster.request import RenderRequest
+from cluster.weights import ModelLoadError
+from jobs.output import OutputSink
+
+RESULT_COLUMNS = ["key", "id", "index", "model", "error", "render_s"]
+
+
+class RenderWorker:
+    def __init__(self, config: str | None, output: str, fmt: str, batch_size: int):
+        self.config = load_config(config)
+        self.sink = OutputSink(output, fmt)
+        self.batch_size = batch_size
+        self.renderers: dict[str, Renderer | str] = {}  # model -> renderer, or why it failed to load
+
+    def _renderer(self, model: str) -> Renderer | str:
+        if model not in self.renderers:
+            try:
+                spec = self.config.spec(model).model_copy(update={"max_batch_size": self.batch_size})
+                self.renderers[model] = Renderer(spec)
+            except ModelLoadError as exc:
+                self.renderers[model] = f"ModelLoadError: {exc}"
+        return self.renderers[model]
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows: list[dict[str, Any]] = batch.to_dict("records")
+        for row in rows:
+            row["error"] = row["error"] if isinstance(row["error"], str) else None
+        images: dict[str, bytes] = {}
+        for model in dict.fromkeys(r["model"] for r in rows if r["error"] is None):
+            group = [r for r in rows if r["model"] == model and r["error"] is None]
+            renderer = self._renderer(model)
+            if isinstance(renderer, str):
+                for row in group:
+                    row["error"] = renderer
+                continue
+            started = time.perf_counter()
+            results = renderer.render([self._request(r) for r in group])
+            elapsed = (time.perf_counter() - started) / max(len(group), 1)
+            for row, result in zip(group, results):
+                row["render_s"] = elapsed
+                if result.ok:
+                    images[row["key"]] = result.image
+                else:
+                    row["error"] = f"{result.error.code}: {result.error.message}"
+        self.sink.commit(rows, images)
+        return pd.DataFrame([{c: r.get(c) for c in RESULT_COLUMNS} for r in rows], columns=RESULT_COLUMNS)
+
+    @staticmethod
+    def _request(row: dict[str, Any]) -> RenderRequest:
+        negative = row["negative_prompt"] if isinstance(row["negative_prompt"], str) else None
+        return RenderRequest(model=row["model"], prompt=row["prompt"], negative_prompt=negative,
+                             width=int(row["width"]), height=int(row["height"]), steps=int(row["steps"]),
+                             guidance=float(row["guidance"]), seed=int(row["seed"]), n=1,
+                             request_id=row["key"])

@@ -1,0 +1,146 @@
+"""The batch render job on real Ray Data (a local cluster in this process)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.engine import Renderer
+from cluster.request import RenderRequest
+from cluster.storage import Storage
+from jobs.output import read_metadata
+from jobs.render import JobError, run_job
+from jobs.spec import JobSpec
+from tests.conftest import pixels
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+ROWS = [
+    {"id": "a", "prompt": "a lighthouse", "seed": 10, "n": 3, "size": None},
+    {"id": "b", "prompt": "a red fox", "seed": None, "n": 1, "size": "256*384"},
+    {"id": "c", "prompt": "a castle", "seed": 5, "n": 2, "size": None},
+    {"id": "d", "prompt": None, "seed": 1, "n": 1, "size": None},  # bad: no prompt
+    {"id": "e", "prompt": "x", "seed": 1, "n": 1, "size": "1000*1000"},  # bad: size not renderable
+    {"id": "f", "prompt": "x", "seed": 1, "n": 1, "size": None, "model": "dall-e"},  # bad: unknown model
+]
+
+
+def write_input(path, rows=ROWS) -> str:
+    schema = pa.schema([("id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("n", pa.int64()),
+                        ("size", pa.string()), ("model", pa.string())])
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema), path)
+    return str(path)
+
+
+def job(tmp_path, name: str, **fields) -> JobSpec:
+    base = dict(input=str(tmp_path / "in.parquet"), output=str(tmp_path / name), max_errors=10,
+                defaults={"width": 256, "height": 256, "steps": 2})
+    return JobSpec(**(base | fields))
+
+
+@pytest.fixture
+def input_file(tmp_path):
+    return write_input(tmp_path / "in.parquet")
+
+
+def metadata(output: str) -> list[dict]:
+    return sorted(read_metadata(Storage(output)).to_pylist(), key=lambda r: (r["id"], r["index"]))
+
+
+def test_output_equals_single_renders_for_batch_sizes_1_and_4(tmp_path, input_file, local_config):
+    outputs = {}
+    for batch_size in (1, 4):
+        summary = run_job(job(tmp_path, f"out{batch_size}", batch_size=batch_size))
+        assert (summary.rendered, summary.failed) == (6, 3)
+        outputs[batch_size] = {(r["id"], r["index"]): r for r in metadata(str(tmp_path / f"out{batch_size}"))}
+    assert outputs[1].keys() == outputs[4].keys()
+    renderer = Renderer(local_config.spec("flux-schnell").model_copy(update={"warmup": False}), device="cpu")
+    for (rid, index), row in outputs[1].items():
+        other = outputs[4][(rid, index)]
+        assert row["sha256"] == other["sha256"] and row["seed"] == other["seed"]
+        if row["error"]:
+            continue
+        [single] = renderer.render([RenderRequest(model="flux-schnell", prompt=row["prompt"], seed=row["seed"],
+                                                  width=row["width"], height=row["height"], steps=2)])
+        on_disk = (tmp_path / "out4" / row["path"]).read_bytes()
+        assert np.array_equal(pixels(on_disk), pixels(single.image)), (rid, index)
+
+
+def test_seeds_offset_and_derived_deterministically(tmp_path, input_file):
+    run_job(job(tmp_path, "one"))
+    run_job(job(tmp_path, "two"))
+    one, two = metadata(str(tmp_path / "one")), metadata(str(tmp_path / "two"))
+    seeds = {(r["id"], r["index"]): r["seed"] for r in one}
+    assert [seeds[("a", i)] for i in range(3)] == [10, 11, 12]
+    assert [seeds[("c", i)] for i in range(2)] == [5, 6]
+    assert seeds[("b", 0)] is not None and seeds[("b", 0)] == {(r["id"], r["index"]): r["seed"] for r in two}[("b", 0)]
+    other_job_seed = run_job(job(tmp_path, "three", seed=99))
+    assert other_job_seed.rendered == 6
+    assert {(r["id"], r["index"]): r["seed"] for r in metadata(str(tmp_path / "three"))}[("b", 0)] != seeds[("b", 0)]
+
+
+def test_bad_rows_become_error_rows_and_budget_fails_the_job(tmp_path, input_file):
+    run_job(job(tmp_path, "ok", max_errors=3))
+    errors = {r["id"]: r["error"] for r in metadata(str(tmp_path / "ok")) if r["error"]}
+    assert errors.keys() == {"d", "e", "f"}
+    assert errors["d"].startswith("BadRequest.EmptyInput") and "1000*1000" in errors["e"]
+    assert "dall-e" in errors["f"]
+    with pytest.raises(JobError, match="3 of 9 images failed, over the error budget"):
+        run_job(job(tmp_path, "strict", max_errors=0.2))
+
+
+def test_rerun_on_complete_output_rewrites_nothing(tmp_path, input_file):
+    first = run_job(job(tmp_path, "out"))
+    out = tmp_path / "out"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    again = run_job(job(tmp_path, "out"))
+    assert (again.rendered, again.failed, again.skipped, again.images) == (0, 0, first.rendered + 3, 9)
+    after = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    assert after == before
+
+
+@pytest.mark.parametrize("fmt", ["files", "webdataset", "parquet"])
+def test_formats_readable_back(tmp_path, input_file, fmt):
+    run_job(job(tmp_path, fmt, format=fmt))
+    out = tmp_path / fmt
+    rows = [r for r in metadata(str(out)) if not r["error"]]
+    assert len(rows) == 6 and len({r["key"] for r in rows}) == 6
+    for row in rows:
+        if fmt == "files":
+            data = (out / row["path"]).read_bytes()
+        elif fmt == "webdataset":
+            shard, member = row["path"].split("#")
+            with tarfile.open(out / shard) as tar:
+                data = tar.extractfile(member).read()
+                sidecar = json.loads(tar.extractfile(member.replace(".png", ".json")).read())
+            assert sidecar["seed"] == row["seed"] and sidecar["prompt"] == row["prompt"]
+        else:
+            table = pq.read_table(out / row["path"]).to_pylist()
+            data = next(r["image"] for r in table if r["key"] == row["key"])
+        image = pixels(data)
+        assert image.shape == (row["height"], row["width"], 3)
+        import hashlib
+
+        assert hashlib.sha256(data).hexdigest() == row["sha256"]
+
+
+def test_missing_input_and_prompt_column(tmp_path):
+    with pytest.raises(JobError, match="no Parquet input"):
+        run_job(JobSpec(input=str(tmp_path / "none.parquet"), output=str(tmp_path / "o")))
+    pq.write_table(pa.table({"text": ["x"]}), tmp_path / "noprompt.parquet")
+    with pytest.raises(JobError, match="no 'prompt' column"):
+        run_job(JobSpec(input=str(tmp_path / "noprompt.parquet"), output=str(tmp_path / "o")))
