@@ -164,8 +164,11 @@ def serve_command(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     with console.status("starting Ray"):
+        from jobs.render import ray_address
+
         extra = {"_metrics_export_port": metrics_port} if metrics_port and not address else {}
-        ray.init(address=address, namespace="raydiant", log_to_driver=False, configure_logging=False, **extra)
+        ray.init(address=ray_address(address), namespace="raydiant", log_to_driver=False, configure_logging=False,
+                 **extra)
     try:
         with console.status(f"deploying {', '.join(cfg.served_models())}"):
             ray_serve.start(http_options={"host": host, "port": port})

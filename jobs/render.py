@@ -9,6 +9,7 @@ writes summary.json. The dataset is never materialised.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -69,6 +70,12 @@ def input_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     return fs, files
 
 
+def ray_address(explicit: str | None) -> str:
+    """The cluster to use: the one named, the one a submitted job runs in ($RAY_ADDRESS), else a
+    new local one. Never whatever cluster happens to be recorded on this machine."""
+    return explicit or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def count_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
     """From the Parquet footers only: no data is read."""
     return sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
@@ -93,7 +100,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     done = committed_keys(storage)
 
     if not ray.is_initialized():
-        ray.init(address=spec.address, log_to_driver=False, configure_logging=False)
+        ray.init(address=ray_address(spec.address), log_to_driver=False, configure_logging=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.read_parquet(files, filesystem=fs)
     if spec.limit:

@@ -33,12 +33,8 @@ class Service:
     def processes(self, pattern: str) -> list[int]:
         """Pids in this service's session whose command line contains `pattern`."""
         out = subprocess.run(["ps", "-e", "-o", "pid=,sid=,args="], capture_output=True, text=True).stdout
-        found = []
-        for line in out.splitlines():
-            pid, sid, args = line.split(None, 2)
-            if int(sid) == self.pid and pattern in args:
-                found.append(int(pid))
-        return found
+        rows = (line.split(None, 2) for line in out.splitlines())
+        return [int(pid) for pid, sid, args in rows if int(sid) == self.pid and pattern in args]
 
 
 @contextmanager
@@ -87,8 +83,20 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # whatever of its session is left (Ray workers)
-    except (ProcessLookupError, PermissionError):
-        pass
+    kill_session(process.pid)  # whatever of its session is left (Ray workers)
     process.wait()
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid` (Ray puts workers in process groups of their own,
+    so killing the process group alone can leave them running)."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass

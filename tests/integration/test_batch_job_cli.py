@@ -4,7 +4,6 @@ status when the error budget is exceeded."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,34 +14,43 @@ import pyarrow.parquet as pq
 
 from cluster.storage import Storage
 from jobs.output import read_metadata
+from serve.local_service import kill_session
 
 RAYDIANT = str(Path(sys.executable).parent / "raydiant")
 
 
-def render(*args: str, **popen) -> subprocess.Popen:
+def render(*args: str, log: Path) -> subprocess.Popen:
+    """`raydiant render ...` in its own session; output goes to files (a full pipe would block it)."""
     return subprocess.Popen([RAYDIANT, "render", "--size", "256*256", "--steps", "2", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ | {"RAY_DISABLE_USAGE_STATS": "1"}, start_new_session=True, **popen)
+                            stdout=open(log.with_suffix(".out"), "w"), stderr=open(log.with_suffix(".err"), "w"),
+                            env=os.environ | {"RAY_DISABLE_USAGE_STATS": "1"}, start_new_session=True)
+
+
+def finish(job: subprocess.Popen, log: Path, timeout_s: float = 300) -> tuple[int, str, str]:
+    job.wait(timeout=timeout_s)
+    return job.returncode, log.with_suffix(".out").read_text(), log.with_suffix(".err").read_text()
 
 
 def test_sigkill_mid_job_then_rerun_completes_exactly_once(tmp_path):
     rows = [{"id": f"row-{i}", "prompt": f"prompt {i}", "n": 2} for i in range(30)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     out = tmp_path / "out"
-    job = render("-i", str(tmp_path / "in.parquet"), "-o", str(out), "--batch-size", "2")
-    deadline = time.monotonic() + 240
-    while not list((out / "metadata").glob("part-*.parquet")) if (out / "metadata").exists() else True:
-        assert job.poll() is None, job.stderr.read()
-        assert time.monotonic() < deadline, "no batch committed in time"
-        time.sleep(0.1)
-    os.killpg(job.pid, signal.SIGKILL)  # the CLI, its Ray cluster and workers: mid-job, no cleanup
-    job.wait()
+    job = render("-i", str(tmp_path / "in.parquet"), "-o", str(out), "--batch-size", "2", log=tmp_path / "first")
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("metadata/part-*.parquet")):
+            assert job.poll() is None, (tmp_path / "first.err").read_text()
+            assert time.monotonic() < deadline, "no batch committed in time"
+            time.sleep(0.1)
+    finally:
+        kill_session(job.pid)  # the CLI, its Ray cluster and workers: mid-job, no cleanup
+        job.wait()
     committed_before = read_metadata(Storage(str(out))).num_rows
     assert 0 < committed_before < 60
 
-    rerun = render("-i", str(tmp_path / "in.parquet"), "-o", str(out), "--batch-size", "2")
-    stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
+    rerun = render("-i", str(tmp_path / "in.parquet"), "-o", str(out), "--batch-size", "2", log=tmp_path / "rerun")
+    returncode, stdout, stderr = finish(rerun, tmp_path / "rerun")
+    assert returncode == 0, stderr
     table = read_metadata(Storage(str(out))).to_pylist()
     keys = [r["key"] for r in table]
     assert len(keys) == 60 and len(set(keys)) == 60  # every image, once
@@ -54,9 +62,10 @@ def test_sigkill_mid_job_then_rerun_completes_exactly_once(tmp_path):
 def test_error_budget_exceeded_exits_nonzero(tmp_path):
     rows = [{"prompt": "fine"}, {"prompt": None}, {"prompt": "also fine"}]
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("prompt", pa.string())])), tmp_path / "in.parquet")
-    job = render("-i", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out"), "--max-errors", "0")
-    _, stderr = job.communicate(timeout=300)
-    assert job.returncode == 2
+    job = render("-i", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out"), "--max-errors", "0",
+                 log=tmp_path / "job")
+    returncode, _, stderr = finish(job, tmp_path / "job")
+    assert returncode == 2
     assert "1 of 3 images failed, over the error budget" in stderr and "Traceback" not in stderr
 
 
@@ -64,6 +73,6 @@ def test_bad_arguments_are_one_line(tmp_path):
     for args, message in [(["-i", str(tmp_path / "none.parquet"), "-o", str(tmp_path / "o")], "no Parquet input"),
                           (["-i", "x", "-o", "y", "--concurrency", "3,1"], "concurrency must be MIN,MAX"),
                           (["-i", "x", "-o", "y", "--format", "zip"], "format")]:
-        job = render(*args)
-        _, stderr = job.communicate(timeout=120)
-        assert job.returncode == 2 and message in stderr and "Traceback" not in stderr, stderr
+        job = render(*args, log=tmp_path / "job")
+        returncode, _, stderr = finish(job, tmp_path / "job", 120)
+        assert returncode == 2 and message in stderr and "Traceback" not in stderr, stderr
