@@ -29,7 +29,10 @@ def client(address: str):
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - connection failures come in many types
-        raise SubmitError(f"cannot reach the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ("; set RAY_AUTH_MODE=token and put the cluster's token in ~/.ray/auth_token"
+                if "authentication" in reason.lower() else "")
+        raise SubmitError(f"cannot reach the Ray cluster at {address}: {reason}{hint}") from None
 
 
 def runtime_env(extra_file: Path | None) -> dict[str, Any]:

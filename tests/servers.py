@@ -77,3 +77,22 @@ def raydiant_service(workdir, config_yaml: str, api_keys: str = "test-key",
     config.write_text(config_yaml)
     with local_service(workdir, config, api_keys=api_keys, extra_args=extra_args) as running:
         yield running
+
+
+@contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's standalone S3-compatible server on a free loopback port; yields its endpoint URL."""
+    import sys
+    from pathlib import Path
+
+    binary = Path(sys.executable).parent / "moto_server"
+    if not binary.exists():
+        require("moto_server", "the S3 tests")
+    port = free_port()
+    process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(process)

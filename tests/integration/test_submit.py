@@ -1,0 +1,94 @@
+"""Laptop submission to a real Ray head (`ray start --head`, dashboard on loopback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.storage import Storage
+from jobs.output import read_metadata
+from serve.local_service import free_port, kill_session
+
+BIN = Path(sys.executable).parent
+
+
+@contextmanager
+def ray_head(workdir: Path):
+    """A head node on free loopback ports; its jobs run with this venv's python."""
+    dashboard = free_port()
+    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_DISABLE_USAGE_STATS": "1"}
+    args = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
+            f"--ray-client-server-port={free_port()}"]
+    head = subprocess.Popen(args, cwd=workdir, env=env, stdout=open(workdir / "head.log", "w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert head.poll() is None, (workdir / "head.log").read_text()
+            try:
+                if httpx.get(f"{address}/api/version", timeout=2).status_code in (200, 401):
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "ray head did not start"
+            time.sleep(1)
+        yield address
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        kill_session(head.pid)
+        head.wait()
+
+
+def raydiant(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    # Ray >= 2.5x clusters require a token; a laptop on the same machine reads ~/.ray/auth_token.
+    env = os.environ | {"RAY_AUTH_MODE": "token"}
+    return subprocess.run([str(BIN / "raydiant"), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_submit_wait_then_jobs_list_status_logs(tmp_path):
+    pq.write_table(pa.table({"prompt": ["a fox", "a cat", "a dog"]}), tmp_path / "in.parquet")
+    out = tmp_path / "out"
+    with ray_head(tmp_path) as address:
+        for attempt in range(10):  # the head's job agent can need a few seconds after the dashboard
+            done = raydiant("submit", "--address", address, "--wait", "--", "render", "-i", str(tmp_path / "in.parquet"),
+                            "-o", str(out), "--size", "256*256", "--steps", "1")
+            if "No available agent" not in done.stderr + done.stdout:
+                break
+            time.sleep(3)
+        assert done.returncode == 0, done.stdout + done.stderr
+        job_id = next(line.split()[1] for line in done.stdout.splitlines() if line.startswith("submitted "))
+        assert "SUCCEEDED" in done.stdout.splitlines()[-1]
+        assert read_metadata(Storage(str(out))).num_rows == 3
+
+        listed = raydiant("jobs", "list", "--address", address)
+        assert listed.returncode == 0 and job_id in listed.stdout
+        status = raydiant("jobs", "status", job_id, "--address", address)
+        assert status.stdout.strip() == "SUCCEEDED"
+        logs = raydiant("jobs", "logs", job_id, "--address", address)
+        assert "3 rendered" in logs.stdout
+
+        failed = raydiant("submit", "--address", address, "--wait", "--", "render", "-i", str(tmp_path / "missing.parquet"),
+                          "-o", str(out))
+        assert failed.returncode == 1 and "FAILED" in failed.stdout
+
+
+def test_unreachable_address_is_one_line():
+    port = free_port()
+    out = raydiant("jobs", "list", "--address", f"http://127.0.0.1:{port}", timeout=120)
+    assert out.returncode == 2 and "cannot reach the Ray cluster" in out.stderr and "Traceback" not in out.stderr
