@@ -25,6 +25,10 @@ demo: $(STAMP)
 		--model stable-diffusion-xl --size 1024*1024 --steps 4 --seed 7 --out var/demo
 	@echo "images are in var/demo/"
 	$(PY) -m serve.demo
+	$(PY) -m jobs.demo_prompts var/demo-prompts.parquet 200
+	$(VENV)/bin/raydiant render --input var/demo-prompts.parquet --output var/demo-batch \
+		--size 512*512 --steps 2 --batch-size 4
+	@echo "batch images and metadata are in var/demo-batch/ (rerun the line above: nothing is redone)"
 
 # Servers the tests start themselves (on free loopback ports); installed here when missing.
 services:
