@@ -113,7 +113,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
         RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=gpus,
         compute=ray.data.ActorPoolStrategy(min_size=spec.concurrency[0], max_size=spec.concurrency[1]),
         fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
-                               "batch_size": spec.batch_size})
+                               "batch_size": spec.batch_size, "pool_size": spec.concurrency[1]})
 
     progress = Progress(rows_total=rows_total, started=time.monotonic())
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
