@@ -87,31 +87,28 @@ def _vae(scale: Scale, latent_channels: int, **real: Any) -> dict[str, Any]:
 # --- Text encoders --------------------------------------------------------------------------
 
 
-def _clip_l(scale: Scale, with_projection: bool = False) -> TextEncoderSpec:
-    if scale == "full":
-        config = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-                  "num_attention_heads": 12, "projection_dim": 768, "hidden_act": "quick_gelu",
-                  "vocab_size": 49408}
-    else:
-        config = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                  "num_attention_heads": 2, "projection_dim": 32, "hidden_act": "quick_gelu",
-                  "vocab_size": TINY_CLIP_VOCAB}
-    config |= {"max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
-    model = "CLIPTextModelWithProjection" if with_projection else "CLIPTextModel"
-    return TextEncoderSpec(model, config, "clip")
+def _clip(scale: Scale, full: dict[str, Any], act: str, model: str) -> TextEncoderSpec:
+    """A CLIP text encoder: `full` dims at full scale, two tiny layers otherwise."""
+    dims = full if scale == "full" else {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                                         "num_attention_heads": 2, "projection_dim": 32,
+                                         "vocab_size": TINY_CLIP_VOCAB}
+    config = dims | {"hidden_act": act, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
+                     "pad_token_id": 1}
+    return TextEncoderSpec(model, config, "clip")  # type: ignore[arg-type]
+
+
+def _clip_l(scale: Scale) -> TextEncoderSpec:
+    """OpenAI CLIP ViT-L/14 text encoder (FLUX, SD 1.5, SDXL's first)."""
+    return _clip(scale, {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                         "num_attention_heads": 12, "projection_dim": 768, "vocab_size": 49408},
+                 "quick_gelu", "CLIPTextModel")
 
 
 def _clip_bigg(scale: Scale) -> TextEncoderSpec:
-    if scale == "full":
-        config = {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
-                  "num_attention_heads": 20, "projection_dim": 1280, "hidden_act": "gelu",
-                  "vocab_size": 49408}
-    else:
-        config = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                  "num_attention_heads": 2, "projection_dim": 32, "hidden_act": "gelu",
-                  "vocab_size": TINY_CLIP_VOCAB}
-    config |= {"max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
-    return TextEncoderSpec("CLIPTextModelWithProjection", config, "clip")
+    """OpenCLIP ViT-bigG/14 text encoder with projection (SDXL's second)."""
+    return _clip(scale, {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                         "num_attention_heads": 20, "projection_dim": 1280, "vocab_size": 49408},
+                 "gelu", "CLIPTextModelWithProjection")
 
 
 def _t5_xxl(scale: Scale) -> TextEncoderSpec:

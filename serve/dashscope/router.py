@@ -82,24 +82,21 @@ async def create_image2image(request: Request) -> JSONResponse:
 @router.get("/tasks/{task_id}/")
 async def fetch_task(task_id: str, request: Request) -> JSONResponse:
     caller = _caller(request)
-    if isinstance(caller, ApiError):
-        return error_response(caller)
-    return respond(await _service(request).fetch(task_id, str(request.base_url)))
+    return error_response(caller) if isinstance(caller, ApiError) else \
+        respond(await _service(request).fetch(task_id, str(request.base_url)))
 
 
 @router.post("/tasks/{task_id}/cancel")
 @router.post("/tasks/{task_id}/cancel/")
 async def cancel_task(task_id: str, request: Request) -> JSONResponse:
     caller = _caller(request)
-    if isinstance(caller, ApiError):
-        return error_response(caller)
-    return respond(await _service(request).cancel(task_id))
+    return error_response(caller) if isinstance(caller, ApiError) else \
+        respond(await _service(request).cancel(task_id))
 
 
 @router.get("/tasks")
 @router.get("/tasks/")
 async def list_tasks(request: Request) -> JSONResponse:
     caller = _caller(request)
-    if isinstance(caller, ApiError):
-        return error_response(caller)
-    return respond(await _service(request).list(dict(request.query_params), caller))
+    return error_response(caller) if isinstance(caller, ApiError) else \
+        respond(await _service(request).list(dict(request.query_params), caller))
