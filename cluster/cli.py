@@ -176,6 +176,8 @@ def serve_command(
                           name="raydiant", route_prefix="/", blocking=False)
         console.print(f"raydiant is serving on http://{host}:{port}  "
                       f"(DashScope base: http://{host}:{port}/api/v1; Ctrl-C stops)")
+        console.print(f"Ray cluster: {ray.get_runtime_context().gcs_address}  "
+                      f"(batch jobs can render through this service: raydiant render --via-serve --address ...)")
         stop.wait()
     except Exception as exc:  # noqa: BLE001 - deployment failures are reported in one line
         fail(f"serving failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
@@ -201,6 +203,9 @@ def render_command(
     seed: int = typer.Option(0, "--seed", help="Job seed (rows without a seed derive theirs from it)."),
     max_errors: float = typer.Option(0.1, "--max-errors", help="Failed images allowed: count, or fraction < 1."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)."),
+    via_serve: bool = typer.Option(False, "--via-serve", help="Render through the running Serve app "
+                                                               "in the --address cluster."),
+    serve_app: str = typer.Option("raydiant", "--serve-app", help="Serve application name for --via-serve."),
 ) -> None:
     """Render every prompt of a Parquet dataset into images plus a metadata table (resumable)."""
     from pydantic import ValidationError
@@ -222,7 +227,8 @@ def render_command(
     try:
         spec = JobSpec(input=input, output=output, config=str(config) if config else None, format=fmt,
                        batch_size=batch_size, concurrency=pool, limit=limit, seed=seed, max_errors=max_errors,
-                       address=address, defaults={"model": model, "width": width, "height": height,
+                       address=address, via_serve=serve_app if via_serve else None,
+                       defaults={"model": model, "width": width, "height": height,
                                                   "steps": steps, "n": n})
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))

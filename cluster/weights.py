@@ -3,6 +3,7 @@
 A source string is one of:
 - `tiny:<family>`   tiny random weights, built into the local cache on first use
 - `random:<family>` full-size architecture, random weights, built on the target device
+- `fake:<family>`   a FAKE engine drawing solid colours (plumbing tests and benchmarks only)
 - `scheme://...`    any fsspec URI (`s3://`, `gs://`, `file://`, `memory://`): copied to the
                     local cache (refreshed when the remote listing changes), then loaded
 - a local directory (absolute, relative, or `~`)
@@ -30,7 +31,7 @@ import torch
 from cluster.architectures import PIPELINE_CLASS, Family
 from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
 
-SourceKind = Literal["tiny", "random", "fsspec", "local", "hub"]
+SourceKind = Literal["tiny", "random", "fake", "fsspec", "local", "hub"]
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -50,7 +51,7 @@ class WeightSource:
 
 def parse_source(source: str) -> WeightSource:
     """Classify a source string; raises ModelLoadError for an unknown `tiny:`/`random:` family."""
-    for prefix in ("tiny", "random"):
+    for prefix in ("tiny", "random", "fake"):
         if source.startswith(f"{prefix}:"):
             family = source.split(":", 1)[1]
             if family not in {f.value for f in Family}:
@@ -133,6 +134,10 @@ def load_pipeline(name: str, family: Family, source: str, dtype: torch.dtype,
     source builds directly on `device` (random:); the caller moves or offloads it."""
     try:
         parsed = parse_source(source)
+        if parsed.kind == "fake":
+            from cluster.fake_engine import FakePipeline
+
+            return FakePipeline(parsed.family)  # type: ignore[return-value]
         if parsed.kind == "random":
             from cluster.random_weights import build_random_pipeline
 

@@ -97,7 +97,7 @@ class OutputSink:
         self.storage.write(part, _parquet_bytes(table))
 
 
-def _metadata_parts(storage: Storage) -> list[str]:
+def metadata_parts(storage: Storage) -> list[str]:
     root = storage.path("metadata")
     if not storage.fs.exists(root):
         return []
@@ -105,7 +105,7 @@ def _metadata_parts(storage: Storage) -> list[str]:
 
 
 def read_metadata(storage: Storage, columns: list[str] | None = None) -> pa.Table:
-    parts = _metadata_parts(storage)
+    parts = metadata_parts(storage)
     if not parts:
         return METADATA_SCHEMA.empty_table() if columns is None else \
             pa.schema([METADATA_SCHEMA.field(c) for c in columns]).empty_table()
@@ -122,7 +122,7 @@ def committed_keys(storage: Storage) -> frozenset[str]:
 def compact(storage: Storage) -> pa.Table:
     """Rewrite the metadata parts as one table with each image once (its newest success, else
     its newest error); returns it."""
-    parts = _metadata_parts(storage)
+    parts = metadata_parts(storage)
     table = read_metadata(storage)
     best: dict[str, dict[str, Any]] = {}
     for row in table.to_pylist():

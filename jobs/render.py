@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from cluster.config import load_config
 from cluster.storage import Storage
-from jobs.output import committed_keys, compact
+from jobs.output import committed_keys, compact, metadata_parts
 from jobs.rows import expand_batch
 from jobs.spec import JobSpec
 from jobs.worker import RenderWorker
@@ -98,6 +98,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     rows_total = min(count_rows(fs, files), spec.limit or 1 << 62)
     storage = Storage(spec.output)
     done = committed_keys(storage)
+    rerun = bool(metadata_parts(storage))  # only a rerun can commit an image twice
 
     if not ray.is_initialized():
         ray.init(address=ray_address(spec.address), log_to_driver=False, configure_logging=False)
@@ -108,12 +109,13 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     specs = config.specs()
     dataset = dataset.map_batches(expand_batch, batch_format="pandas", fn_kwargs={
         "specs": specs, "defaults": spec.defaults, "job_seed": spec.seed, "done": done})
-    gpus = 1 if torch.cuda.is_available() else 0
+    gpus = 1 if torch.cuda.is_available() and not spec.via_serve else 0  # via Serve: its replicas hold the GPUs
     dataset = dataset.map_batches(
         RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=gpus,
         compute=ray.data.ActorPoolStrategy(min_size=spec.concurrency[0], max_size=spec.concurrency[1]),
         fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
-                               "batch_size": spec.batch_size, "pool_size": spec.concurrency[1]})
+                               "batch_size": spec.batch_size, "pool_size": spec.concurrency[1],
+                               "via_serve": spec.via_serve})
 
     progress = Progress(rows_total=rows_total, started=time.monotonic())
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
@@ -124,9 +126,12 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     elapsed = time.monotonic() - progress.started
 
     rendered = progress.images_done + progress.images_failed
-    table = compact(storage) if rendered else None
-    images = table.num_rows if table is not None else len(done)
-    failed_total = sum(1 for e in table.column("error").to_pylist() if e) if table is not None else 0
+    if rendered and rerun:
+        table = compact(storage)
+        images = table.num_rows
+        failed_total = sum(1 for e in table.column("error").to_pylist() if e)
+    else:  # a first run commits every image once: no need to read the metadata back
+        images, failed_total = len(done) + rendered, progress.images_failed
     summary = JobSummary(output=spec.output, format=spec.format, rows=rows_total, images=images,
                          rendered=progress.images_done, failed=progress.images_failed, skipped=len(done),
                          seconds=round(elapsed, 2), images_per_s=round(progress.images_per_s, 3))

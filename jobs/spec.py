@@ -37,6 +37,8 @@ class JobSpec(BaseModel):
     seed: int = Field(0, description="Job seed: rows without a seed get one derived from it and their id.")
     max_errors: float = Field(0.1, ge=0, description="Failed images allowed: a count (>= 1) or a fraction (< 1).")
     address: str | None = Field(None, description="Ray cluster address (default: start a local one).")
+    via_serve: str | None = Field(None, description="Render through this running Serve application "
+                                                    "(e.g. 'raydiant') instead of a dedicated actor pool.")
 
     @field_validator("concurrency")
     @classmethod

@@ -1,5 +1,9 @@
-"""`RenderWorker`: the Ray Data actor that renders work items with the shared `Renderer` and
-commits them to the output (one actor per GPU on clusters, per configured slot on CPU)."""
+"""`RenderWorker`: the Ray Data actor that renders work items and commits them to the output.
+
+It renders with its own `Renderer` (one actor per GPU on clusters, per configured slot on CPU),
+or, with `via_serve`, through the model deployments of a running raydiant Serve application in
+the same Ray cluster (the job then shares the service's replicas instead of loading models).
+"""
 
 from __future__ import annotations
 
@@ -20,17 +24,21 @@ RESULT_COLUMNS = ["key", "id", "index", "model", "error", "render_s"]
 
 
 class RenderWorker:
-    def __init__(self, config: str | None, output: str, fmt: str, batch_size: int, pool_size: int = 1):
-        if not torch.cuda.is_available():
+    def __init__(self, config: str | None, output: str, fmt: str, batch_size: int, pool_size: int = 1,
+                 via_serve: str | None = None):
+        self.via_serve = via_serve  # the Serve application's name, when rendering through it
+        if not torch.cuda.is_available() and not via_serve:
             # Ray pins a 1-CPU actor to one intra-op thread; a CPU renderer should use its share
             # of the machine instead (bench/batch.py: job/bare ratio 0.71 before this, 0.91 after).
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // pool_size))
         self.config = load_config(config)
         self.sink = OutputSink(output, fmt)
         self.batch_size = batch_size
-        self.renderers: dict[str, Renderer | str] = {}  # model -> renderer, or why it failed to load
+        self.renderers: dict[str, Renderer | _ServedModel | str] = {}  # model -> renderer, or why not
 
     def _renderer(self, model: str) -> Renderer | str:
+        if model not in self.renderers and self.via_serve:
+            self.renderers[model] = _ServedModel.connect(self.via_serve, model)
         if model not in self.renderers:
             try:
                 spec = self.config.spec(model).model_copy(update={"max_batch_size": self.batch_size})
@@ -70,3 +78,26 @@ class RenderWorker:
                              width=int(row["width"]), height=int(row["height"]), steps=int(row["steps"]),
                              guidance=float(row["guidance"]), seed=int(row["seed"]), n=1,
                              request_id=row["key"])
+
+
+class _ServedModel:
+    """A model deployment of a running Serve application, with the `render` of a Renderer."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    @classmethod
+    def connect(cls, app_name: str, model: str) -> "_ServedModel | str":
+        from ray import serve
+
+        from serve.deployment import deployment_name
+
+        try:
+            return cls(serve.get_deployment_handle(deployment_name(model), app_name=app_name))
+        except Exception as exc:  # noqa: BLE001 - Serve raises several types for "not there"
+            return f"ModelNotFound: model {model} is not served by Serve application '{app_name}': {exc}"
+
+    def render(self, requests: list[RenderRequest]) -> list:
+        # Send everything first, so @serve.batch on the replicas can group the requests.
+        responses = [self.handle.render.remote(request) for request in requests]
+        return [response.result()[0] for response in responses]
