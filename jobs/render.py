@@ -101,7 +101,12 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     rerun = bool(metadata_parts(storage))  # only a rerun can commit an image twice
 
     if not ray.is_initialized():
-        ray.init(address=ray_address(spec.address), log_to_driver=False, configure_logging=False)
+        address = ray_address(spec.address)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except ConnectionError as exc:
+            raise JobError(f"cannot connect to the Ray cluster at {address}: {exc} (clusters with token "
+                           f"authentication also need RAY_AUTH_MODE=token and ~/.ray/auth_token)") from None
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.read_parquet(files, filesystem=fs)
     if spec.limit:

@@ -48,7 +48,7 @@ def local_service(workdir: str | Path, config: Path | None = None, api_keys: str
     command = [str(Path(sys.executable).parent / "raydiant"), "serve", "--port", str(port), *extra_args]
     if config is not None:
         command += ["--config", str(config)]
-    env = os.environ | {"RAYDIANT_API_KEYS": api_keys, "RAY_DISABLE_USAGE_STATS": "1"}
+    env = os.environ | {"RAYDIANT_API_KEYS": api_keys, "RAY_DISABLE_USAGE_STATS": "1", "PYTHONUNBUFFERED": "1"}
     log_path = workdir / "serve.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,

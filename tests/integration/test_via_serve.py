@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,12 +32,18 @@ def test_job_renders_through_running_service(tmp_path, local_config):
     pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["a fox", "a cat"], "seed": [3, 8], "n": [2, 1]}),
                    tmp_path / "in.parquet")
     with raydiant_service(tmp_path / "svc", CONFIG.format(work=tmp_path / "svc")):
-        log = (tmp_path / "svc" / "serve.log").read_text()
-        address = re.search(r"Ray cluster: (\S+)", log).group(1)
+        address = None
+        for _ in range(60):  # the line follows right after the app is up
+            if found := re.search(r"Ray cluster: (\S+)", (tmp_path / "svc" / "serve.log").read_text()):
+                address = found.group(1)
+                break
+            time.sleep(0.5)
+        assert address, "raydiant serve did not print its Ray cluster address"
         job = subprocess.run([str(Path(sys.executable).parent / "raydiant"), "render", "--via-serve",
                               "--address", address, "-i", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out"),
                               "--size", "256*256", "--steps", "2"],
-                             capture_output=True, text=True, timeout=300, env=os.environ.copy())
+                             capture_output=True, text=True, timeout=300,
+                             env=os.environ | {"RAY_AUTH_MODE": "token"})  # Ray's default token auth
     assert job.returncode == 0, job.stderr[-3000:]
     rows = sorted(read_metadata(Storage(str(tmp_path / "out"))).to_pylist(), key=lambda r: (r["id"], r["index"]))
     assert [(r["id"], r["index"], r["seed"]) for r in rows] == [("a", 0, 3), ("a", 1, 4), ("b", 0, 8)]
