@@ -63,10 +63,6 @@ class Dispatcher:
                        asyncio.create_task(self._every(self.settings.lease_s / 2, self._recover)),
                        asyncio.create_task(self._every(60.0, self._purge))]
 
-    async def stop(self) -> None:
-        for task in self._loops:
-            task.cancel()
-
     async def _every(self, period_s: float, job) -> None:
         while True:
             try:
@@ -120,7 +116,10 @@ class Dispatcher:
                 await self._attempt(task_id, model)
         finally:
             self._owned.discard(task_id)
-            self._done.setdefault(task_id, asyncio.Event()).set()
+            # Waiters hold the event already; later waiters read the (terminal) record instead.
+            event = self._done.pop(task_id, None)
+            if event is not None:
+                event.set()
 
     async def _attempt(self, task_id: str, model: str) -> None:
         while True:
