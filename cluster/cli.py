@@ -240,7 +240,8 @@ def render_command(
         task = bar.add_task("rendering", total=None, rate=0.0, errors=0)
 
         def show(p) -> None:
-            bar.update(task, total=p.rows_total * n, completed=p.images_done + p.images_failed,
+            bar.update(task, description=f"{p.rows_total} rows", total=p.rows_total * n,
+                       completed=p.images_done + p.images_failed,
                        rate=p.images_per_s, errors=p.images_failed)
 
         try:

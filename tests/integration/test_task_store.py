@@ -30,14 +30,18 @@ def loop():
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path, loop):
-    global run
-    run = loop.run_until_complete
     if request.param == "sqlite":
         s = SQLiteTaskStore(tmp_path / "tasks.sqlite")
     else:
         s = RedisTaskStore(request.getfixturevalue("redis_url"), prefix=f"t{uuid.uuid4().hex[:8]}")
     yield s
-    run(s.close())
+    loop.run_until_complete(s.close())
+
+
+@pytest.fixture
+def run(loop):
+    """Run a coroutine to completion on the test's loop."""
+    return loop.run_until_complete
 
 
 def record(task_id: str | None = None, **fields) -> TaskRecord:
@@ -47,10 +51,9 @@ def record(task_id: str | None = None, **fields) -> TaskRecord:
     return TaskRecord(**(base | fields))
 
 
-run = asyncio.run  # replaced per test by the store fixture's loop
 
 
-def test_create_get_and_unknown(store):
+def test_create_get_and_unknown(store, run):
     r = record(request={"prompt": "a cat", "seed": 1})
     run(store.create(r))
     got = run(store.get(r.task_id))
@@ -58,7 +61,7 @@ def test_create_get_and_unknown(store):
     assert run(store.get("nope")) is None
 
 
-def test_cancel_only_from_pending(store):
+def test_cancel_only_from_pending(store, run):
     r = record()
     run(store.create(r))
     running = run(store.transition(r.task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING))
@@ -67,7 +70,7 @@ def test_cancel_only_from_pending(store):
     assert run(store.get(r.task_id)).status == TaskStatus.RUNNING
 
 
-def test_concurrent_transitions_have_one_winner(store):
+def test_concurrent_transitions_have_one_winner(store, run):
     r = record()
     run(store.create(r))
 
@@ -77,12 +80,12 @@ def test_concurrent_transitions_have_one_winner(store):
             store.transition(r.task_id, {TaskStatus.PENDING}, status=s)
             for s in [TaskStatus.RUNNING, TaskStatus.CANCELED] * 5])
 
-    winners = [x for x in run(race()) if x is not None]  # noqa: F821
+    winners = [x for x in run(race()) if x is not None]
     assert len(winners) == 1
     assert run(store.get(r.task_id)).status == winners[0].status
 
 
-def test_list_filters_and_pages(store):
+def test_list_filters_and_pages(store, run):
     base = time.time()
     for i in range(7):
         run(store.create(record(submit_time=base + i, model="flux-schnell" if i % 2 else "stable-diffusion-xl")))
@@ -97,7 +100,7 @@ def test_list_filters_and_pages(store):
     assert total == 2
 
 
-def test_expired_lease_is_claimed_once(store):
+def test_expired_lease_is_claimed_once(store, run):
     now = time.time()
     stale = record(owner="dead", lease_until=now - 1, status=TaskStatus.RUNNING)
     live = record(owner="alive", lease_until=now + 60)
@@ -110,7 +113,7 @@ def test_expired_lease_is_claimed_once(store):
     assert run(store.claim_expired("other", now, now + 30)) == []
 
 
-def test_renew_extends_only_own_leases(store):
+def test_renew_extends_only_own_leases(store, run):
     now = time.time()
     mine, theirs = record(owner="me", lease_until=now), record(owner="them", lease_until=now)
     for r in (mine, theirs):
@@ -120,7 +123,7 @@ def test_renew_extends_only_own_leases(store):
     assert run(store.get(theirs.task_id)).lease_until == now
 
 
-def test_records_expire_after_retention(store):
+def test_records_expire_after_retention(store, run):
     short = record(expires_at=time.time() + 1)
     run(store.create(short))
     assert run(store.get(short.task_id)) is not None
