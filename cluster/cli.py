@@ -183,7 +183,10 @@ def serve_command(
         fail(f"serving failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
     finally:
         console.print("draining and shutting down")
-        ray_serve.shutdown()
+        if address:  # a shared cluster: take our application down, leave Serve to the others
+            ray_serve.delete("raydiant")
+        else:
+            ray_serve.shutdown()
         ray.shutdown()
 
 
