@@ -87,6 +87,18 @@ def test_submit_wait_then_jobs_list_status_logs(tmp_path):
                           "-o", str(out))
         assert failed.returncode == 1 and "FAILED" in failed.stdout
 
+        long = raydiant("submit", "--address", address, "--", "render", "-i", str(tmp_path / "in.parquet"),
+                        "-o", str(tmp_path / "slow"), "--n", "4", "--steps", "100")
+        long_id = long.stdout.split()[-1]
+        stopped = raydiant("jobs", "stop", long_id, "--address", address)
+        assert stopped.returncode == 0 and stopped.stdout.strip() in {"stopped", "already finished"}
+        for _ in range(60):
+            status = raydiant("jobs", "status", long_id, "--address", address).stdout.strip()
+            if status in {"STOPPED", "FAILED", "SUCCEEDED"}:
+                break
+            time.sleep(1)
+        assert status == "STOPPED"
+
 
 def test_unreachable_address_is_one_line():
     port = free_port()
