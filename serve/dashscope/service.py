@@ -68,16 +68,16 @@ class DashScopeService:
 
     async def create(self, body: Any, key_id: str, sync: bool, edit_route: bool, base_url: str) -> dict | ApiError:
         try:
-            spec, request, image = await self._parse(body, edit_route)
+            spec, request = await self._parse(body, edit_route)
         except _Invalid as invalid:
             return invalid.error
         resolved = spec.resolve(request, sizes="api")
         if isinstance(resolved, RenderError):
             return ApiError(400, resolved.code, resolved.message)
         record = self._record(resolved, key_id)
-        if image is not None:
+        if request.init_image is not None:  # stored beside the results; the record stays small
             record.init_image_key = f"tasks/{record.task_id}/input"
-            await asyncio.to_thread(self.storage.write, record.init_image_key, image)
+            await asyncio.to_thread(self.storage.write, record.init_image_key, request.init_image)
         try:
             await self.dispatcher.submit(record)
         except QueueFull:
@@ -89,7 +89,7 @@ class DashScopeService:
         finished = await self.dispatcher.wait(record.task_id, self.settings.sync_timeout_s)
         return self._body(finished or record, base_url)
 
-    async def _parse(self, body: Any, edit_route: bool) -> tuple[ModelSpec, RenderRequest, bytes | None]:
+    async def _parse(self, body: Any, edit_route: bool) -> tuple[ModelSpec, RenderRequest]:
         if not isinstance(body, dict):
             raise _Invalid(ApiError.invalid("request body must be a JSON object"))
         model = body.get("model")
@@ -131,10 +131,9 @@ class DashScopeService:
             seed=_typed(params, "seed", _INT, "parameters"),
             n=1 if n is None else n,
             add_sampling_metadata=True if metadata is None else metadata,
-            init_image=b"pending" if spec.edit else None,  # checked by resolve(); real bytes below
+            init_image=await self._input_image(inputs) if spec.edit else None,
         )
-        image = await self._input_image(inputs) if spec.edit else None
-        return spec, request, image
+        return spec, request
 
     async def _input_image(self, inputs: dict) -> bytes:
         url = _typed(inputs, "image_url", _TEXT, "input") or _typed(inputs, "base_image_url", _TEXT, "input")
