@@ -22,6 +22,7 @@ from bench.engine import bare_loop
 from cluster.cli import _quiet_libraries
 from cluster.config import load_config
 from cluster.engine import Renderer
+from cluster.local_ray import connect
 from jobs.render import run_job
 from jobs.spec import JobSpec
 
@@ -58,14 +59,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
     _quiet_libraries()
-    import ray
-
     bare = bare_ips(args.size, args.batch_size, args.large - args.small)
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-    work = Path(tempfile.mkdtemp(prefix="raydiant-batch-bench-"))
-    job_seconds(work, 8, args.size, args.batch_size)  # one-time costs (imports, page cache) out of the way
-    small = job_seconds(work, args.small, args.size, args.batch_size)
-    large = job_seconds(work, args.large, args.size, args.batch_size)
+    with connect():  # a private Ray head on free ports
+        work = Path(tempfile.mkdtemp(prefix="raydiant-batch-bench-"))
+        job_seconds(work, 8, args.size, args.batch_size)  # one-time costs (imports, page cache) out of the way
+        small = job_seconds(work, args.small, args.size, args.batch_size)
+        large = job_seconds(work, args.large, args.size, args.batch_size)
     marginal = (args.large - args.small) / (large - small)
     print(f"\n{MODEL} (tiny) {args.size}*{args.size}, {STEPS} steps, batch {args.batch_size}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")

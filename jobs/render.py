@@ -9,7 +9,6 @@ writes summary.json. The dataset is never materialised.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable
@@ -70,12 +69,6 @@ def input_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     return fs, files
 
 
-def ray_address(explicit: str | None) -> str:
-    """The cluster to use: the one named, the one a submitted job runs in ($RAY_ADDRESS), else a
-    new local one. Never whatever cluster happens to be recorded on this machine."""
-    return explicit or os.environ.get("RAY_ADDRESS") or "local"
-
-
 def count_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
     """From the Parquet footers only: no data is read."""
     return sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
@@ -101,12 +94,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     rerun = bool(metadata_parts(storage))  # only a rerun can commit an image twice
 
     if not ray.is_initialized():
-        address = ray_address(spec.address)
-        try:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except ConnectionError as exc:
-            raise JobError(f"cannot connect to the Ray cluster at {address}: {exc} (clusters with token "
-                           f"authentication also need RAY_AUTH_MODE=token and ~/.ray/auth_token)") from None
+        raise JobError("not connected to Ray: run the job inside cluster.local_ray.connect()")
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.read_parquet(files, filesystem=fs)
     if spec.limit:

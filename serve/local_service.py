@@ -7,8 +7,6 @@ sends SIGTERM (Serve drains), then SIGKILL to whatever of that session is left.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,11 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from cluster.local_ray import free_port, kill_session, session_pids, stop_session  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -77,26 +71,4 @@ def _wait_healthy(base: str, process: subprocess.Popen, timeout_s: float, log_pa
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            pass
-    kill_session(process.pid)  # whatever of its session is left (Ray workers)
-    process.wait()
-
-
-def session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,sid="], capture_output=True, text=True).stdout
-    return [int(pid) for pid, s in (line.split() for line in out.splitlines()) if int(s) == sid]
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of session `sid` (Ray puts workers in process groups of their own,
-    so killing the process group alone can leave them running)."""
-    for pid in session_pids(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    stop_session(process, grace_s=60)  # SIGTERM drains Serve; then whatever of its session is left

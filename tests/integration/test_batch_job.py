@@ -14,6 +14,7 @@ import pytest
 from cluster.engine import Renderer
 from cluster.request import RenderRequest
 from cluster.storage import Storage
+from cluster.local_ray import connect
 from jobs.output import read_metadata
 from jobs.render import JobError, run_job
 from jobs.spec import JobSpec
@@ -22,11 +23,8 @@ from tests.conftest import pixels
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_local():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    with connect(num_cpus=2):
+        yield
 
 
 ROWS = [

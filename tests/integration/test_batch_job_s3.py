@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from cluster.storage import Storage
+from cluster.local_ray import connect
 from jobs.output import read_metadata
 from jobs.render import run_job
 from jobs.spec import JobSpec
@@ -27,14 +28,10 @@ def s3():
         import fsspec.config
 
         fsspec.config.set_conf_env(fsspec.config.conf)  # pick the variables up in this process too
-        import ray
-
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)  # workers inherit the environment above
         try:
-            yield endpoint
+            with connect(num_cpus=2):  # the head, so its workers, inherit the environment above
+                yield endpoint
         finally:
-            ray.shutdown()
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)

@@ -14,45 +14,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.local_ray import free_port, private_head
 from cluster.storage import Storage
 from jobs.output import read_metadata
-from serve.local_service import free_port, kill_session
 
 BIN = Path(sys.executable).parent
 
 
 @contextmanager
 def ray_head(workdir: Path):
-    """A head node on free loopback ports; its jobs run with this venv's python."""
+    """A private head on free loopback ports (dashboard included, for the Job Submission API);
+    its jobs run with this venv's python. Yields the dashboard address."""
     dashboard = free_port()
-    env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}", "RAY_DISABLE_USAGE_STATS": "1"}
-    args = [str(BIN / "ray"), "start", "--head", "--block", f"--port={free_port()}", "--num-cpus=2",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-            f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-            f"--ray-client-server-port={free_port()}"]
-    head = subprocess.Popen(args, cwd=workdir, env=env, stdout=open(workdir / "head.log", "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    address = f"http://127.0.0.1:{dashboard}"
-    try:
+    with private_head(num_cpus=2, dashboard_port=dashboard, log_path=workdir / "head.log"):
+        address = f"http://127.0.0.1:{dashboard}"
         deadline = time.monotonic() + 120
         while True:
-            assert head.poll() is None, (workdir / "head.log").read_text()
             try:
                 if httpx.get(f"{address}/api/version", timeout=2).status_code in (200, 401):
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline, "ray head did not start"
+            assert time.monotonic() < deadline, "ray head did not start: " + (workdir / "head.log").read_text()
             time.sleep(1)
         yield address
-    finally:
-        head.terminate()
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        kill_session(head.pid)
-        head.wait()
 
 
 def raydiant(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

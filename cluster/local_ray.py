@@ -1,0 +1,200 @@
+"""A private Ray head on this machine, for commands run without `--address`.
+
+`ray.init()` alone would start a cluster on some of Ray's default ports (the dashboard on 8265,
+the dashboard agent on 52365) in the shared /tmp/ray, so it would fight any other Ray on the
+machine for them: one of the two loses its agent's HTTP service, or worse. A private head takes
+free loopback ports for every service, worker ports from the OS, and a temporary directory of
+its own, and goes away with the command that started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+HEAD_START_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def head_command(temp_dir: str, gcs_port: int, num_cpus: int | None = None, num_gpus: int | None = None,
+                 metrics_port: int | None = None, dashboard_port: int | None = None) -> list[str]:
+    """`ray start --head --block` with every port chosen here (none of Ray's defaults)."""
+    ray = str(Path(sys.executable).parent / "ray")
+    command = [ray, "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+               f"--port={gcs_port}", f"--temp-dir={temp_dir}",
+               f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+               f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+               f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={metrics_port or free_port()}",
+               f"--ray-client-server-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0"]
+    if dashboard_port:
+        command += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
+    else:
+        command += ["--include-dashboard=false"]
+    if num_cpus is not None:
+        command.append(f"--num-cpus={num_cpus}")
+    if num_gpus is not None:
+        command.append(f"--num-gpus={num_gpus}")
+    return command
+
+
+@contextmanager
+def private_head(num_cpus: int | None = None, num_gpus: int | None = None, metrics_port: int | None = None,
+                 dashboard_port: int | None = None, log_path: str | Path | None = None) -> Iterator[str]:
+    """Start a private Ray head; yields its GCS address (for `ray.init(address=...)`); stops it
+    and removes its temporary directory on exit.
+
+    Ray's token authentication stays on, with the machine's token (~/.ray/auth_token, made
+    when missing, as `ray.init()` would): clients on this machine find it there by themselves."""
+    # Short, because Ray's socket paths under it must fit in 107 bytes.
+    temp_dir = tempfile.mkdtemp(prefix="rd-", dir="/tmp")
+    gcs_port = free_port()
+    ensure_auth_token()
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+                        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    log = open(log_path or Path(temp_dir) / "head.log", "ab")
+    # Its own process group (a Ctrl-C for the command must not stop Ray under it), but the
+    # caller's session, so whoever stops the caller's session stops the head too.
+    head = subprocess.Popen(head_command(temp_dir, gcs_port, num_cpus, num_gpus, metrics_port, dashboard_port),
+                            env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    try:
+        _wait_listening(gcs_port, head, log.name)
+        yield f"127.0.0.1:{gcs_port}"
+    finally:
+        stop_tree(head)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def use_token_auth() -> None:
+    """Token authentication for this process's connections (and its children's). Ray reads the
+    mode into its native config when it is imported, so the config is read again, as Ray's own
+    `ray.init()` does when it starts a local cluster."""
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")
+
+
+def ensure_auth_token() -> None:
+    """~/.ray/auth_token, created (mode 0600) when missing; never replaced, since other
+    clusters on the machine may be using it."""
+    path = Path.home() / ".ray" / "auth_token"
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
+    staging.write_text(secrets.token_hex(32))
+    staging.chmod(0o600)
+    try:
+        os.link(staging, path)  # atomic create-if-absent
+    except FileExistsError:
+        pass
+    finally:
+        staging.unlink()
+
+
+def _wait_listening(port: int, head: subprocess.Popen, log_name: str) -> None:
+    deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise RuntimeError(f"the Ray head exited with {head.returncode}; see {log_name}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"the Ray head did not listen on port {port} within {HEAD_START_TIMEOUT_S}s; see {log_name}")
+
+
+def stop_session(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM `process` (the leader of its own session), then SIGKILL whatever of its session
+    is left: Ray workers live in process groups of their own, but not in sessions of their own."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    kill_session(process.pid)
+    process.wait()
+
+
+def stop_tree(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM `process` (`ray start --block` then stops what it started), then SIGKILL whatever
+    of its process tree is left."""
+    tree = descendants(process.pid)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    process.wait()
+
+
+def descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for child, parent in (map(int, line.split()) for line in out.splitlines()):
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def session_pids(sid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,sid="], capture_output=True, text=True).stdout
+    return [int(pid) for pid, s in (line.split() for line in out.splitlines()) if int(s) == sid]
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of session `sid`."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@contextmanager
+def connect(address: str | None = None, num_cpus: int | None = None, metrics_port: int | None = None,
+            **init_kwargs) -> Iterator[str]:
+    """Connect this process to Ray for the length of the block: to `address`, else to the cluster
+    a submitted job runs in ($RAY_ADDRESS), else to a private head started for the purpose.
+    Never to whatever cluster happens to be recorded on this machine. Yields the address."""
+    import ray
+
+    explicit = address or os.environ.get("RAY_ADDRESS")
+    with contextlib.ExitStack() as stack:
+        target = explicit or stack.enter_context(private_head(num_cpus=num_cpus, metrics_port=metrics_port))
+        if not explicit:
+            use_token_auth()
+        ray.init(address=target, log_to_driver=False, configure_logging=False, **init_kwargs)
+        stack.callback(ray.shutdown)
+        yield target

@@ -1,0 +1,163 @@
+"""`raydiant render`, `submit` and `jobs ...`: batch rendering and job submission (mounted by the
+root command)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from cluster.cli import ConfigOption, console, errors, fail, quiet_libraries
+from cluster.models import parse_size
+
+jobs_app = typer.Typer(no_args_is_help=True, help="Jobs on a remote Ray cluster (Job Submission API).")
+AddressOption = typer.Option(..., "--address", help="Ray dashboard address, e.g. http://HEAD:8265.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("render")(render_command)
+    app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+        submit_command)
+    app.add_typer(jobs_app, name="jobs")
+
+
+def render_command(
+    input: str = typer.Option(..., "--input", "-i", help="Parquet file, directory or glob (local or fsspec URI)."),
+    output: str = typer.Option(..., "--output", "-o", help="Output directory (local or fsspec URI)."),
+    config: Optional[Path] = ConfigOption,
+    model: str = typer.Option("flux-schnell", "--model", "-m", help="Model for rows without a `model` column."),
+    fmt: str = typer.Option("files", "--format", help="files, webdataset or parquet."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per render batch."),
+    concurrency: str = typer.Option("1", "--concurrency", help="Renderer actors: N or MIN,MAX."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Read at most this many rows."),
+    size: Optional[str] = typer.Option(None, "--size", help="W*H for rows without a size."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Steps for rows without steps."),
+    n: int = typer.Option(1, "--n", help="Images per row without an `n` column."),
+    seed: int = typer.Option(0, "--seed", help="Job seed (rows without a seed derive theirs from it)."),
+    max_errors: float = typer.Option(0.1, "--max-errors", help="Failed images allowed: count, or fraction < 1."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)."),
+    via_serve: bool = typer.Option(False, "--via-serve", help="Render through the running Serve app "
+                                                               "in the --address cluster."),
+    serve_app: str = typer.Option("raydiant", "--serve-app", help="Serve application name for --via-serve."),
+) -> None:
+    """Render every prompt of a Parquet dataset into images plus a metadata table (resumable)."""
+    from pydantic import ValidationError
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from cluster.local_ray import connect
+    from jobs.render import JobError, run_job
+    from jobs.spec import JobSpec
+
+    width = height = None
+    if size is not None:
+        if (parsed := parse_size(size)) is None:
+            fail(f"--size must look like W*H (e.g. 1024*1024), got '{size}'")
+        width, height = parsed
+    try:
+        low, _, high = concurrency.partition(",")
+        pool = (int(low), int(high or low))
+    except ValueError:
+        fail(f"--concurrency must be N or MIN,MAX, got '{concurrency}'")
+    try:
+        spec = JobSpec(input=input, output=output, config=str(config) if config else None, format=fmt,
+                       batch_size=batch_size, concurrency=pool, limit=limit, seed=seed, max_errors=max_errors,
+                       address=address, via_serve=serve_app if via_serve else None,
+                       defaults={"model": model, "width": width, "height": height,
+                                                  "steps": steps, "n": n})
+    except ValidationError as exc:
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    quiet_libraries()
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f} images"),
+               TextColumn("{task.fields[rate]:.2f} img/s"), TextColumn("[red]{task.fields[errors]} errors"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=errors) as bar:
+        task = bar.add_task("rendering", total=None, rate=0.0, errors=0)
+
+        def show(p) -> None:
+            bar.update(task, description=f"{p.rows_total} rows", total=p.rows_total * n,
+                       completed=p.images_done + p.images_failed,
+                       rate=p.images_per_s, errors=p.images_failed)
+
+        try:
+            with connect(address):
+                summary = run_job(spec, show)
+        except ConnectionError as exc:
+            fail(f"cannot connect to the Ray cluster at {address}: {exc} (clusters with token authentication "
+                 f"also need RAY_AUTH_MODE=token and ~/.ray/auth_token)")
+        except (JobError, RuntimeError, TimeoutError) as exc:
+            fail(str(exc))
+    console.print(f"done: {summary.rendered} rendered, {summary.failed} failed, {summary.skipped} already done; "
+                  f"{summary.images} images in {summary.output} ({summary.format}); "
+                  f"{summary.images_per_s:.2f} img/s over {summary.seconds:.1f}s")
+
+
+def submit_command(
+    ctx: typer.Context,
+    address: str = AddressOption,
+    wait: bool = typer.Option(False, "--wait", help="Follow the logs and exit with the job's status."),
+    runtime_env_file: Optional[Path] = typer.Option(None, "--runtime-env", help="Extra runtime_env YAML."),
+) -> None:
+    """Run `raydiant ARGS...` on a remote cluster: raydiant submit --address URL -- render ..."""
+    from jobs.submit import SubmitError, follow, submit
+
+    if not ctx.args:
+        fail("nothing to run: give the raydiant command after --, e.g. -- render -i ... -o ...")
+    try:
+        job_id = submit(address, list(ctx.args), runtime_env_file)
+        console.print(f"submitted {job_id}")
+        if wait:
+            status = follow(address, job_id, lambda text: console.print(text, end="", markup=False, highlight=False))
+            console.print(f"job {job_id} {status}")
+            raise typer.Exit(0 if status == "SUCCEEDED" else 1)
+    except SubmitError as exc:
+        fail(str(exc))
+
+
+@jobs_app.command("list")
+def jobs_list(address: str = AddressOption) -> None:
+    """Jobs on the cluster, newest first."""
+    from jobs.submit import SubmitError, call
+
+    try:
+        jobs = call(address, "list_jobs")
+    except SubmitError as exc:
+        fail(str(exc))
+    table = Table("job id", "status", "entrypoint")
+    for job in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
+        table.add_row(job.submission_id or job.job_id or "", str(job.status.value), job.entrypoint)
+    console.print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: str, address: str = AddressOption) -> None:
+    """One job's status."""
+    from jobs.submit import SubmitError, call
+
+    try:
+        console.print(str(call(address, "get_job_status", job_id).value))
+    except SubmitError as exc:
+        fail(str(exc))
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str, address: str = AddressOption) -> None:
+    """One job's logs so far."""
+    from jobs.submit import SubmitError, call
+
+    try:
+        console.print(call(address, "get_job_logs", job_id), end="", markup=False, highlight=False)
+    except SubmitError as exc:
+        fail(str(exc))
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, address: str = AddressOption) -> None:
+    """Stop a running job."""
+    from jobs.submit import SubmitError, call
+
+    try:
+        console.print("stopped" if call(address, "stop_job", job_id) else "already finished")
+    except SubmitError as exc:
+        fail(str(exc))

@@ -1,0 +1,72 @@
+"""`raydiant serve`: the online service in the foreground (mounted by the root command)."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from cluster.cli import ConfigOption, console, fail, load, quiet_libraries
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)
+
+
+def serve_command(
+    config: Optional[Path] = ConfigOption,
+    host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: the config's, 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default: the config's, 8000)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (default: start one)."),
+    batching: bool = typer.Option(True, "--batching/--no-batching", help="Dynamic batching of requests."),
+    metrics_port: Optional[int] = typer.Option(
+        None, "--metrics-port", help="Prometheus metrics port of the local Ray node (new clusters only)."),
+) -> None:
+    """Run the online service in the foreground; Ctrl-C or SIGTERM drains and stops it."""
+    import signal
+    import threading
+
+    from serve.auth import configured_keys
+
+    cfg = load(config)
+    if not configured_keys(cfg.serve.api_keys):
+        fail("no API keys configured: set RAYDIANT_API_KEYS=key1,key2 or serve.api_keys in the config")
+    host, port = host or cfg.serve.host, port or cfg.serve.port
+    quiet_libraries()
+
+    import ray
+    from ray import serve as ray_serve
+
+    from cluster.local_ray import connect
+    from serve.app import build_app
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with contextlib.ExitStack() as stack:
+        with console.status("starting Ray"):
+            try:
+                stack.enter_context(connect(address, metrics_port=None if address else metrics_port,
+                                            namespace="raydiant"))
+            except (ConnectionError, RuntimeError, TimeoutError) as exc:
+                fail(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}")
+        try:
+            with console.status(f"deploying {', '.join(cfg.served_models())}"):
+                ray_serve.start(http_options={"host": host, "port": port})
+                ray_serve.run(build_app({"config": str(config) if config else None, "batching": batching}),
+                              name="raydiant", route_prefix="/", blocking=False)
+            console.print(f"raydiant is serving on http://{host}:{port}  "
+                          f"(DashScope base: http://{host}:{port}/api/v1; Ctrl-C stops)")
+            console.print(f"Ray cluster: {ray.get_runtime_context().gcs_address}  "
+                          f"(batch jobs can render through this service: raydiant render --via-serve --address ...)")
+            stop.wait()
+        except Exception as exc:  # noqa: BLE001 - deployment failures are reported in one line
+            fail(f"serving failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+        finally:
+            console.print("draining and shutting down")
+            if address:  # a shared cluster: take our application down, leave Serve to the others
+                ray_serve.delete("raydiant")
+            else:
+                ray_serve.shutdown()
