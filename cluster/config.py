@@ -71,6 +71,33 @@ class RateLimitConfig(BaseModel):
     burst: int = Field(20, ge=1, description="Requests a key may send at once.")
 
 
+class FetchConfig(BaseModel):
+    """Server-side requests to client-given URLs (input images, webhooks); see serve/fetch.py."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow_loopback: bool = Field(False, description="Allow loopback targets (a developer's own receiver).")
+    allow_private: bool = Field(False, description="Allow private-range targets (10/8, 192.168/16, ...). "
+                                                   "Link-local and metadata addresses are refused always.")
+    max_redirects: int = Field(3, ge=0, description="Redirects followed (each hop checked) for input images.")
+    timeout_s: float = Field(20.0, gt=0, description="Longest a fetch or one webhook attempt may take.")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="Largest input image, in pixels.")
+
+
+class WebhookConfig(BaseModel):
+    """Task-end webhooks (Standard Webhooks signatures)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    secret: str | None = Field(None, description="whsec_... signing secret (default: $RAYDIANT_WEBHOOK_SECRET, "
+                                                 "else secret_file).")
+    secret_file: str = Field("var/webhook.secret", description="Generated once when no secret is given.")
+    first_retry_s: float = Field(1.0, gt=0, description="Wait before the first retry; doubles each time.")
+    max_retry_s: float = Field(300.0, gt=0, description="Longest wait between two attempts.")
+    give_up_after_s: float = Field(86400.0, gt=0, description="No attempt starts later than this after the task ended.")
+    max_concurrent: int = Field(32, ge=1, description="Deliveries in flight per ingress replica.")
+
+
 class ServeConfig(BaseModel):
     """The online service."""
 
@@ -84,8 +111,10 @@ class ServeConfig(BaseModel):
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="Per-key rate limit.")
     max_body_bytes: int = Field(12 * 1024 * 1024, description="Largest request body accepted.")
     max_image_bytes: int = Field(10 * 1024 * 1024, description="Largest input image (edit models).")
-    allow_private_fetch: bool = Field(
-        False, description="Allow fetching image_url / callback_url on private or loopback addresses.")
+    fetch: FetchConfig = Field(default_factory=FetchConfig, description="Rules for image_url and callback_url.")
+    webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Task-end webhooks.")
+    model_aliases: dict[str, str] = Field(
+        default_factory=dict, description="Provider model names -> configured models (flux-pro: flux-dev).")
     max_queued_per_model: int = Field(64, ge=1, description="Waiting tasks per model before 503.")
     task_deadline_s: float = Field(600.0, gt=0, description="A task not done by then ends FAILED.")
     max_attempts: int = Field(3, ge=1, description="Dispatch attempts when a replica or ingress dies.")
@@ -146,6 +175,9 @@ class RaydiantConfig(BaseModel):
         return {name: self.spec(name) for name in self.models}
 
     def check_names(self) -> None:
+        for alias, target in self.serve.model_aliases.items():
+            if target not in self.models:
+                raise ConfigError(f"serve.model_aliases.{alias}: '{target}' is not in models ({', '.join(self.models)})")
         for name in self.served_models():
             if name not in self.models:
                 raise ConfigError(f"serve.models: '{name}' is not in models ({', '.join(self.models)})")

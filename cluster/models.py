@@ -10,6 +10,7 @@ seed chosen) or a `RenderError` naming the offending parameter. It never raises 
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -131,6 +132,26 @@ class ModelSpec(BaseModel):
             init_image=req.init_image,
             request_id=req.request_id,
         )
+
+    def size_for_aspect(self, ratio_w: int, ratio_h: int) -> tuple[int, int] | RenderError:
+        """The renderable size nearest to aspect `ratio_w:ratio_h` at about this model's native
+        area (that of its default size: one megapixel for FLUX and SDXL)."""
+        if ratio_w <= 0 or ratio_h <= 0:
+            return RenderError.invalid(f"aspect ratio {ratio_w}:{ratio_h} must have positive sides")
+        wanted = ratio_w / ratio_h
+        rule = self.render_sizes
+        if rule.allowed is not None:
+            candidates = [parse_size(s) for s in rule.allowed]
+            width, height = min(candidates, key=lambda wh: abs(math.log(wh[0] / wh[1] / wanted)))  # type: ignore[index]
+        else:
+            area = math.prod(parse_size(self.default_size))  # type: ignore[arg-type]
+            m = rule.multiple
+            height = min(rule.max_side, max(rule.min_side, round(math.sqrt(area / wanted) / m) * m))
+            width = min(rule.max_side, max(rule.min_side, round(height * wanted / m) * m))
+        if abs(math.log(width / height / wanted)) > math.log(1.1):
+            return RenderError.invalid(f"aspect ratio {ratio_w}:{ratio_h} is outside what model {self.name} renders "
+                                       f"(nearest: {width}x{height})")
+        return width, height
 
     def truncate(self, text: str) -> str:
         if self.prompt_unit == "chars":

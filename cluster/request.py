@@ -6,7 +6,7 @@ AceData, Parquet rows) are converted to and from these at the edges.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 
 @dataclass(frozen=True)
@@ -76,3 +76,10 @@ class RenderResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+def as_render_request(resolved: ResolvedRequest, **changes) -> RenderRequest:
+    """The `RenderRequest` that resolves to `resolved` again (every field carried by name, so a
+    field added to both cannot be dropped on the way)."""
+    values = {f.name: getattr(resolved, f.name) for f in fields(RenderRequest)}
+    return RenderRequest(**(values | changes))

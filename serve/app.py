@@ -22,6 +22,7 @@ def _absolute_paths(config: RaydiantConfig) -> RaydiantConfig:
     if "://" not in storage.root:
         storage.root = os.path.abspath(storage.root)
     storage.signing_key_file = os.path.abspath(storage.signing_key_file)
+    config.serve.webhooks.secret_file = os.path.abspath(config.serve.webhooks.secret_file)
     config.tasks.path = os.path.abspath(config.tasks.path)
     return config
 

@@ -1,4 +1,4 @@
-"""API keys and per-key rate limits.
+"""API keys.
 
 Keys come from `$RAYDIANT_API_KEYS` (comma-separated) and the config, and are compared in
 constant time. Records and logs only ever see a key's id (a hash prefix), never the key.
@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import os
-import time
-from dataclasses import dataclass
 
 
 def configured_keys(config_keys: list[str]) -> list[str]:
@@ -38,32 +35,3 @@ class ApiKeys:
         # Compare against every key, always, so timing reveals neither which nor whether.
         matches = [hmac.compare_digest(given, key) for key in self._keys]
         return key_id(given.decode()) if any(matches) else None
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class RateLimiter:
-    """A token bucket per key: `burst` requests at once, `rate` per second sustained."""
-
-    def __init__(self, rate: float, burst: int):
-        self.rate, self.burst = rate, burst
-        self._buckets: dict[str, _Bucket] = {}
-
-    def take(self, key: str) -> float:
-        """0 when the request may proceed, else seconds until it could (for Retry-After)."""
-        now = time.monotonic()
-        bucket = self._buckets.setdefault(key, _Bucket(self.burst, now))
-        bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
-        bucket.updated = now
-        if bucket.tokens >= 1:
-            bucket.tokens -= 1
-            return 0.0
-        return (1 - bucket.tokens) / self.rate
-
-    @staticmethod
-    def retry_after(wait_s: float) -> str:
-        return str(max(1, math.ceil(wait_s)))

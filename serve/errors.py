@@ -1,21 +1,52 @@
-"""`ApiError`: a request-level failure as a value. Services return it; routers map it to HTTP
-with their API's error shape."""
+"""`ServiceError`: a request-level failure as a value, in one vocabulary for every door.
+
+The task layer, the HTTP gate and the façade services return these; each façade's
+`protocol.py` holds a table from `ErrorKind` to its own HTTP status and error code, and its
+router renders them in its API's error shape. No service knows about HTTP or FastAPI.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class ErrorKind(StrEnum):
+    UNAUTHENTICATED = "unauthenticated"  # missing or unknown API key
+    RATE_LIMITED = "rate_limited"  # the key's rate limit; carries retry_after_s
+    BODY_TOO_LARGE = "body_too_large"
+    MALFORMED = "malformed"  # not JSON, or not the expected shape
+    INVALID = "invalid"  # a parameter out of range or of the wrong type (names it)
+    EMPTY_PROMPT = "empty_prompt"
+    EMPTY_MODEL = "empty_model"
+    MODEL_NOT_FOUND = "model_not_found"
+    QUEUE_FULL = "queue_full"  # the model's queue is at capacity; carries retry_after_s
+    NOT_FOUND = "not_found"  # unknown task, expired task, or another key's task
+    NOT_CANCELABLE = "not_cancelable"  # the task is past the point where it can be canceled
+    TASK_FAILED = "task_failed"  # a synchronous call whose task ended FAILED
+    TIMEOUT = "timeout"  # a synchronous call whose task did not finish in time
+    INTERNAL = "internal"
 
 
 @dataclass(frozen=True)
-class ApiError:
-    status: int
-    code: str
+class ServiceError:
+    kind: ErrorKind
     message: str
-    headers: dict[str, str] = field(default_factory=dict)
+    param: str | None = None  # the request field at fault, when one is
+    retry_after_s: int | None = None
 
     @classmethod
-    def invalid(cls, message: str) -> "ApiError":
-        return cls(400, "InvalidParameter", message)
+    def invalid(cls, message: str, param: str | None = None) -> "ServiceError":
+        return cls(ErrorKind.INVALID, message, param)
 
 
-INVALID_API_KEY = ApiError(401, "InvalidApiKey", "Invalid API-key provided.")
+@dataclass(frozen=True)
+class WireError:
+    """What a façade's table maps an `ErrorKind` to."""
+
+    status: int
+    code: str
+
+
+def retry_headers(error: ServiceError) -> dict[str, str]:
+    return {"Retry-After": str(error.retry_after_s)} if error.retry_after_s else {}

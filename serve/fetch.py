@@ -1,8 +1,21 @@
-"""Server-side fetches of client-given URLs (input images), refusing private addresses.
+"""Server-side requests to client-given URLs (input images, webhooks) that cannot be turned inward.
 
-A client must not be able to make the service read from inside the cluster (metadata servers,
-the Redis, the dashboard): unless the config allows it, every address the host name resolves
-to must be public. `data:` URIs are decoded locally.
+A client must not be able to make the service reach inside the cluster (metadata servers, the
+Redis, the dashboard, a sidecar on loopback). Each rule below exists for one reason:
+
+- The host name is resolved once and the connection goes to the address that was checked (the
+  Host header and TLS SNI keep the name), so a DNS answer that changes between the check and
+  the connection ("DNS rebinding") cannot redirect us.
+- Every address of the answer must pass, not just the first, so a mixed answer cannot smuggle
+  a private address in.
+- Redirects are followed by hand, at most `max_redirects`, and each hop is checked like the
+  first: a public URL cannot bounce us to a private one.
+- Link-local addresses (169.254.0.0/16, fe80::/10), where cloud metadata services live, and the
+  EC2 IPv6 metadata address fd00:ec2::254 are refused always, whatever the config says.
+  Loopback and private ranges are refused unless the config allows them (the local profile
+  allows loopback, so a developer's own webhook receiver works).
+- Bytes, time and decoded pixels are capped, and an input image must be a PNG, JPEG or WebP,
+  so a hostile URL can exhaust neither memory nor a replica.
 """
 
 from __future__ import annotations
@@ -10,54 +23,162 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import io
 import ipaddress
 import socket
-from urllib.parse import urlparse
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
+from PIL import Image, UnidentifiedImageError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+ALWAYS_REFUSED = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")]
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
+REDIRECTS = {301, 302, 303, 307, 308}
 
 
 class FetchError(Exception):
-    """The URL is not allowed, not reachable, or too large (message says which)."""
+    """The URL is not allowed, not reachable, too large or not an image (message says which)."""
 
 
-def _check_public(host: str) -> None:
+@dataclass(frozen=True)
+class FetchPolicy:
+    allow_loopback: bool = False
+    allow_private: bool = False
+    max_redirects: int = 3
+    timeout_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [info[4][0] for info in infos]
+
+
+def refusal(address: IPAddress, policy: FetchPolicy) -> str | None:
+    """Why `address` may not be reached under `policy`, or None when it may."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if any(address in network for network in ALWAYS_REFUSED):
+        return f"refusing to connect to link-local/metadata address {address}"
+    if address.is_loopback:
+        return None if policy.allow_loopback else f"refusing to connect to loopback address {address}"
+    if not address.is_global:
+        return None if policy.allow_private else f"refusing to connect to non-public address {address}"
+    return None
+
+
+async def checked_address(host: str, port: int, policy: FetchPolicy, resolver: Resolver) -> str:
+    """The address to connect to: `host` resolved once, every answer checked."""
     try:
-        infos = socket.getaddrinfo(host, None)
-    except socket.gaierror:
-        raise FetchError(f"cannot resolve host {host}") from None
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
-            raise FetchError(f"refusing to fetch from non-public address {address} ({host})")
-
-
-async def fetch_image(url: str, max_bytes: int, allow_private: bool = False, timeout_s: float = 20) -> bytes:
-    if url.startswith("data:"):
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
         try:
-            header, payload = url.split(",", 1)
-            data = base64.b64decode(payload, validate=True) if header.endswith(";base64") else payload.encode()
-        except (ValueError, binascii.Error):
-            raise FetchError("image data URI is not valid base64") from None
+            addresses = [ipaddress.ip_address(a) for a in await resolver(host, port)]
+        except (OSError, ValueError):
+            raise FetchError(f"cannot resolve host {host}") from None
+    if not addresses:
+        raise FetchError(f"cannot resolve host {host}")
+    for address in addresses:
+        if problem := refusal(address, policy):
+            raise FetchError(f"{problem} ({host})")
+    return str(addresses[0])
+
+
+async def request(method: str, url: str, policy: FetchPolicy, *, max_bytes: int, content: bytes | None = None,
+                  headers: dict[str, str] | None = None, resolver: Resolver = system_resolver,
+                  transport: httpx.AsyncBaseTransport | None = None) -> Answer:
+    """One request under `policy`, following redirects (GET only) hop by hop."""
+    try:
+        async with asyncio.timeout(policy.timeout_s), \
+                httpx.AsyncClient(follow_redirects=False, transport=transport, timeout=policy.timeout_s) as client:
+            for _ in range(policy.max_redirects + 1):
+                answer = await _one_hop(client, method, url, policy, max_bytes, content, headers or {}, resolver)
+                location = answer.headers.get("location")
+                if method != "GET" or answer.status not in REDIRECTS or not location:
+                    return answer
+                url = urljoin(url, location)
+            raise FetchError(f"more than {policy.max_redirects} redirects")
+    except TimeoutError:
+        raise FetchError(f"no complete answer within {policy.timeout_s:g}s") from None
+    except httpx.HTTPError as exc:
+        raise FetchError(f"request failed: {exc}") from None
+
+
+async def _one_hop(client: httpx.AsyncClient, method: str, url: str, policy: FetchPolicy, max_bytes: int,
+                   content: bytes | None, headers: dict[str, str], resolver: Resolver) -> Answer:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError("URL must be http(s)://")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    address = await checked_address(parts.hostname, port, policy, resolver)
+    literal = f"[{address}]" if ":" in address else address
+    pinned = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
+    host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+    extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
+    outgoing = client.build_request(method, pinned, content=content, headers=headers | {"Host": host_header},
+                                    extensions=extensions)
+    response = await client.send(outgoing, stream=True)
+    try:
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > max_bytes:
+                raise FetchError(f"answer is larger than {max_bytes} bytes")
+        return Answer(response.status_code, response.headers, bytes(body))
+    finally:
+        await response.aclose()
+
+
+# --- input images -------------------------------------------------------------------------------
+
+
+async def fetch_image(url: str, policy: FetchPolicy, max_bytes: int, max_pixels: int,
+                      resolver: Resolver = system_resolver,
+                      transport: httpx.AsyncBaseTransport | None = None) -> bytes:
+    """An input image from an http(s) URL or a `data:` URI, checked to be a bounded image."""
+    if url.startswith("data:"):
+        data = decode_data_uri(url)
         if len(data) > max_bytes:
             raise FetchError(f"image is larger than {max_bytes} bytes")
-        return data
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise FetchError("image URL must be http(s):// or a data: URI")
-    if not allow_private:
-        await asyncio.to_thread(_check_public, parsed.hostname)
+    else:
+        answer = await request("GET", url, policy, max_bytes=max_bytes, resolver=resolver, transport=transport)
+        if answer.status != 200:
+            raise FetchError(f"image URL answered HTTP {answer.status}")
+        data = answer.body
+    check_image(data, max_pixels)
+    return data
+
+
+def decode_data_uri(url: str) -> bytes:
     try:
-        # No redirects: a public URL could otherwise redirect to a private address.
-        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise FetchError(f"image URL answered HTTP {response.status_code}")
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > max_bytes:
-                        raise FetchError(f"image is larger than {max_bytes} bytes")
-                return bytes(data)
-    except httpx.HTTPError as exc:
-        raise FetchError(f"cannot fetch image: {exc}") from None
+        header, payload = url.split(",", 1)
+        if not header.endswith(";base64"):
+            raise ValueError
+        return base64.b64decode(payload, validate=True)
+    except (ValueError, binascii.Error):
+        raise FetchError("image data URI must be data:image/...;base64,<base64>") from None
+
+
+def check_image(data: bytes, max_pixels: int) -> None:
+    """A PNG, JPEG or WebP of at most `max_pixels` pixels (checked from its header, before any
+    decoding, so a decompression bomb is refused without being expanded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            kind, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        raise FetchError("input is not a PNG, JPEG or WebP image") from None
+    if kind not in IMAGE_FORMATS:
+        raise FetchError(f"input image is {kind}; PNG, JPEG or WebP expected")
+    if width * height > max_pixels:
+        raise FetchError(f"input image is {width}x{height}: more than {max_pixels} pixels")

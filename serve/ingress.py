@@ -4,24 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.schema import DeploymentStatus
 
-from cluster.config import RaydiantConfig, StorageConfig
+from cluster.config import RaydiantConfig
 from cluster.storage import Storage
-from serve.auth import ApiKeys, RateLimiter, configured_keys
+from serve.acedata.router import router as acedata_router
+from serve.acedata.service import AceDataService
+from serve.acedata.service import error_body as acedata_error
+from serve.auth import ApiKeys, configured_keys
 from serve.dashscope.router import router as dashscope_router
 from serve.dashscope.service import DashScopeService, request_id
 from serve.deployment import deployment_name
+from serve.errors import ErrorKind, ServiceError
 from serve.files import router as files_router
+from serve.http import Gate
+from serve.ratelimit import RateLimiter
+from serve.secrets import load_secret, new_signing_key, new_webhook_secret
 from serve.tasks.dispatch import Dispatcher
 from serve.tasks.factory import open_store
+from serve.tasks.periodic import every
+from serve.tasks.service import TaskService
+from serve.tasks.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +37,7 @@ def create_app() -> FastAPI:
     state belongs to that replica)."""
     app = FastAPI(title="raydiant", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(dashscope_router, prefix="/api/v1")
+    app.include_router(acedata_router)
     app.include_router(files_router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_exception_handler(Exception, internal_error)
@@ -38,6 +46,9 @@ def create_app() -> FastAPI:
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
+    if request.url.path.startswith("/flux/"):
+        return JSONResponse(acedata_error(ServiceError(ErrorKind.INTERNAL, "an internal error occurred")),
+                            status_code=500)
     return JSONResponse({"request_id": request_id(), "code": "InternalError",
                          "message": "an internal error occurred"}, status_code=500)
 
@@ -57,48 +68,39 @@ async def healthz(request: Request) -> JSONResponse:
                         status_code=status)
 
 
-def signing_key(config: StorageConfig) -> bytes:
-    explicit = os.environ.get("RAYDIANT_SIGNING_KEY") or config.signing_key
-    if explicit:
-        return explicit.encode()
-    path = Path(config.signing_key_file)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        staging.write_text(secrets.token_hex(32))
-        staging.chmod(0o600)
-        try:
-            os.link(staging, path)  # atomic create-if-absent: concurrent replicas agree on one key
-        except FileExistsError:
-            pass
-        finally:
-            staging.unlink()
-    return path.read_text().strip().encode()
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, graceful_shutdown_timeout_s=30)
 @serve.ingress()
 class Ingress:
     async def __init__(self, config: dict, models: dict):
         cfg = RaydiantConfig.model_validate(config)
-        keys = ApiKeys(configured_keys(cfg.serve.api_keys))
+        settings = cfg.serve
+        keys = ApiKeys(configured_keys(settings.api_keys))
         if not keys:
             raise RuntimeError("no API keys configured: set RAYDIANT_API_KEYS or serve.api_keys")
-        storage = Storage(cfg.storage.root, signing_key=signing_key(cfg.storage),
-                          public_url=cfg.serve.public_url or "")
-        concurrency = {
-            name: cfg.serve.deployment(name).autoscaling.max_replicas * cfg.serve.deployment(name).max_ongoing_requests
-            for name in models}
-        self.dispatcher = Dispatcher(open_store(cfg.tasks), storage, models, cfg.serve, concurrency)
+        signing = load_secret("RAYDIANT_SIGNING_KEY", cfg.storage.signing_key, cfg.storage.signing_key_file,
+                              new_signing_key)
+        storage = Storage(cfg.storage.root, signing_key=signing.encode(), public_url=settings.public_url or "")
+        concurrency = {name: settings.deployment(name).autoscaling.max_replicas
+                       * settings.deployment(name).max_ongoing_requests for name in models}
+        store = open_store(cfg.tasks)
+        self.dispatcher = Dispatcher(store, storage, models, settings, concurrency)
+        tasks = TaskService({name: cfg.spec(name) for name in models}, self.dispatcher, storage, settings)
+        dashscope, acedata = DashScopeService(tasks), AceDataService(tasks)
+        webhook_secret = load_secret("RAYDIANT_WEBHOOK_SECRET", settings.webhooks.secret,
+                                     settings.webhooks.secret_file, new_webhook_secret)
+        self.webhooks = Webhooks(store, settings.webhooks, webhook_secret, tasks.policy,
+                                 {"dashscope": dashscope.task_body, "acedata": acedata.final_body},
+                                 owner=self.dispatcher.owner)
+        self.dispatcher.on_end = self.webhooks.task_ended
         self.dispatcher.start()
-        specs = {name: cfg.spec(name) for name in models}
+        self._scan = every(settings.lease_s / 2, self.webhooks.scan)
         self._fastapi = app = create_app()
-        app.state.settings = cfg.serve
-        app.state.api_keys = keys
-        app.state.rate_limiter = RateLimiter(cfg.serve.rate_limit.requests_per_second, cfg.serve.rate_limit.burst)
+        app.state.settings = settings
+        app.state.gate = Gate(keys, RateLimiter(settings.rate_limit, cfg.tasks), settings.max_body_bytes)
         app.state.storage = storage
         app.state.handles = models
-        app.state.dashscope = DashScopeService(specs, self.dispatcher, storage, cfg.serve)
+        app.state.dashscope = dashscope
+        app.state.acedata = acedata
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._fastapi

@@ -10,7 +10,27 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serve.errors import ErrorKind, WireError
+
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# The task layer's errors in DashScope's vocabulary (HTTP status, `code`).
+ERRORS: dict[ErrorKind, WireError] = {
+    ErrorKind.UNAUTHENTICATED: WireError(401, "InvalidApiKey"),
+    ErrorKind.RATE_LIMITED: WireError(429, "Throttling.RateQuota"),
+    ErrorKind.BODY_TOO_LARGE: WireError(413, "InvalidParameter"),
+    ErrorKind.MALFORMED: WireError(400, "InvalidParameter"),
+    ErrorKind.INVALID: WireError(400, "InvalidParameter"),
+    ErrorKind.EMPTY_PROMPT: WireError(400, "BadRequest.EmptyInput"),
+    ErrorKind.EMPTY_MODEL: WireError(400, "BadRequest.EmptyModel"),
+    ErrorKind.MODEL_NOT_FOUND: WireError(404, "ModelNotFound"),
+    ErrorKind.QUEUE_FULL: WireError(503, "ServiceUnavailable"),
+    ErrorKind.NOT_FOUND: WireError(404, "InvalidParameter"),
+    ErrorKind.NOT_CANCELABLE: WireError(400, "UnsupportedOperation"),
+    ErrorKind.TASK_FAILED: WireError(500, "InternalError"),
+    ErrorKind.TIMEOUT: WireError(500, "InternalError.Timeout"),
+    ErrorKind.INTERNAL: WireError(500, "InternalError"),
+}
 
 
 class TaskOutput(BaseModel):

@@ -1,26 +1,23 @@
-"""DashScope image synthesis: the logic behind the routes, with no web framework.
-
-Every method returns a response body or an `ApiError`; `router.py` maps them to HTTP.
+"""DashScope image synthesis: parse DashScope bodies into task-layer calls and render records in
+DashScope's shapes. No web framework, no task logic: every method returns a response body or a
+`ServiceError`; `router.py` maps them to HTTP.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from datetime import datetime
 from typing import Any
 
-from cluster.config import ServeConfig
-from cluster.models import ModelSpec, parse_size
-from cluster.request import RenderError, RenderRequest, ResolvedRequest
-from cluster.storage import Storage
+from cluster.models import parse_size
+from cluster.request import RenderRequest
 from serve.dashscope.protocol import TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput
-from serve.errors import ApiError
-from serve.fetch import FetchError, fetch_image
-from serve.tasks.dispatch import Dispatcher, QueueFull
+from serve.errors import ErrorKind, ServiceError
+from serve.http import Caller
 from serve.tasks.record import TaskRecord, TaskStatus
+from serve.tasks.service import Submission, TaskService
 
+API = "dashscope"
 _INT, _NUMBER, _BOOL, _TEXT = "an integer", "a number", "a boolean", "a string"
 
 
@@ -35,8 +32,13 @@ def format_time(ts: float | None) -> str | None:
     return f"{moment.strftime(TIME_FORMAT)}.{moment.microsecond // 1000:03d}"
 
 
+class _Invalid(Exception):
+    def __init__(self, error: ServiceError):
+        self.error = error
+
+
 def _typed(container: dict, name: str, kind: str, where: str) -> Any:
-    """The value of `name`, checked against `kind`; raises ApiError naming the field."""
+    """The value of `name`, checked against `kind`; raises _Invalid naming the field."""
     value = container.get(name)
     if value is None:
         return None
@@ -47,83 +49,64 @@ def _typed(container: dict, name: str, kind: str, where: str) -> Any:
         _TEXT: isinstance(value, str),
     }[kind]
     if not ok:
-        raise _Invalid(ApiError.invalid(f"{where}.{name} must be {kind}, got {value!r}"))
+        raise _Invalid(ServiceError.invalid(f"{where}.{name} must be {kind}, got {value!r}", name))
     return value
 
 
-class _Invalid(Exception):
-    def __init__(self, error: ApiError):
-        self.error = error
-
-
 class DashScopeService:
-    def __init__(self, specs: dict[str, ModelSpec], dispatcher: Dispatcher, storage: Storage,
-                 settings: ServeConfig):
-        self.specs = specs
-        self.dispatcher = dispatcher
-        self.storage = storage
-        self.settings = settings
+    def __init__(self, tasks: TaskService):
+        self.tasks = tasks
 
     # --- create -------------------------------------------------------------------------------
 
-    async def create(self, body: Any, key_id: str, sync: bool, edit_route: bool, base_url: str) -> dict | ApiError:
+    async def create(self, caller: Caller, sync: bool, edit_route: bool) -> dict | ServiceError:
         try:
-            spec, request = await self._parse(body, edit_route)
+            submission = await self._parse(caller, edit_route)
         except _Invalid as invalid:
             return invalid.error
-        resolved = spec.resolve(request, sizes="api")
-        if isinstance(resolved, RenderError):
-            return ApiError(400, resolved.code, resolved.message)
-        record = self._record(resolved, key_id)
-        if request.init_image is not None:  # stored beside the results; the record stays small
-            record.init_image_key = f"tasks/{record.task_id}/input"
-            await asyncio.to_thread(self.storage.write, record.init_image_key, request.init_image)
-        try:
-            await self.dispatcher.submit(record)
-        except QueueFull:
-            return ApiError(503, "ServiceUnavailable", f"model {spec.name} is at capacity; retry later",
-                            {"Retry-After": "5"})
+        record = await self.tasks.submit(submission)
+        if isinstance(record, ServiceError):
+            return record
         if not sync:
             return {"request_id": request_id(),
                     "output": {"task_id": record.task_id, "task_status": TaskStatus.PENDING.value}}
-        finished = await self.dispatcher.wait(record.task_id, self.settings.sync_timeout_s)
-        return self._body(finished or record, base_url)
+        return self.task_body(await self.tasks.wait(record), caller.base_url)
 
-    async def _parse(self, body: Any, edit_route: bool) -> tuple[ModelSpec, RenderRequest]:
+    async def _parse(self, caller: Caller, edit_route: bool) -> Submission:
+        body = caller.body
         if not isinstance(body, dict):
-            raise _Invalid(ApiError.invalid("request body must be a JSON object"))
+            raise _Invalid(ServiceError(ErrorKind.MALFORMED, "request body must be a JSON object"))
         model = body.get("model")
         if not model:
-            raise _Invalid(ApiError(400, "BadRequest.EmptyModel", "model must not be empty"))
+            raise _Invalid(ServiceError(ErrorKind.EMPTY_MODEL, "model must not be empty", "model"))
         if not isinstance(model, str):
-            raise _Invalid(ApiError.invalid(f"model must be a string, got {model!r}"))
-        spec = self.specs.get(model)
-        if spec is None:
-            raise _Invalid(ApiError(404, "ModelNotFound", f"model {model} is not served here; "
-                                                          f"available: {', '.join(self.specs)}"))
+            raise _Invalid(ServiceError.invalid(f"model must be a string, got {model!r}", "model"))
+        spec = self.tasks.model(model)
+        if isinstance(spec, ServiceError):
+            raise _Invalid(spec)
         if spec.edit != edit_route:
             route = "image2image" if spec.edit else "text2image"
-            raise _Invalid(ApiError.invalid(f"model {model} is served at /services/aigc/{route}/image-synthesis"))
+            raise _Invalid(ServiceError.invalid(f"model {model} is served at /services/aigc/{route}/image-synthesis",
+                                                "model"))
         inputs = body.get("input")
         if not isinstance(inputs, dict):
-            raise _Invalid(ApiError(400, "BadRequest.EmptyInput", "input must be an object with a prompt"))
+            raise _Invalid(ServiceError(ErrorKind.EMPTY_PROMPT, "input must be an object with a prompt", "input"))
         prompt = _typed(inputs, "prompt", _TEXT, "input")
         if not prompt or not prompt.strip():
-            raise _Invalid(ApiError(400, "BadRequest.EmptyInput", "input.prompt must not be empty"))
+            raise _Invalid(ServiceError(ErrorKind.EMPTY_PROMPT, "input.prompt must not be empty", "prompt"))
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
-            raise _Invalid(ApiError.invalid("parameters must be an object"))
+            raise _Invalid(ServiceError.invalid("parameters must be an object", "parameters"))
         width = height = None
         if (size := _typed(params, "size", _TEXT, "parameters")) is not None:
-            parsed = parse_size(size)
-            if parsed is None:
-                raise _Invalid(ApiError.invalid(f"parameters.size must look like W*H, got {size!r}"))
+            if (parsed := parse_size(size)) is None:
+                raise _Invalid(ServiceError.invalid(f"parameters.size must look like W*H, got {size!r}", "size"))
             width, height = parsed
         n = _typed(params, "n", _INT, "parameters")
         _typed(params, "offload", _BOOL, "parameters")  # accepted; offload is a deployment setting
         metadata = _typed(params, "add_sampling_metadata", _BOOL, "parameters")
         request = RenderRequest(
-            model=model, prompt=prompt,
+            model=spec.name, prompt=prompt,
             negative_prompt=_typed(inputs, "negative_prompt", _TEXT, "input"),
             width=width, height=height,
             steps=_typed(params, "steps", _INT, "parameters"),
@@ -133,57 +116,45 @@ class DashScopeService:
             add_sampling_metadata=True if metadata is None else metadata,
             init_image=await self._input_image(inputs) if spec.edit else None,
         )
-        return spec, request
+        # An extension: DashScope has no webhooks; `parameters.callback_url` adds one.
+        callback = _typed(params, "callback_url", _TEXT, "parameters")
+        return Submission(api=API, key_id=caller.key_id, request=request, base_url=caller.base_url,
+                          callback_url=callback, client_body=body)
 
     async def _input_image(self, inputs: dict) -> bytes:
         url = _typed(inputs, "image_url", _TEXT, "input") or _typed(inputs, "base_image_url", _TEXT, "input")
         if not url:
-            raise _Invalid(ApiError.invalid("input.image_url is required for image editing"))
-        try:
-            return await fetch_image(url, self.settings.max_image_bytes, self.settings.allow_private_fetch)
-        except FetchError as exc:
-            raise _Invalid(ApiError.invalid(f"input.image_url: {exc}")) from None
-
-    def _record(self, resolved: ResolvedRequest, key_id: str) -> TaskRecord:
-        now = time.time()
-        fields = {k: getattr(resolved, k) for k in ("model", "prompt", "negative_prompt", "width", "height",
-                                                     "steps", "guidance", "seed", "n", "add_sampling_metadata")}
-        return TaskRecord(task_id=str(uuid.uuid4()), model=resolved.model, key_id=key_id, request=fields,
-                          submit_time=now, deadline=now + self.settings.task_deadline_s,
-                          expires_at=now + self.settings.retention_s)
+            raise _Invalid(ServiceError.invalid("input.image_url is required for image editing", "image_url"))
+        image = await self.tasks.input_image(url, "input.image_url")
+        if isinstance(image, ServiceError):
+            raise _Invalid(image)
+        return image
 
     # --- fetch / cancel / list ----------------------------------------------------------------
 
-    async def fetch(self, task_id: str, base_url: str) -> dict:
-        record = await self.dispatcher.store.get(task_id)
-        if record is None:
+    async def fetch(self, caller: Caller, task_id: str) -> dict:
+        record = await self.tasks.get(task_id, caller.key_id)
+        if record is None:  # unknown, expired, or another key's: all read the same
             return {"request_id": request_id(),
                     "output": {"task_id": task_id, "task_status": TaskStatus.UNKNOWN.value}}
-        return self._body(record, base_url)
+        return self.task_body(record, caller.base_url)
 
-    async def cancel(self, task_id: str) -> dict | ApiError:
-        canceled = await self.dispatcher.store.transition(task_id, {TaskStatus.PENDING},
-                                                          status=TaskStatus.CANCELED, end_time=time.time())
-        if canceled is not None:
-            return {"request_id": request_id()}
-        record = await self.dispatcher.store.get(task_id)
-        if record is None:
-            return ApiError(404, "InvalidParameter", f"task {task_id} does not exist or has expired")
-        return ApiError(400, "UnsupportedOperation",
-                        f"only PENDING tasks can be canceled; task {task_id} is {record.status.value}")
+    async def cancel(self, caller: Caller, task_id: str) -> dict | ServiceError:
+        canceled = await self.tasks.cancel(task_id, caller.key_id)
+        return canceled if isinstance(canceled, ServiceError) else {"request_id": request_id()}
 
-    async def list(self, query: dict[str, str], key_id: str) -> dict | ApiError:
+    async def list(self, caller: Caller, query: dict[str, str]) -> dict | ServiceError:
         try:
             page_no = int(query.get("page_no") or 1)
             page_size = int(query.get("page_size") or 10)
             start = _parse_compact_time(query.get("start_time"))
             end = _parse_compact_time(query.get("end_time"))
         except ValueError as exc:
-            return ApiError.invalid(str(exc))
+            return ServiceError.invalid(str(exc))
         if page_no < 1 or not 1 <= page_size <= 100:
-            return ApiError.invalid("page_no must be >= 1 and page_size 1..100")
-        records, total = await self.dispatcher.store.list(
-            key_id=key_id, status=query.get("status") or None, model=query.get("model_name") or None,
+            return ServiceError.invalid("page_no must be >= 1 and page_size 1..100")
+        records, total = await self.tasks.list(
+            caller.key_id, status=query.get("status") or None, model=query.get("model_name") or None,
             start=start, end=end, page_no=page_no, page_size=page_size)
         items = [TaskListItem(task_id=r.task_id, task_status=r.status.value, model_name=r.model,
                               submit_time=format_time(r.submit_time), scheduled_time=format_time(r.scheduled_time),
@@ -193,16 +164,16 @@ class DashScopeService:
 
     # --- rendering a record ---------------------------------------------------------------------
 
-    def _body(self, record: TaskRecord, base_url: str) -> dict:
+    def task_body(self, record: TaskRecord, base_url: str | None = None) -> dict:
+        """The fetch body of a task (also what its webhook receives)."""
         output = TaskOutput(task_id=record.task_id, task_status=record.status.value,
                             submit_time=format_time(record.submit_time),
                             scheduled_time=format_time(record.scheduled_time),
                             end_time=format_time(record.end_time))
         usage = None
         if record.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and record.results:
-            expiry = max(1, int(min(self.settings.url_expiry_s, record.expires_at - time.time())))
             output.results = [
-                {"url": self.storage.url(o.key, expiry, base_url), "seed": o.seed} if o.key
+                {"url": self.tasks.result_url(record, o.key, base_url), "seed": o.seed} if o.key
                 else {"code": o.code, "message": o.message, "seed": o.seed}
                 for o in record.results]
             succeeded = sum(1 for o in record.results if o.key)

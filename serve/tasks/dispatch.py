@@ -17,12 +17,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from cluster.config import ServeConfig
-from cluster.request import RenderRequest, RenderResult
+from cluster.request import RenderResult, as_render_request
 from cluster.storage import Storage
 from serve import metrics
+from serve.tasks.periodic import every
 from serve.tasks.record import ImageOutcome, TaskRecord, TaskStatus
 from serve.tasks.store import TaskStore
 
@@ -55,21 +56,15 @@ class Dispatcher:
         self._done: dict[str, asyncio.Event] = {}
         self._background: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
+        # Told of every task that reaches a terminal status here (webhook deliveries hang on it).
+        self.on_end: Callable[[TaskRecord], None] = lambda record: None
 
     # --- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._loops = [asyncio.create_task(self._every(self.settings.lease_s / 3, self._renew_leases)),
-                       asyncio.create_task(self._every(self.settings.lease_s / 2, self._recover)),
-                       asyncio.create_task(self._every(60.0, self._purge))]
-
-    async def _every(self, period_s: float, job) -> None:
-        while True:
-            try:
-                await job()
-            except Exception:  # noqa: BLE001 - a failed round must not end the loop
-                log.exception("background job %s failed", job.__name__)
-            await asyncio.sleep(period_s)
+        self._loops = [every(self.settings.lease_s / 3, self._renew_leases),
+                       every(self.settings.lease_s / 2, self._recover),
+                       every(60.0, self._purge)]
 
     # --- submission ---------------------------------------------------------------------------
 
@@ -155,7 +150,7 @@ class Dispatcher:
         init_image = None
         if record.init_image_key:
             init_image = await asyncio.to_thread(self.storage.read, record.init_image_key)
-        request = RenderRequest(**record.request, init_image=init_image, request_id=record.task_id)
+        request = as_render_request(record.request, init_image=init_image, request_id=record.task_id)
         return await self.handles[record.model].render.remote(request)
 
     async def _finish(self, record: TaskRecord, results: list[RenderResult]) -> None:
@@ -164,7 +159,8 @@ class Dispatcher:
             if result.ok:
                 key = f"tasks/{record.task_id}/{result.index}.png"
                 await asyncio.to_thread(self.storage.write, key, result.image)
-                outcomes.append(ImageOutcome(index=result.index, seed=result.seed, key=key))
+                outcomes.append(ImageOutcome(index=result.index, seed=result.seed, key=key,
+                                             inference_s=result.inference_s))
                 metrics.images_rendered.inc(tags={"model": record.model})
             else:
                 outcomes.append(ImageOutcome(index=result.index, seed=result.seed, code=result.error.code,
@@ -172,15 +168,21 @@ class Dispatcher:
                 metrics.images_failed.inc(tags={"model": record.model, "code": result.error.code})
         succeeded = any(o.key for o in outcomes)
         first_error = next((o for o in outcomes if o.code), None)
-        await self.store.transition(
+        self.ended(await self.store.transition(
             record.task_id, {TaskStatus.RUNNING},
             status=TaskStatus.SUCCEEDED if succeeded else TaskStatus.FAILED,
             results=outcomes, end_time=time.time(),
-            code=None if succeeded else first_error.code, message=None if succeeded else first_error.message)
+            code=None if succeeded else first_error.code, message=None if succeeded else first_error.message))
 
     async def _fail(self, task_id: str, code: str, message: str) -> None:
-        await self.store.transition(task_id, {TaskStatus.PENDING, TaskStatus.RUNNING}, status=TaskStatus.FAILED,
-                                    code=code, message=message, end_time=time.time())
+        self.ended(await self.store.transition(task_id, {TaskStatus.PENDING, TaskStatus.RUNNING},
+                                               status=TaskStatus.FAILED, code=code, message=message,
+                                               end_time=time.time()))
+
+    def ended(self, record: TaskRecord | None) -> None:
+        """`record` just became terminal (None: the transition did not happen)."""
+        if record is not None and record.terminal:
+            self.on_end(record)
 
     # --- background jobs ----------------------------------------------------------------------
 

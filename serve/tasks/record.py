@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
+
+from cluster.request import ResolvedRequest
 
 
 class TaskStatus(StrEnum):
@@ -28,6 +31,28 @@ class ImageOutcome(BaseModel):
     key: str | None = None  # storage key of the PNG
     code: str | None = None
     message: str | None = None
+    inference_s: float = 0.0  # wall time of the batch the image was rendered in
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"  # not sent yet, or sent and due to be retried
+    DELIVERED = "delivered"
+    GAVE_UP = "gave_up"  # every attempt failed until the retry window closed
+
+
+class WebhookDelivery(BaseModel):
+    """Where the final body of a task goes, and how that went. Changing it never changes the
+    task itself."""
+
+    url: str
+    state: DeliveryState = DeliveryState.PENDING
+    attempts: int = 0
+    last_status: int | None = None  # HTTP status of the last attempt (None: no answer)
+    last_error: str | None = None
+    next_attempt_at: float = 0.0
+    delivered_at: float | None = None
+    sender: str | None = None  # the ingress sending it now, until `sending_until`
+    sending_until: float = 0.0
 
 
 class TaskRecord(BaseModel):
@@ -36,9 +61,14 @@ class TaskRecord(BaseModel):
     task_id: str
     model: str
     status: TaskStatus = TaskStatus.PENDING
-    key_id: str = ""  # which API key created it (a hash, never the key)
-    request: dict = Field(default_factory=dict)  # RenderRequest fields, seed chosen, no image bytes
-    init_image_key: str | None = None
+    key_id: str = ""  # which API key created it (a hash, never the key); only it sees the task
+    api: str = "dashscope"  # the door that created it: its body shape is used for webhooks
+    request: ResolvedRequest  # what is rendered: defaults filled, seed chosen, no image bytes
+    client_body: Any = None  # the client's request as sent (AceData's retrieve returns it)
+    base_url: str = ""  # the address the client reached us at (absolute URLs in webhooks)
+    trace_id: str = ""
+    init_image_key: str | None = None  # the input image of an edit, in storage
+    webhook: WebhookDelivery | None = None
     submit_time: float
     scheduled_time: float | None = None
     end_time: float | None = None
@@ -51,6 +81,13 @@ class TaskRecord(BaseModel):
     deadline: float
     expires_at: float
     version: int = 0
+
+    @field_validator("request")
+    @classmethod
+    def _no_image_bytes(cls, request: ResolvedRequest) -> ResolvedRequest:
+        if request.init_image is not None:
+            raise ValueError("input images live in storage (init_image_key), not in the record")
+        return request
 
     @property
     def terminal(self) -> bool:

@@ -108,6 +108,12 @@ class TaskStore(abc.ABC):
                 claimed.append(taken)
         return claimed
 
+    async def due_webhooks(self, now: float) -> list[TaskRecord]:
+        """Ended tasks whose webhook is due and held by no live sender."""
+        return [r for r in await self._all()
+                if r.terminal and r.webhook is not None and r.webhook.state == "pending"
+                and r.webhook.next_attempt_at <= now and r.webhook.sending_until < now]
+
     async def purge_expired(self, now: float) -> list[str]:
         """Delete records past their retention; returns their ids (to delete their files)."""
         expired = [r.task_id for r in await self._all() if r.expires_at < now]

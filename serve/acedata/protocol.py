@@ -1,0 +1,85 @@
+"""AceData Flux images wire shapes (shared/contracts/acedata.md) and its error-code table.
+
+Request bodies are parsed in `service.py` (each field checked by hand so that an error names
+it); responses are modelled here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from serve.errors import ErrorKind, WireError
+
+ERRORS: dict[ErrorKind, WireError] = {
+    ErrorKind.UNAUTHENTICATED: WireError(401, "invalid_token"),
+    ErrorKind.RATE_LIMITED: WireError(429, "too_many_requests"),
+    ErrorKind.BODY_TOO_LARGE: WireError(413, "bad_request"),
+    ErrorKind.MALFORMED: WireError(400, "bad_request"),
+    ErrorKind.INVALID: WireError(400, "bad_request"),
+    ErrorKind.EMPTY_PROMPT: WireError(400, "bad_request"),
+    ErrorKind.EMPTY_MODEL: WireError(400, "bad_request"),
+    ErrorKind.MODEL_NOT_FOUND: WireError(400, "bad_request"),
+    ErrorKind.QUEUE_FULL: WireError(503, "service_unavailable"),
+    ErrorKind.NOT_FOUND: WireError(404, "not_found"),
+    ErrorKind.NOT_CANCELABLE: WireError(400, "bad_request"),
+    ErrorKind.TASK_FAILED: WireError(500, "api_error"),
+    ErrorKind.TIMEOUT: WireError(500, "api_error"),
+    ErrorKind.INTERNAL: WireError(500, "api_error"),
+}
+
+ACTIONS = {"generate": "generate", "edit": "edit", "edits": "edit"}  # the SDK sends `edit`
+DEFAULT_MODEL = "flux-dev"
+
+
+class Image(BaseModel):
+    prompt: str
+    image_url: str
+    seed: int
+    timings: dict[str, float]
+
+
+class ImagesBody(BaseModel):
+    """The synchronous answer, the callback body and a finished task's `response`."""
+
+    success: bool = True
+    task_id: str
+    trace_id: str
+    data: list[Image]
+
+
+class Accepted(BaseModel):
+    """The asynchronous answer."""
+
+    task_id: str
+    trace_id: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    success: bool = False
+    error: ErrorDetail
+    trace_id: str
+    task_id: str | None = None
+
+
+class TaskItem(BaseModel):
+    """One task as `retrieve` shows it. `response` is always present (null while the task
+    runs): without it the SDK mistakes `request.image_url` of an edit for a result."""
+
+    id: str
+    created_at: float
+    finished_at: float | None = None
+    request: Any
+    response: ImagesBody | ErrorBody | None
+    trace_id: str
+
+
+class TaskBatch(BaseModel):
+    items: list[TaskItem]
+    count: int

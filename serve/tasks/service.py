@@ -1,0 +1,201 @@
+"""`TaskService`: the task layer every API door uses.
+
+A façade parses its wire format into a `Submission`, then calls submit / wait / get / cancel /
+list here, and renders what comes back (records, or `ServiceError` values) in its own shapes.
+What this layer guarantees, whichever door is used:
+
+- Ownership: a task is seen, listed and canceled only with the key that created it; another
+  key's task id reads as unknown (NOT_FOUND), so ids cannot be probed.
+- Validation happens once, against the model's limits (`ModelSpec.resolve`), and the record
+  keeps the resolved request whole (`ResolvedRequest`, with its seed chosen).
+- Input images are stored beside the results (the record stays small) and fetched under the
+  address rules of `serve/fetch.py`; one of our own signed result URLs is read straight from
+  storage, never over HTTP.
+- A callback URL is checked at submission (a clear 400 now beats a silent failure later) and
+  again at every delivery (DNS answers change).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from cluster.config import ServeConfig
+from cluster.models import ModelSpec
+from cluster.request import RenderError, RenderRequest
+from cluster.storage import Storage, StorageError
+from serve.errors import ErrorKind, ServiceError
+from serve.fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
+from serve.tasks.dispatch import Dispatcher, QueueFull
+from serve.tasks.record import TaskRecord, TaskStatus, WebhookDelivery
+
+CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One create call, in the task layer's terms."""
+
+    api: str  # the door: its body shape is used for this task's webhook
+    key_id: str
+    request: RenderRequest  # `model` already mapped to a configured model
+    base_url: str  # the address the client reached us at
+    callback_url: str | None = None
+    client_body: Any = None
+    sizes: Literal["api", "render"] = "api"  # which size rule of the model applies
+
+
+class TaskService:
+    def __init__(self, specs: dict[str, ModelSpec], dispatcher: Dispatcher, storage: Storage, settings: ServeConfig,
+                 resolver: Resolver = system_resolver):
+        self.specs = specs
+        self.dispatcher = dispatcher
+        self.store = dispatcher.store
+        self.storage = storage
+        self.settings = settings
+        self.policy = FetchPolicy(settings.fetch.allow_loopback, settings.fetch.allow_private,
+                                  settings.fetch.max_redirects, settings.fetch.timeout_s)
+        self.resolver = resolver
+
+    # --- models ---------------------------------------------------------------------------------
+
+    def model(self, name: str) -> ModelSpec | ServiceError:
+        """A served model by its name or an alias from `serve.model_aliases`."""
+        spec = self.specs.get(self.settings.model_aliases.get(name, name))
+        if spec is None:
+            served = ", ".join([*self.specs, *self.settings.model_aliases])
+            return ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name} is not served here; available: {served}",
+                                param="model")
+        return spec
+
+    # --- input images ---------------------------------------------------------------------------
+
+    async def input_image(self, url: str, param: str) -> bytes | ServiceError:
+        """An edit's input image: one of our signed result URLs, a public http(s) URL, or data:."""
+        try:
+            own = self._own_result_key(url)
+            if own is not None:
+                return await asyncio.to_thread(self.storage.read, own)
+            return await fetch_image(url, self.policy, self.settings.max_image_bytes,
+                                     self.settings.fetch.max_image_pixels, resolver=self.resolver)
+        except FetchError as exc:
+            return ServiceError.invalid(f"{param}: {exc}", param)
+        except (FileNotFoundError, StorageError):
+            return ServiceError.invalid(f"{param}: the result file no longer exists", param)
+
+    def _own_result_key(self, url: str) -> str | None:
+        """The storage key behind one of our own valid signed URLs (any host name: the signature
+        is what proves it is ours), else None."""
+        if not self.storage.is_local:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.path.startswith("/files/"):
+            return None
+        query = parse_qs(parts.query)
+        try:
+            expires = int(query["expires"][0])
+            signature = query["signature"][0]
+        except (KeyError, ValueError):
+            return None
+        key = parts.path.removeprefix("/files/")
+        return key if self.storage.verify(key, expires, signature) else None
+
+    # --- submit and wait --------------------------------------------------------------------------
+
+    async def submit(self, submission: Submission) -> TaskRecord | ServiceError:
+        spec = self.specs.get(submission.request.model)
+        if spec is None:
+            return self.model(submission.request.model)  # type: ignore[return-value]  (always an error here)
+        resolved = spec.resolve(submission.request, sizes=submission.sizes)
+        if isinstance(resolved, RenderError):
+            return _resolve_error(resolved)
+        if submission.callback_url and (problem := await self._check_callback(submission.callback_url)):
+            return problem
+        now = time.time()
+        record = TaskRecord(
+            task_id=str(uuid.uuid4()), model=spec.name, key_id=submission.key_id, api=submission.api,
+            request=dataclasses.replace(resolved, init_image=None), client_body=_compact(submission.client_body),
+            base_url=submission.base_url, trace_id=str(uuid.uuid4()),
+            webhook=WebhookDelivery(url=submission.callback_url) if submission.callback_url else None,
+            submit_time=now, deadline=now + self.settings.task_deadline_s, expires_at=now + self.settings.retention_s)
+        if resolved.init_image is not None:
+            record.init_image_key = f"tasks/{record.task_id}/input"
+            await asyncio.to_thread(self.storage.write, record.init_image_key, resolved.init_image)
+        try:
+            await self.dispatcher.submit(record)
+        except QueueFull:
+            if record.init_image_key:
+                await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{record.task_id}")
+            return ServiceError(ErrorKind.QUEUE_FULL, f"model {spec.name} is at capacity; retry later",
+                                retry_after_s=5)
+        return record
+
+    async def _check_callback(self, url: str) -> ServiceError | None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return ServiceError.invalid("callback_url must be an http(s):// URL", "callback_url")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            await checked_address(parts.hostname, port, self.policy, self.resolver)
+        except (FetchError, ValueError) as exc:
+            return ServiceError.invalid(f"callback_url: {exc}", "callback_url")
+        return None
+
+    async def wait(self, record: TaskRecord, timeout_s: float | None = None) -> TaskRecord:
+        """The task's record once terminal, or its latest record when the wait times out."""
+        finished = await self.dispatcher.wait(record.task_id, timeout_s or self.settings.sync_timeout_s)
+        return finished or record
+
+    # --- read, cancel, list ---------------------------------------------------------------------
+
+    async def get(self, task_id: str, key_id: str) -> TaskRecord | None:
+        record = await self.store.get(task_id)
+        return record if record is not None and record.key_id == key_id else None
+
+    async def cancel(self, task_id: str, key_id: str) -> TaskRecord | ServiceError:
+        record = await self.get(task_id, key_id)
+        if record is None:
+            return ServiceError(ErrorKind.NOT_FOUND, f"task {task_id} does not exist or has expired")
+        canceled = await self.store.transition(task_id, {TaskStatus.PENDING}, status=TaskStatus.CANCELED,
+                                               end_time=time.time())
+        if canceled is None:
+            current = await self.store.get(task_id) or record
+            return ServiceError(ErrorKind.NOT_CANCELABLE,
+                                f"only PENDING tasks can be canceled; task {task_id} is {current.status.value}")
+        self.dispatcher.ended(canceled)
+        return canceled
+
+    async def list(self, key_id: str, *, status: str | None = None, model: str | None = None,
+                   start: float | None = None, end: float | None = None, page_no: int = 1,
+                   page_size: int = 10) -> tuple[list[TaskRecord], int]:
+        return await self.store.list(key_id=key_id, status=status, model=model, start=start, end=end,
+                                     page_no=page_no, page_size=page_size)
+
+    # --- results --------------------------------------------------------------------------------
+
+    def result_url(self, record: TaskRecord, key: str, base_url: str | None = None) -> str:
+        """A signed URL for one result file, expiring no later than the task's record."""
+        expiry = max(1, int(min(self.settings.url_expiry_s, record.expires_at - time.time())))
+        return self.storage.url(key, expiry, base_url or record.base_url)
+
+
+def _resolve_error(error: RenderError) -> ServiceError:
+    if error.code == "BadRequest.EmptyInput":
+        return ServiceError(ErrorKind.EMPTY_PROMPT, error.message, "prompt")
+    return ServiceError(ErrorKind.INVALID, error.message)
+
+
+def _compact(value: Any) -> Any:
+    """The client's body as stored: long strings (data: URIs) replaced by a note of their size."""
+    if isinstance(value, str) and len(value) > CLIENT_TEXT_LIMIT:
+        return f"<{len(value)} characters omitted>"
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_compact(v) for v in value]
+    return value

@@ -1,0 +1,147 @@
+"""Task-end webhooks: the task's final body, POSTed to its callback URL, signed per Standard Webhooks.
+
+Guarantees:
+
+- Signed with the `standardwebhooks` library (`webhook-id`, `webhook-timestamp`,
+  `webhook-signature`: HMAC-SHA256 over id.timestamp.body with the configured secret). The id
+  is fixed per task (`msg_<task id>`), so a receiver can drop a repeated delivery.
+- Delivered at least once while the retry window is open: attempts back off exponentially
+  (first_retry_s, doubling, capped at max_retry_s) until `give_up_after_s` after the task
+  ended; then the delivery is GAVE_UP. Attempts, last status and outcome are on the record.
+- An ingress claims a delivery before sending (compare-and-set, with a lease), so two replicas
+  never send the same attempt, and a delivery whose ingress died is picked up by the next
+  scan of any ingress once its lease runs out.
+- A receiver that fails or hangs changes only the delivery state, never the task, and holds
+  only its own slot: each attempt is bounded in time, and deliveries run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Callable
+
+from standardwebhooks import Webhook
+
+from cluster.config import WebhookConfig
+from serve.fetch import FetchError, FetchPolicy, Resolver, request, system_resolver
+from serve.tasks.record import DeliveryState, TaskRecord, WebhookDelivery
+from serve.tasks.store import TaskStore
+
+log = logging.getLogger(__name__)
+
+BodyRenderer = Callable[[TaskRecord], dict]  # a façade's final body of a task
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+class Webhooks:
+    def __init__(self, store: TaskStore, config: WebhookConfig, secret: str, policy: FetchPolicy,
+                 renderers: dict[str, BodyRenderer], owner: str, resolver: Resolver = system_resolver):
+        self.store = store
+        self.config = config
+        self.signer = Webhook(secret)
+        # A webhook is a POST: redirects are not followed (3xx counts as a failed attempt).
+        self.policy = replace(policy, max_redirects=0)
+        self.renderers = renderers
+        self.owner = owner
+        self.resolver = resolver
+        self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._running: set[asyncio.Task] = set()
+
+    # --- scheduling -----------------------------------------------------------------------------
+
+    def task_ended(self, record: TaskRecord) -> None:
+        """Send at once when the task has a webhook (the dispatcher calls this)."""
+        if record.webhook is not None and record.webhook.state == DeliveryState.PENDING:
+            self._spawn(record.task_id, delay_s=0.0)
+
+    def _spawn(self, task_id: str, delay_s: float) -> None:
+        task = asyncio.create_task(self._deliver_after(task_id, delay_s))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def scan(self) -> None:
+        """Pick up deliveries that are due and held by nobody (their ingress died, or a retry
+        was scheduled by an ingress that is gone). Run periodically by every ingress."""
+        now = time.time()
+        for record in await self.store.due_webhooks(now):
+            self._spawn(record.task_id, delay_s=0.0)
+
+    # --- one attempt ----------------------------------------------------------------------------
+
+    async def _deliver_after(self, task_id: str, delay_s: float) -> None:
+        try:
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            await self.attempt(task_id)
+        except Exception:  # noqa: BLE001 - a delivery failure must never reach the task
+            log.exception("webhook delivery for task %s failed", task_id)
+
+    async def attempt(self, task_id: str) -> WebhookDelivery | None:
+        """Claim, send once, record the outcome; schedules the next attempt when it failed.
+        Returns the delivery state after the attempt (None when not ours to send now)."""
+        claimed = await self._claim(task_id)
+        if claimed is None or claimed.webhook is None:
+            return None
+        async with self._slots:
+            status, error = await self._send(claimed)
+        after = await self.store.update(task_id, lambda r: self._outcome(r, status, error))
+        delivery = after.webhook if after else None
+        if delivery is not None and delivery.state == DeliveryState.PENDING:
+            self._spawn(task_id, delay_s=max(0.0, delivery.next_attempt_at - time.time()))
+        return delivery
+
+    async def _claim(self, task_id: str) -> TaskRecord | None:
+        now = time.time()
+        hold_until = now + self.policy.timeout_s + 5  # one attempt's longest time, and some slack
+
+        def claim(record: TaskRecord) -> TaskRecord | None:
+            hook = record.webhook
+            if (not record.terminal or hook is None or hook.state != DeliveryState.PENDING
+                    or hook.next_attempt_at > now or (hook.sender and hook.sending_until > now)):
+                return None
+            return record.model_copy(update={"webhook": hook.model_copy(
+                update={"sender": self.owner, "sending_until": hold_until})})
+
+        return await self.store.update(task_id, claim)
+
+    async def _send(self, record: TaskRecord) -> tuple[int | None, str | None]:
+        body = json.dumps(self.renderers[record.api](record), ensure_ascii=False)
+        message_id = f"msg_{record.task_id}"
+        moment = datetime.now(tz=timezone.utc)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(moment.timestamp())),
+            "webhook-signature": self.signer.sign(message_id, moment, body),
+        }
+        try:
+            answer = await request("POST", record.webhook.url, self.policy, max_bytes=MAX_ANSWER_BYTES,
+                                   content=body.encode(), headers=headers, resolver=self.resolver)
+        except FetchError as exc:
+            return None, str(exc)
+        return answer.status, None if 200 <= answer.status < 300 else f"receiver answered HTTP {answer.status}"
+
+    def _outcome(self, record: TaskRecord, status: int | None, error: str | None) -> TaskRecord | None:
+        hook = record.webhook
+        if hook is None or hook.sender != self.owner:
+            return None  # our claim ran out and someone else took over: theirs is the record
+        now = time.time()
+        attempts = hook.attempts + 1
+        update: dict = {"attempts": attempts, "last_status": status, "last_error": error, "sender": None,
+                        "sending_until": 0.0}
+        if error is None:
+            update |= {"state": DeliveryState.DELIVERED, "delivered_at": now}
+        else:
+            wait_s = min(self.config.first_retry_s * 2 ** (attempts - 1), self.config.max_retry_s)
+            next_at = now + wait_s
+            ended = record.end_time or now
+            if next_at > ended + self.config.give_up_after_s:
+                update |= {"state": DeliveryState.GAVE_UP}
+            else:
+                update |= {"next_attempt_at": next_at}
+        return record.model_copy(update={"webhook": hook.model_copy(update=update)})
