@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from bench.engine import bare_loop
-from cluster.cli import _quiet_libraries
+from cluster.cli import quiet_libraries
 from cluster.config import load_config
 from cluster.engine import Renderer
 from cluster.local_ray import connect
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     bare = bare_ips(args.size, args.batch_size, args.large - args.small)
     with connect():  # a private Ray head on free ports
         work = Path(tempfile.mkdtemp(prefix="raydiant-batch-bench-"))

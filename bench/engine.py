@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from cluster.cli import _quiet_libraries
+from cluster.cli import quiet_libraries
 from cluster.config import load_config
 from cluster.engine import Renderer
 from cluster.imageio import PNG_COMPRESS_LEVEL
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--batches", default="1,4")
     args = parser.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
 
     spec = load_config(args.config).spec(args.model).model_copy(update={"warmup": False})
     renderer = Renderer(spec)

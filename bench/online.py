@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from cluster.cli import _quiet_libraries
+from cluster.cli import quiet_libraries
 from cluster.config import load_config
 from cluster.engine import Renderer
 from cluster.models import parse_size
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=24, help="latency samples, and requests per throughput run")
     parser.add_argument("--size", default="512*1024")
     args = parser.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
 
     bare = bare_latencies(args.size, args.requests)
     gc.collect()

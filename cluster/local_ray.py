@@ -27,22 +27,36 @@ from typing import Iterator
 HEAD_START_TIMEOUT_S = 120
 
 
+TEMP_PREFIX = "raydiant-ray-"  # /tmp/raydiant-ray-XXXXXXXX: short enough for Ray's socket paths
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (all held open while they are chosen)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def head_command(temp_dir: str, gcs_port: int, num_cpus: int | None = None, num_gpus: int | None = None,
                  metrics_port: int | None = None, dashboard_port: int | None = None) -> list[str]:
     """`ray start --head --block` with every port chosen here (none of Ray's defaults)."""
     ray = str(Path(sys.executable).parent / "ray")
+    node, objects, agent, agent_grpc, runtime_env, metrics, client = free_ports(7)
     command = [ray, "start", "--head", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
                f"--port={gcs_port}", f"--temp-dir={temp_dir}",
-               f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
-               f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-               f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={metrics_port or free_port()}",
-               f"--ray-client-server-port={free_port()}", "--min-worker-port=0", "--max-worker-port=0"]
+               f"--node-manager-port={node}", f"--object-manager-port={objects}",
+               f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+               f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics_port or metrics}",
+               f"--ray-client-server-port={client}", "--min-worker-port=0", "--max-worker-port=0"]
     if dashboard_port:
         command += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
     else:
@@ -62,8 +76,9 @@ def private_head(num_cpus: int | None = None, num_gpus: int | None = None, metri
 
     Ray's token authentication stays on, with the machine's token (~/.ray/auth_token, made
     when missing, as `ray.init()` would): clients on this machine find it there by themselves."""
+    sweep_dead_heads()
     # Short, because Ray's socket paths under it must fit in 107 bytes.
-    temp_dir = tempfile.mkdtemp(prefix="rd-", dir="/tmp")
+    temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir="/tmp")
     gcs_port = free_port()
     ensure_auth_token()
     env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
@@ -74,13 +89,30 @@ def private_head(num_cpus: int | None = None, num_gpus: int | None = None, metri
     # caller's session, so whoever stops the caller's session stops the head too.
     head = subprocess.Popen(head_command(temp_dir, gcs_port, num_cpus, num_gpus, metrics_port, dashboard_port),
                             env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
+    (Path(temp_dir) / "head.pid").write_text(str(head.pid))
     try:
         _wait_listening(gcs_port, head, log.name)
+    except Exception:
+        stop_tree(head)
+        raise  # the temporary directory stays, with the head's log in it
+    try:
         yield f"127.0.0.1:{gcs_port}"
     finally:
         stop_tree(head)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def sweep_dead_heads() -> None:
+    """Remove the temporary directories of private heads whose owner was killed before it could
+    clean up (SIGKILL leaves them behind)."""
+    for directory in Path("/tmp").glob(f"{TEMP_PREFIX}*"):
+        try:
+            os.kill(int((directory / "head.pid").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(directory, ignore_errors=True)
+        except (OSError, ValueError):
+            pass  # not ours, or still starting: leave it
 
 
 def use_token_auth() -> None:
@@ -137,9 +169,10 @@ def stop_session(process: subprocess.Popen, grace_s: float = 30) -> None:
     process.wait()
 
 
-def stop_tree(process: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM `process` (`ray start --block` then stops what it started), then SIGKILL whatever
-    of its process tree is left."""
+def stop_tree(process: subprocess.Popen, grace_s: float = 2) -> None:
+    """SIGTERM `process`, then SIGKILL whatever of its process tree is left. A private head keeps
+    nothing worth a graceful stop, and `ray start --block` takes 30 s or more to stop by itself
+    once Ray Data has run on it."""
     tree = descendants(process.pid)
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)

@@ -1,5 +1,5 @@
-"""`make demo`'s online part: start the service, render through the real DashScope SDK, print
-the result URLs and where the files are, stop cleanly.
+"""`make demo`'s online part: start the service, render through the real DashScope and AceData
+SDKs, print the result URLs and where the files are, stop cleanly.
 
     .venv/bin/python -m serve.demo
 """
@@ -34,6 +34,14 @@ def main() -> None:
                 seed = result["seed"] if isinstance(result, dict) else result.seed
                 print(f"  seed {seed}: {url}")
             print(f"  files: {work / 'var' / 'results' / 'tasks' / rsp.output.task_id}/")
+        from acedatacloud import AceDataCloud
+
+        with AceDataCloud(api_token=DEMO_KEY, base_url=service.url) as client:
+            task = client.flux.generate(action="generate", prompt="a red fox in the snow", size="16:9", count=2,
+                                        model="flux-pro", wait=True, poll_interval=1)
+            print(f"\nAceData flux-pro (-> flux-dev), 16:9: task {task.id}")
+            for url in task.urls():
+                print(f"  {url}")
         print("\nstopping (Serve drains in-flight requests) ...", flush=True)
     print("stopped.")
 

@@ -94,7 +94,8 @@ class DashScopeService:
         prompt = _typed(inputs, "prompt", _TEXT, "input")
         if not prompt or not prompt.strip():
             raise _Invalid(ServiceError(ErrorKind.EMPTY_PROMPT, "input.prompt must not be empty", "prompt"))
-        params = body.get("parameters") or {}
+        params = body.get("parameters")
+        params = {} if params is None else params  # v2 clients leave it out
         if not isinstance(params, dict):
             raise _Invalid(ServiceError.invalid("parameters must be an object", "parameters"))
         width = height = None

@@ -2,31 +2,42 @@
 
 - rate limit -> 429 Throttling.RateQuota with Retry-After; full queue -> 503 ServiceUnavailable
 - /healthz keeps answering during a long render
-- a model replica's process killed mid-task: every task still ends terminal, none duplicated
-- the ingress replica's process killed: its tasks are recovered by the restarted ingress
+- a model replica's process killed while a task is RUNNING on it: that task is retried, and
+  every task still ends terminal, none duplicated
+- the ingress replica's process killed while a task is RUNNING: the restarted ingress recovers
+  and re-runs it, and a webhook that was due is still delivered
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+from serve.secrets import new_webhook_secret
+from serve.tasks.record import DeliveryState
+from serve.tasks.sqlite import SQLiteTaskStore
+from tests.receiver import webhook_receiver
 from tests.servers import free_port, raydiant_service
 
 KEYS = ["limited-key", "queue-key", "chaos-key", "ingress-key"]
+RATE_BURST = 300  # per key in any 60 s window: spent in one test whatever the machine's speed
 CONFIG = """
 models:
   flux-schnell: {{source: "tiny:flux", warmup: false}}
   flux-dev: {{source: "tiny:flux", warmup: false}}
 serve:
-  rate_limit: {{requests_per_second: 20, burst: 30}}
+  rate_limit: {{requests_per_second: 5, burst: {burst}}}
   max_queued_per_model: 3
   lease_s: 3
   task_deadline_s: 150
+  fetch: {{allow_loopback: true}}
+  webhooks: {{secret: "{secret}", first_retry_s: 0.5, max_retry_s: 1, give_up_after_s: 120}}
   deployments:
     flux-dev: {{max_ongoing_requests: 1}}
 tasks: {{path: "{work}/tasks.sqlite"}}
@@ -39,11 +50,32 @@ METRICS_PORT = free_port()
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory):
-    work = tmp_path_factory.mktemp("resilience")
-    with raydiant_service(work, CONFIG.format(work=work), api_keys=",".join(KEYS),
+def work(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("resilience")
+
+
+@pytest.fixture(scope="module")
+def service(work):
+    config = CONFIG.format(work=work, burst=RATE_BURST, secret=new_webhook_secret())
+    with raydiant_service(work, config, api_keys=",".join(KEYS),
                           extra_args=("--metrics-port", str(METRICS_PORT))) as running:
         yield running
+
+
+def stored(work: Path, task_id: str):
+    """A task's record, read from the service's own store (attempts, webhook state)."""
+    return asyncio.run(SQLiteTaskStore(work / "tasks.sqlite").get(task_id))
+
+
+def wait_running(service, key, task_ids, timeout_s=60) -> str:
+    """The first of `task_ids` seen RUNNING (so a kill now hits work in progress)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for task_id in task_ids:
+            if fetch(service, key, task_id)["task_status"] == "RUNNING":
+                return task_id
+        time.sleep(0.1)
+    raise AssertionError("no task started RUNNING")
 
 
 def create(service, key, model="flux-schnell", **parameters):
@@ -90,11 +122,11 @@ def assert_complete_once(outputs, n):
 
 def test_rate_limit_answers_429_with_retry_after(service):
     with httpx.Client(headers={"Authorization": "Bearer limited-key"}) as client:
-        answers = [client.get(f"{service.url}/api/v1/tasks/x") for _ in range(80)]
-    statuses = [a.status_code for a in answers]
-    assert statuses[:30] == [200] * 30 and 429 in statuses[30:]
-    throttled = next(a for a in answers if a.status_code == 429)
-    assert throttled.json()["code"] == "Throttling.RateQuota" and int(throttled.headers["Retry-After"]) >= 1
+        answers = [client.get(f"{service.url}/api/v1/tasks/x") for _ in range(RATE_BURST + 1)]
+    assert [a.status_code for a in answers[:RATE_BURST]] == [200] * RATE_BURST
+    throttled = answers[-1]
+    assert throttled.status_code == 429 and throttled.json()["code"] == "Throttling.RateQuota"
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 60
 
 
 def test_full_queue_answers_503_and_health_stays_up(service):
@@ -124,21 +156,37 @@ def kill(service, pattern: str) -> int:
     return len(pids)
 
 
-def test_model_replica_killed_mid_task(service):
+def test_model_replica_killed_mid_task(service, work):
     ids = [create(service, "chaos-key", steps=25, n=2, seed=i).json()["output"]["task_id"] for i in range(6)]
-    time.sleep(1.5)
+    hit = wait_running(service, "chaos-key", ids)
     kill(service, "ServeReplica:raydiant:model-flux-schnell")
     outputs = wait_all(service, "chaos-key", ids)
     assert_complete_once(outputs, n=2)
     assert sum(o["task_status"] == "SUCCEEDED" for o in outputs.values()) >= 1
+    assert stored(work, hit).attempts >= 2  # the task that was running was dispatched again
 
 
-def test_ingress_killed_mid_task(service):
-    ids = [create(service, "ingress-key", steps=25, n=2, seed=100 + i).json()["output"]["task_id"] for i in range(3)]
-    time.sleep(1.0)
-    kill(service, "ServeReplica:raydiant:ingress")
-    outputs = wait_all(service, "ingress-key", ids)
-    assert_complete_once(outputs, n=2)
+def test_ingress_killed_mid_task_and_its_due_webhook_still_delivered(service, work):
+    with webhook_receiver() as receiver:
+        receiver.always = 500  # the hook's first attempts fail: a retry is due when the ingress dies
+        hooked = create(service, "ingress-key", steps=1, callback_url=receiver.to("/due")).json()["output"]["task_id"]
+        receiver.wait_for("/due")
+        ids = [create(service, "ingress-key", steps=25, n=2, seed=100 + i).json()["output"]["task_id"]
+               for i in range(3)]
+        hit = wait_running(service, "ingress-key", ids)
+        kill(service, "ServeReplica:raydiant:ingress")
+        killed_at = time.time()
+        receiver.always = None
+        outputs = wait_all(service, "ingress-key", ids)
+        assert_complete_once(outputs, n=2)
+        assert stored(work, hit).attempts >= 2  # recovered by the restarted ingress and run again
+        late = [d for d in receiver.wait_for("/due", count=2) if d.at > killed_at]
+        deadline = time.monotonic() + 60
+        while stored(work, hooked).webhook.state == DeliveryState.PENDING and time.monotonic() < deadline:
+            time.sleep(0.2)
+        hook = stored(work, hooked).webhook
+        assert hook.state == DeliveryState.DELIVERED and hook.last_status == 200
+        assert receiver.received("/due")[-1].at > killed_at and late  # sent by the new ingress
 
 
 def test_metrics_exported_in_prometheus_format(service):

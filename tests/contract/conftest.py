@@ -1,21 +1,37 @@
-"""One running service (real Ray, real Serve, real HTTP on loopback) for the contract tests."""
+"""One running service (real Ray, real Serve, real HTTP on loopback) for every contract suite:
+DashScope (both SDK lines), AceData, and the webhooks they send."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import pytest
 
+from serve.secrets import new_webhook_secret
 from tests.servers import raydiant_service
 
-API_KEY = "contract-key"
+API_KEY = "contract-key"  # the DashScope suites
+ACEDATA_KEY = "acedata-key"
+HOOK_KEY = "hook-key"
+OTHER_KEY = "second-key"  # ownership: must not see the others' tasks
+LIMITED_KEY = "limited-key"  # spends its rate limit in one test
+KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY]
+WEBHOOK_SECRET = new_webhook_secret()
+RATE_BURST = 200  # per key, in any window of 100 s: a test can spend it deterministically
 
 CONFIG = """
 models:
   flux-schnell: {{source: "tiny:flux"}}
+  flux-dev: {{source: "tiny:flux", warmup: false}}
   stable-diffusion-xl: {{source: "tiny:sdxl"}}
   stable-diffusion-v1.5: {{source: "tiny:sd15", warmup: false}}
   flux-kontext: {{source: "tiny:flux-kontext", max_batch_size: 2}}
 serve:
-  rate_limit: {{requests_per_second: 500, burst: 1000}}
+  rate_limit: {{requests_per_second: 2, burst: {burst}}}
+  model_aliases: {{flux-pro: flux-dev, flux-kontext-pro: flux-kontext, flux-kontext-max: flux-kontext}}
+  fetch: {{allow_loopback: true}}  # the webhook receiver is on loopback; private ranges stay refused
+  webhooks: {{secret: "{secret}", first_retry_s: 0.3, max_retry_s: 1, give_up_after_s: 4}}
   deployments:
     # One request at a time, so tasks queue (PENDING) and can be canceled.
     stable-diffusion-v1.5: {{max_ongoing_requests: 1}}
@@ -24,11 +40,18 @@ storage: {{root: "{work}/results", signing_key_file: "{work}/signing.key"}}
 """
 
 
+@dataclass
+class ContractService:
+    url: str
+    work: Path  # its working directory: tasks.sqlite, results/, signing.key
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     work = tmp_path_factory.mktemp("contract-service")
-    with raydiant_service(work, CONFIG.format(work=work), api_keys=f"{API_KEY},second-key") as running:
-        yield running
+    config = CONFIG.format(work=work, secret=WEBHOOK_SECRET, burst=RATE_BURST)
+    with raydiant_service(work, config, api_keys=",".join(KEYS)) as running:
+        yield ContractService(running.url, work)
 
 
 @pytest.fixture(scope="session")

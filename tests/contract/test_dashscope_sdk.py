@@ -16,7 +16,9 @@ import dashscope
 from dashscope import ImageSynthesis
 from dashscope.aigc.image_synthesis import AioImageSynthesis
 from dashscope.common.error import InvalidTask
-from tests.contract.conftest import API_KEY
+
+from cluster.storage import Storage
+from tests.contract.conftest import API_KEY, OTHER_KEY
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +146,7 @@ def test_synchronous_create_without_async_header(base_url):
     assert body["output"]["results"][0]["url"].startswith("http://127.0.0.1:")
 
 
-# --- request-level errors, each code of the contract table that applies -------------------
+# --- request-level errors end to end (every validation case: tests/unit/serve/test_dashscope_service.py)
 
 
 def post_raw(base_url, body, key=API_KEY, content=None):
@@ -155,24 +157,16 @@ def post_raw(base_url, body, key=API_KEY, content=None):
                       content=content if content is not None else json.dumps(body))
 
 
-@pytest.mark.parametrize(("body", "status", "code", "words"), [
-    ({"model": "flux-schnell", "input": {"prompt": "x"}, "parameters": {"size": "100*100"}}, 400, "InvalidParameter", "size 100*100"),
-    ({"model": "flux-schnell", "input": {"prompt": "x"}, "parameters": {"steps": 0}}, 400, "InvalidParameter", "steps must be"),
-    ({"model": "flux-schnell", "input": {"prompt": "x"}, "parameters": {"n": 5}}, 400, "InvalidParameter", "n must be 1..4"),
-    ({"model": "flux-schnell", "input": {"prompt": "x"}, "parameters": {"n": "2"}}, 400, "InvalidParameter", "parameters.n must be an integer"),
-    ({"model": "stable-diffusion-xl", "input": {"prompt": "x"}, "parameters": {"scale": 30}}, 400, "InvalidParameter", "scale must be 1..15"),
-    ({"model": "flux-schnell", "input": {"prompt": "x"}, "parameters": {"guidance": "high"}}, 400, "InvalidParameter", "parameters.guidance"),
-    ({"model": "flux-schnell", "input": {}}, 400, "BadRequest.EmptyInput", "prompt"),
-    ({"model": "flux-schnell"}, 400, "BadRequest.EmptyInput", "input"),
-    ({"input": {"prompt": "x"}}, 400, "BadRequest.EmptyModel", "model"),
-    ({"model": "dall-e-3", "input": {"prompt": "x"}}, 404, "ModelNotFound", "dall-e-3"),
+@pytest.mark.parametrize(("body", "status", "code"), [
+    ({"model": "flux-schnell", "input": {"prompt": "x"}, "parameters": {"size": "100*100"}}, 400, "InvalidParameter"),
+    ({"model": "flux-schnell", "input": {}}, 400, "BadRequest.EmptyInput"),
+    ({"model": "dall-e-3", "input": {"prompt": "x"}}, 404, "ModelNotFound"),
 ])
-def test_request_errors(base_url, body, status, code, words):
+def test_request_errors_on_the_wire(base_url, body, status, code):
     answer = post_raw(base_url, body)
-    assert answer.status_code == status
-    assert answer.headers["content-type"] == "application/json"
+    assert answer.status_code == status and answer.headers["content-type"] == "application/json"
     error = answer.json()
-    assert error["code"] == code and words in error["message"] and error["request_id"]
+    assert error["code"] == code and error["message"] and error["request_id"]
 
 
 def test_sdk_sees_error_code():
@@ -203,7 +197,7 @@ def test_body_size_limit(base_url):
 # --- signed result URLs --------------------------------------------------------------------
 
 
-def test_signed_url_tampering_and_traversal(service):
+def test_signed_url_tampering_expiry_and_traversal(service):
     rsp = ImageSynthesis.call(model="flux-schnell", prompt="a key", steps=1)
     url = item(rsp.output.results[0], "url")
     assert httpx.get(url).status_code == 200
@@ -211,15 +205,38 @@ def test_signed_url_tampering_and_traversal(service):
     assert httpx.get(tampered).status_code == 403
     other_file = url.replace("/0.png", "/1.png")
     assert httpx.get(other_file).status_code == 403  # a signature is for one file only
-    expired = url.replace("expires=", "expires=1").split("&")[0] + "&" + url.split("&")[1]
-    assert httpx.get(expired).status_code == 403
+    # Correctly signed by the service's own key, for the same file: valid until it expires.
+    key = url.split("/files/")[1].split("?")[0]
+    storage = Storage(str(service.work / "results"), signing_key=(service.work / "signing.key").read_text().strip().encode())
+    base = service.url
+    assert httpx.get(storage.url(key, 60, base)).status_code == 200
+    answer = httpx.get(storage.url(key, -5, base))  # signed right, expired 5 s ago
+    assert answer.status_code == 403 and "expired" in answer.json()["message"]
     for path in ("/files/../../etc/passwd", "/files/%2e%2e/%2e%2e/etc/passwd", "/files//etc/passwd",
                  "/files/tasks/../../signing.key?expires=9999999999&signature=x"):
         assert httpx.get(service.url + path).status_code in {403, 404}
 
 
-def test_ssrf_refused_for_private_image_url(base_url, service):
-    body = {"model": "flux-kontext", "input": {"prompt": "x", "image_url": f"{service.url}/healthz"}}
+@pytest.mark.parametrize(("image_url", "words"), [
+    ("http://169.254.169.254/latest/meta-data/", "link-local/metadata"),
+    ("http://10.20.30.40/cat.png", "non-public address"),
+    ("http://[fd00:ec2::254]/", "link-local/metadata"),
+])
+def test_ssrf_refused_for_private_image_url(base_url, image_url, words):
+    body = {"model": "flux-kontext", "input": {"prompt": "x", "image_url": image_url}}
     answer = httpx.post(f"{base_url}/services/aigc/image2image/image-synthesis", json=body, timeout=30,
                         headers={"Authorization": f"Bearer {API_KEY}", "X-DashScope-Async": "enable"})
-    assert answer.status_code == 400 and "non-public address" in answer.json()["message"]
+    assert answer.status_code == 400 and words in answer.json()["message"]
+
+
+def test_another_key_cannot_see_cancel_or_list_a_task(base_url):
+    created = ImageSynthesis.async_call(model="flux-schnell", prompt="mine only", steps=1)
+    task_id = created.output.task_id
+    other = {"Authorization": f"Bearer {OTHER_KEY}"}
+    fetched = httpx.get(f"{base_url}/tasks/{task_id}", headers=other, timeout=30).json()
+    assert fetched["output"]["task_status"] == "UNKNOWN"
+    canceled = httpx.post(f"{base_url}/tasks/{task_id}/cancel", headers=other, timeout=30)
+    assert canceled.status_code == 404
+    listed = httpx.get(f"{base_url}/tasks", headers=other, timeout=30).json()
+    assert task_id not in {t["task_id"] for t in listed["tasks"]}
+    assert ImageSynthesis.wait(created).output.task_status == "SUCCEEDED"

@@ -8,8 +8,9 @@ import time
 from cluster.config import ServeConfig
 from cluster.storage import Storage
 from serve.tasks.dispatch import Dispatcher
-from serve.tasks.record import TaskRecord, TaskStatus
+from serve.tasks.record import TaskStatus
 from serve.tasks.sqlite import SQLiteTaskStore
+from tests.factories import task_record
 
 
 def test_purge_deletes_expired_records_and_their_files(tmp_path):
@@ -19,8 +20,8 @@ def test_purge_deletes_expired_records_and_their_files(tmp_path):
         dispatcher = Dispatcher(store, storage, handles={}, settings=ServeConfig(), concurrency={})
         now = time.time()
         for task_id, expires in (("old", now - 1), ("new", now + 3600)):
-            await store.create(TaskRecord(task_id=task_id, model="m", status=TaskStatus.SUCCEEDED,
-                                          submit_time=now, deadline=now, expires_at=expires))
+            await store.create(task_record(task_id, status=TaskStatus.SUCCEEDED, deadline=now,
+                                           expires_at=expires))
             storage.write(f"tasks/{task_id}/0.png", b"png")
         await dispatcher._purge()
         return (storage.exists("tasks/old/0.png"), storage.exists("tasks/new/0.png"),

@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
-from serve.tasks.record import TaskRecord, TaskStatus
+from serve.tasks.record import TaskStatus
 from serve.tasks.redis import RedisTaskStore
 from serve.tasks.sqlite import SQLiteTaskStore
+from tests.factories import resolved_request, task_record
 from tests.servers import redis_server
 
 
@@ -44,17 +45,13 @@ def run(loop):
     return loop.run_until_complete
 
 
-def record(task_id: str | None = None, **fields) -> TaskRecord:
-    now = time.time()
-    base = dict(task_id=task_id or uuid.uuid4().hex, model="flux-schnell", submit_time=now,
-                deadline=now + 600, expires_at=now + 3600, key_id="k1")
-    return TaskRecord(**(base | fields))
+record = task_record
 
 
 
 
 def test_create_get_and_unknown(store, run):
-    r = record(request={"prompt": "a cat", "seed": 1})
+    r = record(request=resolved_request(prompt="a cat", seed=1))
     run(store.create(r))
     got = run(store.get(r.task_id))
     assert got == r

@@ -1,0 +1,22 @@
+"""Small builders of records for tests."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from cluster.request import ResolvedRequest
+from serve.tasks.record import TaskRecord
+
+
+def resolved_request(**changes) -> ResolvedRequest:
+    base = dict(model="flux-schnell", prompt="a cat", negative_prompt=None, width=512, height=512, steps=2,
+                guidance=3.5, seed=1, n=1, add_sampling_metadata=True)
+    return ResolvedRequest(**(base | changes))
+
+
+def task_record(task_id: str | None = None, **fields) -> TaskRecord:
+    now = time.time()
+    base = dict(task_id=task_id or uuid.uuid4().hex, model="flux-schnell", submit_time=now,
+                deadline=now + 600, expires_at=now + 3600, key_id="k1", request=resolved_request())
+    return TaskRecord(**(base | fields))

@@ -1,0 +1,156 @@
+"""Webhook delivery (serve/tasks/webhooks.py) to a real receiver on loopback, over a real SQLite
+task store, without Ray: signatures, retries, giving up, slow receivers, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+from standardwebhooks import Webhook
+
+from cluster.config import WebhookConfig
+from serve.fetch import FetchPolicy
+from serve.secrets import new_webhook_secret
+from serve.tasks.record import DeliveryState, TaskStatus, WebhookDelivery
+from serve.tasks.sqlite import SQLiteTaskStore
+from serve.tasks.webhooks import Webhooks
+from tests.factories import task_record
+from tests.receiver import webhook_receiver
+
+SECRET = new_webhook_secret()
+
+
+@pytest.fixture
+def receiver():
+    with webhook_receiver() as running:
+        yield running
+
+
+def body_of(record) -> dict:
+    return {"task": record.task_id, "status": record.status.value}
+
+
+def sender(store, owner="ingress-1", **config) -> Webhooks:
+    settings = WebhookConfig(**({"first_retry_s": 0.1, "max_retry_s": 0.4, "give_up_after_s": 1.5} | config))
+    return Webhooks(store, settings, SECRET, FetchPolicy(allow_loopback=True, timeout_s=1.0),
+                    {"dashscope": body_of}, owner=owner)
+
+
+async def ended_task(store, url: str, **fields):
+    record = task_record(status=TaskStatus.SUCCEEDED, end_time=time.time(), webhook=WebhookDelivery(url=url),
+                         **fields)
+    await store.create(record)
+    return record
+
+
+async def settle(store, task_id: str, timeout_s: float = 10) -> WebhookDelivery:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        hook = (await store.get(task_id)).webhook
+        if hook.state != DeliveryState.PENDING:
+            return hook
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"delivery still pending: {hook}")
+
+
+def test_delivered_signed_body(tmp_path, receiver):
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "t.sqlite")
+        record = await ended_task(store, receiver.to("/ok"))
+        sender(store).task_ended(record)
+        return record, await settle(store, record.task_id)
+
+    record, hook = asyncio.run(scenario())
+    (delivery,) = receiver.received("/ok")
+    assert Webhook(SECRET).verify(delivery.body, delivery.headers) == body_of(record)
+    assert delivery.headers["webhook-id"] == f"msg_{record.task_id}"
+    assert (hook.state, hook.attempts, hook.last_status) == (DeliveryState.DELIVERED, 1, 200)
+    with pytest.raises(Exception):
+        Webhook(new_webhook_secret()).verify(delivery.body, delivery.headers)  # another secret does not verify
+
+
+def test_retried_after_receiver_errors(tmp_path, receiver):
+    receiver.statuses.extend([500, 503])
+
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "t.sqlite")
+        record = await ended_task(store, receiver.to("/flaky"))
+        sender(store).task_ended(record)
+        return await settle(store, record.task_id), await store.get(record.task_id)
+
+    hook, record = asyncio.run(scenario())
+    deliveries = receiver.received("/flaky")
+    assert (hook.state, hook.attempts, hook.last_status) == (DeliveryState.DELIVERED, 3, 200)
+    assert len(deliveries) == 3 and len({d.headers["webhook-id"] for d in deliveries}) == 1
+    gaps = [b.at - a.at for a, b in zip(deliveries, deliveries[1:])]
+    assert gaps[0] >= 0.1 and gaps[1] >= 0.2  # first_retry_s, then twice that
+    assert record.status == TaskStatus.SUCCEEDED
+
+
+def test_gives_up_after_the_window_and_task_is_unchanged(tmp_path, receiver):
+    receiver.always = 500
+
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "t.sqlite")
+        record = await ended_task(store, receiver.to("/down"))
+        sender(store).task_ended(record)
+        return record, await settle(store, record.task_id), await store.get(record.task_id)
+
+    before, hook, after = asyncio.run(scenario())
+    assert hook.state == DeliveryState.GAVE_UP and hook.last_status == 500 and hook.attempts >= 3
+    assert "HTTP 500" in hook.last_error
+    assert (after.status, after.results, after.end_time) == (before.status, before.results, before.end_time)
+    assert len(receiver.received("/down")) == hook.attempts
+
+
+def test_a_slow_receiver_does_not_hold_up_others(tmp_path, receiver):
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "t.sqlite")
+        hooks = sender(store)
+        slow = await ended_task(store, receiver.to("/slow"))
+        receiver.delay_s = 3.0  # beyond the 1 s attempt timeout
+        hooks.task_ended(slow)
+        await asyncio.sleep(0.2)
+        receiver.delay_s = 0.0
+        fast = await ended_task(store, receiver.to("/fast"))
+        hooks.task_ended(fast)
+        fast_hook = await settle(store, fast.task_id)
+        while (slow_hook := (await store.get(slow.task_id)).webhook).attempts == 0:
+            await asyncio.sleep(0.05)  # its first attempt times out after 1 s
+        return fast_hook, slow_hook
+
+    fast_hook, slow_hook = asyncio.run(scenario())
+    (slow_delivery,) = receiver.received("/slow")[:1]
+    (fast_delivery,) = receiver.received("/fast")
+    # Delivered while the slow attempt still hung (it is given up on after 1 s).
+    assert fast_hook.state == DeliveryState.DELIVERED and fast_delivery.at < slow_delivery.at + 1.0
+    assert slow_hook.attempts >= 1 and slow_hook.last_status is None and "within" in slow_hook.last_error
+
+
+def test_a_delivery_held_by_a_dead_ingress_is_recovered_by_a_scan(tmp_path, receiver):
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "t.sqlite")
+        record = await ended_task(store, receiver.to("/orphan"))
+        # Another ingress claimed it and died: its claim ran out a moment ago.
+        await store.update(record.task_id, lambda r: r.model_copy(update={"webhook": r.webhook.model_copy(
+            update={"sender": "dead-ingress", "sending_until": time.time() - 1})}))
+        await sender(store, owner="ingress-2").scan()
+        return await settle(store, record.task_id)
+
+    hook = asyncio.run(scenario())
+    assert hook.state == DeliveryState.DELIVERED and len(receiver.received("/orphan")) == 1
+
+
+def test_a_live_claim_is_not_sent_twice(tmp_path, receiver):
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "t.sqlite")
+        record = await ended_task(store, receiver.to("/once"))
+        first, second = sender(store, owner="a"), sender(store, owner="b")
+        results = await asyncio.gather(first.attempt(record.task_id), second.attempt(record.task_id))
+        return results
+
+    results = asyncio.run(scenario())
+    assert sorted(r is None for r in results) == [False, True]
+    assert len(receiver.received("/once")) == 1

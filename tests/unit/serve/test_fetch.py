@@ -1,0 +1,174 @@
+"""Address rules of server-side fetches (serve/fetch.py), against a real HTTP server on loopback.
+
+No test sends traffic beyond loopback: addresses outside it are refused before any connection,
+or reach only an in-process transport that records where it was asked to connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+from PIL import Image
+
+from serve.fetch import FetchError, FetchPolicy, fetch_image, refusal, request
+
+CLUSTER = FetchPolicy()  # the cluster profile: loopback and private refused
+LOCAL = FetchPolicy(allow_loopback=True)  # the local profile
+
+
+def png(width=32, height=32) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (1, 2, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Handler(BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, dict, bytes]] = {}
+    seen: list[str] = []
+
+    def do_GET(self):  # noqa: N802
+        self.seen.append(self.path)
+        status, headers, body = self.routes.get(self.path, (404, {}, b"no"))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = httpd.server_address[1]
+    base = f"http://127.0.0.1:{port}"
+    Handler.routes = {
+        "/a.png": (200, {"Content-Type": "image/png"}, png()),
+        "/huge.png": (200, {}, png(3000, 3000)),
+        "/text": (200, {"Content-Type": "text/plain"}, b"hello, not an image"),
+        "/gif": (200, {}, _gif()),
+        "/to-private": (302, {"Location": "http://10.0.0.7/a.png"}, b""),
+        "/to-metadata": (302, {"Location": "http://169.254.169.254/latest/meta-data/"}, b""),
+        "/to-a": (302, {"Location": "/a.png"}, b""),
+        "/loop": (302, {"Location": "/loop"}, b""),
+    }
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield base
+    httpd.shutdown()
+
+
+def _gif() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="GIF")
+    return buffer.getvalue()
+
+
+def fetch(url, policy, max_bytes=1 << 20, max_pixels=4_000_000, **kwargs):
+    return asyncio.run(fetch_image(url, policy, max_bytes, max_pixels, **kwargs))
+
+
+@pytest.mark.parametrize(("address", "policy", "refused"), [
+    ("93.184.216.34", CLUSTER, None),
+    ("127.0.0.1", CLUSTER, "loopback"),
+    ("::1", CLUSTER, "loopback"),
+    ("::ffff:127.0.0.1", CLUSTER, "loopback"),
+    ("127.0.0.1", LOCAL, None),
+    ("10.1.2.3", CLUSTER, "non-public"),
+    ("192.168.1.1", LOCAL, "non-public"),
+    ("172.16.0.1", FetchPolicy(allow_private=True), None),
+    ("169.254.169.254", FetchPolicy(allow_loopback=True, allow_private=True), "link-local/metadata"),
+    ("fe80::1", FetchPolicy(allow_private=True), "link-local/metadata"),
+    ("fd00:ec2::254", FetchPolicy(allow_private=True), "link-local/metadata"),
+    ("0.0.0.0", CLUSTER, "non-public"),
+])
+def test_address_rules(address, policy, refused):
+    problem = refusal(ipaddress.ip_address(address), policy)
+    assert (problem is None) if refused is None else (refused in problem)
+
+
+def test_loopback_refused_under_the_cluster_profile_before_any_connection(server):
+    Handler.seen.clear()
+    with pytest.raises(FetchError, match="loopback"):
+        fetch(f"{server}/a.png", CLUSTER)
+    with pytest.raises(FetchError, match="loopback"):
+        fetch(f"http://localhost:{server.rsplit(':', 1)[1]}/a.png", CLUSTER)
+    assert Handler.seen == []
+
+
+def test_local_profile_fetches_from_loopback(server):
+    assert fetch(f"{server}/a.png", LOCAL) == png()
+
+
+def test_redirects_are_checked_hop_by_hop(server):
+    assert fetch(f"{server}/to-a", LOCAL) == png()
+    with pytest.raises(FetchError, match="non-public address 10.0.0.7"):
+        fetch(f"{server}/to-private", LOCAL)
+    with pytest.raises(FetchError, match="link-local/metadata"):
+        fetch(f"{server}/to-metadata", FetchPolicy(allow_loopback=True, allow_private=True))
+    with pytest.raises(FetchError, match="more than 3 redirects"):
+        fetch(f"{server}/loop", LOCAL)
+
+
+def test_size_type_and_pixel_caps(server):
+    with pytest.raises(FetchError, match="larger than 40 bytes"):
+        fetch(f"{server}/a.png", LOCAL, max_bytes=40)
+    with pytest.raises(FetchError, match="not a PNG, JPEG or WebP"):
+        fetch(f"{server}/text", LOCAL)
+    with pytest.raises(FetchError, match="GIF"):
+        fetch(f"{server}/gif", LOCAL)
+    with pytest.raises(FetchError, match="3000x3000: more than 4000000 pixels"):
+        fetch(f"{server}/huge.png", LOCAL)
+    with pytest.raises(FetchError, match="answered HTTP 404"):
+        fetch(f"{server}/missing", LOCAL)
+    with pytest.raises(FetchError, match="data:image"):
+        fetch("data:image/png,not-base64", LOCAL)
+    with pytest.raises(FetchError, match="http"):
+        fetch("file:///etc/passwd", LOCAL)
+
+
+def test_connection_goes_to_the_checked_address_even_when_dns_changes(server):
+    """A name that resolves to a public address at the check and to loopback a moment later
+    (DNS rebinding) is resolved once: the connection goes to the address that was checked."""
+    answers = iter([["93.184.216.34"], ["127.0.0.1"]])
+    asked: list[str] = []
+    connected: list[tuple[str, str, str | None]] = []
+
+    async def rebinding_resolver(host, port):
+        asked.append(host)
+        return next(answers)
+
+    def transport(req: httpx.Request) -> httpx.Response:  # records, never connects
+        connected.append((req.url.host, req.headers["host"], req.extensions.get("sni_hostname")))
+        return httpx.Response(200, content=png())
+
+    Handler.seen.clear()
+    image = fetch("https://images.example/cat.png", CLUSTER, resolver=rebinding_resolver,
+                  transport=httpx.MockTransport(transport))
+    assert image == png()
+    assert asked == ["images.example"]  # resolved once
+    assert connected == [("93.184.216.34", "images.example", "images.example")]  # TLS keeps the name
+    assert Handler.seen == []  # the loopback answer was never used
+
+
+def test_a_mixed_dns_answer_is_refused():
+    async def mixed(host, port):
+        return ["93.184.216.34", "10.0.0.9"]
+
+    with pytest.raises(FetchError, match="non-public address 10.0.0.9"):
+        fetch("http://mixed.example/a.png", CLUSTER, resolver=mixed)
+
+
+def test_webhook_style_post_is_not_redirected(server):
+    answer = asyncio.run(request("POST", f"{server}/to-a", FetchPolicy(allow_loopback=True, max_redirects=0),
+                                 max_bytes=1024, content=b"{}"))
+    assert answer.status in (302, 501)  # http.server has no POST: either way no redirect was followed
