@@ -47,6 +47,16 @@ class AutoscalingConfig(BaseModel):
     min_replicas: int = Field(1, ge=0, description="Fewest replicas (0 allows scale to zero).")
     max_replicas: int = Field(1, ge=1, description="Most replicas.")
     target_ongoing_requests: float = Field(2.0, gt=0, description="Requests per replica to aim for.")
+    upscale_delay_s: float | None = Field(None, ge=0, description="Load must last this long before scaling up "
+                                                                  "(default: Serve's).")
+    downscale_delay_s: float | None = Field(None, ge=0, description="Idle this long before scaling down "
+                                                                    "(default: Serve's).")
+    look_back_period_s: float | None = Field(None, gt=0, description="Window the load is averaged over "
+                                                                     "(default: Serve's).")
+
+    def serve_config(self) -> dict[str, Any]:
+        """Ray Serve's autoscaling_config (unset timings take Serve's defaults)."""
+        return self.model_dump(exclude_none=True)
 
 
 class DeploymentConfig(BaseModel):

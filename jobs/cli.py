@@ -30,7 +30,12 @@ def render_command(
     model: str = typer.Option("flux-schnell", "--model", "-m", help="Model for rows without a `model` column."),
     fmt: str = typer.Option("files", "--format", help="files, webdataset or parquet."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per render batch."),
-    concurrency: str = typer.Option("1", "--concurrency", help="Renderer actors: N or MIN,MAX."),
+    concurrency: Optional[str] = typer.Option(
+        None, "--concurrency", help="Render actors: N or MIN,MAX (default: one per GPU the cluster has or can "
+                                    "autoscale to; 1 on CPU)."),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--gpus-per-worker", help="GPUs per render actor (default: 1 when the cluster has or can get GPUs, "
+                                        "else 0)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Read at most this many rows."),
     size: Optional[str] = typer.Option(None, "--size", help="W*H for rows without a size."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Steps for rows without steps."),
@@ -55,17 +60,19 @@ def render_command(
         if (parsed := parse_size(size)) is None:
             fail(f"--size must look like W*H (e.g. 1024*1024), got '{size}'")
         width, height = parsed
-    try:
-        low, _, high = concurrency.partition(",")
-        pool = (int(low), int(high or low))
-    except ValueError:
-        fail(f"--concurrency must be N or MIN,MAX, got '{concurrency}'")
+    pool = None
+    if concurrency is not None:
+        try:
+            low, _, high = concurrency.partition(",")
+            pool = (int(low), int(high or low))
+        except ValueError:
+            fail(f"--concurrency must be N or MIN,MAX, got '{concurrency}'")
     try:
         spec = JobSpec(input=input, output=output, config=str(config) if config else None, format=fmt,
-                       batch_size=batch_size, concurrency=pool, limit=limit, seed=seed, max_errors=max_errors,
-                       address=address, via_serve=serve_app if via_serve else None,
-                       defaults={"model": model, "width": width, "height": height,
-                                                  "steps": steps, "n": n})
+                       batch_size=batch_size, concurrency=pool, gpus_per_worker=gpus_per_worker, limit=limit,
+                       seed=seed, max_errors=max_errors, address=address,
+                       via_serve=serve_app if via_serve else None,
+                       defaults={"model": model, "width": width, "height": height, "steps": steps, "n": n})
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     quiet_libraries()
@@ -82,7 +89,7 @@ def render_command(
 
         try:
             with connect(address):
-                summary = run_job(spec, show)
+                summary = run_job(spec, show, on_plan=lambda plan: errors.print(plan.describe(), highlight=False))
         except ConnectionError as exc:
             fail(f"cannot connect to the Ray cluster at {address}: {exc} (clusters with token authentication "
                  f"also need RAY_AUTH_MODE=token and ~/.ray/auth_token)")

@@ -2,14 +2,17 @@
 
 Layout under the output URI:
 - `images/<key>.png`                        files format
-- `shards/<uuid>.tar` (`<name>.png` + `<name>.json` per sample)   webdataset format
-- `data/<uuid>.parquet` (metadata columns + `image` bytes)        parquet format
-- `metadata/part-<uuid>.parquet`            one per committed batch; the commit record
+- `shards/<batch>.tar` (`<name>.png` + `<name>.json` per sample)   webdataset format
+- `data/<batch>.parquet` (metadata columns + `image` bytes)        parquet format
+- `metadata/part-<batch>.parquet`           one per committed batch; the commit record
 - `summary.json`                            figures of the last run
 
-A batch is committed by writing its metadata part last, atomically: images written before a
-crash but never committed are re-rendered on the rerun into the same key (files) or left as
-unreferenced shards (never counted). `compact()` rewrites the parts so each image appears once.
+Exactly once. Every file a batch writes is named by its content: `<batch>` is a hash of the
+batch's image keys. Ray may run a batch twice (task retries, outputs lost with a node); the
+second run writes the same names, so it overwrites instead of adding. A batch is committed by
+writing its metadata part last, atomically. At the end of a run `finalize()` checks what a
+reader would see and repairs it: one metadata row per image, no sample in two shards, no
+shard that no metadata row points to (left by a crashed attempt).
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ import io
 import json
 import tarfile
 import time
-import uuid
 from typing import Any
 
 import pyarrow as pa
@@ -54,6 +56,7 @@ class OutputSink:
 
     def commit(self, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
         """Write the images of `rows` (by key, in `images`), then their metadata part."""
+        batch = batch_name(r["key"] for r in rows)
         now = time.time()
         for row in rows:
             row["committed_at"] = now
@@ -61,40 +64,55 @@ class OutputSink:
             row["sha256"] = hashlib.sha256(png).hexdigest() if png is not None else None
         rendered = [r for r in rows if r["key"] in images]
         if rendered:
-            getattr(self, f"_write_{self.fmt}")(rendered, images)
+            getattr(self, f"_write_{self.fmt}")(batch, rendered, images)
         for row in rows:
             row.setdefault("path", None)
         table = pa.Table.from_pylist([{c: r.get(c) for c in METADATA_COLUMNS} for r in rows], schema=METADATA_SCHEMA)
-        self.storage.write(f"metadata/part-{uuid.uuid4().hex}.parquet", _parquet_bytes(table))
+        self.storage.write(f"metadata/part-{batch}.parquet", _parquet_bytes(table))
 
-    def _write_files(self, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
+    def _write_files(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
         for row in rows:
             row["path"] = f"images/{row['key']}.png"
             self.storage.write(row["path"], images[row["key"]])
 
-    def _write_webdataset(self, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
-        shard = f"shards/{uuid.uuid4().hex}.tar"
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for row in rows:
-                name = sample_name(row["key"])
-                row["path"] = f"{shard}#{name}.png"
-                sidecar = {c: row.get(c) for c in METADATA_COLUMNS if c not in ("path", "committed_at")}
-                for member, data in ((f"{name}.png", images[row["key"]]),
-                                     (f"{name}.json", json.dumps(sidecar).encode())):
-                    info = tarfile.TarInfo(member)
-                    info.size, info.mtime = len(data), int(row["committed_at"])
-                    tar.addfile(info, io.BytesIO(data))
-        self.storage.write(shard, buf.getvalue())
+    def _write_webdataset(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
+        shard = f"shards/{batch}.tar"
+        for row in rows:
+            row["path"] = f"{shard}#{sample_name(row['key'])}.png"
+        self.storage.write(shard, _tar_bytes(rows, images))
 
-    def _write_parquet(self, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
-        part = f"data/{uuid.uuid4().hex}.parquet"
+    def _write_parquet(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
+        part = f"data/{batch}.parquet"
         for row in rows:
             row["path"] = part
-        table = pa.Table.from_pylist([{**{c: r.get(c) for c in METADATA_COLUMNS}, "image": images[r["key"]]}
-                                      for r in rows],
-                                     schema=METADATA_SCHEMA.append(pa.field("image", pa.binary())))
-        self.storage.write(part, _parquet_bytes(table))
+        self.storage.write(part, _image_parquet_bytes(rows, images))
+
+
+def batch_name(keys) -> str:
+    """The name of a batch's files: a hash of its image keys (order does not matter)."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
+
+
+def _tar_bytes(rows: list[dict[str, Any]], images: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for row in rows:
+            name = sample_name(row["key"])
+            sidecar = {c: row.get(c) for c in METADATA_COLUMNS if c not in ("path", "committed_at")}
+            for member, data in ((f"{name}.png", images[row["key"]]), (f"{name}.json", json.dumps(sidecar).encode())):
+                info = tarfile.TarInfo(member)
+                info.size, info.mtime = len(data), int(row["committed_at"])
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+IMAGE_SCHEMA = METADATA_SCHEMA.append(pa.field("image", pa.binary()))
+
+
+def _image_parquet_bytes(rows: list[dict[str, Any]], images: dict[str, bytes]) -> bytes:
+    table = pa.Table.from_pylist([{**{c: r.get(c) for c in METADATA_COLUMNS}, "image": images[r["key"]]}
+                                  for r in rows], schema=IMAGE_SCHEMA)
+    return _parquet_bytes(table)
 
 
 def metadata_parts(storage: Storage) -> list[str]:
@@ -119,20 +137,84 @@ def committed_keys(storage: Storage) -> frozenset[str]:
     return frozenset(r["key"] for r in table if r["error"] is None or not r["error"].startswith("InternalError"))
 
 
-def compact(storage: Storage) -> pa.Table:
-    """Rewrite the metadata parts as one table with each image once (its newest success, else
-    its newest error); returns it."""
+def finalize(storage: Storage, fmt: str, compact_parts: bool) -> pa.Table:
+    """Make the output read right whatever Ray re-ran: one metadata row per image (its newest
+    success, else its newest error), no image in two shards, no shard that no row points to.
+    Rewrites the metadata as one part when asked (reruns) or when it had to repair anything.
+    Returns the metadata, one row per image."""
     parts = metadata_parts(storage)
-    table = read_metadata(storage)
+    rows = read_metadata(storage).to_pylist()
     best: dict[str, dict[str, Any]] = {}
-    for row in table.to_pylist():
+    for row in rows:
         current = best.get(row["key"])
-        rank = (row["error"] is None, row["committed_at"] or 0)
-        if current is None or rank > (current["error"] is None, current["committed_at"] or 0):
+        if current is None or _rank(row) > _rank(current):
             best[row["key"]] = row
-    rows = sorted(best.values(), key=lambda r: (r["id"], r["index"]))
-    compacted = pa.Table.from_pylist(rows, schema=METADATA_SCHEMA)
-    storage.write(f"metadata/part-{uuid.uuid4().hex}.parquet", _parquet_bytes(compacted))
-    for part in parts:
-        storage.fs.rm(part)
-    return compacted
+    repaired = fmt in SHARD_FOLDERS and _reconcile_shards(storage, fmt, rows, best)
+    kept = sorted(best.values(), key=lambda r: (r["id"], r["index"]))
+    table = pa.Table.from_pylist(kept, schema=METADATA_SCHEMA)
+    if compact_parts or repaired or len(kept) < len(rows):
+        storage.write(f"metadata/part-{batch_name(best)}.parquet", _parquet_bytes(table))
+        for part in parts:
+            if part != storage.path(f"metadata/part-{batch_name(best)}.parquet"):
+                storage.fs.rm(part)
+    return table
+
+
+SHARD_FOLDERS = {"webdataset": "shards", "parquet": "data"}
+
+
+def _rank(row: dict[str, Any]) -> tuple:
+    return row["error"] is None, row["committed_at"] or 0, row["path"] or ""
+
+
+def _shard_of(path: str | None) -> str | None:
+    return path.split("#", 1)[0] if path else None
+
+
+def _reconcile_shards(storage: Storage, fmt: str, rows: list[dict[str, Any]], best: dict[str, dict]) -> bool:
+    """Delete shards no kept row points to; rewrite shards that hold samples kept elsewhere.
+    True when anything changed."""
+    kept_by_shard: dict[str, list[dict[str, Any]]] = {}
+    for row in best.values():
+        if (shard := _shard_of(row["path"])) is not None:
+            kept_by_shard.setdefault(shard, []).append(row)
+    written_by_shard: dict[str, set[str]] = {}
+    for row in rows:
+        if (shard := _shard_of(row["path"])) is not None:
+            written_by_shard.setdefault(shard, set()).add(row["key"])
+    changed = False
+    folder = SHARD_FOLDERS[fmt]
+    listed = storage.fs.ls(storage.path(folder), detail=False) if storage.exists(folder) else []
+    for path in listed:
+        name = f"{folder}/{path.rstrip('/').rsplit('/', 1)[-1]}"
+        if name not in kept_by_shard:  # an orphan, or every sample in it is kept elsewhere
+            storage.fs.rm(path)
+            changed = True
+    for shard, kept in kept_by_shard.items():
+        if {r["key"] for r in kept} != written_by_shard[shard]:
+            _rewrite_shard(storage, fmt, shard, kept)
+            changed = True
+    return changed
+
+
+def _rewrite_shard(storage: Storage, fmt: str, shard: str, kept: list[dict[str, Any]]) -> None:
+    """Rewrite `shard` with only the samples of `kept` (under their batch's content name)."""
+    data = storage.read(shard)
+    images: dict[str, bytes] = {}
+    if fmt == "webdataset":
+        names = {f"{sample_name(r['key'])}.png": r["key"] for r in kept}
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar.getmembers():
+                if member.name in names:
+                    images[names[member.name]] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    else:
+        table = pq.read_table(io.BytesIO(data), columns=["key", "image"]).to_pylist()
+        wanted = {r["key"] for r in kept}
+        images = {r["key"]: r["image"] for r in table if r["key"] in wanted}
+    batch = batch_name(images)
+    target = f"{SHARD_FOLDERS[fmt]}/{batch}.{'tar' if fmt == 'webdataset' else 'parquet'}"
+    for row in kept:
+        row["path"] = f"{target}#{sample_name(row['key'])}.png" if fmt == "webdataset" else target
+    storage.write(target, _tar_bytes(kept, images) if fmt == "webdataset" else _image_parquet_bytes(kept, images))
+    if target != shard:
+        storage.fs.rm(storage.path(shard))

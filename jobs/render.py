@@ -17,8 +17,9 @@ import fsspec
 import pyarrow.parquet as pq
 
 from cluster.config import load_config
+from cluster.placement import ActorPool, gpu_capacity, plan_actor_pool
 from cluster.storage import Storage
-from jobs.output import committed_keys, compact, metadata_parts
+from jobs.output import committed_keys, finalize, metadata_parts
 from jobs.rows import expand_batch
 from jobs.spec import JobSpec
 from jobs.worker import RenderWorker
@@ -69,14 +70,24 @@ def input_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     return fs, files
 
 
+def actor_pool(spec: JobSpec) -> ActorPool:
+    """Render actors from the cluster's GPUs. Through Serve the service's replicas hold the
+    GPUs, so the job's actors take none."""
+    if spec.via_serve:
+        return ActorPool(0.0, *(spec.concurrency or (1, 1)), "rendering through the Serve application")
+    return plan_actor_pool(gpu_capacity(), spec.gpus_per_worker, spec.concurrency)
+
+
 def count_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
     """From the Parquet footers only: no data is read."""
     return sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
 
 
-def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: None) -> JobSummary:
+def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: None,
+            on_plan: Callable[[ActorPool], None] = lambda pool: None) -> JobSummary:
+    """Run the job in the connected Ray cluster. `on_plan` hears the render actors' placement,
+    `on_progress` the counts as batches come back."""
     import ray
-    import torch
 
     config = load_config(spec.config)
     if spec.defaults.model not in config.models:
@@ -95,19 +106,22 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
 
     if not ray.is_initialized():
         raise JobError("not connected to Ray: run the job inside cluster.local_ray.connect()")
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.max_errored_blocks = 0  # a block that fails after its retries fails the job, never vanishes
     dataset = ray.data.read_parquet(files, filesystem=fs)
     if spec.limit:
         dataset = dataset.limit(spec.limit)
     specs = config.specs()
     dataset = dataset.map_batches(expand_batch, batch_format="pandas", fn_kwargs={
         "specs": specs, "defaults": spec.defaults, "job_seed": spec.seed, "done": done})
-    gpus = 1 if torch.cuda.is_available() and not spec.via_serve else 0  # via Serve: its replicas hold the GPUs
+    pool = actor_pool(spec)
+    on_plan(pool)
     dataset = dataset.map_batches(
-        RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=gpus,
-        compute=ray.data.ActorPoolStrategy(min_size=spec.concurrency[0], max_size=spec.concurrency[1]),
+        RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=pool.gpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_workers, max_size=pool.max_workers),
         fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
-                               "batch_size": spec.batch_size, "pool_size": spec.concurrency[1],
+                               "batch_size": spec.batch_size, "pool_size": pool.max_workers,
                                "via_serve": spec.via_serve})
 
     progress = Progress(rows_total=rows_total, started=time.monotonic())
@@ -119,12 +133,12 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     elapsed = time.monotonic() - progress.started
 
     rendered = progress.images_done + progress.images_failed
-    if rendered and rerun:
-        table = compact(storage)
+    if rendered:  # what Ray re-ran (retries, outputs lost with a node) must read as once
+        table = finalize(storage, spec.format, compact_parts=rerun)
         images = table.num_rows
         failed_total = sum(1 for e in table.column("error").to_pylist() if e)
-    else:  # a first run commits every image once: no need to read the metadata back
-        images, failed_total = len(done) + rendered, progress.images_failed
+    else:
+        images, failed_total = len(done), 0
     summary = JobSummary(output=spec.output, format=spec.format, rows=rows_total, images=images,
                          rendered=progress.images_done, failed=progress.images_failed, skipped=len(done),
                          seconds=round(elapsed, 2), images_per_s=round(progress.images_per_s, 3))

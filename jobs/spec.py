@@ -32,7 +32,10 @@ class JobSpec(BaseModel):
     format: OutputFormat = Field("files", description="files, webdataset or parquet.")
     defaults: RowDefaults = Field(default_factory=RowDefaults)
     batch_size: int = Field(4, ge=1, description="Images per render batch.")
-    concurrency: tuple[int, int] = Field((1, 1), description="Renderer actors: min, max.")
+    concurrency: tuple[int, int] | None = Field(
+        None, description="Renderer actors: min, max (default: from the cluster's GPUs, see cluster/placement.py).")
+    gpus_per_worker: float | None = Field(
+        None, ge=0, description="GPUs per render actor (default: 1 when the cluster has or can get GPUs, else 0).")
     limit: int | None = Field(None, ge=1, description="Read at most this many input rows.")
     seed: int = Field(0, description="Job seed: rows without a seed get one derived from it and their id.")
     max_errors: float = Field(0.1, ge=0, description="Failed images allowed: a count (>= 1) or a fraction (< 1).")
@@ -42,7 +45,9 @@ class JobSpec(BaseModel):
 
     @field_validator("concurrency")
     @classmethod
-    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+    def _ordered(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        if value is None:
+            return None
         low, high = value
         if low < 1 or high < low:
             raise ValueError(f"concurrency must be MIN,MAX with 1 <= MIN <= MAX, got {low},{high}")

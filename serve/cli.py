@@ -21,6 +21,9 @@ def serve_command(
     port: Optional[int] = typer.Option(None, "--port", help="HTTP port (default: the config's, 8000)."),
     address: Optional[str] = typer.Option(None, "--address", help="Join this Ray cluster (default: start one)."),
     batching: bool = typer.Option(True, "--batching/--no-batching", help="Dynamic batching of requests."),
+    proxy_location: str = typer.Option(
+        "EveryNode", "--proxy-location", help="Where Serve runs HTTP proxies: EveryNode, HeadOnly or Disabled "
+                                              "(HeadOnly when several raylets share one machine)."),
     metrics_port: Optional[int] = typer.Option(
         None, "--metrics-port", help="Prometheus metrics port of the local Ray node (new clusters only)."),
 ) -> None:
@@ -40,6 +43,7 @@ def serve_command(
     from ray import serve as ray_serve
 
     from cluster.local_ray import connect
+    from cluster.placement import gpu_capacity, missing_gpus
     from serve.app import build_app
 
     stop = threading.Event()
@@ -52,9 +56,13 @@ def serve_command(
                                             namespace="raydiant"))
             except (ConnectionError, RuntimeError, TimeoutError) as exc:
                 fail(f"cannot start or reach Ray{f' at {address}' if address else ''}: {exc}")
+        needs = {model: float(cfg.serve.deployment(model).ray_actor_options.get("num_gpus", 0))
+                 for model in cfg.served_models()}
+        if problems := missing_gpus(needs, gpu_capacity()):
+            fail("; ".join(problems))
         try:
             with console.status(f"deploying {', '.join(cfg.served_models())}"):
-                ray_serve.start(http_options={"host": host, "port": port})
+                ray_serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
                 ray_serve.run(build_app({"config": str(config) if config else None, "batching": batching}),
                               name="raydiant", route_prefix="/", blocking=False)
             console.print(f"raydiant is serving on http://{host}:{port}  "

@@ -8,7 +8,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve.schema import DeploymentStatus
+from ray.serve.schema import DeploymentStatus, ReplicaState
 
 from cluster.config import RaydiantConfig
 from cluster.storage import Storage
@@ -53,16 +53,29 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
                          "message": "an internal error occurred"}, status_code=500)
 
 
+# Serving as configured, or autoscaling (a deployment at 0 replicas holds requests while a
+# replica starts; one scaling up or down serves with the replicas it has).
+SERVING = {DeploymentStatus.HEALTHY, DeploymentStatus.UPSCALING, DeploymentStatus.DOWNSCALING}
+
+
+def covered(deployment) -> bool:
+    """A model is covered when Serve calls its deployment serving, or when at least one of its
+    replicas runs (a replica lost with a node is being replaced)."""
+    if deployment is None:
+        return False
+    running = deployment.replica_states.get(ReplicaState.RUNNING, 0)
+    return deployment.status in SERVING or (running > 0 and deployment.status != DeploymentStatus.DEPLOY_FAILED)
+
+
 async def healthz(request: Request) -> JSONResponse:
-    """200 only when every model deployment is HEALTHY in Serve's own view (its controller runs
-    each replica's `check_health`). Asking the controller, rather than sending a request,
-    keeps the answer right while replicas are busy at capacity."""
+    """200 only when every model is covered in Serve's own view (its controller runs each
+    replica's `check_health`). Asking the controller, rather than sending a request, keeps the
+    answer right while replicas are busy at capacity."""
     names = list(request.app.state.handles)
     status = await asyncio.to_thread(serve.status)
     app_status = status.applications.get(serve.get_replica_context().app_name)
     deployments = app_status.deployments if app_status else {}
-    down = [n for n in names if getattr(deployments.get(deployment_name(n)), "status", None)
-            != DeploymentStatus.HEALTHY]
+    down = [n for n in names if not covered(deployments.get(deployment_name(n)))]
     status = 503 if down else 200
     return JSONResponse({"status": "unavailable" if down else "ok", "models": names, "down": down},
                         status_code=status)

@@ -1,0 +1,137 @@
+"""The batch job on a real multi-node Ray cluster (tests/multinode.py): render actors placed on
+GPU nodes by the cluster's resources, and a worker node killed (not drained) while its actor is
+mid-batch, with and without a replacement node. Every input image must come out exactly once
+in every format, as that format's own reader sees it.
+
+One cluster for the module: a head without CPUs and GPU-advertising workers (at most 4 raylets
+at once). Each scenario kills one node; the next one adds a node back.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cluster.storage import Storage
+from jobs.output import metadata_parts, read_metadata
+from jobs.render import JobSummary, run_job
+from jobs.spec import JobSpec
+from tests.multinode import local_cluster, wait_until
+
+ROWS = 24
+RENDER_ACTOR = "RenderWorker"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with local_cluster() as running:
+        running.add_worker(num_cpus=2, num_gpus=1)
+        running.add_worker(num_cpus=2, num_gpus=1)
+        running.wait_for_nodes()
+        yield running
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("multinode-input") / "prompts.parquet"
+    pq.write_table(pa.table({"id": [f"row{i:02d}" for i in range(ROWS)],
+                             "prompt": [f"prompt number {i}" for i in range(ROWS)]}), path)
+    return path
+
+
+def spec(prompts: Path, output: Path, fmt: str) -> JobSpec:
+    return JobSpec(input=str(prompts), output=str(output), format=fmt, batch_size=2, seed=7,
+                   defaults={"model": "flux-schnell", "width": 256, "height": 256, "steps": 2})
+
+
+def images_as_read(storage: Storage, fmt: str) -> list[str]:
+    """Every image key as the format's own reader sees it: files, tar samples, parquet rows."""
+    if fmt == "files":
+        return sorted(p.split("/images/", 1)[1][:-len(".png")] for p in storage.fs.find(storage.path("images")))
+    if fmt == "webdataset":
+        keys = []
+        for shard in storage.fs.ls(storage.path("shards"), detail=False):
+            with tarfile.open(fileobj=io.BytesIO(storage.fs.cat_file(shard))) as tar:
+                keys += [m.name[:-len(".png")] for m in tar.getmembers() if m.name.endswith(".png")]
+        return sorted(k.replace("_", "/") for k in keys)
+    keys = []
+    for part in storage.fs.ls(storage.path("data"), detail=False):
+        keys += pq.read_table(io.BytesIO(storage.fs.cat_file(part)), columns=["key"]).column("key").to_pylist()
+    return sorted(keys)
+
+
+def run_and_kill(cluster, prompts, output: Path, fmt: str, replace: bool) -> tuple[JobSummary, dict]:
+    """Run the job in a thread; once commits flow, SIGKILL a worker node whose render actor is
+    alive with work left (so it is mid-batch); optionally add a node back."""
+    storage = Storage(str(output))
+    outcome: dict = {}
+
+    def job() -> None:
+        try:
+            outcome["summary"] = run_job(spec(prompts, output, fmt), on_plan=lambda pool: outcome.update(pool=pool))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=job, daemon=True)
+    thread.start()
+    wait_until(lambda: len(metadata_parts(storage)) >= 1, 240, "the first batch committed")
+    placed = cluster.actors_by_node(RENDER_ACTOR)
+    busy_workers = [node for node in placed if node != cluster.head_id]
+    assert busy_workers, f"no render actor on a worker node: {placed}"
+    victim = busy_workers[-1]
+    committed_at_kill = len(metadata_parts(storage))
+    assert committed_at_kill < ROWS // 2, "the job finished before the kill: nothing was hit mid-batch"
+    cluster.kill_worker(victim)
+    if replace:
+        cluster.add_worker(num_cpus=2, num_gpus=1)
+    thread.join(timeout=400)
+    assert not thread.is_alive(), "the job did not finish"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["summary"], {"placed": placed, "victim": victim, "pool": outcome["pool"],
+                                "committed_at_kill": committed_at_kill}
+
+
+def assert_exactly_once(output: Path, fmt: str) -> None:
+    storage = Storage(str(output))
+    metadata = read_metadata(storage)
+    assert sorted(metadata.column("id").to_pylist()) == [f"row{i:02d}" for i in range(ROWS)]  # a row per image
+    assert all(e is None for e in metadata.column("error").to_pylist())
+    keys = sorted(metadata.column("key").to_pylist())
+    assert len(set(keys)) == ROWS
+    assert images_as_read(storage, fmt) == keys  # and the format's own reader sees each image once
+    for row in metadata.to_pylist():  # no dangling path, no orphan file (images_as_read saw them all)
+        assert storage.exists(row["path"].split("#")[0])
+
+
+def test_render_actors_on_gpu_nodes_only(cluster, prompts, tmp_path):
+    summary = run_job(spec(prompts, tmp_path / "placement", "files"))
+    assert summary.images == ROWS
+    placed = cluster.actors_by_node(RENDER_ACTOR, state="DEAD")  # the job's pool, now finished
+    gpu_workers = {n.node_id for n in cluster.workers}
+    assert placed and set(placed) <= gpu_workers and cluster.head_id not in placed
+    assert len(set(placed)) == 2  # one per GPU node, without any flag
+
+
+def test_node_killed_mid_batch_no_replacement(cluster, prompts, tmp_path):
+    summary, seen = run_and_kill(cluster, prompts, tmp_path / "out", "webdataset", replace=False)
+    pool = seen["pool"]
+    assert (pool.gpus_per_worker, pool.min_workers, pool.max_workers) == (1.0, 2, 2)
+    assert summary.images == ROWS and summary.failed == 0
+    assert_exactly_once(tmp_path / "out", "webdataset")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "files"])
+def test_node_killed_mid_batch_with_a_replacement(cluster, prompts, tmp_path, fmt):
+    if len(cluster.workers) < 2:  # the scenario before left one worker: add one back first
+        cluster.add_worker(num_cpus=2, num_gpus=1)
+        cluster.wait_for_nodes()
+    summary, seen = run_and_kill(cluster, prompts, tmp_path / "out", fmt, replace=True)
+    assert summary.images == ROWS and summary.failed == 0
+    assert_exactly_once(tmp_path / "out", fmt)
