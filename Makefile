@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test bench clean services
+.PHONY: demo test bench clean services constraints
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "raydiant needs Python >= 3.11 (set PYTHON=python3.11)")'
@@ -40,6 +40,10 @@ test: $(STAMP) services
 
 bench: $(STAMP)
 	$(PY) bench/engine.py
+
+# The image's dependency versions: those of this tested environment (infra/docker/constraints.txt).
+constraints: $(STAMP)
+	$(PY) infra/docker/write_constraints.py
 
 clean:
 	rm -rf var .pytest_cache

@@ -117,6 +117,7 @@ class ServeConfig(BaseModel):
     port: int = Field(8000, description="HTTP port.")
     public_url: str | None = Field(None, description="Base URL clients reach us at (default http://host:port).")
     models: list[str] | None = Field(None, description="Models to deploy (default: all configured).")
+    ingress_replicas: int = Field(1, ge=1, description="Ingress (API) replicas; they share the task store.")
     api_keys: list[str] = Field(default_factory=list, description="Accepted keys (also $RAYDIANT_API_KEYS).")
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="Per-key rate limit.")
     max_body_bytes: int = Field(12 * 1024 * 1024, description="Largest request body accepted.")

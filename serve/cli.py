@@ -11,8 +11,21 @@ import typer
 from cluster.cli import ConfigOption, console, fail, load, quiet_libraries
 
 
+infra_app = typer.Typer(no_args_is_help=True, help="Deployment files generated from the config.")
+
+
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
+    app.add_typer(infra_app, name="infra")
+
+
+@infra_app.command("render")
+def infra_render() -> None:
+    """Write configs/serve-cluster.yaml and the RayService's serveConfigV2 from configs/cluster.yaml."""
+    from serve.deploy_config import write_all
+
+    changed = write_all()
+    console.print("\n".join(f"wrote {path}" for path in changed) or "generated files are current")
 
 
 def serve_command(
