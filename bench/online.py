@@ -5,7 +5,7 @@
 1. The bare `Renderer` rendering one image in-process (p50/p95 latency).
 2. The same image through the service, one synchronous DashScope request at a time
    (p50/p95): the difference is the service's overhead (HTTP, task store, Serve hops, PNG write).
-3. Throughput (images/s) at 1, 4 and 16 concurrent clients, with @serve.batch on and off.
+3. Throughput (images/s) at 1, 4 and 16 concurrent clients, with batching on and off.
 """
 
 from __future__ import annotations

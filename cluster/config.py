@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cluster.models import CATALOGUE, ModelSpec
+from cluster.sim_engine import SimulatedTiming
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"
@@ -37,6 +38,8 @@ class ModelConfig(BaseModel):
     default_guidance: float | None = Field(None, description="Guidance when a request gives none.")
     offload: bool | None = Field(None, description="Diffusers model CPU offload on GPU.")
     warmup: bool | None = Field(None, description="Render once at load.")
+    simulated: SimulatedTiming | None = Field(
+        None, description="SIMULATED GPU timing for sim:<family> sources: {base_s, per_image_s}.")
 
 
 class AutoscalingConfig(BaseModel):
@@ -69,7 +72,6 @@ class DeploymentConfig(BaseModel):
         default_factory=lambda: {"num_cpus": 0},
         description="Ray actor options of each replica, e.g. {num_gpus: 1}.")
     max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica takes at once (>= batch size).")
-    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long @serve.batch waits to fill a batch.")
 
 
 class RateLimitConfig(BaseModel):

@@ -5,6 +5,10 @@ pool, so it imports neither. It validates requests against the model's limits, e
 into its `n` images (image i seeded seed + i, each with its own generator), renders images of
 one shape together in batches of at most `max_batch_size`, and returns one `RenderResult` per
 image in request order. A failing request or batch yields error results, never an exception.
+
+Two stages, so that callers can keep the GPU busy: `denoise()` (the device's work) and
+`encode()` (PNG/WebP/JPEG on the CPU). `render()` runs them one after the other; a Serve replica
+runs the next batch's `denoise()` while the previous batch is encoded.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from cluster.architectures import Family
 from cluster.batch_invariance import make_batch_invariant
 from cluster.batching import plan_batches
 from cluster.config import RaydiantConfig, load_config
-from cluster.imageio import decode, encode, sampling_metadata
+from cluster.imageio import ImageFormat, decode, encode, sampling_metadata
 from cluster.models import ModelSpec, parse_size
 from cluster.request import RenderError, RenderRequest, RenderResult, ResolvedRequest
 from cluster.seeding import generator, image_seeds
@@ -42,6 +46,16 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[name]
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """A batch that left the device: its pictures, or the results that say why it failed."""
+
+    batch: list["_Image"]
+    pictures: list[Image.Image] | None = None
+    failed: list[RenderResult] | None = None
+    elapsed_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +89,7 @@ class Renderer:
         self.device = pick_device(device)
         self.dtype = pick_dtype(spec.dtype, self.device)
         started = time.perf_counter()
-        self.pipeline = load_pipeline(spec.name, spec.family, spec.source, self.dtype, self.device)
+        self.pipeline = load_pipeline(spec.name, spec.family, spec.source, self.dtype, self.device, spec.simulated)
         self._place_on_device()
         self.pipeline.set_progress_bar_config(disable=True)
         self.load_s = time.perf_counter() - started
@@ -130,22 +144,28 @@ class Renderer:
 
     # --- rendering ----------------------------------------------------------------------------
 
-    def render(self, requests: Sequence[RenderRequest]) -> list[RenderResult]:
+    def render(self, requests: Sequence[RenderRequest], image_format: ImageFormat = "png") -> list[RenderResult]:
         """Render every image of every request; results in request order, then image order.
 
         An invalid request yields one result (index 0) carrying its error.
         """
-        results: list[RenderResult] = []
+        results, batches = self.plan(requests)
+        for batch in batches:
+            for denoised in self.denoise(batch):
+                results.extend(self.encode(denoised, image_format))
+        return sort_results(results)
+
+    def plan(self, requests: Sequence[RenderRequest]) -> tuple[list[RenderResult], list[list[_Image]]]:
+        """The results of requests refused outright, and the batches of images to render."""
+        refused: list[RenderResult] = []
         images: list[_Image] = []
         for request_index, request in enumerate(requests):
             prepared = self._prepare(request_index, request)
             if isinstance(prepared, RenderResult):
-                results.append(prepared)
+                refused.append(prepared)
             else:
                 images.extend(prepared)
-        for batch in plan_batches(images, _batch_key, self.max_batch_size):
-            results.extend(self._render_batch(batch))
-        return sorted(results, key=lambda r: (r.request_index, r.index))
+        return refused, plan_batches(images, _batch_key, self.max_batch_size)
 
     def _prepare(self, request_index: int, request: RenderRequest) -> list[_Image] | RenderResult:
         resolved = self.spec.resolve(request) if request.model == self.spec.name else RenderError(
@@ -187,7 +207,8 @@ class Renderer:
             kwargs["max_area"] = first.width * first.height  # keep the requested size
         return kwargs
 
-    def _render_batch(self, batch: list[_Image]) -> list[RenderResult]:
+    def denoise(self, batch: list[_Image]) -> list[Denoised]:
+        """The device's work for one batch (retried in halves when it runs out of memory)."""
         started = time.perf_counter()
         try:
             with torch.inference_mode():
@@ -196,22 +217,28 @@ class Renderer:
             if len(batch) > 1:  # retry in halves: a smaller batch may fit
                 half = len(batch) // 2
                 log.warning("%s: out of memory at batch %d, retrying in halves", self.spec.name, len(batch))
-                return self._render_batch(batch[:half]) + self._render_batch(batch[half:])
-            return self._failed(batch, RenderError("InternalError.OutOfMemory",
-                                                   "the device ran out of memory rendering this image"))
+                return self.denoise(batch[:half]) + self.denoise(batch[half:])
+            return [Denoised(batch, failed=self._failed(batch, RenderError(
+                "InternalError.OutOfMemory", "the device ran out of memory rendering this image")))]
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the caller
             log.exception("%s: batch of %d failed", self.spec.name, len(batch))
-            return self._failed(batch, RenderError("InternalError", f"rendering failed: {exc}"))
-        elapsed = time.perf_counter() - started
+            return [Denoised(batch, failed=self._failed(batch, RenderError("InternalError", f"rendering failed: {exc}")))]
+        return [Denoised(batch, pictures, elapsed_s=time.perf_counter() - started)]
+
+    def encode(self, denoised: Denoised, image_format: ImageFormat = "png") -> list[RenderResult]:
+        """The CPU's work for one denoised batch: each picture encoded, with its sampling metadata
+        (PNG text chunks) when asked."""
+        if denoised.failed is not None:
+            return denoised.failed
         return [
             RenderResult(
                 request_id=image.request.request_id, request_index=image.request_index,
                 index=image.index, seed=image.seed, width=picture.width, height=picture.height,
-                image=encode(picture, "png", sampling_metadata(image.request, image.seed)
+                image=encode(picture, image_format, sampling_metadata(image.request, image.seed)
                              if image.request.add_sampling_metadata else None),
-                inference_s=elapsed, batch_size=len(batch),
+                inference_s=denoised.elapsed_s, batch_size=len(denoised.batch),
             )
-            for image, picture in zip(batch, pictures)
+            for image, picture in zip(denoised.batch, denoised.pictures or [])
         ]
 
     @staticmethod
@@ -222,3 +249,8 @@ class Renderer:
                          height=image.request.height, error=error)
             for image in batch
         ]
+
+
+def sort_results(results: list[RenderResult]) -> list[RenderResult]:
+    """Request order, then image order."""
+    return sorted(results, key=lambda r: (r.request_index, r.index))

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster.architectures import Family
 from cluster.request import RenderError, RenderRequest, ResolvedRequest
 from cluster.seeding import MAX_SEED, draw_seed
+from cluster.sim_engine import SimulatedTiming
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[*xX]\s*(\d+)\s*$")
 
@@ -84,6 +85,8 @@ class ModelSpec(BaseModel):
     max_batch_size: int = Field(4, ge=1, description="Most images the engine renders in one batch.")
     offload: bool = Field(False, description="Diffusers model CPU offload (GPU only; no-op on CPU).")
     warmup: bool = Field(True, description="Render once at load so failures (OOM) show at boot.")
+    simulated: SimulatedTiming | None = Field(
+        None, description="Timing of a SIMULATED GPU (sim: sources only; default: H100 FLUX-schnell figures).")
 
     @property
     def edit(self) -> bool:

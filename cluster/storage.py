@@ -83,9 +83,14 @@ class Storage:
     def url(self, key: str, expires_in_s: int, base_url: str | None = None) -> str:
         """An absolute URL for `key`, valid for `expires_in_s` seconds. Local files are served
         by the ingress at `public_url` (or `base_url`, the address the client reached us at)."""
+        return self.url_until(key, int(time.time()) + expires_in_s, base_url)
+
+    def url_until(self, key: str, expires_at: int, base_url: str | None = None) -> str:
+        """An absolute URL for `key`, valid until `expires_at` (Unix seconds). The same key and
+        expiry give the same local URL in every answer."""
         if not self.is_local:
-            return self.fs.sign(self.path(key), expiration=expires_in_s)
-        expires = int(time.time()) + expires_in_s
+            return self.fs.sign(self.path(key), expiration=max(1, int(expires_at - time.time())))
+        expires = int(expires_at)
         query = urlencode({"expires": expires, "signature": self._signature(safe_key(key), expires)})
         base = (self.public_url or base_url or "").rstrip("/")
         return f"{base}/files/{safe_key(key)}?{query}"

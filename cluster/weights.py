@@ -4,6 +4,7 @@ A source string is one of:
 - `tiny:<family>`   tiny random weights, built into the local cache on first use
 - `random:<family>` full-size architecture, random weights, built on the target device
 - `fake:<family>`   a FAKE engine drawing solid colours (plumbing tests and benchmarks only)
+- `sim:<family>`    a SIMULATED GPU: solid colours after a GPU's time per batch (utilization benchmarks)
 - `scheme://...`    any fsspec URI (`s3://`, `gs://`, `file://`, `memory://`): copied to the
                     local cache (refreshed when the remote listing changes), then loaded
 - a local directory (absolute, relative, or `~`)
@@ -22,7 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import diffusers
 import fsspec
@@ -31,7 +32,10 @@ import torch
 from cluster.architectures import PIPELINE_CLASS, Family
 from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
 
-SourceKind = Literal["tiny", "random", "fake", "fsspec", "local", "hub"]
+if TYPE_CHECKING:
+    from cluster.sim_engine import SimulatedTiming
+
+SourceKind = Literal["tiny", "random", "fake", "sim", "fsspec", "local", "hub"]
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -51,7 +55,7 @@ class WeightSource:
 
 def parse_source(source: str) -> WeightSource:
     """Classify a source string; raises ModelLoadError for an unknown `tiny:`/`random:` family."""
-    for prefix in ("tiny", "random", "fake"):
+    for prefix in ("tiny", "random", "fake", "sim"):
         if source.startswith(f"{prefix}:"):
             family = source.split(":", 1)[1]
             if family not in {f.value for f in Family}:
@@ -128,16 +132,21 @@ def local_location(source: WeightSource) -> str:
     return source.location
 
 
-def load_pipeline(name: str, family: Family, source: str, dtype: torch.dtype,
-                  device: torch.device) -> diffusers.DiffusionPipeline:
+def load_pipeline(name: str, family: Family, source: str, dtype: torch.dtype, device: torch.device,
+                  simulated: "SimulatedTiming | None" = None) -> diffusers.DiffusionPipeline:
     """Load model `name` of `family` from `source`. The pipeline is left on the CPU unless the
-    source builds directly on `device` (random:); the caller moves or offloads it."""
+    source builds directly on `device` (random:); the caller moves or offloads it. `simulated`
+    is the timing of a `sim:` source (default: H100 FLUX-schnell figures)."""
     try:
         parsed = parse_source(source)
         if parsed.kind == "fake":
             from cluster.fake_engine import FakePipeline
 
             return FakePipeline(parsed.family)  # type: ignore[return-value]
+        if parsed.kind == "sim":
+            from cluster.sim_engine import SimulatedGpuPipeline, SimulatedTiming
+
+            return SimulatedGpuPipeline(parsed.family, simulated or SimulatedTiming())  # type: ignore[return-value]
         if parsed.kind == "random":
             from cluster.random_weights import build_random_pipeline
 

@@ -29,6 +29,8 @@ def render_command(
     config: Optional[Path] = ConfigOption,
     model: str = typer.Option("flux-schnell", "--model", "-m", help="Model for rows without a `model` column."),
     fmt: str = typer.Option("files", "--format", help="files, webdataset or parquet."),
+    image_format: str = typer.Option("png", "--image-format", help="png (lossless, with sampling metadata), "
+                                                                    "webp or jpeg (smaller)."),
     batch_size: int = typer.Option(4, "--batch-size", help="Images per render batch."),
     concurrency: Optional[str] = typer.Option(
         None, "--concurrency", help="Render actors: N or MIN,MAX (default: one per GPU the cluster has or can "
@@ -69,6 +71,7 @@ def render_command(
             fail(f"--concurrency must be N or MIN,MAX, got '{concurrency}'")
     try:
         spec = JobSpec(input=input, output=output, config=str(config) if config else None, format=fmt,
+                       image_format=image_format,
                        batch_size=batch_size, concurrency=pool, gpus_per_worker=gpus_per_worker, limit=limit,
                        seed=seed, max_errors=max_errors, address=address,
                        via_serve=serve_app if via_serve else None,

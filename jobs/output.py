@@ -1,7 +1,7 @@
 """Job output: images in one of three formats, plus a metadata table, committed per batch.
 
 Layout under the output URI:
-- `images/<key>.png`                        files format
+- `images/<key>.png`                        files format (`.webp` / `.jpg` when asked)
 - `shards/<batch>.tar` (`<name>.png` + `<name>.json` per sample)   webdataset format
 - `data/<batch>.parquet` (metadata columns + `image` bytes)        parquet format
 - `metadata/part-<batch>.parquet`           one per committed batch; the commit record
@@ -49,10 +49,14 @@ def sample_name(key: str) -> str:
     return key.replace("/", "_")
 
 
+EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+
+
 class OutputSink:
-    def __init__(self, output: str, fmt: str):
+    def __init__(self, output: str, fmt: str, image_format: str = "png"):
         self.storage = Storage(output)
         self.fmt = fmt
+        self.ext = EXTENSIONS[image_format]
 
     def commit(self, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
         """Write the images of `rows` (by key, in `images`), then their metadata part."""
@@ -72,14 +76,14 @@ class OutputSink:
 
     def _write_files(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
         for row in rows:
-            row["path"] = f"images/{row['key']}.png"
+            row["path"] = f"images/{row['key']}.{self.ext}"
             self.storage.write(row["path"], images[row["key"]])
 
     def _write_webdataset(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
         shard = f"shards/{batch}.tar"
         for row in rows:
-            row["path"] = f"{shard}#{sample_name(row['key'])}.png"
-        self.storage.write(shard, _tar_bytes(rows, images))
+            row["path"] = f"{shard}#{sample_name(row['key'])}.{self.ext}"
+        self.storage.write(shard, _tar_bytes(rows, images, self.ext))
 
     def _write_parquet(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
         part = f"data/{batch}.parquet"
@@ -93,13 +97,13 @@ def batch_name(keys) -> str:
     return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
 
 
-def _tar_bytes(rows: list[dict[str, Any]], images: dict[str, bytes]) -> bytes:
+def _tar_bytes(rows: list[dict[str, Any]], images: dict[str, bytes], ext: str) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for row in rows:
             name = sample_name(row["key"])
             sidecar = {c: row.get(c) for c in METADATA_COLUMNS if c not in ("path", "committed_at")}
-            for member, data in ((f"{name}.png", images[row["key"]]), (f"{name}.json", json.dumps(sidecar).encode())):
+            for member, data in ((f"{name}.{ext}", images[row["key"]]), (f"{name}.json", json.dumps(sidecar).encode())):
                 info = tarfile.TarInfo(member)
                 info.size, info.mtime = len(data), int(row["committed_at"])
                 tar.addfile(info, io.BytesIO(data))
@@ -201,8 +205,9 @@ def _rewrite_shard(storage: Storage, fmt: str, shard: str, kept: list[dict[str, 
     """Rewrite `shard` with only the samples of `kept` (under their batch's content name)."""
     data = storage.read(shard)
     images: dict[str, bytes] = {}
+    ext = kept[0]["path"].rsplit(".", 1)[-1] if fmt == "webdataset" else ""
     if fmt == "webdataset":
-        names = {f"{sample_name(r['key'])}.png": r["key"] for r in kept}
+        names = {f"{sample_name(r['key'])}.{ext}": r["key"] for r in kept}
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar.getmembers():
                 if member.name in names:
@@ -214,7 +219,7 @@ def _rewrite_shard(storage: Storage, fmt: str, shard: str, kept: list[dict[str, 
     batch = batch_name(images)
     target = f"{SHARD_FOLDERS[fmt]}/{batch}.{'tar' if fmt == 'webdataset' else 'parquet'}"
     for row in kept:
-        row["path"] = f"{target}#{sample_name(row['key'])}.png" if fmt == "webdataset" else target
-    storage.write(target, _tar_bytes(kept, images) if fmt == "webdataset" else _image_parquet_bytes(kept, images))
+        row["path"] = f"{target}#{sample_name(row['key'])}.{ext}" if fmt == "webdataset" else target
+    storage.write(target, _tar_bytes(kept, images, ext) if fmt == "webdataset" else _image_parquet_bytes(kept, images))
     if target != shard:
         storage.fs.rm(storage.path(shard))

@@ -22,7 +22,7 @@ from cluster.storage import Storage
 from jobs.output import committed_keys, finalize, metadata_parts
 from jobs.rows import expand_batch
 from jobs.spec import JobSpec
-from jobs.worker import RenderWorker
+from jobs.worker import CONCURRENT_BATCHES, RenderWorker
 
 
 class JobError(Exception):
@@ -119,10 +119,11 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     on_plan(pool)
     dataset = dataset.map_batches(
         RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=pool.gpus_per_worker,
+        max_concurrency=CONCURRENT_BATCHES,
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_workers, max_size=pool.max_workers),
         fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
                                "batch_size": spec.batch_size, "pool_size": pool.max_workers,
-                               "via_serve": spec.via_serve})
+                               "via_serve": spec.via_serve, "image_format": spec.image_format})
 
     progress = Progress(rows_total=rows_total, started=time.monotonic())
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):

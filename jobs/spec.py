@@ -30,6 +30,8 @@ class JobSpec(BaseModel):
     output: str = Field(description="Output directory; local path or fsspec URI.")
     config: str | None = Field(None, description="raydiant config (default: the embedded local one).")
     format: OutputFormat = Field("files", description="files, webdataset or parquet.")
+    image_format: Literal["png", "webp", "jpeg"] = Field(
+        "png", description="Image encoding: png (lossless, with sampling metadata), webp or jpeg (smaller).")
     defaults: RowDefaults = Field(default_factory=RowDefaults)
     batch_size: int = Field(4, ge=1, description="Images per render batch.")
     concurrency: tuple[int, int] | None = Field(

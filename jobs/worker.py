@@ -3,11 +3,16 @@
 It renders with its own `Renderer` (one actor per GPU on clusters, per configured slot on CPU),
 or, with `via_serve`, through the model deployments of a running raydiant Serve application in
 the same Ray cluster (the job then shares the service's replicas instead of loading models).
+
+The actor runs two batches at once (`max_concurrency=2`): the device is held by one of them
+(`denoise`, under a lock) while the other encodes its images and commits them to storage, so
+the GPU does not wait for the CPU.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import Any
 
@@ -15,28 +20,36 @@ import pandas as pd
 import torch
 
 from cluster.config import load_config
-from cluster.engine import Renderer
+from cluster.engine import Renderer, sort_results
 from cluster.request import RenderRequest
 from cluster.weights import ModelLoadError
 from jobs.output import OutputSink
 
 RESULT_COLUMNS = ["key", "id", "index", "model", "error", "render_s"]
+CONCURRENT_BATCHES = 2  # one on the device, one encoding and committing
 
 
 class RenderWorker:
     def __init__(self, config: str | None, output: str, fmt: str, batch_size: int, pool_size: int = 1,
-                 via_serve: str | None = None):
+                 via_serve: str | None = None, image_format: str = "png"):
         self.via_serve = via_serve  # the Serve application's name, when rendering through it
         if not torch.cuda.is_available() and not via_serve:
             # Ray pins a 1-CPU actor to one intra-op thread; a CPU renderer should use its share
             # of the machine instead (bench/batch.py: job/bare ratio 0.71 before this, 0.91 after).
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // pool_size))
         self.config = load_config(config)
-        self.sink = OutputSink(output, fmt)
+        self.sink = OutputSink(output, fmt, image_format)
         self.batch_size = batch_size
+        self.image_format = image_format
         self.renderers: dict[str, Renderer | _ServedModel | str] = {}  # model -> renderer, or why not
+        self._device = threading.Lock()  # held while a batch denoises
+        self._loading = threading.Lock()
 
     def _renderer(self, model: str) -> Renderer | str:
+        with self._loading:  # two concurrent batches must not load the same model twice
+            return self._load(model)
+
+    def _load(self, model: str) -> Renderer | str:
         if model not in self.renderers and self.via_serve:
             self.renderers[model] = _ServedModel.connect(self.via_serve, model)
         if model not in self.renderers:
@@ -60,7 +73,7 @@ class RenderWorker:
                     row["error"] = renderer
                 continue
             started = time.perf_counter()
-            results = renderer.render([self._request(r) for r in group])
+            results = self._render(renderer, [self._request(r) for r in group])
             elapsed = (time.perf_counter() - started) / max(len(group), 1)
             for row, result in zip(group, results):
                 row["render_s"] = elapsed
@@ -70,6 +83,18 @@ class RenderWorker:
                     row["error"] = f"{result.error.code}: {result.error.message}"
         self.sink.commit(rows, images)
         return pd.DataFrame([{c: r.get(c) for c in RESULT_COLUMNS} for r in rows], columns=RESULT_COLUMNS)
+
+    def _render(self, renderer: "Renderer | _ServedModel", requests: list[RenderRequest]) -> list:
+        if isinstance(renderer, _ServedModel):
+            return renderer.render(requests)
+        refused, batches = renderer.plan(requests)
+        results = list(refused)
+        for batch in batches:
+            with self._device:
+                denoised = renderer.denoise(batch)
+            for part in denoised:  # encoded while the other batch holds the device
+                results.extend(renderer.encode(part, self.image_format))
+        return sort_results(results)
 
     @staticmethod
     def _request(row: dict[str, Any]) -> RenderRequest:
@@ -98,6 +123,6 @@ class _ServedModel:
             return f"ModelNotFound: model {model} is not served by Serve application '{app_name}': {exc}"
 
     def render(self, requests: list[RenderRequest]) -> list:
-        # Send everything first, so @serve.batch on the replicas can group the requests.
+        # Send everything first, so the replicas can batch the requests together.
         responses = [self.handle.render.remote(request) for request in requests]
         return [response.result()[0] for response in responses]

@@ -37,6 +37,13 @@ class QueueFull(Exception):
     """The model's queue is at capacity."""
 
 
+class _Done(asyncio.Event):
+    """Set when a task run by this dispatcher ends; carries its final record, so a waiting
+    synchronous call needs no read of the store."""
+
+    record: TaskRecord | None = None
+
+
 @dataclass
 class _ModelQueue:
     slots: asyncio.Semaphore
@@ -53,7 +60,7 @@ class Dispatcher:
         self.owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
         self._queues = {m: _ModelQueue(asyncio.Semaphore(concurrency[m])) for m in handles}
         self._owned: set[str] = set()
-        self._done: dict[str, asyncio.Event] = {}
+        self._done: dict[str, _Done] = {}
         self._background: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
         # Told of every task that reaches a terminal status here (webhook deliveries hang on it).
@@ -85,7 +92,7 @@ class Dispatcher:
         self._queues[model].waiting += 1
         metrics.queue_depth.set(self._queues[model].waiting, tags={"model": model})
         self._owned.add(task_id)
-        self._done.setdefault(task_id, asyncio.Event())
+        self._done.setdefault(task_id, _Done())
         task = asyncio.create_task(self._run(task_id, model))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -98,6 +105,8 @@ class Dispatcher:
                 await asyncio.wait_for(event.wait(), timeout_s)
             except asyncio.TimeoutError:
                 pass
+            if event.record is not None:
+                return event.record
         return await self.store.get(task_id)
 
     # --- running ------------------------------------------------------------------------------
@@ -182,6 +191,8 @@ class Dispatcher:
     def ended(self, record: TaskRecord | None) -> None:
         """`record` just became terminal (None: the transition did not happen)."""
         if record is not None and record.terminal:
+            if (event := self._done.get(record.task_id)) is not None:
+                event.record = record
             self.on_end(record)
 
     # --- background jobs ----------------------------------------------------------------------

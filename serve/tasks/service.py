@@ -179,9 +179,10 @@ class TaskService:
     # --- results --------------------------------------------------------------------------------
 
     def result_url(self, record: TaskRecord, key: str, base_url: str | None = None) -> str:
-        """A signed URL for one result file, expiring no later than the task's record."""
-        expiry = max(1, int(min(self.settings.url_expiry_s, record.expires_at - time.time())))
-        return self.storage.url(key, expiry, base_url or record.base_url)
+        """A signed URL for one result file: valid `url_expiry_s` after the task was submitted,
+        and no longer than its record. Fixed per task, so every answer gives the same URL."""
+        expires_at = min(record.submit_time + self.settings.url_expiry_s, record.expires_at)
+        return self.storage.url_until(key, int(expires_at), base_url or record.base_url)
 
 
 def _resolve_error(error: RenderError) -> ServiceError:

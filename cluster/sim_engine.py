@@ -1,0 +1,95 @@
+"""`sim:<family>` weight source: a SIMULATED GPU. Named as simulated everywhere it appears.
+
+No GPU is lent to this project, yet what decides a GPU cluster's cost is how much of each GPU's
+time goes to denoising. This pipeline takes time like a GPU: a batch of b images costs
+`base_s + per_image_s * b`, spent *waiting* (the CPU is free meanwhile, as it is while a real GPU
+works), and it answers with solid colours like the FAKE engine (seeds still decide pixels).
+
+It records its busy time: every batch appends its (start, end) to a file of its process under
+`$RAYDIANT_SIM_DIR` when set, so a benchmark can report utilization = busy time / wall time per
+simulated GPU, and the batch sizes it was given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+# FLUX.1-schnell, 1024*1024, 4 steps, bf16 on one H100, as published: about 0.45 s for one image,
+# about 0.375 s per image in batches of 4 (a fixed cost per call, then a cost per image).
+H100_FLUX_SCHNELL_BASE_S = 0.10
+H100_FLUX_SCHNELL_PER_IMAGE_S = 0.35
+
+
+class SimulatedTiming(BaseModel):
+    """How long a simulated GPU takes per batch: base_s + per_image_s * batch size."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_s: float = Field(H100_FLUX_SCHNELL_BASE_S, ge=0, description="Fixed cost of one pipeline call.")
+    per_image_s: float = Field(H100_FLUX_SCHNELL_PER_IMAGE_S, ge=0, description="Cost of each image in it.")
+
+    def batch_s(self, batch: int) -> float:
+        return self.base_s + self.per_image_s * batch
+
+
+class SimulatedGpuPipeline:
+    """Stands in for a diffusers pipeline on a GPU: `__call__(prompt=[...], width, height,
+    generator=[...])`, returning solid colours after the batch's simulated time."""
+
+    components: dict = {}
+
+    def __init__(self, family: str, timing: SimulatedTiming):
+        self.family = family
+        self.timing = timing
+        self.busy_s = 0.0
+        self.batches: list[int] = []  # batch sizes, in order
+        self.busy_now = False
+        self._lock = threading.Lock()  # one GPU: one batch at a time
+        directory = os.environ.get("RAYDIANT_SIM_DIR")
+        self._log = Path(directory) / f"sim-{os.getpid()}-{id(self):x}.jsonl" if directory else None
+
+    def to(self, *_args, **_kwargs) -> "SimulatedGpuPipeline":
+        return self
+
+    def set_progress_bar_config(self, **_kwargs) -> None:
+        return None
+
+    def __call__(self, prompt: list[str], width: int, height: int, generator: list[torch.Generator],
+                 **_ignored) -> SimpleNamespace:
+        with self._lock:
+            started = time.time()
+            self.busy_now = True
+            time.sleep(self.timing.batch_s(len(prompt)))  # the GPU works; the CPU is free
+            self.busy_now = False
+            ended = time.time()
+            self.busy_s += ended - started
+            self.batches.append(len(prompt))
+            if self._log is not None:
+                with open(self._log, "a") as log:
+                    log.write(json.dumps({"start": started, "end": ended, "batch": len(prompt)}) + "\n")
+        images = []
+        for gen in generator:
+            r, g, b = (int(v) for v in torch.randint(0, 256, (3,), generator=gen))
+            images.append(Image.new("RGB", (width, height), (r, g, b)))
+        return SimpleNamespace(images=images)
+
+
+def read_busy_intervals(directory: str | Path) -> dict[str, list[dict]]:
+    """Every simulated GPU's recorded batches under `directory`: file name -> [{start, end, batch}]."""
+    return {path.name: [json.loads(line) for line in path.read_text().splitlines() if line]
+            for path in sorted(Path(directory).glob("sim-*.jsonl"))}
+
+
+def utilization(intervals: list[dict], window_start: float, window_end: float) -> float:
+    """Busy time / wall time of one simulated GPU within [window_start, window_end]."""
+    busy = sum(max(0.0, min(i["end"], window_end) - max(i["start"], window_start)) for i in intervals)
+    return busy / (window_end - window_start)
