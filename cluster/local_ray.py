@@ -20,9 +20,10 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+from cluster.files import create_once
 
 HEAD_START_TIMEOUT_S = 120
 
@@ -128,19 +129,7 @@ def use_token_auth() -> None:
 def ensure_auth_token() -> None:
     """~/.ray/auth_token, created (mode 0600) when missing; never replaced, since other
     clusters on the machine may be using it."""
-    path = Path.home() / ".ray" / "auth_token"
-    if path.exists():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-    staging.write_text(secrets.token_hex(32))
-    staging.chmod(0o600)
-    try:
-        os.link(staging, path)  # atomic create-if-absent
-    except FileExistsError:
-        pass
-    finally:
-        staging.unlink()
+    create_once(Path.home() / ".ray" / "auth_token", secrets.token_hex(32))
 
 
 def _wait_listening(port: int, head: subprocess.Popen, log_name: str) -> None:

@@ -9,6 +9,8 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
+from cluster.files import create_once
+
 
 def load_secret(env_name: str, configured: str | None, file: str | Path, generate: Callable[[], str]) -> str:
     """`$env_name`, else the config's value, else the content of `file` (created with
@@ -18,16 +20,7 @@ def load_secret(env_name: str, configured: str | None, file: str | Path, generat
         return explicit
     path = Path(file)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(f".{secrets.token_hex(4)}.tmp")
-        staging.write_text(generate())
-        staging.chmod(0o600)
-        try:
-            os.link(staging, path)  # atomic create-if-absent
-        except FileExistsError:
-            pass
-        finally:
-            staging.unlink()
+        create_once(path, generate())
     return path.read_text().strip()
 
 

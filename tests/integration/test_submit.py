@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from cluster.local_ray import free_port, private_head
 from cluster.storage import Storage

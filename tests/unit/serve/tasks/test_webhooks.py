@@ -4,7 +4,6 @@ task store, without Ray: signatures, retries, giving up, slow receivers, recover
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
