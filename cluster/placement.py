@@ -66,17 +66,23 @@ class ActorPool:
 
 
 def plan_actor_pool(capacity: GpuCapacity, gpus_per_worker: float | None = None,
-                    concurrency: tuple[int, int] | None = None) -> ActorPool:
+                    concurrency: tuple[int, int] | None = None, cpus: float | None = None) -> ActorPool:
     """- GPUs per actor: as given, else 1 when the cluster has or can get GPUs, else 0.
     - GPU actors: one per GPU there is now from the start (no GPU waits for the pool to grow),
       growing to as many as the cluster's autoscaler can add, unless `concurrency` says
       otherwise. With no known limit on an autoscaler, the pool stays at the GPUs there are
       now (at least 1) unless `concurrency` allows more.
-    - CPU actors: `concurrency`, else 1 (a CPU renderer uses every core it is given)."""
+    - CPU actors: `concurrency`, else 1 (a CPU renderer uses every core it is given), and never
+      all of the cluster's `cpus`: each actor holds one, and reading the input needs one too
+      (a pool that took them all would wait forever for its input)."""
     gpus = (1.0 if capacity.any else 0.0) if gpus_per_worker is None else gpus_per_worker
     if gpus <= 0:
         low, high = concurrency or (1, 1)
-        return ActorPool(0.0, low, high, "no GPUs in the cluster" if gpus_per_worker is None else "as asked")
+        why = "no GPUs in the cluster" if gpus_per_worker is None else "as asked"
+        if cpus is not None and high > max(1, int(cpus) - 1):
+            high = max(1, int(cpus) - 1)
+            low, why = min(low, high), f"{why}; at most {high}: reading the input needs a CPU of the {cpus:g}"
+        return ActorPool(0.0, low, high, why)
     reachable = capacity.most if capacity.most is not None else capacity.now
     by_gpus = max(1, math.floor(reachable / gpus))
     if concurrency is not None:

@@ -25,6 +25,9 @@ from jobs.spec import JobSpec
 from jobs.worker import CONCURRENT_BATCHES, RenderWorker
 
 
+SMALL_INPUT_ROWS = 100_000  # inputs up to this many rows are split into blocks for every render actor
+
+
 class JobError(Exception):
     """The job cannot start (bad input or output) or failed (error budget exceeded)."""
 
@@ -75,7 +78,10 @@ def actor_pool(spec: JobSpec) -> ActorPool:
     GPUs, so the job's actors take none."""
     if spec.via_serve:
         return ActorPool(0.0, *(spec.concurrency or (1, 1)), "rendering through the Serve application")
-    return plan_actor_pool(gpu_capacity(), spec.gpus_per_worker, spec.concurrency)
+    import ray
+
+    return plan_actor_pool(gpu_capacity(), spec.gpus_per_worker, spec.concurrency,
+                           cpus=ray.cluster_resources().get("CPU", 0))
 
 
 def count_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
@@ -109,18 +115,26 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.max_errored_blocks = 0  # a block that fails after its retries fails the job, never vanishes
+    pool = actor_pool(spec)
+    on_plan(pool)
     dataset = ray.data.read_parquet(files, filesystem=fs)
     if spec.limit:
         dataset = dataset.limit(spec.limit)
+    if rows_total <= SMALL_INPUT_ROWS:
+        # A small input is often one block, so one task: one render actor busy, and no second
+        # task to take the device while the first encodes. Split it (it is small enough to hold);
+        # large inputs come in many row groups and files already.
+        dataset = dataset.repartition(4 * CONCURRENT_BATCHES * pool.max_workers)
     specs = config.specs()
     dataset = dataset.map_batches(expand_batch, batch_format="pandas", fn_kwargs={
         "specs": specs, "defaults": spec.defaults, "job_seed": spec.seed, "done": done})
-    pool = actor_pool(spec)
-    on_plan(pool)
     dataset = dataset.map_batches(
         RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=pool.gpus_per_worker,
-        max_concurrency=CONCURRENT_BATCHES,
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_workers, max_size=pool.max_workers),
+        # Two calls of the actor at once, really concurrent: RenderWorker keeps the device to one of
+        # them (its own lock) while the other encodes and commits.
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_workers, max_size=pool.max_workers,
+                                           max_concurrent_calls_per_actor=CONCURRENT_BATCHES,
+                                           enable_true_multi_threading=True),
         fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
                                "batch_size": spec.batch_size, "pool_size": pool.max_workers,
                                "via_serve": spec.via_serve, "image_format": spec.image_format})

@@ -26,6 +26,13 @@ def test_pool_from_cluster_gpus(capacity, gpus, concurrency, expected):
     assert pool.describe().startswith("render actors:")
 
 
+def test_cpu_actors_leave_a_cpu_for_reading():
+    pool = plan_actor_pool(GpuCapacity(0, 0), None, (4, 4), cpus=4)
+    assert (pool.min_workers, pool.max_workers) == (3, 3) and "reading the input" in pool.why
+    assert plan_actor_pool(GpuCapacity(0, 0), None, None, cpus=1).max_workers == 1  # never below one
+    assert plan_actor_pool(GpuCapacity(2, 2), None, None, cpus=2).max_workers == 2  # GPU actors: not capped
+
+
 def test_models_needing_gpus_the_cluster_cannot_have_are_named():
     needs = {"flux-schnell": 1.0, "stable-diffusion-xl": 0.0}
     assert missing_gpus(needs, GpuCapacity(2, 2)) == []
