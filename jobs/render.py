@@ -1,9 +1,11 @@
 """The batch render job: Parquet prompts -> images + metadata, streaming, resumable.
 
 read_parquet -> expand rows into images (seeds fixed, bad rows become error items, committed
-images dropped) -> map_batches over an autoscaling pool of `RenderWorker` actors (each commits
-its batch) -> the driver counts what comes back for progress, then compacts the metadata and
-writes summary.json. The dataset is never materialised.
+images dropped) -> map_batches over an autoscaling pool of `RenderWorker` actors placed from the
+cluster's GPUs (each commits its batch under content-derived names) -> the driver counts what
+comes back for progress, then `finalize()` makes the output read exactly once and
+summary.json is written. Large inputs stream (never materialised); inputs of at most
+SMALL_INPUT_ROWS prompts are split into blocks first, so that every render actor gets work.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     rows_total = min(count_rows(fs, files), spec.limit or 1 << 62)
     storage = Storage(spec.output)
     done = committed_keys(storage)
-    rerun = bool(metadata_parts(storage))  # only a rerun can commit an image twice
+    rerun = bool(metadata_parts(storage))  # a rerun's metadata is compacted into one part at the end
 
     if not ray.is_initialized():
         raise JobError("not connected to Ray: run the job inside cluster.local_ray.connect()")
