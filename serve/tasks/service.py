@@ -43,7 +43,7 @@ class Submission:
 
     api: str  # the door: its body shape is used for this task's webhook
     key_id: str
-    request: RenderRequest  # `model` already mapped to a configured model
+    request: RenderRequest  # `model`: a configured model, or an alias of one
     base_url: str  # the address the client reached us at
     callback_url: str | None = None
     client_body: Any = None
@@ -108,10 +108,11 @@ class TaskService:
     # --- submit and wait --------------------------------------------------------------------------
 
     async def submit(self, submission: Submission) -> TaskRecord | ServiceError:
-        spec = self.specs.get(submission.request.model)
-        if spec is None:
-            return self.model(submission.request.model)  # type: ignore[return-value]  (always an error here)
-        resolved = spec.resolve(submission.request, sizes=submission.sizes)
+        spec = self.model(submission.request.model)
+        if isinstance(spec, ServiceError):
+            return spec
+        request = dataclasses.replace(submission.request, model=spec.name)  # an alias names its model
+        resolved = spec.resolve(request, sizes=submission.sizes)
         if isinstance(resolved, RenderError):
             return _resolve_error(resolved)
         if submission.callback_url and (problem := await self._check_callback(submission.callback_url)):
