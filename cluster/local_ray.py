@@ -92,7 +92,7 @@ def private_head(num_cpus: int | None = None, num_gpus: int | None = None, metri
                             env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
     (Path(temp_dir) / "head.pid").write_text(str(head.pid))
     try:
-        _wait_listening(gcs_port, head, log.name)
+        wait_for_port(gcs_port, head, HEAD_START_TIMEOUT_S, f"Ray head (log: {log.name})")
     except Exception:
         stop_tree(head)
         raise  # the temporary directory stays, with the head's log in it
@@ -132,17 +132,18 @@ def ensure_auth_token() -> None:
     create_once(Path.home() / ".ray" / "auth_token", secrets.token_hex(32))
 
 
-def _wait_listening(port: int, head: subprocess.Popen, log_name: str) -> None:
-    deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float, what: str = "server") -> None:
+    """Until something listens on 127.0.0.1:`port`; fails at once if `process` exits first."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise RuntimeError(f"the Ray head exited with {head.returncode}; see {log_name}")
+        if process.poll() is not None:
+            raise RuntimeError(f"the {what} exited with {process.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
             return
         except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"the Ray head did not listen on port {port} within {HEAD_START_TIMEOUT_S}s; see {log_name}")
+            time.sleep(0.05)
+    raise TimeoutError(f"the {what} did not listen on 127.0.0.1:{port} within {timeout_s:g}s")
 
 
 def stop_session(process: subprocess.Popen, grace_s: float = 30) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from typing import Iterator
 
 import pytest
 
+from cluster.local_ray import wait_for_port
 from serve.local_service import Service, free_port, local_service  # noqa: F401  (re-exported for tests)
 
 
@@ -27,19 +26,6 @@ def require(binary: str, why: str) -> str:
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -60,7 +46,7 @@ def redis_server() -> Iterator[str]:
     process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                 "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, 30)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop(process)
@@ -92,7 +78,7 @@ def s3_server() -> Iterator[str]:
     process = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_port(port, process)
+        wait_for_port(port, process, 30)
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
