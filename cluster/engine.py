@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 from PIL import Image
@@ -27,6 +27,7 @@ from cluster.batching import plan_batches
 from cluster.config import RaydiantConfig, load_config
 from cluster.imageio import ImageFormat, decode, encode, sampling_metadata
 from cluster.models import ModelSpec, parse_size
+from cluster.progress import Canceled, StepProgress, StepReporter
 from cluster.request import RenderError, RenderRequest, RenderResult, ResolvedRequest
 from cluster.seeding import generator, image_seeds
 from cluster.weights import load_pipeline
@@ -207,17 +208,30 @@ class Renderer:
             kwargs["max_area"] = first.width * first.height  # keep the requested size
         return kwargs
 
-    def denoise(self, batch: list[_Image]) -> list[Denoised]:
-        """The device's work for one batch (retried in halves when it runs out of memory)."""
+    def denoise(self, batch: list[_Image], on_step: Callable[[StepProgress], None] | None = None,
+                canceled: Callable[[], bool] | None = None) -> list[Denoised]:
+        """The device's work for one batch (retried in halves when it runs out of memory).
+
+        `on_step` hears the batch's progress a few times a second; when `canceled()` turns true
+        the render stops at the next step and its images fail with code `Canceled`.
+        """
         started = time.perf_counter()
+        kwargs = self._pipeline_kwargs(batch)
+        if on_step is not None or canceled is not None:
+            kwargs["callback_on_step_end"] = StepReporter(batch[0].request.steps, on_step or (lambda _: None),
+                                                          canceled or (lambda: False))
         try:
             with torch.inference_mode():
-                pictures = self.pipeline(**self._pipeline_kwargs(batch)).images
+                pictures = self.pipeline(**kwargs).images
+        except Canceled:
+            return [Denoised(batch, failed=self._failed(batch, RenderError(
+                "Canceled", "the task was canceled while it rendered")))]
         except torch.OutOfMemoryError:
             if len(batch) > 1:  # retry in halves: a smaller batch may fit
                 half = len(batch) // 2
                 log.warning("%s: out of memory at batch %d, retrying in halves", self.spec.name, len(batch))
-                return self.denoise(batch[:half]) + self.denoise(batch[half:])
+                return (self.denoise(batch[:half], on_step, canceled)
+                        + self.denoise(batch[half:], on_step, canceled))
             return [Denoised(batch, failed=self._failed(batch, RenderError(
                 "InternalError.OutOfMemory", "the device ran out of memory rendering this image")))]
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the caller

@@ -30,7 +30,9 @@ class FakePipeline:
         return None
 
     def __call__(self, prompt: list[str], width: int, height: int, generator: list[torch.Generator],
-                 **_ignored) -> SimpleNamespace:
+                 num_inference_steps: int = 1, callback_on_step_end=None, **_ignored) -> SimpleNamespace:
+        for step in range(num_inference_steps if callback_on_step_end is not None else 0):
+            callback_on_step_end(self, step, None, {})
         images = []
         for gen in generator:
             r, g, b = (int(v) for v in torch.randint(0, 256, (3,), generator=gen))

@@ -64,12 +64,18 @@ class SimulatedGpuPipeline:
         return None
 
     def __call__(self, prompt: list[str], width: int, height: int, generator: list[torch.Generator],
-                 **_ignored) -> SimpleNamespace:
+                 num_inference_steps: int = 1, callback_on_step_end=None, **_ignored) -> SimpleNamespace:
         with self._lock:
             started = time.time()
             self.busy_now = True
-            time.sleep(self.timing.batch_s(len(prompt)))  # the GPU works; the CPU is free
-            self.busy_now = False
+            step_s = self.timing.batch_s(len(prompt)) / max(1, num_inference_steps)
+            try:
+                for step in range(max(1, num_inference_steps)):
+                    time.sleep(step_s)  # the GPU works; the CPU is free
+                    if callback_on_step_end is not None:
+                        callback_on_step_end(self, step, None, {})  # may stop the render (cancel)
+            finally:
+                self.busy_now = False
             ended = time.time()
             self.busy_s += ended - started
             self.batches.append(len(prompt))

@@ -9,6 +9,7 @@ worker threads, so the replica's event loop keeps answering health checks and pi
 from __future__ import annotations
 
 import logging
+from typing import AsyncIterator
 
 from ray import serve
 
@@ -16,6 +17,7 @@ from cluster.engine import Renderer
 from cluster.models import ModelSpec
 from cluster.request import RenderRequest, RenderResult
 from serve.pipelined import PipelinedRenderer
+from serve.render_events import RenderEvent
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,12 @@ class ModelServer:
 
     async def render(self, request: RenderRequest) -> list[RenderResult]:
         return await self.pipelined.render(request)
+
+    async def render_events(self, request: RenderRequest) -> AsyncIterator[RenderEvent]:
+        """The request as a stream (`handle.options(stream=True)`): started, progress, finished.
+        Canceling the call (Serve cancels this generator) cancels the render."""
+        async for event in self.pipelined.stream(request):
+            yield event
 
     def simulated_gpu(self) -> dict | None:
         """A SIMULATED GPU's record (batch sizes, busy seconds); None for real engines."""

@@ -8,19 +8,39 @@
 - One thread owns the device (`Renderer.denoise`); encoding (`Renderer.encode`) runs on other
   threads while the next batch denoises. At most `encode_backlog` denoised batches wait for
   the encoders, so memory stays bounded: the device pauses rather than piling up pictures.
+- Each request is a stream of events (`serve/render_events.py`): started, progress, finished.
+- A request whose stream is closed (its caller canceled it) leaves the queue if it has not
+  started; in a batch shared with others, the batch runs on and only its images are dropped
+  (the others' pixels do not depend on batch company); alone, the render stops at the next step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import AsyncIterator
 
 from cluster.engine import Denoised, Renderer, sort_results
+from cluster.progress import StepProgress
 from cluster.request import RenderRequest, RenderResult
+from serve.render_events import Finished, Progress, RenderEvent, Started
 
 log = logging.getLogger(__name__)
 ENCODE_BACKLOG = 2  # denoised batches waiting for, or in, the encoders
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request in the replica, and the events its caller has not read yet."""
+
+    request: RenderRequest
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    canceled: bool = False
+    batches: int = 0  # of the current group's batches, how many hold its images
+    batches_done: int = 0
 
 
 class PipelinedRenderer:
@@ -31,18 +51,36 @@ class PipelinedRenderer:
         self._device = ThreadPoolExecutor(1, thread_name_prefix="device")
         self._encoders = ThreadPoolExecutor(encoders, thread_name_prefix="encode")
         self._backlog = asyncio.Semaphore(encode_backlog)
-        self._waiting: list[tuple[RenderRequest, asyncio.Future]] = []
+        self._waiting: list[_Job] = []
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
     async def render(self, request: RenderRequest) -> list[RenderResult]:
         """The request's results in image order, once its batch is denoised and encoded."""
-        answer = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, answer))
+        async for event in self.stream(request):
+            if isinstance(event, Finished):
+                return event.results
+        raise RuntimeError("the render stream ended without results")
+
+    async def stream(self, request: RenderRequest) -> AsyncIterator[RenderEvent]:
+        """The request's events, ending with `Finished`. Closing the stream early cancels it."""
+        job = _Job(request)
+        self._waiting.append(job)
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._feed_device())
-        return await answer
+        try:
+            while True:
+                event = await job.events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Finished):
+                    return
+        finally:
+            job.canceled = True  # no effect once finished
+            if job in self._waiting:
+                self._waiting.remove(job)
 
     async def _feed_device(self) -> None:
         loop = asyncio.get_running_loop()
@@ -52,35 +90,78 @@ class PipelinedRenderer:
             taken, self._waiting = self._waiting[: self.max_requests], self._waiting[self.max_requests:]
             if not self._waiting:
                 self._arrived.clear()
+            if not taken:  # every waiting request was canceled
+                self._backlog.release()
+                continue
             try:
-                refused, batches = self.renderer.plan([request for request, _ in taken])
+                refused, batches = self.renderer.plan([job.request for job in taken])
+                for batch in batches:
+                    for index in {image.request_index for image in batch}:
+                        taken[index].batches += 1
                 denoised: list[Denoised] = []
                 for batch in batches:
-                    denoised += await loop.run_in_executor(self._device, self.renderer.denoise, batch)
+                    denoised += await self._denoise(loop, taken, batch)
             except Exception as exc:  # noqa: BLE001 - fail these requests, keep serving
                 log.exception("a batch of %d requests failed", len(taken))
                 self._backlog.release()
-                for _, answer in taken:
-                    if not answer.done():
-                        answer.set_exception(exc)
+                for job in taken:
+                    job.events.put_nowait(exc)
                 continue
             asyncio.create_task(self._encode_and_answer(taken, refused, denoised))
 
-    async def _encode_and_answer(self, taken, refused: list[RenderResult], denoised: list[Denoised]) -> None:
+    async def _denoise(self, loop: asyncio.AbstractEventLoop, taken: list[_Job], batch) -> list[Denoised]:
+        jobs = [taken[i] for i in sorted({image.request_index for image in batch})]
+        if all(job.canceled for job in jobs):
+            return []
+        for job in jobs:
+            if job.batches_done == 0:
+                job.events.put_nowait(Started(batch_size=len(batch)))
+
+        def on_step(progress: StepProgress) -> None:  # on the device's thread
+            loop.call_soon_threadsafe(self._report, jobs, progress)
+
+        denoised = await loop.run_in_executor(self._device, self.renderer.denoise, batch, on_step,
+                                              lambda: all(job.canceled for job in jobs))
+        for job in jobs:
+            job.batches_done += 1
+        return denoised
+
+    @staticmethod
+    def _report(jobs: list[_Job], progress: StepProgress) -> None:
+        for job in jobs:
+            if job.canceled:
+                continue
+            total = job.batches * progress.steps
+            done = job.batches_done * progress.steps + progress.step
+            job.events.put_nowait(Progress(step=done, steps=total, eta_s=round(progress.step_s * (total - done), 3)))
+
+    async def _encode_and_answer(self, taken: list[_Job], refused: list[RenderResult],
+                                 denoised: list[Denoised]) -> None:
         loop = asyncio.get_running_loop()
         try:
+            wanted = [d for d in (_without_canceled(d, taken) for d in denoised) if d.batch]
             encoded = await asyncio.gather(*(loop.run_in_executor(self._encoders, self.renderer.encode, d)
-                                             for d in denoised))
+                                             for d in wanted))
             grouped: list[list[RenderResult]] = [[] for _ in taken]
             for result in sort_results(refused + [r for results in encoded for r in results]):
                 grouped[result.request_index].append(result)
-            for (_, answer), results in zip(taken, grouped):
-                if not answer.done():
-                    answer.set_result(results)
+            for job, results in zip(taken, grouped):
+                job.events.put_nowait(Finished(results))
         except Exception as exc:  # noqa: BLE001
             log.exception("encoding a batch failed")
-            for _, answer in taken:
-                if not answer.done():
-                    answer.set_exception(exc)
+            for job in taken:
+                job.events.put_nowait(exc)
         finally:
             self._backlog.release()
+
+
+def _without_canceled(denoised: Denoised, taken: list[_Job]) -> Denoised:
+    """The batch less the images of canceled requests: nobody will read them, so none is encoded."""
+    keep = [i for i, image in enumerate(denoised.batch) if not taken[image.request_index].canceled]
+    if len(keep) == len(denoised.batch):
+        return denoised
+    return dataclasses.replace(
+        denoised, batch=[denoised.batch[i] for i in keep],
+        pictures=None if denoised.pictures is None else [denoised.pictures[i] for i in keep],
+        failed=None if denoised.failed is None else [r for r in denoised.failed
+                                                    if not taken[r.request_index].canceled])

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from serve.errors import ErrorKind, WireError
+from serve.tasks.record import StepCount
 
 ERRORS: dict[ErrorKind, WireError] = {
     ErrorKind.UNAUTHENTICATED: WireError(401, "invalid_token"),
@@ -78,6 +79,12 @@ class TaskItem(BaseModel):
     request: Any
     response: ImagesBody | ErrorBody | None
     trace_id: str
+    # Extensions while the task is live: place in the model's queue (PENDING), then denoising
+    # steps done and seconds left (RUNNING).
+    status: str
+    queue_position: int | None = None
+    progress: StepCount | None = None
+    eta_s: float | None = None
 
 
 class TaskBatch(BaseModel):

@@ -10,6 +10,7 @@ area: one megapixel for FLUX and SDXL).
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Any
 
@@ -134,8 +135,12 @@ class AceDataService:
 
     def task_item(self, record: TaskRecord, base_url: str | None = None) -> TaskItem:
         response = self.final_body(record, base_url) if record.terminal else None
+        progress = record.progress
         return TaskItem(id=record.task_id, created_at=record.submit_time, finished_at=record.end_time,
-                        request=record.client_body, response=response, trace_id=record.trace_id)
+                        request=record.client_body, response=response, trace_id=record.trace_id,
+                        status=record.status.value.lower(), queue_position=record.queue_position,
+                        progress=progress.steps_only() if progress else None,
+                        eta_s=progress.eta_left(time.time()) if progress else None)
 
     def final_body(self, record: TaskRecord, base_url: str | None = None) -> dict:
         """A finished task's body: the synchronous answer, or the error body (also what its

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from serve.errors import ErrorKind, WireError
+from serve.tasks.record import StepCount
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -43,6 +44,11 @@ class TaskOutput(BaseModel):
     task_metrics: dict[str, int] | None = None
     code: str | None = None  # whole-task failure only (inside output, never top level)
     message: str | None = None
+    # Extensions (the SDKs keep unknown keys): place in the model's queue while PENDING, then
+    # denoising steps done and seconds left while RUNNING.
+    queue_position: int | None = None
+    progress: StepCount | None = None
+    eta_s: float | None = None
 
 
 class TaskBody(BaseModel):

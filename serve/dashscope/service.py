@@ -5,6 +5,7 @@ DashScope's shapes. No web framework, no task logic: every method returns a resp
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -170,7 +171,10 @@ class DashScopeService:
         output = TaskOutput(task_id=record.task_id, task_status=record.status.value,
                             submit_time=format_time(record.submit_time),
                             scheduled_time=format_time(record.scheduled_time),
-                            end_time=format_time(record.end_time))
+                            end_time=format_time(record.end_time), queue_position=record.queue_position)
+        if record.progress is not None:
+            output.progress = record.progress.steps_only()
+            output.eta_s = record.progress.eta_left(time.time())
         usage = None
         if record.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and record.results:
             output.results = [

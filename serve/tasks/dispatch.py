@@ -1,7 +1,13 @@
 """`Dispatcher`: runs tasks on the model deployments and makes sure none is lost or stuck.
 
-- Each model has a bounded queue: a task waits PENDING for a slot (cancelable), then becomes
-  RUNNING and is sent to the model deployment. A full queue refuses new tasks (503).
+- Each model has a bounded queue: a task waits PENDING for a slot, then is sent to the model
+  deployment as a stream of events. It stays PENDING while it waits inside a replica and
+  becomes RUNNING only when the replica starts it (`Started`); its progress is written as it
+  comes (a few times a second). A full queue refuses new tasks (503).
+- A task canceled while it runs (on this ingress or another) has its replica call canceled: the
+  replica drops its images from a shared batch or stops a batch of its own at the next step,
+  and nothing of it is stored. This ingress sees another's cancel at the task's next progress
+  write, or at the next lease renewal.
 - The dispatcher holds a lease on every task it owns and renews it. When a dispatcher (the
   ingress replica) dies, its leases run out and any other dispatcher claims those tasks and
   runs them again; results go to the same storage keys, so a re-render overwrites, never
@@ -20,11 +26,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from cluster.config import ServeConfig
+from ray.exceptions import TaskCancelledError
+
 from cluster.request import RenderResult, as_render_request
 from cluster.storage import Storage
 from serve import metrics
 from serve.tasks.periodic import every
-from serve.tasks.record import ImageOutcome, TaskRecord, TaskStatus
+from serve.render_events import Finished, RenderEvent, Started
+from serve.tasks.record import ImageOutcome, TaskProgress, TaskRecord, TaskStatus
 from serve.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -61,6 +70,8 @@ class Dispatcher:
         self._queues = {m: _ModelQueue(asyncio.Semaphore(concurrency[m])) for m in handles}
         self._owned: set[str] = set()
         self._done: dict[str, _Done] = {}
+        self._streams: dict[str, Any] = {}  # task id -> its replica call, while it runs from here
+        self._canceled: set[str] = set()  # ids whose replica call `stop()` canceled
         self._background: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
         # Told of every task that reaches a terminal status here (webhook deliveries hang on it).
@@ -129,8 +140,8 @@ class Dispatcher:
         while True:
             now = time.time()
             record = await self.store.update(task_id, lambda r: r.model_copy(update={
-                "status": TaskStatus.RUNNING, "owner": self.owner, "lease_until": now + self.settings.lease_s,
-                "scheduled_time": now, "attempts": r.attempts + 1}) if r.status == TaskStatus.PENDING else None)
+                "owner": self.owner, "lease_until": now + self.settings.lease_s,
+                "attempts": r.attempts + 1, "progress": None}) if r.status == TaskStatus.PENDING else None)
             if record is None:
                 return  # canceled, or finished elsewhere
             if record.deadline <= now:
@@ -149,18 +160,58 @@ class Dispatcher:
                                      f"the model was unavailable after {record.attempts} attempts; retry later")
                     return
                 await asyncio.sleep(min(2.0 ** record.attempts, 10.0))
-                await self.store.transition(task_id, {TaskStatus.RUNNING}, status=TaskStatus.PENDING)
+                await self.store.transition(task_id, {TaskStatus.RUNNING}, status=TaskStatus.PENDING,
+                                            progress=None)
                 continue
+            if results is None:
+                return  # canceled while it ran: nothing to store
             metrics.render_latency_s.observe(time.perf_counter() - started, tags={"model": model})
             await self._finish(record, results)
             return
 
-    async def _render(self, record: TaskRecord) -> list[RenderResult]:
+    async def _render(self, record: TaskRecord) -> list[RenderResult] | None:
+        """The task's results from a replica; None when the task was canceled meanwhile."""
         init_image = None
         if record.init_image_key:
             init_image = await asyncio.to_thread(self.storage.read, record.init_image_key)
         request = as_render_request(record.request, init_image=init_image, request_id=record.task_id)
-        return await self.handles[record.model].render.remote(request)
+        stream = self.handles[record.model].options(stream=True).render_events.remote(request)
+        self._streams[record.task_id] = stream
+        finished = False
+        try:
+            async for event in stream:
+                if isinstance(event, Finished):
+                    finished = True
+                    return event.results
+                if not await self._note(record.task_id, event):
+                    return None
+            raise RuntimeError("the replica's stream ended without results")
+        except (asyncio.CancelledError, TaskCancelledError):
+            if record.task_id in self._canceled:
+                return None  # `stop()` canceled the call
+            raise
+        finally:
+            self._streams.pop(record.task_id, None)
+            self._canceled.discard(record.task_id)
+            if not finished:
+                stream.cancel()  # the replica drops what nobody will read
+
+    async def _note(self, task_id: str, event: RenderEvent) -> bool:
+        """Record a replica's event; False when the task is no longer live (canceled)."""
+        now = time.time()
+        if isinstance(event, Started):
+            changed = await self.store.transition(task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING,
+                                                  scheduled_time=now, batch_size=event.batch_size)
+        else:
+            changed = await self.store.transition(task_id, {TaskStatus.RUNNING}, progress=TaskProgress(
+                step=event.step, steps=event.steps, eta_s=event.eta_s, updated_at=now))
+        return changed is not None and task_id not in self._canceled
+
+    def stop(self, task_id: str) -> None:
+        """The task was just canceled: if its render runs from here, cancel the replica's call."""
+        if (stream := self._streams.get(task_id)) is not None:
+            self._canceled.add(task_id)
+            stream.cancel()
 
     async def _finish(self, record: TaskRecord, results: list[RenderResult]) -> None:
         outcomes = []
@@ -177,11 +228,17 @@ class Dispatcher:
                 metrics.images_failed.inc(tags={"model": record.model, "code": result.error.code})
         succeeded = any(o.key for o in outcomes)
         first_error = next((o for o in outcomes if o.code), None)
-        self.ended(await self.store.transition(
-            record.task_id, {TaskStatus.RUNNING},
+        # From PENDING too: a request the replica refused outright never starts.
+        ended = await self.store.transition(
+            record.task_id, {TaskStatus.PENDING, TaskStatus.RUNNING},
             status=TaskStatus.SUCCEEDED if succeeded else TaskStatus.FAILED,
             results=outcomes, end_time=time.time(),
-            code=None if succeeded else first_error.code, message=None if succeeded else first_error.message))
+            code=None if succeeded else first_error.code, message=None if succeeded else first_error.message)
+        if ended is None:  # canceled while its files were written: they must not outlive it
+            for outcome in outcomes:
+                if outcome.key:
+                    await asyncio.to_thread(self.storage.delete_prefix, outcome.key)
+        self.ended(ended)
 
     async def _fail(self, task_id: str, code: str, message: str) -> None:
         self.ended(await self.store.transition(task_id, {TaskStatus.PENDING, TaskStatus.RUNNING},
@@ -199,7 +256,8 @@ class Dispatcher:
 
     async def _renew_leases(self) -> None:
         if self._owned:
-            await self.store.renew(self.owner, list(self._owned), time.time() + self.settings.lease_s)
+            for task_id in await self.store.renew(self.owner, list(self._owned), time.time() + self.settings.lease_s):
+                self.stop(task_id)  # ended elsewhere: canceled through another ingress
 
     async def _recover(self) -> None:
         """Claim tasks whose dispatcher died, and run them again (or fail them if too late)."""

@@ -34,6 +34,28 @@ class ImageOutcome(BaseModel):
     inference_s: float = 0.0  # wall time of the batch the image was rendered in
 
 
+class StepCount(BaseModel):
+    """Denoising steps done of all the steps a task's images take (what the doors show)."""
+
+    step: int
+    steps: int
+
+
+class TaskProgress(StepCount):
+    """How far a RUNNING task is, and the time left at the step time measured so far (encoding
+    and storing not counted) when the replica reported it."""
+
+    eta_s: float
+    updated_at: float
+
+    def eta_left(self, now: float) -> float:
+        """The ETA as of `now`: the time since the report has passed."""
+        return round(max(0.0, self.eta_s - (now - self.updated_at)), 2)
+
+    def steps_only(self) -> StepCount:
+        return StepCount(step=self.step, steps=self.steps)
+
+
 class DeliveryState(StrEnum):
     PENDING = "pending"  # not sent yet, or sent and due to be retried
     DELIVERED = "delivered"
@@ -72,6 +94,11 @@ class TaskRecord(BaseModel):
     submit_time: float
     scheduled_time: float | None = None
     end_time: float | None = None
+    progress: TaskProgress | None = None  # from RUNNING on (steps done of steps, once it ends)
+    batch_size: int | None = None  # images in the device batch it started in, other tasks' too
+    # While PENDING: 1 + the PENDING tasks of its model submitted before it. Counted when the
+    # record is read for a client (`TaskService`), never stored: it changes without a write.
+    queue_position: int | None = Field(None, exclude=True)
     results: list[ImageOutcome] = Field(default_factory=list)
     code: str | None = None  # whole-task failure
     message: str | None = None

@@ -156,26 +156,38 @@ class TaskService:
 
     async def get(self, task_id: str, key_id: str) -> TaskRecord | None:
         record = await self.store.get(task_id)
-        return record if record is not None and record.key_id == key_id else None
+        if record is None or record.key_id != key_id:
+            return None
+        return await self.with_queue_position(record)
+
+    async def with_queue_position(self, record: TaskRecord) -> TaskRecord:
+        """The record with its place in its model's queue, while PENDING (1: starts next)."""
+        if record.status == TaskStatus.PENDING:
+            record.queue_position = 1 + await self.store.pending_ahead(record)
+        return record
 
     async def cancel(self, task_id: str, key_id: str) -> TaskRecord | ServiceError:
+        """Cancel a PENDING or RUNNING task. A running one's replica call is canceled: its images
+        are dropped from a shared batch, or its own batch stops at the next step."""
         record = await self.get(task_id, key_id)
         if record is None:
             return ServiceError(ErrorKind.NOT_FOUND, f"task {task_id} does not exist or has expired")
-        canceled = await self.store.transition(task_id, {TaskStatus.PENDING}, status=TaskStatus.CANCELED,
-                                               end_time=time.time())
+        canceled = await self.store.transition(task_id, {TaskStatus.PENDING, TaskStatus.RUNNING},
+                                               status=TaskStatus.CANCELED, end_time=time.time(), progress=None)
         if canceled is None:
             current = await self.store.get(task_id) or record
             return ServiceError(ErrorKind.NOT_CANCELABLE,
-                                f"only PENDING tasks can be canceled; task {task_id} is {current.status.value}")
+                                f"task {task_id} has ended ({current.status.value}); it cannot be canceled")
+        self.dispatcher.stop(task_id)
         self.dispatcher.ended(canceled)
         return canceled
 
     async def list(self, key_id: str, *, status: str | None = None, model: str | None = None,
                    start: float | None = None, end: float | None = None, page_no: int = 1,
                    page_size: int = 10) -> tuple[list[TaskRecord], int]:
-        return await self.store.list(key_id=key_id, status=status, model=model, start=start, end=end,
-                                     page_no=page_no, page_size=page_size)
+        records, total = await self.store.list(key_id=key_id, status=status, model=model, start=start, end=end,
+                                               page_no=page_no, page_size=page_size)
+        return [await self.with_queue_position(r) for r in records], total
 
     # --- results --------------------------------------------------------------------------------
 

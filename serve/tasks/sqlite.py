@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Iterable
 
@@ -64,6 +65,16 @@ class SQLiteTaskStore(TaskStore):
     async def _all(self) -> Iterable[TaskRecord]:
         rows = await self._run("SELECT body FROM tasks")
         return [TaskRecord.model_validate_json(body) for (body,) in rows]
+
+    async def pending_ahead(self, record: TaskRecord) -> int:
+        # Counted inside SQLite (JSON read in C), not by loading every record into Python.
+        rows = await self._run(
+            "SELECT COUNT(*) FROM tasks WHERE json_extract(body, '$.status') = 'PENDING'"
+            " AND json_extract(body, '$.model') = ? AND expires_at >= ?"
+            " AND (json_extract(body, '$.submit_time') < ?"
+            "      OR (json_extract(body, '$.submit_time') = ? AND task_id < ?))",
+            (record.model, time.time(), record.submit_time, record.submit_time, record.task_id))
+        return int(rows[0][0])
 
     async def _delete(self, task_ids: list[str]) -> None:
         marks = ",".join("?" * len(task_ids))

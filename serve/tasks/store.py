@@ -90,10 +90,22 @@ class TaskStore(abc.ABC):
         first = (page_no - 1) * page_size
         return matched[first: first + page_size], len(matched)
 
-    async def renew(self, owner: str, task_ids: Iterable[str], lease_until: float) -> None:
+    async def pending_ahead(self, record: TaskRecord) -> int:
+        """How many PENDING tasks of the record's model were submitted before it."""
+        now = time.time()
+        return sum(1 for r in await self._all()
+                   if r.status == TaskStatus.PENDING and r.model == record.model and r.expires_at >= now
+                   and (r.submit_time, r.task_id) < (record.submit_time, record.task_id))
+
+    async def renew(self, owner: str, task_ids: Iterable[str], lease_until: float) -> list[str]:
+        """Extend the leases; returns the ids that ended meanwhile (canceled by another ingress)."""
+        ended = []
         for task_id in task_ids:
-            await self.update(task_id, lambda r: r.model_copy(update={"lease_until": lease_until})
-                              if r.owner == owner and not r.terminal else None)
+            renewed = await self.update(task_id, lambda r: r.model_copy(update={"lease_until": lease_until})
+                                        if r.owner == owner and not r.terminal else None)
+            if renewed is None and ((current := await self._load(task_id)) is None or current.terminal):
+                ended.append(task_id)
+        return ended
 
     async def claim_expired(self, owner: str, now: float, lease_until: float) -> list[TaskRecord]:
         """Take over unfinished tasks whose lease ran out (their dispatcher died)."""

@@ -27,6 +27,10 @@ models:
   stable-diffusion-xl: {{source: "tiny:sdxl"}}
   stable-diffusion-v1.5: {{source: "tiny:sd15", warmup: false}}
   flux-kontext: {{source: "tiny:flux-kontext", max_batch_size: 2}}
+  # SIMULATED GPUs, one image at a time: 2 s per image whatever the steps (0.1 s a step at 20
+  # steps), and 0.4 s per image for queues that must move.
+  sim-steps: {{source: "sim:flux", like: flux-schnell, max_batch_size: 1, simulated: {{base_s: 0, per_image_s: 2.0}}}}
+  sim-queue: {{source: "sim:flux", like: flux-schnell, max_batch_size: 1, simulated: {{base_s: 0, per_image_s: 0.4}}}}
 serve:
   rate_limit: {{requests_per_second: 2, burst: {burst}}}
   model_aliases: {{flux-pro: flux-dev, flux-kontext-pro: flux-kontext, flux-kontext-max: flux-kontext}}

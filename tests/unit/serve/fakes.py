@@ -55,6 +55,7 @@ class FakeDispatcher:
     hold: bool = False  # leave tasks PENDING (to test cancel)
     ended_records: list[TaskRecord] = field(default_factory=list)
     submitted: list[TaskRecord] = field(default_factory=list)
+    stopped: list[str] = field(default_factory=list)  # tasks whose running render was told to stop
 
     async def submit(self, record: TaskRecord) -> None:
         if self.full:
@@ -83,6 +84,9 @@ class FakeDispatcher:
     def ended(self, record: TaskRecord | None) -> None:
         if record is not None:
             self.ended_records.append(record)
+
+    def stop(self, task_id: str) -> None:
+        self.stopped.append(task_id)
 
 
 @dataclass

@@ -1,0 +1,32 @@
+"""What a model replica tells the dispatcher about one request while it renders (a Serve stream).
+
+`Started` when the request's first batch goes on the device (until then the task is PENDING,
+however long it waits inside the replica), `Progress` a few times a second while it denoises,
+`Finished` with its results. Plain dataclasses: cheap to pickle across Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cluster.request import RenderResult
+
+
+@dataclass(frozen=True)
+class Started:
+    batch_size: int  # images in the batch it started in, its own and others'
+
+
+@dataclass(frozen=True)
+class Progress:
+    step: int  # denoising steps done, over all of the request's batches
+    steps: int
+    eta_s: float  # remaining steps at the measured step time
+
+
+@dataclass(frozen=True)
+class Finished:
+    results: list[RenderResult]
+
+
+RenderEvent = Started | Progress | Finished
