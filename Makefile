@@ -31,9 +31,15 @@ demo: $(STAMP)
 	@echo "batch images and metadata are in var/demo-batch/ (rerun the line above: nothing is redone)"
 
 # Servers the tests start themselves (on free loopback ports); installed here when missing.
+# Debian packages: redis-server (task store, rate limits), chromium + chromium-driver (page tests).
+SERVICE_PACKAGES := redis-server:redis-server chromium:chromium chromedriver:chromium-driver
 services:
-	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
-		|| echo "warning: could not install redis-server; its tests will skip (or fail under CI=true)"
+	@missing="$$(for pair in $(SERVICE_PACKAGES); do command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done)"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+		|| echo "warning: could not install $$missing; their tests will skip (or fail under CI=true)"; \
+	fi
 
 test: $(STAMP) services
 	$(PY) -m pytest

@@ -135,6 +135,9 @@ class ServeConfig(BaseModel):
     retention_s: int = Field(86400, gt=0, description="Task records and result files live this long.")
     url_expiry_s: int = Field(86400, gt=0, description="Result URLs are valid this long.")
     sync_timeout_s: float = Field(300.0, gt=0, description="Longest a synchronous create waits.")
+    duplicate_window_s: float = Field(
+        30.0, ge=0, description="A request identical to an earlier one from the same key (OpenAI door, no "
+        "Idempotency-Key) joins that task while it runs, or up to this long after it succeeded.")
     deployments: dict[str, DeploymentConfig] = Field(
         default_factory=dict, description="Per-model deployment settings; key 'default' applies to all.")
 

@@ -24,6 +24,7 @@ class ErrorKind(StrEnum):
     NOT_FOUND = "not_found"  # unknown task, expired task, or another key's task
     NOT_CANCELABLE = "not_cancelable"  # the task is past the point where it can be canceled
     TASK_FAILED = "task_failed"  # a synchronous call whose task ended FAILED
+    TASK_CANCELED = "task_canceled"  # a synchronous call whose task was canceled meanwhile
     TIMEOUT = "timeout"  # a synchronous call whose task did not finish in time
     INTERNAL = "internal"
 

@@ -22,6 +22,9 @@ from serve.deployment import deployment_name
 from serve.errors import ErrorKind, ServiceError
 from serve.files import router as files_router
 from serve.http import Gate
+from serve.openai.router import router as openai_router
+from serve.openai.service import OpenAIService
+from serve.openai.service import error_body as openai_error
 from serve.ratelimit import RateLimiter
 from serve.secrets import load_secret, new_signing_key, new_webhook_secret
 from serve.tasks.dispatch import Dispatcher
@@ -38,6 +41,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="raydiant", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(dashscope_router, prefix="/api/v1")
     app.include_router(acedata_router)
+    app.include_router(openai_router, prefix="/v1")
     app.include_router(files_router)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_exception_handler(Exception, internal_error)
@@ -46,9 +50,11 @@ def create_app() -> FastAPI:
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
+    internal = ServiceError(ErrorKind.INTERNAL, "an internal error occurred")
     if request.url.path.startswith("/flux/"):
-        return JSONResponse(acedata_error(ServiceError(ErrorKind.INTERNAL, "an internal error occurred")),
-                            status_code=500)
+        return JSONResponse(acedata_error(internal), status_code=500)
+    if request.url.path.startswith("/v1/"):
+        return JSONResponse(openai_error(internal), status_code=500)
     return JSONResponse({"request_id": request_id(), "code": "InternalError",
                          "message": "an internal error occurred"}, status_code=500)
 
@@ -114,6 +120,7 @@ class Ingress:
         app.state.handles = models
         app.state.dashscope = dashscope
         app.state.acedata = acedata
+        app.state.openai = OpenAIService(tasks)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._fastapi

@@ -26,6 +26,7 @@ ERRORS: dict[ErrorKind, WireError] = {
     ErrorKind.NOT_FOUND: WireError(404, "not_found"),
     ErrorKind.NOT_CANCELABLE: WireError(400, "bad_request"),
     ErrorKind.TASK_FAILED: WireError(500, "api_error"),
+    ErrorKind.TASK_CANCELED: WireError(400, "bad_request"),
     ErrorKind.TIMEOUT: WireError(500, "api_error"),
     ErrorKind.INTERNAL: WireError(500, "api_error"),
 }

@@ -29,6 +29,7 @@ ERRORS: dict[ErrorKind, WireError] = {
     ErrorKind.NOT_FOUND: WireError(404, "InvalidParameter"),
     ErrorKind.NOT_CANCELABLE: WireError(400, "UnsupportedOperation"),
     ErrorKind.TASK_FAILED: WireError(500, "InternalError"),
+    ErrorKind.TASK_CANCELED: WireError(400, "TaskCanceled"),
     ErrorKind.TIMEOUT: WireError(500, "InternalError.Timeout"),
     ErrorKind.INTERNAL: WireError(500, "InternalError"),
 }

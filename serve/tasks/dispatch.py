@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 import uuid
@@ -104,7 +105,10 @@ class Dispatcher:
         metrics.queue_depth.set(self._queues[model].waiting, tags={"model": model})
         self._owned.add(task_id)
         self._done.setdefault(task_id, _Done())
-        task = asyncio.create_task(self._run(task_id, model))
+        # A fresh context: created inside an HTTP request, the task would otherwise carry Serve's
+        # request context, and Serve cancels a request's downstream calls when its client
+        # disconnects, so a client that gave up (or an SDK about to retry) would kill the render.
+        task = asyncio.create_task(self._run(task_id, model), context=contextvars.Context())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -186,9 +190,11 @@ class Dispatcher:
                 if not await self._note(record.task_id, event):
                     return None
             raise RuntimeError("the replica's stream ended without results")
-        except (asyncio.CancelledError, TaskCancelledError):
+        except (asyncio.CancelledError, TaskCancelledError) as exc:
             if record.task_id in self._canceled:
                 return None  # `stop()` canceled the call
+            if isinstance(exc, TaskCancelledError):  # canceled by someone else: a failed attempt
+                raise RuntimeError("the replica call was canceled") from exc
             raise
         finally:
             self._streams.pop(record.task_id, None)

@@ -59,6 +59,14 @@ class RedisTaskStore(TaskStore):
         bodies = await self._redis.mget([self._key(i) for i in ids])
         return [TaskRecord.model_validate_json(body) for body in bodies if body is not None]
 
+    async def remember(self, fingerprint: str, task_id: str, expires_at: float) -> None:
+        ttl = max(1, int(expires_at - time.time()))
+        await self._redis.set(f"{self._prefix}:fingerprint:{fingerprint}", task_id, ex=ttl)
+
+    async def recall(self, fingerprint: str) -> str | None:
+        task_id = await self._redis.get(f"{self._prefix}:fingerprint:{fingerprint}")
+        return task_id.decode() if task_id else None
+
     async def _delete(self, task_ids: list[str]) -> None:
         await self._redis.delete(*(self._key(i) for i in task_ids))
         await self._redis.zrem(self._index, *task_ids)

@@ -136,6 +136,28 @@ class TaskService:
                                 retry_after_s=5)
         return record
 
+    async def submit_once(self, submission: Submission, fingerprint: str, explicit: bool) -> TaskRecord | ServiceError:
+        """Submit, unless an earlier request with the same fingerprint (from the same key) made a
+        task that still answers it. Clients retry on timeouts and 5xx without a key of their own,
+        and a retry must not render twice.
+
+        `explicit` (the client's Idempotency-Key): the same task for as long as the record lives,
+        whatever its state. Otherwise (an identical body): the earlier task while it is PENDING or
+        RUNNING, or up to `duplicate_window_s` after it SUCCEEDED; a failed one is tried afresh.
+        Two identical requests that arrive at the same instant may both render (no lock is taken).
+        """
+        fingerprint = f"{submission.key_id}:{fingerprint}"
+        known = await self.store.recall(fingerprint)
+        earlier = await self.get(known, submission.key_id) if known else None
+        if earlier is not None and (explicit or _still_answers(earlier, self.settings.duplicate_window_s)):
+            return earlier
+        record = await self.submit(submission)
+        if not isinstance(record, ServiceError):
+            remember_for = self.settings.retention_s if explicit else (
+                self.settings.task_deadline_s + self.settings.duplicate_window_s)
+            await self.store.remember(fingerprint, record.task_id, time.time() + remember_for)
+        return record
+
     async def _check_callback(self, url: str) -> ServiceError | None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -196,6 +218,12 @@ class TaskService:
         and no longer than its record. Fixed per task, so every answer gives the same URL."""
         expires_at = min(record.submit_time + self.settings.url_expiry_s, record.expires_at)
         return self.storage.url_until(key, int(expires_at), base_url or record.base_url)
+
+
+def _still_answers(record: TaskRecord, window_s: float) -> bool:
+    if not record.terminal:
+        return True
+    return record.status == TaskStatus.SUCCEEDED and time.time() - (record.end_time or 0) <= window_s
 
 
 def _resolve_error(error: RenderError) -> ServiceError:

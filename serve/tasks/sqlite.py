@@ -18,6 +18,11 @@ CREATE TABLE IF NOT EXISTS tasks (
     version INTEGER NOT NULL,
     expires_at REAL NOT NULL,
     body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    fingerprint TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    expires_at REAL NOT NULL
 )"""
 
 
@@ -31,7 +36,7 @@ class SQLiteTaskStore(TaskStore):
         # WAL + NORMAL: a commit survives a crash of any process; only an OS crash or power loss
         # can drop the last commits. Saves an fsync per task transition.
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
     async def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
@@ -76,9 +81,18 @@ class SQLiteTaskStore(TaskStore):
             (record.model, time.time(), record.submit_time, record.submit_time, record.task_id))
         return int(rows[0][0])
 
+    async def remember(self, fingerprint: str, task_id: str, expires_at: float) -> None:
+        await self._run("INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?)", (fingerprint, task_id, expires_at))
+
+    async def recall(self, fingerprint: str) -> str | None:
+        rows = await self._run("SELECT task_id FROM fingerprints WHERE fingerprint = ? AND expires_at >= ?",
+                               (fingerprint, time.time()))
+        return rows[0][0] if rows else None
+
     async def _delete(self, task_ids: list[str]) -> None:
         marks = ",".join("?" * len(task_ids))
         await self._run(f"DELETE FROM tasks WHERE task_id IN ({marks})", tuple(task_ids))
+        await self._run("DELETE FROM fingerprints WHERE expires_at < ?", (time.time(),))
 
     async def close(self) -> None:
         self._db.close()

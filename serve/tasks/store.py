@@ -36,6 +36,14 @@ class TaskStore(abc.ABC):
     @abc.abstractmethod
     async def _delete(self, task_ids: list[str]) -> None: ...
 
+    @abc.abstractmethod
+    async def remember(self, fingerprint: str, task_id: str, expires_at: float) -> None:
+        """Note that the request with this fingerprint made task `task_id` (replacing any older)."""
+
+    @abc.abstractmethod
+    async def recall(self, fingerprint: str) -> str | None:
+        """The task a request with this fingerprint made, until the note expires."""
+
     async def close(self) -> None:
         return None
 

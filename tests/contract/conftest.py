@@ -1,5 +1,5 @@
 """One running service (real Ray, real Serve, real HTTP on loopback) for every contract suite:
-DashScope (both SDK lines), AceData, and the webhooks they send."""
+DashScope (both SDK lines), AceData, OpenAI, the webhooks, progress and cancel, and the page."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ ACEDATA_KEY = "acedata-key"
 HOOK_KEY = "hook-key"
 OTHER_KEY = "second-key"  # ownership: must not see the others' tasks
 LIMITED_KEY = "limited-key"  # spends its rate limit in one test
-KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY]
+OPENAI_KEY = "openai-key"
+OPENAI_LIMITED_KEY = "openai-limited-key"  # spends its rate limit in one test
+KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY, OPENAI_KEY, OPENAI_LIMITED_KEY]
 WEBHOOK_SECRET = new_webhook_secret()
 RATE_BURST = 200  # per key, in any window of 100 s: a test can spend it deterministically
 
@@ -33,7 +35,8 @@ models:
   sim-queue: {{source: "sim:flux", like: flux-schnell, max_batch_size: 1, simulated: {{base_s: 0, per_image_s: 0.4}}}}
 serve:
   rate_limit: {{requests_per_second: 2, burst: {burst}}}
-  model_aliases: {{flux-pro: flux-dev, flux-kontext-pro: flux-kontext, flux-kontext-max: flux-kontext}}
+  model_aliases: {{flux-pro: flux-dev, flux-kontext-pro: flux-kontext, flux-kontext-max: flux-kontext,
+                  gpt-image-1: flux-schnell}}
   fetch: {{allow_loopback: true}}  # the webhook receiver is on loopback; private ranges stay refused
   webhooks: {{secret: "{secret}", first_retry_s: 0.3, max_retry_s: 1, give_up_after_s: 4}}
   deployments:

@@ -15,6 +15,7 @@ from cluster.storage import Storage
 from serve.acedata.service import AceDataService
 from serve.dashscope.service import DashScopeService
 from serve.http import Caller
+from serve.openai.service import OpenAIService
 from serve.tasks.dispatch import QueueFull
 from serve.tasks.record import ImageOutcome, TaskRecord, TaskStatus
 from serve.tasks.service import TaskService
@@ -95,6 +96,7 @@ class Doors:
     dispatcher: FakeDispatcher
     dashscope: DashScopeService
     acedata: AceDataService
+    openai: OpenAIService
     storage: Storage
 
 
@@ -104,7 +106,7 @@ def doors(tmp_path: Path, **serve_settings) -> Doors:
     dispatcher = FakeDispatcher(SQLiteTaskStore(tmp_path / "tasks.sqlite"), storage)
     tasks = TaskService(config.specs(), dispatcher, storage, config.serve,  # type: ignore[arg-type]
                         resolver=static_resolver)
-    return Doors(tasks, dispatcher, DashScopeService(tasks), AceDataService(tasks), storage)
+    return Doors(tasks, dispatcher, DashScopeService(tasks), AceDataService(tasks), OpenAIService(tasks), storage)
 
 
 def caller(body=None, key_id: str = "key-a") -> Caller:

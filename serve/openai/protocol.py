@@ -1,0 +1,95 @@
+"""OpenAI Images API wire shapes (shared/contracts/openai.md) and its error table.
+
+Request bodies are parsed in `service.py` (each field checked so that an error names it);
+answers and errors are modelled here. The SDK reads `body["error"]` of any error answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from serve.errors import ErrorKind
+
+RESPONSE_FORMATS = ("url", "b64_json")
+# Accepted and ignored: they choose among OpenAI's own models' options, which have no
+# counterpart here (the answer is always a PNG).
+IGNORED_FIELDS = frozenset({"quality", "style", "output_format", "output_compression", "user", "background",
+                            "moderation", "partial_images", "stream", "input_fidelity"})
+
+
+@dataclass(frozen=True)
+class OpenAIError:
+    status: int
+    type: str
+    code: str | None = None
+
+
+ERRORS: dict[ErrorKind, OpenAIError] = {
+    ErrorKind.UNAUTHENTICATED: OpenAIError(401, "invalid_request_error", "invalid_api_key"),
+    ErrorKind.RATE_LIMITED: OpenAIError(429, "requests", "rate_limit_exceeded"),
+    ErrorKind.BODY_TOO_LARGE: OpenAIError(413, "invalid_request_error", "request_too_large"),
+    ErrorKind.MALFORMED: OpenAIError(400, "invalid_request_error"),
+    ErrorKind.INVALID: OpenAIError(400, "invalid_request_error"),
+    ErrorKind.EMPTY_PROMPT: OpenAIError(400, "invalid_request_error"),
+    ErrorKind.EMPTY_MODEL: OpenAIError(400, "invalid_request_error"),
+    ErrorKind.MODEL_NOT_FOUND: OpenAIError(404, "invalid_request_error", "model_not_found"),
+    ErrorKind.QUEUE_FULL: OpenAIError(503, "server_error", "overloaded"),
+    ErrorKind.NOT_FOUND: OpenAIError(404, "invalid_request_error"),
+    ErrorKind.NOT_CANCELABLE: OpenAIError(400, "invalid_request_error"),
+    ErrorKind.TASK_FAILED: OpenAIError(500, "server_error"),
+    # Not 5xx: the SDK would retry, and a canceled request must not render again.
+    ErrorKind.TASK_CANCELED: OpenAIError(400, "invalid_request_error", "canceled"),
+    # 5xx: the SDK retries, and the retry joins the same task (`TaskService.submit_once`).
+    ErrorKind.TIMEOUT: OpenAIError(504, "server_error", "timeout"),
+    ErrorKind.INTERNAL: OpenAIError(500, "server_error"),
+}
+
+
+class ImageData(BaseModel):
+    url: str | None = None
+    b64_json: str | None = None
+    revised_prompt: str | None = None  # the prompt as rendered, when it was shortened
+    seed: int  # extension: image i of a request is seeded seed + i
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageData]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    """`GET /v1/models` entry, with what a form needs to offer the model's options (extensions)."""
+
+    id: str
+    object: str = "model"
+    created: int = 0
+    owned_by: str = "raydiant"
+    alias_of: str | None = None
+    edit: bool
+    sizes: list[str] | None  # the sizes the APIs take; None: any size in the render rule
+    default_size: str
+    max_n: int
+    min_steps: int
+    max_steps: int
+    default_steps: int
+    min_guidance: float
+    max_guidance: float
+    default_guidance: float
+
+
+class ModelList(BaseModel):
+    object: str = "list"
+    data: list[ModelCard]

@@ -1,0 +1,213 @@
+"""The OpenAI Images API: parse its bodies into task-layer calls, render records in its shapes.
+No web framework, no task logic; methods return bodies or `ServiceError`s.
+
+Vocabulary owned here: `model` (a served model or an alias; when absent, the first served model
+that generates, or edits, as the route needs), `size` as `WxH` (any size the model renders) or
+`auto`, `response_format` url | b64_json, and the extensions `seed`, `steps`, `guidance`,
+`negative_prompt` (the SDK sends them through `extra_body`). Calls are synchronous, and a retried
+call joins the task of the first (`TaskService.submit_once`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.models import ModelSpec, parse_size
+from cluster.request import RenderRequest
+from serve.errors import ErrorKind, ServiceError
+from serve.fetch import FetchError, check_image
+from serve.http import Caller
+from serve.openai.protocol import (
+    ERRORS, IGNORED_FIELDS, RESPONSE_FORMATS, ErrorBody, ErrorDetail, ImageData, ImagesResponse, ModelCard,
+    ModelList,
+)
+from serve.tasks.record import TaskRecord, TaskStatus
+from serve.tasks.service import Submission, TaskService
+
+API = "openai"
+KNOWN_FIELDS = frozenset({"prompt", "model", "n", "size", "response_format", "seed", "steps", "guidance",
+                          "negative_prompt", "image", "image[]", "mask"})
+
+
+def error_body(error: ServiceError) -> dict:
+    wire = ERRORS[error.kind]
+    return ErrorBody(error=ErrorDetail(message=error.message, type=wire.type, param=error.param,
+                                       code=wire.code)).model_dump()
+
+
+@dataclass(frozen=True)
+class EditUpload:
+    """A multipart edit request as the router read it: text fields, and the files' bytes."""
+
+    fields: dict[str, str]
+    images: list[bytes]
+    mask: bytes | None = None
+
+
+class _Invalid(Exception):
+    def __init__(self, message: str, param: str | None, kind: ErrorKind = ErrorKind.INVALID):
+        self.error = ServiceError(kind, message, param)
+
+
+class OpenAIService:
+    def __init__(self, tasks: TaskService):
+        self.tasks = tasks
+
+    # --- POST /v1/images/generations and /v1/images/edits ---------------------------------------
+
+    async def generate(self, caller: Caller, idempotency_key: str | None) -> dict | ServiceError:
+        body = caller.body
+        if not isinstance(body, dict):
+            return ServiceError(ErrorKind.MALFORMED, "request body must be a JSON object")
+        fingerprint = _fingerprint("generations", body, idempotency_key)
+        return await self._create(caller, body, None, fingerprint, idempotency_key is not None)
+
+    async def edit(self, caller: Caller, upload: EditUpload, idempotency_key: str | None) -> dict | ServiceError:
+        if upload.mask is not None:
+            return ServiceError.invalid("mask is not supported: edit models here take the whole image", "mask")
+        if len(upload.images) != 1:
+            return ServiceError.invalid(f"send exactly one image (got {len(upload.images)})", "image")
+        if len(upload.images[0]) > self.tasks.settings.max_image_bytes:
+            return ServiceError.invalid(f"image is larger than {self.tasks.settings.max_image_bytes} bytes", "image")
+        try:
+            check_image(upload.images[0], self.tasks.settings.fetch.max_image_pixels)
+        except FetchError as exc:
+            return ServiceError.invalid(f"image: {exc}", "image")
+        digest = hashlib.sha256(upload.images[0]).hexdigest()
+        fingerprint = _fingerprint("edits", {**upload.fields, "image": digest}, idempotency_key)
+        return await self._create(caller, dict(upload.fields), upload.images[0], fingerprint,
+                                  idempotency_key is not None)
+
+    async def _create(self, caller: Caller, body: dict, image: bytes | None, fingerprint: str,
+                      explicit: bool) -> dict | ServiceError:
+        try:
+            submission, response_format = self._parse(caller, body, image)
+        except _Invalid as invalid:
+            return invalid.error
+        record = await self.tasks.submit_once(submission, fingerprint, explicit)
+        if isinstance(record, ServiceError):
+            return record
+        finished = await self.tasks.wait(record)
+        if not finished.terminal:
+            return ServiceError(ErrorKind.TIMEOUT, f"the images were not ready within "
+                                                   f"{self.tasks.settings.sync_timeout_s:g} s; retry to keep waiting")
+        if finished.status == TaskStatus.CANCELED:
+            return ServiceError(ErrorKind.TASK_CANCELED, "the request was canceled before its images were ready")
+        if finished.status == TaskStatus.FAILED or not any(o.key for o in finished.results):
+            return ServiceError(ErrorKind.TASK_FAILED, finished.message or "rendering failed")
+        return (await self._answer(finished, response_format, caller.base_url)).model_dump(exclude_none=True)
+
+    def _parse(self, caller: Caller, body: dict, image: bytes | None) -> tuple[Submission, str]:
+        edit = image is not None
+        prompt = _text(body, "prompt")
+        if not prompt or not prompt.strip():
+            raise _Invalid("prompt must not be empty", "prompt", ErrorKind.EMPTY_PROMPT)
+        spec = self._model(_text(body, "model"), edit)
+        size = _text(body, "size")
+        width, height = None, None
+        if size not in (None, "auto"):
+            if (parsed := parse_size(size)) is None:
+                raise _Invalid(f"size must be WxH (e.g. 1024x1024) or auto, got {size!r}", "size")
+            if problem := spec.render_sizes.check(*parsed):
+                raise _Invalid(f"{problem} for model {spec.name}", "size")
+            width, height = parsed
+        n = _number(body, "n", int)
+        if n is not None and not 1 <= n <= spec.max_n:
+            raise _Invalid(f"n must be 1..{spec.max_n} for model {spec.name}, got {n}", "n")
+        response_format = _text(body, "response_format") or "url"
+        if response_format not in RESPONSE_FORMATS:
+            raise _Invalid(f"response_format must be url or b64_json, got {response_format!r}", "response_format")
+        unknown = sorted(set(body) - KNOWN_FIELDS - IGNORED_FIELDS)
+        if unknown:
+            raise _Invalid(f"unknown parameter {unknown[0]!r}", unknown[0])
+        request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height, n=n or 1,
+                                seed=_number(body, "seed", int), steps=_number(body, "steps", int),
+                                guidance=_number(body, "guidance", float),
+                                negative_prompt=_text(body, "negative_prompt"), init_image=image)
+        client_body = {k: v for k, v in body.items() if k != "image"}
+        return Submission(api=API, key_id=caller.key_id, request=request, base_url=caller.base_url,
+                          client_body=client_body, sizes="render"), response_format
+
+    def _model(self, name: str | None, edit: bool) -> ModelSpec:
+        if name is None:
+            default = next((s for s in self.tasks.specs.values() if s.edit == edit), None)
+            if default is None:
+                raise _Invalid(f"no model here {'edits' if edit else 'generates'} images", "model",
+                               ErrorKind.MODEL_NOT_FOUND)
+            return default
+        spec = self.tasks.model(name)
+        if isinstance(spec, ServiceError):
+            raise _Invalid(spec.message, "model", spec.kind)
+        if spec.edit != edit:
+            route = "/v1/images/edits" if spec.edit else "/v1/images/generations"
+            raise _Invalid(f"model {name} {'edits' if spec.edit else 'generates'} images: use {route}", "model")
+        return spec
+
+    async def _answer(self, record: TaskRecord, response_format: str, base_url: str) -> ImagesResponse:
+        data = []
+        for outcome in record.results:
+            if not outcome.key:
+                continue
+            if response_format == "b64_json":
+                png = await asyncio.to_thread(self.tasks.storage.read, outcome.key)
+                data.append(ImageData(b64_json=base64.b64encode(png).decode(), seed=outcome.seed))
+            else:
+                data.append(ImageData(url=self.tasks.result_url(record, outcome.key, base_url), seed=outcome.seed))
+        revised = record.request.prompt if record.request.prompt != (record.client_body or {}).get("prompt") else None
+        for item in data:
+            item.revised_prompt = revised
+        return ImagesResponse(created=int(record.submit_time), data=data)
+
+    # --- GET /v1/models --------------------------------------------------------------------------
+
+    def models(self) -> dict:
+        aliases = self.tasks.settings.model_aliases
+        cards = [_card(name, spec, None) for name, spec in self.tasks.specs.items()]
+        cards += [_card(alias, self.tasks.specs[target], target) for alias, target in aliases.items()
+                  if target in self.tasks.specs]
+        return ModelList(data=cards).model_dump()
+
+
+def _card(name: str, spec: ModelSpec, alias_of: str | None) -> ModelCard:
+    sizes = spec.api_sizes.allowed
+    return ModelCard(id=name, alias_of=alias_of, edit=spec.edit,
+                     sizes=[s.replace("*", "x") for s in sizes] if sizes else None,
+                     default_size=spec.default_size.replace("*", "x"), max_n=spec.max_n,
+                     min_steps=spec.min_steps, max_steps=spec.max_steps, default_steps=spec.default_steps,
+                     min_guidance=spec.min_guidance, max_guidance=spec.max_guidance,
+                     default_guidance=spec.default_guidance)
+
+
+def _fingerprint(route: str, body: dict, idempotency_key: str | None) -> str:
+    """What identifies a repeat of this request: the client's key, else the body itself."""
+    if idempotency_key is not None:
+        return f"key:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+    canonical = json.dumps({"route": route, "body": body}, sort_keys=True, default=str)
+    return f"body:{hashlib.sha256(canonical.encode()).hexdigest()}"
+
+
+def _text(body: dict, name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise _Invalid(f"{name} must be a string, got {value!r}", name)
+    return value
+
+
+def _number(body: dict, name: str, kind: type) -> Any:
+    """An int or float field; multipart sends every field as text, so digits in a string count."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = kind(value)
+        except ValueError:
+            raise _Invalid(f"{name} must be a number, got {value!r}", name) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+        raise _Invalid(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {value!r}", name)
+    return kind(value)

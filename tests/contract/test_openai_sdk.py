@@ -1,0 +1,132 @@
+"""The OpenAI Images contract (shared/contracts/openai.md), checked with the real `openai` SDK
+as the client, against the running contract service on loopback."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from tests.contract.conftest import OPENAI_KEY, OPENAI_LIMITED_KEY, RATE_BURST
+
+
+@pytest.fixture(scope="module")
+def client(service) -> openai.OpenAI:
+    return openai.OpenAI(api_key=OPENAI_KEY, base_url=f"{service.url}/v1", max_retries=0, timeout=120)
+
+
+def fetched(url: str) -> Image.Image:
+    answer = httpx.get(url, timeout=30)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+    return Image.open(io.BytesIO(answer.content))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4])
+def test_generate_n_images_as_urls(client, n):
+    answer = client.images.generate(model="flux-schnell", prompt=f"a lighthouse {n}", n=n, size="512x512",
+                                    extra_body={"seed": 10, "steps": 2})
+    assert answer.created > 0 and len(answer.data) == n
+    images = [fetched(item.url) for item in answer.data]
+    assert all(image.size == (512, 512) for image in images)
+    assert [int(image.text["seed"]) for image in images] == list(range(10, 10 + n))  # image i: seed + i
+    assert [item.model_extra["seed"] for item in answer.data] == list(range(10, 10 + n))
+
+
+def test_b64_json_equals_the_url_image(client):
+    common = dict(model="gpt-image-1", prompt="a red barn", size="512x512", extra_body={"seed": 5, "steps": 2})
+    encoded = client.images.generate(response_format="b64_json", **common)
+    linked = client.images.generate(response_format="url", **common)
+    assert linked.data[0].url and encoded.data[0].b64_json and encoded.data[0].url is None
+    png = Image.open(io.BytesIO(base64.b64decode(encoded.data[0].b64_json)))
+    assert np.array_equal(np.asarray(png), np.asarray(fetched(linked.data[0].url)))
+
+
+def test_extensions_reach_the_renderer(client):
+    answer = client.images.generate(
+        model="flux-schnell", prompt="a harbour", size="768x512", quality="hd", style="vivid", user="someone",
+        extra_body={"seed": 123, "steps": 3, "guidance": 2.5, "negative_prompt": "fog"})
+    text = fetched(answer.data[0].url).text  # sampling metadata written into the PNG
+    assert (text["seed"], text["steps"], text["guidance"], text["negative_prompt"], text["width"]) == (
+        "123", "3", "2.5", "fog", "768")
+
+
+def test_edit_with_an_uploaded_image(client):
+    source = io.BytesIO()
+    Image.new("RGB", (512, 512), (30, 90, 200)).save(source, format="PNG")
+    source.name = "input.png"
+    source.seek(0)
+    answer = client.images.edit(model="flux-kontext-pro", image=source, prompt="make it sunset", size="512x512",
+                                extra_body={"steps": 2})
+    assert len(answer.data) == 1 and fetched(answer.data[0].url).size == (512, 512)
+    source.seek(0)
+    listed = client.images.edit(model="flux-kontext", image=[source], prompt="make it night", size="512x512",
+                                response_format="b64_json", extra_body={"steps": 2})  # sent as image[]
+    assert base64.b64decode(listed.data[0].b64_json).startswith(b"\x89PNG")
+
+
+def test_errors_in_openais_shape(service, client):
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.generate(model="flux-schnell", prompt="x", size="100x100")
+    assert bad.value.status_code == 400 and bad.value.body["param"] == "size"
+    assert bad.value.body["type"] == "invalid_request_error" and "100*100" in bad.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as empty:
+        client.images.generate(model="flux-schnell", prompt=" ")
+    assert empty.value.body["param"] == "prompt"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.images.generate(model="dall-e-3", prompt="x")
+    assert missing.value.body["code"] == "model_not_found" and "dall-e-3" in missing.value.body["message"]
+    stranger = openai.OpenAI(api_key="not-a-key", base_url=f"{service.url}/v1", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as denied:
+        stranger.images.generate(model="flux-schnell", prompt="x")
+    assert denied.value.status_code == 401 and denied.value.body["code"] == "invalid_api_key"
+
+
+def test_rate_limit_is_429_with_retry_after(service):
+    limited = openai.OpenAI(api_key=OPENAI_LIMITED_KEY, base_url=f"{service.url}/v1", max_retries=0)
+    with pytest.raises(openai.RateLimitError) as refused:
+        for _ in range(RATE_BURST + 1):  # the window's whole budget, then one more
+            limited.models.list()
+    assert refused.value.status_code == 429 and int(refused.value.response.headers["retry-after"]) >= 1
+    assert refused.value.body["code"] == "rate_limit_exceeded"
+
+
+def test_a_retried_request_renders_once(service):
+    # The SDK gives up waiting after 0.8 s and retries; the render (SIMULATED GPU) takes 2 s.
+    impatient = openai.OpenAI(api_key=OPENAI_KEY, base_url=f"{service.url}/v1", max_retries=5, timeout=0.8)
+    prompt = f"retried {uuid.uuid4()}"
+    answer = impatient.images.generate(model="sim-steps", prompt=prompt, size="768x512")
+    assert len(answer.data) == 1
+    assert _tasks_with_prompt(service, prompt) == 1
+
+
+def test_idempotency_key_returns_the_same_images(client, service):
+    prompt = f"keyed {uuid.uuid4()}"
+    first = client.images.generate(model="flux-schnell", prompt=prompt, size="512x512",
+                                   extra_body={"steps": 2}, extra_headers={"Idempotency-Key": "k-1"})
+    time.sleep(0.1)
+    again = client.images.generate(model="flux-schnell", prompt=prompt, size="512x512",
+                                   extra_body={"steps": 2}, extra_headers={"Idempotency-Key": "k-1"})
+    assert again.data[0].url == first.data[0].url and _tasks_with_prompt(service, prompt) == 1
+
+
+def _tasks_with_prompt(service, prompt: str) -> int:
+    import asyncio
+
+    from serve.tasks.sqlite import SQLiteTaskStore
+
+    async def count() -> int:
+        store = SQLiteTaskStore(Path(service.work) / "tasks.sqlite")
+        try:
+            return sum(1 for r in await store._all() if r.request.prompt == prompt)
+        finally:
+            await store.close()
+
+    return asyncio.run(count())
