@@ -1,4 +1,5 @@
-"""The ingress deployment: one FastAPI app with the API façades, result files and /healthz."""
+"""The ingress deployment: one FastAPI app with the API façades, the web page, result files and
+/healthz."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ from serve.tasks.factory import open_store
 from serve.tasks.periodic import every
 from serve.tasks.service import TaskService
 from serve.tasks.webhooks import Webhooks
+from serve.web.router import router as web_router
+from serve.web.router import static_files
+from serve.web.service import WebService
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ def create_app() -> FastAPI:
     app.include_router(acedata_router)
     app.include_router(openai_router, prefix="/v1")
     app.include_router(files_router)
+    app.include_router(web_router)
+    app.mount("/web/static", static_files, name="web-static")
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_exception_handler(Exception, internal_error)
     return app
@@ -121,6 +127,7 @@ class Ingress:
         app.state.dashscope = dashscope
         app.state.acedata = acedata
         app.state.openai = OpenAIService(tasks)
+        app.state.web = WebService(tasks)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._fastapi

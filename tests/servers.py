@@ -82,3 +82,25 @@ def s3_server() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         stop(process)
+
+
+@contextmanager
+def chromium(profile_dir) -> Iterator["object"]:
+    """Debian's headless Chromium, driven by its own chromium-driver through Selenium (nothing is
+    downloaded: both binaries come from the package registry). Stopped by its process id."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service as DriverService
+
+    browser_binary = require("chromium", "the page tests")
+    driver_binary = require("chromedriver", "the page tests")
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser_binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,1400", f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=DriverService(executable_path=driver_binary))
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -85,6 +85,7 @@ class ModelCard(BaseModel):
     min_steps: int
     max_steps: int
     default_steps: int
+    guidance_name: str  # what DashScope calls it for this model: guidance or scale
     min_guidance: float
     max_guidance: float
     default_guidance: float

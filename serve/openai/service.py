@@ -179,7 +179,7 @@ def _card(name: str, spec: ModelSpec, alias_of: str | None) -> ModelCard:
                      sizes=[s.replace("*", "x") for s in sizes] if sizes else None,
                      default_size=spec.default_size.replace("*", "x"), max_n=spec.max_n,
                      min_steps=spec.min_steps, max_steps=spec.max_steps, default_steps=spec.default_steps,
-                     min_guidance=spec.min_guidance, max_guidance=spec.max_guidance,
+                     guidance_name=spec.guidance_name, min_guidance=spec.min_guidance, max_guidance=spec.max_guidance,
                      default_guidance=spec.default_guidance)
 
 

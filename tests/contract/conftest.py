@@ -18,7 +18,8 @@ OTHER_KEY = "second-key"  # ownership: must not see the others' tasks
 LIMITED_KEY = "limited-key"  # spends its rate limit in one test
 OPENAI_KEY = "openai-key"
 OPENAI_LIMITED_KEY = "openai-limited-key"  # spends its rate limit in one test
-KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY, OPENAI_KEY, OPENAI_LIMITED_KEY]
+PAGE_KEY = "page-key"  # the web page in a browser
+KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY, OPENAI_KEY, OPENAI_LIMITED_KEY, PAGE_KEY]
 WEBHOOK_SECRET = new_webhook_secret()
 RATE_BURST = 200  # per key, in any window of 100 s: a test can spend it deterministically
 

@@ -1,0 +1,252 @@
+// raydiant's page: plain JavaScript, no build step. Creates and cancels tasks through the
+// DashScope door, reads them through /web/api, lists models through /v1/models. Every text
+// from the server is set with textContent (a prompt is data, never markup).
+"use strict";
+
+const KEY = "raydiant.apiKey";
+const POLL_MS = 500;
+const state = { models: {}, live: new Map() };  // live: task id -> its card, polled until it ends
+const $ = (selector, root = document) => root.querySelector(selector);
+
+function apiKey() { return sessionStorage.getItem(KEY); }
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${apiKey()}`, ...(options.headers || {}) };
+  const answer = await fetch(path, { ...options, headers });
+  const body = await answer.json().catch(() => ({}));
+  if (!answer.ok) {
+    const message = body.message || (body.error && body.error.message) || answer.statusText;
+    throw new Error(`${answer.status}: ${message}`);
+  }
+  return body;
+}
+
+// --- the key ---------------------------------------------------------------------------------
+
+async function useKey(event) {
+  event.preventDefault();
+  sessionStorage.setItem(KEY, $("#api-key").value.trim());
+  await start();
+}
+
+async function start() {
+  try {
+    await loadModels();
+  } catch (error) {
+    sessionStorage.removeItem(KEY);
+    $("#key-error").textContent = `That key did not work (${error.message}).`;
+    return;
+  }
+  $("#key-error").textContent = "";
+  $("#key-form").hidden = true;
+  $("#app").hidden = false;
+  $("#forget-key").hidden = false;
+  await refreshTasks();
+}
+
+function forgetKey() {
+  sessionStorage.removeItem(KEY);
+  location.reload();
+}
+
+// --- the form, built from the served models ----------------------------------------------------
+
+async function loadModels() {
+  const list = await api("/v1/models");
+  const select = $("#model");
+  select.replaceChildren();
+  for (const card of list.data.filter((c) => !c.edit)) {
+    state.models[card.id] = card;
+    select.append(new Option(card.alias_of ? `${card.id} (${card.alias_of})` : card.id, card.id));
+  }
+  fillModelOptions();
+}
+
+function fillModelOptions() {
+  const card = state.models[$("#model").value];
+  if (!card) return;
+  const sizes = card.sizes || [card.default_size];
+  $("#size").replaceChildren(...sizes.map((s) => new Option(s, s.replace("x", "*"), false, s === card.default_size)));
+  $("#n").replaceChildren(...Array.from({ length: card.max_n }, (_, i) => new Option(String(i + 1), String(i + 1))));
+  Object.assign($("#steps"), { min: card.min_steps, max: card.max_steps, value: card.default_steps });
+  Object.assign($("#guidance"), { min: card.min_guidance, max: card.max_guidance, value: card.default_guidance });
+}
+
+async function submit(event) {
+  event.preventDefault();
+  const card = state.models[$("#model").value];
+  const parameters = { size: $("#size").value, n: Number($("#n").value), steps: Number($("#steps").value) };
+  parameters[card.guidance_name] = Number($("#guidance").value);
+  if ($("#seed").value !== "") parameters.seed = Number($("#seed").value);
+  const input = { prompt: $("#prompt").value };
+  if ($("#negative-prompt").value.trim()) input.negative_prompt = $("#negative-prompt").value;
+  $("#form-error").textContent = "";
+  $("#submit").disabled = true;
+  try {
+    const created = await api("/api/v1/services/aigc/text2image/image-synthesis", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "X-DashScope-Async": "enable" },
+      body: JSON.stringify({ model: card.id, input, parameters }),
+    });
+    const view = await api(`/web/api/tasks/${created.output.task_id}`);
+    show(view, true);
+  } catch (error) {
+    $("#form-error").textContent = error.message;
+  } finally {
+    $("#submit").disabled = false;
+  }
+}
+
+// --- task cards ------------------------------------------------------------------------------
+
+const LIVE = new Set(["PENDING", "RUNNING"]);
+
+function show(view, newest = false) {
+  let card = document.getElementById(`task-${view.task_id}`);
+  if (!card) {
+    card = $("#task-template").content.firstElementChild.cloneNode(true);
+    card.id = `task-${view.task_id}`;
+    card.dataset.taskId = view.task_id;
+    $(".cancel", card).addEventListener("click", () => cancel(view.task_id));
+    $(".copy", card).addEventListener("click", () => copyAsCode(card));
+    const list = $("#tasks");
+    newest ? list.prepend(card) : list.append(card);
+  }
+  card.view = view;
+  render(card, view);
+  if (LIVE.has(view.status) && !state.live.has(view.task_id)) {
+    state.live.set(view.task_id, card);
+    setTimeout(() => poll(view.task_id), POLL_MS);
+  }
+}
+
+function render(card, view) {
+  card.dataset.status = view.status;
+  $(".status", card).textContent = view.status;
+  $(".model", card).textContent = view.model;
+  $(".when", card).textContent = new Date(view.submit_time * 1000).toLocaleTimeString();
+  $(".prompt", card).textContent = view.prompt;
+  const negative = view.negative_prompt ? ` · not: ${view.negative_prompt}` : "";
+  $(".params", card).textContent =
+    `${view.size} · n ${view.n} · seed ${view.seed} · ${view.steps} steps · guidance ${view.guidance}${negative}`;
+  const live = LIVE.has(view.status);
+  $(".live", card).hidden = !live;
+  $(".cancel", card).hidden = !live;
+  $(".queue", card).textContent = view.queue_position ? `#${view.queue_position} in queue` : "";
+  const progress = view.progress;
+  $(".bar", card).max = progress ? progress.steps : 1;
+  $(".bar", card).value = progress ? progress.step : 0;
+  $(".steps", card).textContent = progress && live ? `step ${progress.step} of ${progress.steps}` : "";
+  $(".eta", card).textContent = progress && live ? `about ${view.eta_s.toFixed(1)} s left` : "";
+  $(".task-error", card).textContent = view.status === "FAILED" ? view.error || "failed" : "";
+  const images = $(".images", card);
+  if (images.childElementCount !== view.images.length) {
+    images.replaceChildren(...view.images.map(figure));
+  }
+}
+
+function figure(image) {
+  const item = document.createElement("figure");
+  if (image.url) {
+    const link = Object.assign(document.createElement("a"), { href: image.url, target: "_blank", rel: "noopener" });
+    link.append(Object.assign(document.createElement("img"), { src: image.url, alt: `seed ${image.seed}`, loading: "lazy" }));
+    item.append(link);
+  }
+  const caption = document.createElement("figcaption");
+  caption.textContent = image.url ? `seed ${image.seed}` : `seed ${image.seed}: ${image.error}`;
+  item.append(caption);
+  return item;
+}
+
+async function poll(taskId) {
+  const card = state.live.get(taskId);
+  try {
+    const view = await api(`/web/api/tasks/${taskId}`);
+    card.view = view;
+    render(card, view);
+    if (!LIVE.has(view.status)) {
+      state.live.delete(taskId);
+      return;
+    }
+  } catch (error) {
+    $(".task-error", card).textContent = error.message;  // e.g. 429: keep polling, more slowly
+  }
+  setTimeout(() => poll(taskId), POLL_MS);
+}
+
+async function cancel(taskId) {
+  const card = document.getElementById(`task-${taskId}`);
+  try {
+    await api(`/api/v1/tasks/${taskId}/cancel`, { method: "POST" });
+    render(card, await api(`/web/api/tasks/${taskId}`));
+  } catch (error) {
+    $(".task-error", card).textContent = error.message;
+  }
+}
+
+async function refreshTasks() {
+  const page = await api("/web/api/tasks");
+  for (const view of page.tasks) show(view);
+}
+
+// --- copy as code ------------------------------------------------------------------------------
+
+function copyAsCode(card) {
+  const code = snippet($(".code-kind", card).value, card.view);
+  const pre = $(".code", card);
+  pre.textContent = code;
+  pre.hidden = false;
+  if (navigator.clipboard) navigator.clipboard.writeText(code).catch(() => {});  // shown either way
+}
+
+function snippet(kind, view) {
+  const base = location.origin;
+  const card = state.models[view.model] || { guidance_name: "guidance" };
+  const parameters = { size: view.size, n: view.n, seed: view.seed, steps: view.steps, [card.guidance_name]: view.guidance };
+  const input = { prompt: view.prompt };
+  if (view.negative_prompt) input.negative_prompt = view.negative_prompt;
+  const py = (value) => JSON.stringify(value);
+  if (kind === "curl") {
+    const body = JSON.stringify({ model: view.model, input, parameters });
+    return [
+      `curl -X POST '${base}/api/v1/services/aigc/text2image/image-synthesis' \\`,
+      `  -H "Authorization: Bearer $RAYDIANT_API_KEY" -H 'Content-Type: application/json' \\`,
+      `  -H 'X-DashScope-Async: enable' \\`,
+      `  -d '${body.replaceAll("'", "'\\''")}'`,
+    ].join("\n");
+  }
+  if (kind === "dashscope") {
+    const extra = Object.entries(parameters).filter(([k]) => !["size", "n"].includes(k))
+      .map(([k, v]) => `, ${k}=${py(v)}`).join("");
+    const negative = view.negative_prompt ? `, negative_prompt=${py(view.negative_prompt)}` : "";
+    return [
+      "import os, dashscope",
+      "from dashscope import ImageSynthesis",
+      `dashscope.base_http_api_url = ${py(base + "/api/v1")}`,
+      `rsp = ImageSynthesis.call(api_key=os.environ["RAYDIANT_API_KEY"], model=${py(view.model)},`,
+      `                          prompt=${py(view.prompt)}${negative}, size=${py(view.size)}, n=${view.n}${extra})`,
+      "print([r.url for r in rsp.output.results])",
+    ].join("\n");
+  }
+  const extraBody = { seed: view.seed, steps: view.steps, guidance: view.guidance };
+  if (view.negative_prompt) extraBody.negative_prompt = view.negative_prompt;
+  return [
+    "import os",
+    "from openai import OpenAI",
+    `client = OpenAI(api_key=os.environ["RAYDIANT_API_KEY"], base_url=${py(base + "/v1")})`,
+    `answer = client.images.generate(model=${py(view.model)}, prompt=${py(view.prompt)},`,
+    `                                size=${py(view.size.replace("*", "x"))}, n=${view.n},`,
+    `                                extra_body=${py(extraBody)})`,
+    "print([image.url for image in answer.data])",
+  ].join("\n");
+}
+
+// --- start -------------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#key-form").addEventListener("submit", useKey);
+  $("#render-form").addEventListener("submit", submit);
+  $("#model").addEventListener("change", fillModelOptions);
+  $("#forget-key").addEventListener("click", forgetKey);
+  if (apiKey()) start();
+});

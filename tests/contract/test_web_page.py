@@ -1,0 +1,111 @@
+"""The web page at `/` in a real headless Chromium: enter a key, submit, watch progress, see the
+images, cancel a task, copy a task as code (and run that code), open the gallery. Screenshots
+are saved under var/artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.conftest import REPO
+from tests.contract.conftest import PAGE_KEY
+from tests.servers import chromium
+
+SCREENSHOTS = REPO / "var" / "artifacts" / "screenshots"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        yield driver
+
+
+def shot(browser, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / name))
+
+
+def until(browser, condition, timeout_s: float = 60):
+    return WebDriverWait(browser, timeout_s, poll_frequency=0.05).until(lambda driver: condition())
+
+
+def card(browser, status: str | None = None):
+    """The newest task card (optionally once it shows `status`)."""
+    cards = browser.find_elements(By.CSS_SELECTOR, "#tasks .task")
+    if not cards or (status and cards[0].get_attribute("data-status") != status):
+        return None
+    return cards[0]
+
+
+def submit(browser, prompt: str, seed: int) -> None:
+    Select(browser.find_element(By.ID, "model")).select_by_value("sim-steps")
+    Select(browser.find_element(By.ID, "size")).select_by_value("768*512")
+    for field, value in (("prompt", prompt), ("seed", str(seed)), ("steps", "20")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "submit").click()
+
+
+def test_page_renders_cancels_copies_and_lists(browser, service):
+    browser.get(f"{service.url}/")
+    browser.find_element(By.ID, "api-key").send_keys(PAGE_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    until(browser, lambda: browser.find_element(By.ID, "app").is_displayed())
+    assert not browser.find_element(By.ID, "key-form").is_displayed()
+    models = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "model")).options]
+    assert "sim-steps" in models and "flux-kontext" not in models  # edit models need an image: not here
+
+    # Submit: the card shows progress (SIMULATED GPU, 20 steps of 0.1 s), then the images.
+    submit(browser, "a lighthouse at dusk", seed=7)
+    running = until(browser, lambda: (c := card(browser, "RUNNING")) and "step" in c.find_element(
+        By.CLASS_NAME, "steps").text and c)
+    assert "of 20" in running.find_element(By.CLASS_NAME, "steps").text
+    assert "s left" in running.find_element(By.CLASS_NAME, "eta").text
+    shot(browser, "page-progress.png")
+    done = until(browser, lambda: card(browser, "SUCCEEDED"))
+    until(browser, lambda: browser.execute_script(
+        "const i = document.querySelector('#tasks .task img'); return i && i.complete && i.naturalWidth > 0"))
+    assert done.find_element(By.TAG_NAME, "figcaption").text == "seed 7"
+    assert "768*512" in done.find_element(By.CLASS_NAME, "params").text
+    shot(browser, "page-images.png")
+
+    # Copy as code (OpenAI SDK), then run what was copied: it renders with the same parameters.
+    Select(done.find_element(By.CLASS_NAME, "code-kind")).select_by_value("openai")
+    done.find_element(By.CLASS_NAME, "copy").click()
+    code = done.find_element(By.CLASS_NAME, "code").text
+    assert "client.images.generate" in code and '"seed":7' in code
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAYDIANT_API_KEY": PAGE_KEY})
+    assert ran.returncode == 0 and "/files/tasks/" in ran.stdout, ran.stderr
+
+    # Cancel a running task from its card.
+    submit(browser, "a storm that never ends", seed=8)
+    doomed = until(browser, lambda: card(browser, "RUNNING"))
+    doomed.find_element(By.CLASS_NAME, "cancel").click()
+    until(browser, lambda: card(browser, "CANCELED"))
+    assert not doomed.find_element(By.CLASS_NAME, "cancel").is_displayed()
+
+    # The gallery after a reload: the key is still in this tab's session, the tasks are listed.
+    browser.refresh()
+    until(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#tasks .task")) >= 2)
+    statuses = [c.get_attribute("data-status") for c in browser.find_elements(By.CSS_SELECTOR, "#tasks .task")]
+    assert statuses[:2] == ["CANCELED", "SUCCEEDED"] or "CANCELED" in statuses
+    until(browser, lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#tasks img')].every(i => i.complete && i.naturalWidth > 0)"))
+    shot(browser, "page-gallery.png")
+
+
+def test_a_wrong_key_is_refused_on_the_page(browser, service):
+    browser.get(f"{service.url}/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.refresh()
+    browser.find_element(By.ID, "api-key").send_keys("not-a-key")
+    browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    error = until(browser, lambda: browser.find_element(By.ID, "key-error").text)
+    assert "401" in error and not browser.find_element(By.ID, "app").is_displayed()
