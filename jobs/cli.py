@@ -21,6 +21,25 @@ def register(app: typer.Typer) -> None:
     app.command("submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
         submit_command)
     app.add_typer(jobs_app, name="jobs")
+    app.command("gallery")(gallery_command)
+
+
+def gallery_command(
+    output: str = typer.Argument(..., help="A batch job's output directory (local or fsspec URI)."),
+    page_size: int = typer.Option(100, "--page-size", help="Images per page."),
+    limit: int = typer.Option(1000, "--limit", help="Show the first N images (0: all)."),
+) -> None:
+    """Write static HTML pages (index.html, index-2.html, ...) beside a batch job's output."""
+    from jobs.gallery import write_gallery
+
+    if page_size < 1:
+        fail(f"--page-size must be at least 1, got {page_size}")
+    try:
+        summary = write_gallery(output, page_size=page_size, limit=limit or None)
+    except FileNotFoundError as exc:
+        fail(str(exc))
+    console.print(f"gallery: {summary.images} images, {summary.failed} errors on {len(summary.pages)} page(s); "
+                  f"open {output.rstrip('/')}/index.html")
 
 
 def render_command(
@@ -51,7 +70,8 @@ def render_command(
 ) -> None:
     """Render every prompt of a Parquet dataset into images plus a metadata table (resumable)."""
     from pydantic import ValidationError
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     from cluster.local_ray import connect
     from jobs.render import JobError, run_job
@@ -79,14 +99,14 @@ def render_command(
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     quiet_libraries()
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f} images"),
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                TextColumn("{task.fields[rate]:.2f} img/s"), TextColumn("[red]{task.fields[errors]} errors"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=errors) as bar:
         task = bar.add_task("rendering", total=None, rate=0.0, errors=0)
 
         def show(p) -> None:
-            bar.update(task, description=f"{p.rows_total} rows", total=p.rows_total * n,
+            bar.update(task, description=f"{p.rows_total} rows", total=p.images_total,
                        completed=p.images_done + p.images_failed,
                        rate=p.images_per_s, errors=p.images_failed)
 

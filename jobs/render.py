@@ -37,6 +37,7 @@ class JobError(Exception):
 @dataclass
 class Progress:
     rows_total: int
+    images_total: int = 0  # to render in this run (images committed by an earlier run not counted)
     images_done: int = 0
     images_failed: int = 0
     images_skipped: int = 0  # already committed by an earlier run
@@ -46,6 +47,13 @@ class Progress:
     def images_per_s(self) -> float:
         elapsed = time.monotonic() - self.started
         return self.images_done / elapsed if elapsed > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Time left at the rate so far (None before the first image)."""
+        left = self.images_total - self.images_done - self.images_failed
+        rate = (self.images_done + self.images_failed) / max(time.monotonic() - self.started, 1e-9)
+        return max(left, 0) / rate if self.images_done + self.images_failed else None
 
 
 @dataclass
@@ -89,6 +97,19 @@ def actor_pool(spec: JobSpec) -> ActorPool:
 def count_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
     """From the Parquet footers only: no data is read."""
     return sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
+
+
+def count_images(fs: fsspec.AbstractFileSystem, files: list[str], limit: int | None, default_n: int) -> int:
+    """Images the input asks for: its `n` column (only that column is read), else `default_n` a row."""
+    if "n" not in pq.ParquetFile(files[0], filesystem=fs).schema_arrow.names:
+        return min(count_rows(fs, files), limit or 1 << 62) * default_n
+    total, rows = 0, 0
+    for f in files:
+        for n in pq.read_table(f, filesystem=fs, columns=["n"]).column("n").to_pylist():
+            if limit is not None and rows >= limit:
+                return total
+            total, rows = total + (n if isinstance(n, int) and n > 0 else default_n), rows + 1
+    return total
 
 
 def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: None,
@@ -141,7 +162,9 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
                                "batch_size": spec.batch_size, "pool_size": pool.max_workers,
                                "via_serve": spec.via_serve, "image_format": spec.image_format})
 
-    progress = Progress(rows_total=rows_total, started=time.monotonic())
+    images_total = count_images(fs, files, spec.limit, spec.defaults.n) - len(done)
+    progress = Progress(rows_total=rows_total, images_total=max(images_total, 0), started=time.monotonic())
+    on_progress(progress)
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
         failed = int(batch["error"].notna().sum())
         progress.images_failed += failed

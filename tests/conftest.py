@@ -67,3 +67,20 @@ def tiny_sd15_dir() -> Path:
     from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
 
     return build_tiny(Family.SD15, tiny_cache_dir() / TINY_DIRS[Family.SD15])
+
+
+SCREENSHOTS = REPO / "var" / "artifacts" / "screenshots"  # test artefacts of the browser tests
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """One headless Chromium for every page test (tests/servers.py: `chromium`)."""
+    from tests.servers import chromium
+
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        yield driver
+
+
+def shot(browser, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / name))

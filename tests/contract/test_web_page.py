@@ -1,6 +1,6 @@
 """The web page at `/` in a real headless Chromium: enter a key, submit, watch progress, see the
 images, cancel a task, copy a task as code (and run that code), open the gallery. Screenshots
-are saved under var/artifacts/screenshots/."""
+are saved under var/artifacts/screenshots/ (`browser` and `shot` in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,26 +8,13 @@ import os
 import subprocess
 import sys
 
-import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.conftest import REPO
+from tests.conftest import shot
 from tests.contract.conftest import PAGE_KEY
-from tests.servers import chromium
-
-SCREENSHOTS = REPO / "var" / "artifacts" / "screenshots"
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
-        yield driver
-
-
-def shot(browser, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(SCREENSHOTS / name))
 
 
 def until(browser, condition, timeout_s: float = 60):

@@ -1,0 +1,83 @@
+"""`raydiant gallery OUTPUT` over every output format: pages with thumbnails, prompts, seeds,
+sizes and errors, paged; opened in the headless Chromium of the page tests."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from selenium.webdriver.common.by import By
+
+from cluster.storage import Storage
+from jobs.gallery import write_gallery
+from jobs.output import OutputSink, finalize
+from tests.conftest import shot
+
+COLOURS = [(200, 40, 40), (40, 160, 60), (40, 70, 200), (220, 180, 30), (120, 40, 160)]
+
+
+def png(colour) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def job_output(root, fmt: str) -> str:
+    """What a batch job leaves: 5 rendered images (one with a hostile prompt) and 1 failed."""
+    rows, images = [], {}
+    for i, colour in enumerate(COLOURS):
+        key = f"row{i}/0"
+        rows.append({"key": key, "id": f"row{i}", "index": 0, "prompt": f"colour {i} <script>alert(1)</script>",
+                     "negative_prompt": "blur" if i == 0 else None, "seed": 100 + i, "model": "flux-schnell",
+                     "width": 64, "height": 48, "steps": 2, "guidance": 3.5, "error": None, "render_s": 0.1})
+        images[key] = png(colour)
+    rows.append({**rows[0], "key": "row9/0", "id": "row9", "prompt": "too long", "seed": 9,
+                 "error": "BadRequest.InvalidParameter: size 10*10 is not allowed"})
+    output = str(root / fmt)
+    sink = OutputSink(output, fmt)
+    sink.commit(rows[:3], images)
+    sink.commit(rows[3:], images)
+    finalize(Storage(output), fmt, compact_parts=False)
+    return output
+
+
+@pytest.mark.parametrize("fmt", ["files", "webdataset", "parquet"])
+def test_gallery_reads_every_format(tmp_path, fmt):
+    output = job_output(tmp_path, fmt)
+    summary = write_gallery(output, page_size=4)
+    assert (summary.images, summary.failed, summary.pages) == (5, 1, ["index.html", "index-2.html"])
+    first = (tmp_path / fmt / "index.html").read_text()
+    assert "colour 0 &lt;script&gt;" in first and "<script>alert" not in first  # data is escaped
+    assert "seed 100 · 64*48 · 2 steps" in first and 'href="index-2.html"' in first
+    second = (tmp_path / fmt / "index-2.html").read_text()
+    assert "size 10*10 is not allowed" in second and 'href="index.html"' in second
+    thumbs = sorted(p.name for p in (tmp_path / fmt / "gallery" / "thumbs").iterdir())
+    assert thumbs == [f"row{i}_0.jpg" for i in range(5)]
+    with Image.open(tmp_path / fmt / "gallery" / "thumbs" / "row2_0.jpg") as thumb:
+        assert thumb.getpixel((10, 10))[2] > 150  # row 2's blue, from its own image
+
+
+def test_cli_names_a_missing_output(tmp_path):
+    ran = subprocess.run([sys.executable, "-m", "cluster.cli", "gallery", str(tmp_path / "nothing")],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode != 0 and "has no batch job metadata" in ran.stdout + ran.stderr
+
+
+def test_gallery_page_in_chromium(tmp_path, browser):
+    output = job_output(tmp_path, "webdataset")
+    ran = subprocess.run([sys.executable, "-m", "cluster.cli", "gallery", output, "--page-size", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and "5 images, 1 errors on 2 page(s)" in ran.stdout, ran.stderr
+    browser.get(f"file://{output}/index.html")
+    loaded = browser.execute_script(
+        "return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
+    assert loaded == [True] * 4
+    captions = [p.text for p in browser.find_elements(By.CSS_SELECTOR, "p.meta")]
+    assert captions[0].startswith("seed 100 · 64*48")
+    shot(browser, "batch-gallery.png")
+    browser.find_element(By.CSS_SELECTOR, "a.next").click()
+    assert "is not allowed" in browser.find_element(By.CSS_SELECTOR, ".error").text
+    assert browser.current_url.endswith("index-2.html")
