@@ -60,8 +60,11 @@ class RedisTaskStore(TaskStore):
         return [TaskRecord.model_validate_json(body) for body in bodies if body is not None]
 
     async def remember(self, fingerprint: str, task_id: str, expires_at: float) -> None:
-        ttl = max(1, int(expires_at - time.time()))
-        await self._redis.set(f"{self._prefix}:fingerprint:{fingerprint}", task_id, ex=ttl)
+        key, ttl_ms = f"{self._prefix}:fingerprint:{fingerprint}", int((expires_at - time.time()) * 1000)
+        if ttl_ms <= 0:
+            await self._redis.delete(key)
+        else:
+            await self._redis.set(key, task_id, px=ttl_ms)
 
     async def recall(self, fingerprint: str) -> str | None:
         task_id = await self._redis.get(f"{self._prefix}:fingerprint:{fingerprint}")

@@ -113,11 +113,34 @@ def test_expired_lease_is_claimed_once(store, run):
 def test_renew_extends_only_own_leases(store, run):
     now = time.time()
     mine, theirs = record(owner="me", lease_until=now), record(owner="them", lease_until=now)
-    for r in (mine, theirs):
+    canceled = record(owner="me", lease_until=now, status=TaskStatus.CANCELED)  # by another ingress
+    for r in (mine, theirs, canceled):
         run(store.create(r))
-    run(store.renew("me", [mine.task_id, theirs.task_id], now + 100))
+    ended = run(store.renew("me", [mine.task_id, theirs.task_id, canceled.task_id], now + 100))
+    assert ended == [canceled.task_id]  # its dispatcher is told, to stop the render
     assert run(store.get(mine.task_id)).lease_until == now + 100
     assert run(store.get(theirs.task_id)).lease_until == now
+
+
+def test_queue_position_counts_earlier_pending_tasks_of_the_model(store, run):
+    base = time.time()
+    queue = [record(submit_time=base + i) for i in range(4)]
+    others = [record(submit_time=base - 5, model="stable-diffusion-xl"),  # another model's queue
+              record(submit_time=base - 5, status=TaskStatus.RUNNING)]  # already started
+    for r in queue + others:
+        run(store.create(r))
+    assert [run(store.pending_ahead(r)) for r in queue] == [0, 1, 2, 3]
+    run(store.transition(queue[0].task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING))
+    run(store.transition(queue[2].task_id, {TaskStatus.PENDING}, status=TaskStatus.CANCELED))
+    assert run(store.pending_ahead(queue[3])) == 1  # only queue[1] is still ahead
+
+
+def test_fingerprints_are_remembered_until_they_expire(store, run):
+    run(store.remember("k1:body:abc", "task-1", time.time() + 60))
+    run(store.remember("k1:body:abc", "task-2", time.time() + 60))  # the newer task replaces it
+    run(store.remember("k1:body:old", "task-0", time.time() - 1))
+    assert run(store.recall("k1:body:abc")) == "task-2"
+    assert run(store.recall("k1:body:old")) is None and run(store.recall("k1:body:none")) is None
 
 
 def test_records_expire_after_retention(store, run):
