@@ -28,7 +28,9 @@ demo: $(STAMP)
 	$(PY) -m jobs.demo_prompts var/demo-prompts.parquet 200
 	$(VENV)/bin/raydiant render --input var/demo-prompts.parquet --output var/demo-batch \
 		--size 512*512 --steps 2 --batch-size 4
-	@echo "batch images and metadata are in var/demo-batch/ (rerun the line above: nothing is redone)"
+	$(VENV)/bin/raydiant gallery var/demo-batch
+	@echo "batch images and metadata are in var/demo-batch/ (rerun the render: nothing is redone);"
+	@echo "look at them in var/demo-batch/index.html"
 
 # Servers the tests start themselves (on free loopback ports); installed here when missing.
 # Debian packages: redis-server (task store, rate limits), chromium + chromium-driver (page tests).

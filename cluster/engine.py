@@ -57,6 +57,7 @@ class Denoised:
     pictures: list[Image.Image] | None = None
     failed: list[RenderResult] | None = None
     elapsed_s: float = 0.0
+    batch_size: int = 0  # images in the device batch (`batch` may be fewer: canceled ones dropped)
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ class Renderer:
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the caller
             log.exception("%s: batch of %d failed", self.spec.name, len(batch))
             return [Denoised(batch, failed=self._failed(batch, RenderError("InternalError", f"rendering failed: {exc}")))]
-        return [Denoised(batch, pictures, elapsed_s=time.perf_counter() - started)]
+        return [Denoised(batch, pictures, elapsed_s=time.perf_counter() - started, batch_size=len(batch))]
 
     def encode(self, denoised: Denoised, image_format: ImageFormat = "png") -> list[RenderResult]:
         """The CPU's work for one denoised batch: each picture encoded, with its sampling metadata
@@ -250,7 +251,7 @@ class Renderer:
                 index=image.index, seed=image.seed, width=picture.width, height=picture.height,
                 image=encode(picture, image_format, sampling_metadata(image.request, image.seed)
                              if image.request.add_sampling_metadata else None),
-                inference_s=denoised.elapsed_s, batch_size=len(denoised.batch),
+                inference_s=denoised.elapsed_s, batch_size=denoised.batch_size or len(denoised.batch),
             )
             for image, picture in zip(denoised.batch, denoised.pictures or [])
         ]

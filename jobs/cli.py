@@ -106,7 +106,7 @@ def render_command(
         task = bar.add_task("rendering", total=None, rate=0.0, errors=0)
 
         def show(p) -> None:
-            bar.update(task, description=f"{p.rows_total} rows", total=p.images_total,
+            bar.update(task, description=f"{p.rows_done}/{p.rows_total} rows", total=p.images_total,
                        completed=p.images_done + p.images_failed,
                        rate=p.images_per_s, errors=p.images_failed)
 

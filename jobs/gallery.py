@@ -33,7 +33,8 @@ class GallerySummary:
 
 
 class _ImageReader:
-    """Image bytes by metadata row, whatever the format; each shard or part is read once."""
+    """Image bytes by metadata row, whatever the format. Rows come sorted by path, so one shard
+    or part is held at a time and each is read once."""
 
     def __init__(self, storage: Storage):
         self.storage = storage

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -38,6 +39,7 @@ class JobError(Exception):
 class Progress:
     rows_total: int
     images_total: int = 0  # to render in this run (images committed by an earlier run not counted)
+    rows_done: int = 0  # rows whose every image (of this run) came back
     images_done: int = 0
     images_failed: int = 0
     images_skipped: int = 0  # already committed by an earlier run
@@ -165,10 +167,14 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     images_total = count_images(fs, files, spec.limit, spec.defaults.n) - len(done)
     progress = Progress(rows_total=rows_total, images_total=max(images_total, 0), started=time.monotonic())
     on_progress(progress)
+    images_back: Counter[str] = Counter()
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
         failed = int(batch["error"].notna().sum())
         progress.images_failed += failed
         progress.images_done += len(batch) - failed
+        for rid, row_images in zip(batch["id"], batch["row_images"]):
+            images_back[rid] += 1
+            progress.rows_done += images_back[rid] == row_images
         on_progress(progress)
     elapsed = time.monotonic() - progress.started
 

@@ -21,7 +21,7 @@ from cluster.seeding import derive_seed, image_seeds
 from jobs.spec import RowDefaults
 
 WORK_COLUMNS = ["key", "id", "index", "model", "prompt", "negative_prompt", "seed", "width", "height",
-                "steps", "guidance", "error"]
+                "steps", "guidance", "error", "row_images"]  # row_images: the row's images in this run
 
 
 def _present(value: Any) -> bool:
@@ -92,6 +92,10 @@ def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDe
 def expand_batch(batch: pd.DataFrame, specs: dict[str, ModelSpec], defaults: RowDefaults, job_seed: int,
                  done: frozenset[str]) -> pd.DataFrame:
     """`map_batches` body: input rows -> work items, minus images already committed."""
-    items = [item for row in batch.to_dict("records") for item in expand_row(row, specs, defaults, job_seed)
-             if item["key"] not in done]
+    items = []
+    for row in batch.to_dict("records"):
+        todo = [item for item in expand_row(row, specs, defaults, job_seed) if item["key"] not in done]
+        for item in todo:
+            item["row_images"] = len(todo)  # lets the driver count rows finished (progress)
+        items += todo
     return pd.DataFrame(items, columns=WORK_COLUMNS)

@@ -25,7 +25,7 @@ from cluster.request import RenderRequest
 from cluster.weights import ModelLoadError
 from jobs.output import OutputSink
 
-RESULT_COLUMNS = ["key", "id", "index", "model", "error", "render_s"]
+RESULT_COLUMNS = ["key", "id", "index", "model", "error", "render_s", "row_images"]
 CONCURRENT_BATCHES = 2  # one on the device, one encoding and committing
 
 

@@ -1,5 +1,5 @@
-"""`make demo`'s online part: start the service, render through the real DashScope and AceData
-SDKs, print the result URLs and where the files are, stop cleanly.
+"""`make demo`'s online part: start the service, render through the real DashScope, AceData and
+OpenAI SDKs, print the result URLs and where the files are, stop cleanly.
 
     .venv/bin/python -m serve.demo
 """
@@ -42,6 +42,15 @@ def main() -> None:
             print(f"\nAceData flux-pro (-> flux-dev), 16:9: task {task.id}")
             for url in task.urls():
                 print(f"  {url}")
+        from openai import OpenAI
+
+        client = OpenAI(api_key=DEMO_KEY, base_url=f"{service.url}/v1")
+        answer = client.images.generate(model="gpt-image-1", prompt="a paper boat on a pond", n=2, size="512x512",
+                                        extra_body={"seed": 3})
+        print("\nOpenAI images.generate gpt-image-1 (-> flux-schnell), 512x512:")
+        for image in answer.data:
+            print(f"  {image.url}")
+        print(f"\nthe web page was at {service.url}/ (key {DEMO_KEY}); `raydiant serve` keeps it up")
         print("\nstopping (Serve drains in-flight requests) ...", flush=True)
     print("stopped.")
 

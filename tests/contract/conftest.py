@@ -19,7 +19,11 @@ LIMITED_KEY = "limited-key"  # spends its rate limit in one test
 OPENAI_KEY = "openai-key"
 OPENAI_LIMITED_KEY = "openai-limited-key"  # spends its rate limit in one test
 PAGE_KEY = "page-key"  # the web page in a browser
-KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY, OPENAI_KEY, OPENAI_LIMITED_KEY, PAGE_KEY]
+# Suites that poll fast have keys of their own, so their polling never spends another suite's budget.
+PROGRESS_KEY = "progress-key"
+CANCEL_KEY = "cancel-key"
+KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY, OPENAI_KEY, OPENAI_LIMITED_KEY, PAGE_KEY,
+        PROGRESS_KEY, CANCEL_KEY]
 WEBHOOK_SECRET = new_webhook_secret()
 RATE_BURST = 200  # per key, in any window of 100 s: a test can spend it deterministically
 

@@ -78,7 +78,7 @@ def test_unknown_task_is_unknown():
     assert rsp.status_code == 200 and rsp.output.task_status == "UNKNOWN"
 
 
-def test_cancel_pending_only():
+def test_cancel_a_pending_task_and_not_an_ended_one():
     # sd1.5 takes one request at a time here, so the later tasks wait PENDING.
     tasks = [ImageSynthesis.async_call(model="stable-diffusion-v1.5", prompt=f"slow {i}", steps=60, n=4)
              for i in range(3)]

@@ -63,12 +63,14 @@ def test_output_equals_single_renders_for_batch_sizes_1_and_4(tmp_path, input_fi
     for batch_size in (1, 4):
         seen = []
         summary = run_job(job(tmp_path, f"out{batch_size}", batch_size=batch_size),
-                          lambda p: seen.append((p.images_done, p.images_failed, p.images_total, p.eta_s)))
+                          lambda p: seen.append((p.images_done, p.images_failed, p.images_total, p.eta_s,
+                                                 p.rows_done, p.rows_total)))
         assert (summary.rendered, summary.failed) == (6, 3)
         # Progress starts at nothing done of the input's 9 images, rises, and reaches its total.
         assert seen[0][:3] == (0, 0, 9) and seen[0][3] is None
         assert seen[-1][:3] == (6, 3, 9) and seen[-1][3] == 0
-        assert [d + f for d, f, _, _ in seen] == sorted(d + f for d, f, _, _ in seen)
+        assert [d + f for d, f, *_ in seen] == sorted(d + f for d, f, *_ in seen)
+        assert seen[0][4:] == (0, seen[0][5]) and seen[-1][4] == seen[-1][5]  # every row finished
         outputs[batch_size] = {(r["id"], r["index"]): r for r in metadata(str(tmp_path / f"out{batch_size}"))}
     assert outputs[1].keys() == outputs[4].keys()
     renderer = Renderer(local_config.spec("flux-schnell").model_copy(update={"warmup": False}), device="cpu")

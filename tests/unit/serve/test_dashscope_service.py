@@ -96,7 +96,7 @@ def test_ownership_fetch_cancel_list(door):
     assert door.dispatcher.ended_records[-1].task_id == task_id  # its webhook (if any) is told
 
 
-def test_cancel_only_pending(door):
+def test_an_ended_task_cannot_be_canceled(door):
     task_id = create(door, {"model": "flux-schnell", "input": {"prompt": "x"}})["output"]["task_id"]
     error = asyncio.run(door.dashscope.cancel(caller(), task_id))
     assert (ERRORS[error.kind].code, ERRORS[error.kind].status) == ("UnsupportedOperation", 400)
