@@ -106,7 +106,8 @@ def render_command(
         task = bar.add_task("rendering", total=None, rate=0.0, errors=0)
 
         def show(p) -> None:
-            bar.update(task, description=f"{p.rows_done}/{p.rows_total} rows", total=p.images_total,
+            rows_done = p.rows_total if p.images_total == 0 else p.rows_done  # a rerun with nothing left
+            bar.update(task, description=f"{rows_done}/{p.rows_total} rows", total=p.images_total,
                        completed=p.images_done + p.images_failed,
                        rate=p.images_per_s, errors=p.images_failed)
 

@@ -26,9 +26,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from cluster.config import ServeConfig
 from ray.exceptions import TaskCancelledError
 
+from cluster.config import ServeConfig
 from cluster.request import RenderResult, as_render_request
 from cluster.storage import Storage
 from serve import metrics
