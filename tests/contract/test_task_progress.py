@@ -41,6 +41,7 @@ def test_progress_rises_to_every_step_with_an_eta():
     seen = watch(task.output.task_id)
     running = [o for o in seen if o["task_status"] == "RUNNING" and "progress" in o]
     steps = [o["progress"]["step"] for o in running]
+    print(f"steps seen while RUNNING: {steps}; ETAs {[o['eta_s'] for o in running]}")
     assert len(set(steps)) >= 3, f"too few progress reports: {steps}"  # 2 s render, 4 reports a second
     assert steps == sorted(steps) and all(o["progress"]["steps"] == 20 for o in running)
     etas = [o["eta_s"] for o in running]
@@ -54,6 +55,7 @@ def test_queue_positions_count_down():
     last = tasks[-1].output.task_id
     seen = watch(last)
     positions = [o["queue_position"] for o in seen if o["task_status"] == "PENDING"]
+    print(f"queue positions seen: {positions}")
     assert positions[0] >= 4, positions  # four ahead of it (one may have started already)
     assert positions == sorted(positions, reverse=True) and positions[-1] == 1, positions
     assert len(set(positions)) >= 3, positions
