@@ -83,6 +83,8 @@ async def _read_upload(request: Request) -> EditUpload | ServiceError:
                 mask = data
             else:
                 return ServiceError.invalid(f"unexpected file field {name!r}", name)
+        elif name in ("image", "image[]", "mask"):
+            return ServiceError.invalid(f"{name} must be a file part, not text", name)
         elif name in fields:
             return ServiceError.invalid(f"field {name!r} is given twice", name)
         else:

@@ -31,7 +31,8 @@ from serve.tasks.service import Submission, TaskService
 
 API = "openai"
 KNOWN_FIELDS = frozenset({"prompt", "model", "n", "size", "response_format", "seed", "steps", "guidance",
-                          "negative_prompt", "image", "image[]", "mask"})
+                          "negative_prompt"})
+IMAGE_FIELDS = ("image", "image[]", "mask")  # files, on the edits route only
 
 
 def error_body(error: ServiceError) -> dict:
@@ -104,6 +105,8 @@ class OpenAIService:
 
     def _parse(self, caller: Caller, body: dict, image: bytes | None) -> tuple[Submission, str]:
         edit = image is not None
+        if not edit and (sent := next((f for f in IMAGE_FIELDS if f in body), None)):
+            raise _Invalid(f"{sent}: images go to /v1/images/edits, as multipart files", sent)
         prompt = _text(body, "prompt")
         if not prompt or not prompt.strip():
             raise _Invalid("prompt must not be empty", "prompt", ErrorKind.EMPTY_PROMPT)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from serve.dashscope.router import error_response
+from serve.dashscope.router import error_response, respond
 from serve.errors import ServiceError
 from serve.http import admit
 from serve.web.service import WebService
@@ -43,5 +43,4 @@ async def task(request: Request, task_id: str) -> JSONResponse:
     caller = await admit(request)
     if isinstance(caller, ServiceError):
         return error_response(caller)
-    result = await _service(request).task(caller, task_id)
-    return error_response(result) if isinstance(result, ServiceError) else JSONResponse(result)
+    return respond(await _service(request).task(caller, task_id))

@@ -42,6 +42,7 @@ def edit(door, fields, images, mask=None):
     ({"prompt": "x", "seed": "abc"}, ErrorKind.INVALID, "seed", "seed must be a number"),
     ({"prompt": "x", "steps": 1000}, ErrorKind.INVALID, None, "steps must be"),
     ({"prompt": "x", "colour": "red"}, ErrorKind.INVALID, "colour", "unknown parameter"),
+    ({"prompt": "x", "image": "data:..."}, ErrorKind.INVALID, "image", "images go to /v1/images/edits"),
 ])
 def test_bad_generations_name_their_parameter(door, body, kind, param, words):
     error = generate(door, body)
