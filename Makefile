@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/raydiant generate "a red fox in the snow" \
 		--model stable-diffusion-xl --size 1024*1024 --steps 4 --seed 7 --out var/demo
 	@echo "images are in var/demo/"
-	$(PY) -m serve.demo
+	$(PY) -m serve.local.demo
 	$(PY) -m jobs.demo_prompts var/demo-prompts.parquet 200
 	$(VENV)/bin/raydiant render --input var/demo-prompts.parquet --output var/demo-batch \
 		--size 512*512 --steps 2 --batch-size 4

@@ -48,7 +48,7 @@ def bare_loop(pipeline, prompts: list[str], seeds: list[int], size: int, steps: 
 def render_with_progress(renderer: Renderer, requests: list[RenderRequest], loop: asyncio.AbstractEventLoop,
                          reports: list) -> None:
     """What a replica's device thread runs: denoise with the step callback, then encode."""
-    refused, batches = renderer.plan(requests)
+    refused, batches = renderer.plan([renderer.resolve(r) for r in requests])
     assert not refused
 
     def on_step(progress) -> None:

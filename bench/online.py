@@ -25,7 +25,7 @@ from cluster.config import load_config
 from cluster.engine import Renderer
 from cluster.models import parse_size
 from cluster.request import RenderRequest
-from serve.local_service import local_service
+from serve.local.service import local_service
 
 KEY = "bench-key"
 MODEL = "flux-schnell"

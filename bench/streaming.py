@@ -21,7 +21,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serve.local_service import session_pids
+from cluster.processes import session_pids
 
 CONFIG = "models:\n  flux-schnell: {source: 'fake:flux'}\n"
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.sim_engine import read_busy_intervals, utilization
-from serve.local_service import local_service
+from serve.local.service import local_service
 
 KEY = "bench-key"
 BASE_S, PER_IMAGE_S = 0.05, 0.10  # H100 FLUX-schnell's shape (0.10 + 0.35 per image), scaled down
@@ -127,7 +127,8 @@ def bare_serve_floor(requests: int) -> tuple[float, float]:
     from fastapi import FastAPI
     from ray import serve
 
-    from cluster.local_ray import connect, free_port
+    from cluster.local_ray import connect
+    from cluster.processes import free_port
 
     api = FastAPI()
 

@@ -33,6 +33,9 @@ console = Console() if sys.stdout.isatty() else Console(width=200)
 errors = Console(stderr=True)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Config YAML (default: configs/local.yaml).")
+# The core's parameter names as `generate` spells them, for its error messages.
+_FLAGS = {"prompt": "PROMPT", "negative_prompt": "--negative", "size": "--size", "steps": "--steps",
+          "guidance": "--guidance", "n": "--n", "seed": "--seed", "image": "--image"}
 
 
 def fail(message: str) -> NoReturn:
@@ -88,7 +91,8 @@ def generate(
 ) -> None:
     """Render images in this process (no Ray): the quickest way to check a model's weights."""
     from cluster.engine import Renderer
-    from cluster.request import RenderError, RenderRequest
+    from cluster.errors import RenderError
+    from cluster.request import RenderRequest
     from cluster.weights import ModelLoadError
 
     cfg = load(config)
@@ -110,15 +114,16 @@ def generate(
                             height=height, steps=steps, guidance=guidance, seed=seed, n=n,
                             add_sampling_metadata=metadata, init_image=init_image)
     spec = cfg.spec(model)
-    if isinstance(problem := spec.resolve(request), RenderError):
-        fail(problem.message)
+    resolved = spec.resolve(request)
+    if isinstance(resolved, RenderError):
+        fail(resolved.text(_FLAGS.get(resolved.param or "")))
 
     quiet_libraries()
     try:
         with console.status(f"loading {model} from {spec.source}"):
             renderer = Renderer(spec.model_copy(update={"warmup": False}), device=device)
         with console.status(f"rendering {n} image(s)"):
-            results = renderer.render([request])
+            results = renderer.render([resolved])
     except ModelLoadError as exc:
         fail(str(exc))
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +131,7 @@ def generate(
     for result in results:
         if result.error:
             failed += 1
-            errors.print(f"image {result.index}: {result.error.code}: {result.error.message}")
+            errors.print(f"image {result.index}: {result.error.text()} ({result.error.code.value})")
             continue
         path = out / f"{model}-{result.seed}.png"
         path.write_bytes(result.image)  # type: ignore[arg-type]

@@ -84,7 +84,7 @@ class RateLimitConfig(BaseModel):
 
 
 class FetchConfig(BaseModel):
-    """Server-side requests to client-given URLs (input images, webhooks); see serve/fetch.py."""
+    """Server-side requests to client-given URLs (input images, webhooks); see serve/edge/fetch.py."""
 
     model_config = ConfigDict(extra="forbid")
 

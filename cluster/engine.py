@@ -1,10 +1,11 @@
-"""`Renderer`: one loaded model that turns `RenderRequest`s into images.
+"""`Renderer`: one loaded model that turns resolved requests into images.
 
 The same class is the body of a Ray Serve model replica and the callable of a Ray Data actor
-pool, so it imports neither. It validates requests against the model's limits, expands each
-into its `n` images (image i seeded seed + i, each with its own generator), renders images of
-one shape together in batches of at most `max_batch_size`, and returns one `RenderResult` per
-image in request order. A failing request or batch yields error results, never an exception.
+pool, so it imports neither. It takes requests already validated (`ResolvedRequest`, made once
+by `ModelSpec.resolve` in the task layer or the batch job) and resolves only the raw ones handed
+to `render()` (the CLI, warm-up). It expands each request into its `n` images (image i seeded
+seed + i, each with its own generator), renders images of one shape together in batches of at
+most `max_batch_size`, and returns one `RenderResult` per image in request order. A failing request or batch yields error results, never an exception.
 
 Two stages, so that callers can keep the GPU busy: `denoise()` (the device's work) and
 `encode()` (PNG/WebP/JPEG on the CPU). `render()` runs them one after the other; a Serve replica
@@ -13,6 +14,7 @@ runs the next batch's `denoise()` while the previous batch is encoded.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -28,7 +30,8 @@ from cluster.config import RaydiantConfig, load_config
 from cluster.imageio import ImageFormat, decode, encode, sampling_metadata
 from cluster.models import ModelSpec, parse_size
 from cluster.progress import Canceled, StepProgress, StepReporter
-from cluster.request import RenderError, RenderRequest, RenderResult, ResolvedRequest
+from cluster.errors import ErrorCode, RenderError, first_line
+from cluster.request import RenderRequest, RenderResult, ResolvedRequest
 from cluster.seeding import generator, image_seeds
 from cluster.weights import load_pipeline
 
@@ -146,19 +149,41 @@ class Renderer:
 
     # --- rendering ----------------------------------------------------------------------------
 
-    def render(self, requests: Sequence[RenderRequest], image_format: ImageFormat = "png") -> list[RenderResult]:
+    def resolve(self, request: RenderRequest) -> ResolvedRequest | RenderError:
+        """A raw request (the CLI's, warm-up's) checked against this renderer's model."""
+        if request.model != self.spec.name:
+            return RenderError(ErrorCode.MODEL_NOT_FOUND, f"this renderer serves {self.spec.name}, not {request.model}")
+        return self.spec.resolve(request)
+
+    def render(self, requests: Sequence[RenderRequest | ResolvedRequest],
+               image_format: ImageFormat = "png") -> list[RenderResult]:
         """Render every image of every request; results in request order, then image order.
 
-        An invalid request yields one result (index 0) carrying its error.
+        Raw `RenderRequest`s are resolved first; one that does not resolve (and any request
+        `plan` refuses) yields one result (index 0) carrying its error.
         """
-        results, batches = self.plan(requests)
+        refused: list[RenderResult] = []
+        resolved: list[ResolvedRequest] = []
+        positions: list[int] = []  # resolved[i] is requests[positions[i]]
+        for position, request in enumerate(requests):
+            checked = self.resolve(request) if isinstance(request, RenderRequest) else request
+            if isinstance(checked, RenderError):
+                refused.append(RenderResult(request_id=request.request_id, request_index=position, index=0,
+                                            seed=request.seed or 0, width=request.width or 0,
+                                            height=request.height or 0, error=checked))
+            else:
+                resolved.append(checked)
+                positions.append(position)
+        results, batches = self.plan(resolved)
         for batch in batches:
             for denoised in self.denoise(batch):
                 results.extend(self.encode(denoised, image_format))
-        return sort_results(results)
+        return sort_results(refused + [dataclasses.replace(r, request_index=positions[r.request_index])
+                                       for r in results])
 
-    def plan(self, requests: Sequence[RenderRequest]) -> tuple[list[RenderResult], list[list[_Image]]]:
-        """The results of requests refused outright, and the batches of images to render."""
+    def plan(self, requests: Sequence[ResolvedRequest]) -> tuple[list[RenderResult], list[list[_Image]]]:
+        """The results of requests refused outright (another model, an undecodable input image),
+        and the batches of images to render. `request_index` is the position in `requests`."""
         refused: list[RenderResult] = []
         images: list[_Image] = []
         for request_index, request in enumerate(requests):
@@ -169,25 +194,23 @@ class Renderer:
                 images.extend(prepared)
         return refused, plan_batches(images, _batch_key, self.max_batch_size)
 
-    def _prepare(self, request_index: int, request: RenderRequest) -> list[_Image] | RenderResult:
-        resolved = self.spec.resolve(request) if request.model == self.spec.name else RenderError(
-            "ModelNotFound", f"this renderer serves {self.spec.name}, not {request.model}")
-        if isinstance(resolved, RenderError):
+    def _prepare(self, request_index: int, request: ResolvedRequest) -> list[_Image] | RenderResult:
+        def refuse(error: RenderError) -> RenderResult:
             return RenderResult(request_id=request.request_id, request_index=request_index, index=0,
-                                seed=request.seed or 0, width=request.width or 0,
-                                height=request.height or 0, error=resolved)
+                                seed=request.seed, width=request.width, height=request.height, error=error)
+
+        if request.model != self.spec.name:  # a caller routed it to the wrong replica
+            return refuse(RenderError(ErrorCode.MODEL_NOT_FOUND,
+                                      f"this renderer serves {self.spec.name}, not {request.model}"))
         init_image = None
-        if resolved.init_image is not None:
+        if request.init_image is not None:
             try:
-                init_image = decode(resolved.init_image).convert("RGB")
+                init_image = decode(request.init_image).convert("RGB")
             except Exception:  # noqa: BLE001 - any undecodable upload is the caller's error
-                return RenderResult(request_id=request.request_id, request_index=request_index,
-                                    index=0, seed=resolved.seed, width=resolved.width,
-                                    height=resolved.height,
-                                    error=RenderError.invalid("input image cannot be decoded"))
+                return refuse(RenderError.invalid("image", "cannot be decoded"))
         return [
-            _Image(request_index, i, seed, resolved, init_image)
-            for i, seed in enumerate(image_seeds(resolved.seed, resolved.n))
+            _Image(request_index, i, seed, request, init_image)
+            for i, seed in enumerate(image_seeds(request.seed, request.n))
         ]
 
     def _pipeline_kwargs(self, batch: list[_Image]) -> dict[str, Any]:
@@ -226,7 +249,7 @@ class Renderer:
                 pictures = self.pipeline(**kwargs).images
         except Canceled:
             return [Denoised(batch, failed=self._failed(batch, RenderError(
-                "Canceled", "the task was canceled while it rendered")))]
+                ErrorCode.CANCELED, "the task was canceled while it rendered")))]
         except torch.OutOfMemoryError:
             if len(batch) > 1:  # retry in halves: a smaller batch may fit
                 half = len(batch) // 2
@@ -234,10 +257,10 @@ class Renderer:
                 return (self.denoise(batch[:half], on_step, canceled)
                         + self.denoise(batch[half:], on_step, canceled))
             return [Denoised(batch, failed=self._failed(batch, RenderError(
-                "InternalError.OutOfMemory", "the device ran out of memory rendering this image")))]
+                ErrorCode.OUT_OF_MEMORY, "the device ran out of memory rendering this image")))]
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the caller
             log.exception("%s: batch of %d failed", self.spec.name, len(batch))
-            return [Denoised(batch, failed=self._failed(batch, RenderError("InternalError", f"rendering failed: {exc}")))]
+            return [Denoised(batch, failed=self._failed(batch, RenderError(ErrorCode.INTERNAL, f"rendering failed: {first_line(exc)}")))]
         return [Denoised(batch, pictures, elapsed_s=time.perf_counter() - started, batch_size=len(batch))]
 
     def encode(self, denoised: Denoised, image_format: ImageFormat = "png") -> list[RenderResult]:

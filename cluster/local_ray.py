@@ -13,38 +13,20 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from cluster.files import create_once
+from cluster.processes import free_port, free_ports, stop_tree, wait_for_port
 
 HEAD_START_TIMEOUT_S = 120
 
 
 TEMP_PREFIX = "raydiant-ray-"  # /tmp/raydiant-ray-XXXXXXXX: short enough for Ray's socket paths
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all held open while they are chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def head_command(temp_dir: str, gcs_port: int, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -130,79 +112,6 @@ def ensure_auth_token() -> None:
     """~/.ray/auth_token, created (mode 0600) when missing; never replaced, since other
     clusters on the machine may be using it."""
     create_once(Path.home() / ".ray" / "auth_token", secrets.token_hex(32))
-
-
-def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float, what: str = "server") -> None:
-    """Until something listens on 127.0.0.1:`port`; fails at once if `process` exits first."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the {what} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"the {what} did not listen on 127.0.0.1:{port} within {timeout_s:g}s")
-
-
-def stop_session(process: subprocess.Popen, grace_s: float = 30) -> None:
-    """SIGTERM `process` (the leader of its own session), then SIGKILL whatever of its session
-    is left: Ray workers live in process groups of their own, but not in sessions of their own."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    kill_session(process.pid)
-    process.wait()
-
-
-def stop_tree(process: subprocess.Popen, grace_s: float = 2) -> None:
-    """SIGTERM `process`, then SIGKILL whatever of its process tree is left. A private head keeps
-    nothing worth a graceful stop, and `ray start --block` takes 30 s or more to stop by itself
-    once Ray Data has run on it."""
-    tree = descendants(process.pid)
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    for pid in tree:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    process.wait()
-
-
-def descendants(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
-    children: dict[int, list[int]] = {}
-    for child, parent in (map(int, line.split()) for line in out.splitlines()):
-        children.setdefault(parent, []).append(child)
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def session_pids(sid: int) -> list[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,sid="], capture_output=True, text=True).stdout
-    return [int(pid) for pid, s in (line.split() for line in out.splitlines()) if int(s) == sid]
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of session `sid`."""
-    for pid in session_pids(sid):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @contextmanager

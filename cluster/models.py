@@ -5,7 +5,8 @@ Each model has two size rules: `api_sizes`, what the HTTP APIs accept (the provi
 `render_sizes`, what the model can render at all (batch jobs and the CLI accept any of these).
 
 `resolve()` turns a `RenderRequest` into a `ResolvedRequest` (defaults filled, prompt truncated,
-seed chosen) or a `RenderError` naming the offending parameter. It never raises for bad input.
+seed chosen) or a `RenderError` naming the offending parameter. It never raises for bad input, and
+it is the only place a request is checked: everything after it takes the `ResolvedRequest`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.architectures import Family
-from cluster.request import RenderError, RenderRequest, ResolvedRequest
+from cluster.errors import ErrorCode, RenderError
+from cluster.request import RenderRequest, ResolvedRequest
 from cluster.seeding import MAX_SEED, draw_seed
 from cluster.sim_engine import SimulatedTiming
 
@@ -34,6 +36,13 @@ def format_size(width: int, height: int) -> str:
     return f"{width}*{height}"
 
 
+def deployment_name(model: str) -> str:
+    """The name of a model's Serve deployment (dots are not welcome in deployment names). Here,
+    in the core, because both doors need it: the service deploys under it and a batch job
+    rendering through the service (`--via-serve`) looks its model up by it."""
+    return "model-" + model.replace(".", "_")
+
+
 class SizeRule(BaseModel):
     """Sizes a model takes: an explicit list, or a grid (each side in [min, max], a multiple of
     `multiple`)."""
@@ -46,14 +55,14 @@ class SizeRule(BaseModel):
     multiple: int = Field(16, description="Width and height must be multiples of this.")
 
     def check(self, width: int, height: int) -> str | None:
-        """None when allowed, else why not."""
+        """None when allowed, else why not (the words that follow "size")."""
         if self.allowed is not None:
             if format_size(width, height) in self.allowed:
                 return None
-            return f"size {format_size(width, height)} is not allowed; allowed: {', '.join(self.allowed)}"
+            return f"{format_size(width, height)} is not allowed; allowed: {', '.join(self.allowed)}"
         for side, value in (("width", width), ("height", height)):
             if not self.min_side <= value <= self.max_side or value % self.multiple:
-                return (f"size {format_size(width, height)} is not allowed: {side} must be "
+                return (f"{format_size(width, height)} is not allowed: {side} must be "
                         f"{self.min_side}..{self.max_side} in steps of {self.multiple}")
         return None
 
@@ -94,33 +103,33 @@ class ModelSpec(BaseModel):
         return self.family == Family.FLUX_KONTEXT
 
     def resolve(self, req: RenderRequest, sizes: Literal["api", "render"] = "render") -> ResolvedRequest | RenderError:
-        """Validate `req` against this model and fill in its defaults."""
+        """Validate `req` against this model and fill in its defaults: the one check a request
+        gets. Errors name the parameter in the core's terms (`RenderError.param`)."""
         prompt = (req.prompt or "").strip()
         if not prompt:
-            return RenderError("BadRequest.EmptyInput", "prompt must not be empty")
+            return RenderError(ErrorCode.EMPTY_PROMPT, "must not be empty", "prompt")
         if self.edit and not req.init_image:
-            return RenderError.invalid(f"model {self.name} edits an image: an input image is required")
+            return RenderError.invalid("image", f"is required: model {self.name} edits an image")
         if not self.edit and req.init_image:
-            return RenderError.invalid(f"model {self.name} does not take an input image")
+            return RenderError.invalid("image", f"is not taken by model {self.name} (it does not edit images)")
         width, height = (req.width, req.height)
         if width is None or height is None:
             width, height = parse_size(self.default_size)  # type: ignore[misc]
         rule = self.api_sizes if sizes == "api" else self.render_sizes
         if problem := rule.check(width, height):
-            return RenderError.invalid(problem)
+            return RenderError.invalid("size", f"{problem} for model {self.name}")
         steps = self.default_steps if req.steps is None else req.steps
         if not self.min_steps <= steps <= self.max_steps:
-            return RenderError.invalid(
-                f"steps must be {self.min_steps}..{self.max_steps} for model {self.name}, got {steps}")
+            return RenderError.invalid("steps", f"must be {self.min_steps}..{self.max_steps} for model {self.name}, "
+                                                f"got {steps}")
         guidance = self.default_guidance if req.guidance is None else float(req.guidance)
         if not self.min_guidance <= guidance <= self.max_guidance:
-            return RenderError.invalid(
-                f"{self.guidance_name} must be {self.min_guidance:g}..{self.max_guidance:g} "
-                f"for model {self.name}, got {guidance:g}")
+            return RenderError.invalid("guidance", f"must be {self.min_guidance:g}..{self.max_guidance:g} "
+                                                   f"for model {self.name}, got {guidance:g}")
         if not 1 <= req.n <= self.max_n:
-            return RenderError.invalid(f"n must be 1..{self.max_n} for model {self.name}, got {req.n}")
+            return RenderError.invalid("n", f"must be 1..{self.max_n} for model {self.name}, got {req.n}")
         if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
-            return RenderError.invalid(f"seed must be 0..{MAX_SEED}, got {req.seed}")
+            return RenderError.invalid("seed", f"must be 0..{MAX_SEED}, got {req.seed}")
         return ResolvedRequest(
             model=self.name,
             prompt=self.truncate(prompt),
@@ -140,7 +149,7 @@ class ModelSpec(BaseModel):
         """The renderable size nearest to aspect `ratio_w:ratio_h` at about this model's native
         area (that of its default size: one megapixel for FLUX and SDXL)."""
         if ratio_w <= 0 or ratio_h <= 0:
-            return RenderError.invalid(f"aspect ratio {ratio_w}:{ratio_h} must have positive sides")
+            return RenderError.invalid("size", f"{ratio_w}:{ratio_h} is not an aspect ratio: its sides must be positive")
         wanted = ratio_w / ratio_h
         rule = self.render_sizes
         if rule.allowed is not None:
@@ -152,8 +161,8 @@ class ModelSpec(BaseModel):
             height = min(rule.max_side, max(rule.min_side, round(math.sqrt(area / wanted) / m) * m))
             width = min(rule.max_side, max(rule.min_side, round(height * wanted / m) * m))
         if abs(math.log(width / height / wanted)) > math.log(1.1):
-            return RenderError.invalid(f"aspect ratio {ratio_w}:{ratio_h} is outside what model {self.name} renders "
-                                       f"(nearest: {width}x{height})")
+            return RenderError.invalid("size", f"{ratio_w}:{ratio_h} is outside the aspect ratios model {self.name} "
+                                               f"renders (nearest: {width}x{height})")
         return width, height
 
     def truncate(self, text: str) -> str:

@@ -1,30 +1,21 @@
 """The records both doors speak to the render core: `RenderRequest` in, `RenderResult` out.
 
 Plain dataclasses: cheap to pickle across Ray, no web framework attached. Wire formats (DashScope,
-AceData, Parquet rows) are converted to and from these at the edges.
+AceData, OpenAI, Parquet rows) are read into a `RenderRequest` at the edges, validated once into a
+`ResolvedRequest`, and carried as that to the engine.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class RenderError:
-    """Why a request or one image failed. `code` uses DashScope's vocabulary (the primary API);
-    other façades map it to their own."""
-
-    code: str
-    message: str
-
-    @classmethod
-    def invalid(cls, message: str) -> "RenderError":
-        return cls("InvalidParameter", message)
+from cluster.errors import RenderError
 
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """One prompt to render `n` times. Unset fields take the model's defaults."""
+    """One prompt to render `n` times, as a caller wrote it: unset fields take the model's
+    defaults, and nothing is checked yet (`ModelSpec.resolve` makes a `ResolvedRequest` of it)."""
 
     model: str
     prompt: str
@@ -42,7 +33,8 @@ class RenderRequest:
 
 @dataclass(frozen=True)
 class ResolvedRequest:
-    """A validated request with every default filled in and its seed chosen."""
+    """A validated request with every default filled in and its seed chosen: what the engine
+    renders. Made only by `ModelSpec.resolve`; every later stage takes it as it is."""
 
     model: str
     prompt: str
@@ -77,9 +69,3 @@ class RenderResult:
     def ok(self) -> bool:
         return self.error is None
 
-
-def as_render_request(resolved: ResolvedRequest, **changes) -> RenderRequest:
-    """The `RenderRequest` that resolves to `resolved` again (every field carried by name, so a
-    field added to both cannot be dropped on the way)."""
-    values = {f.name: getattr(resolved, f.name) for f in fields(RenderRequest)}
-    return RenderRequest(**(values | changes))

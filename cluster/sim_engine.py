@@ -1,9 +1,13 @@
-"""`sim:<family>` weight source: a SIMULATED GPU. Named as simulated everywhere it appears.
+"""`sim:<family>` and `fake:<family>` weight sources: a SIMULATED GPU, and the FAKE engine (the
+same pipeline taking no time). Each is named as what it is everywhere it appears.
 
 No GPU is lent to this project, yet what decides a GPU cluster's cost is how much of each GPU's
 time goes to denoising. This pipeline takes time like a GPU: a batch of b images costs
 `base_s + per_image_s * b`, spent *waiting* (the CPU is free meanwhile, as it is while a real GPU
-works), and it answers with solid colours like the FAKE engine (seeds still decide pixels).
+works), and it answers with solid colours, one per image, coloured by the first numbers its
+generator yields (seeds still decide pixels). No model runs at all. With zero time (`fake:`) it
+measures the plumbing around the engine (batch-job streaming, queue throughput) at rates no real
+model reaches on a CPU.
 
 It records its busy time: every batch appends its (start, end) to a file of its process under
 `$RAYDIANT_SIM_DIR` when set, so a benchmark can report utilization = busy time / wall time per
@@ -41,6 +45,9 @@ class SimulatedTiming(BaseModel):
         return self.base_s + self.per_image_s * batch
 
 
+FAKE_TIMING = SimulatedTiming(base_s=0.0, per_image_s=0.0)  # the FAKE engine: no time at all
+
+
 class SimulatedGpuPipeline:
     """Stands in for a diffusers pipeline on a GPU: `__call__(prompt=[...], width, height,
     generator=[...])`, returning solid colours after the batch's simulated time."""
@@ -68,29 +75,37 @@ class SimulatedGpuPipeline:
         with self._lock:
             started = time.time()
             self.busy_now = True
-            step_s = self.timing.batch_s(len(prompt)) / max(1, num_inference_steps)
+            steps = max(1, num_inference_steps)
+            step_s = self.timing.batch_s(len(prompt)) / steps
+            done = 0
             try:
-                for step in range(max(1, num_inference_steps)):
+                for step in range(steps):
                     time.sleep(step_s)  # the GPU works; the CPU is free
+                    done += 1
                     if callback_on_step_end is not None:
                         callback_on_step_end(self, step, None, {})  # may stop the render (cancel)
-            finally:
+            finally:  # a batch stopped early (canceled) is recorded too, with the steps it ran
                 self.busy_now = False
-            ended = time.time()
-            self.busy_s += ended - started
-            self.batches.append(len(prompt))
-            if self._log is not None:
-                with open(self._log, "a") as log:
-                    log.write(json.dumps({"start": started, "end": ended, "batch": len(prompt)}) + "\n")
+                self._record(started, time.time(), prompt, done, steps)
         images = []
         for gen in generator:
             r, g, b = (int(v) for v in torch.randint(0, 256, (3,), generator=gen))
             images.append(Image.new("RGB", (width, height), (r, g, b)))
         return SimpleNamespace(images=images)
 
+    def _record(self, started: float, ended: float, prompts: list[str], done: int, steps: int) -> None:
+        self.busy_s += ended - started
+        self.batches.append(len(prompts))
+        if self._log is not None:
+            entry = {"start": started, "end": ended, "batch": len(prompts), "steps_done": done, "steps": steps,
+                     "prompts": [p[:64] for p in prompts]}
+            with open(self._log, "a") as log:
+                log.write(json.dumps(entry) + "\n")
+
 
 def read_busy_intervals(directory: str | Path) -> dict[str, list[dict]]:
-    """Every simulated GPU's recorded batches under `directory`: file name -> [{start, end, batch}]."""
+    """Every simulated GPU's recorded batches under `directory`: file name -> [{start, end, batch,
+    steps_done, steps, prompts}]."""
     return {path.name: [json.loads(line) for line in path.read_text().splitlines() if line]
             for path in sorted(Path(directory).glob("sim-*.jsonl"))}
 

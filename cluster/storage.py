@@ -3,7 +3,7 @@
 - Writes go to a temporary name beside the target and are renamed into place (local disk), or
   rely on the object store's all-or-nothing PUT (S3, GCS): no reader ever sees half a file.
 - URLs: object stores presign (`fs.sign`); local storage gets an HMAC-signed URL served by the
-  ingress (`serve/files.py`), checked with `verify()`.
+  ingress (`serve/edge/files.py`), checked with `verify()`.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ import fsspec
 import torch
 
 from cluster.architectures import PIPELINE_CLASS, Family
+from cluster.errors import first_line
 from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
 
 if TYPE_CHECKING:
@@ -139,14 +140,11 @@ def load_pipeline(name: str, family: Family, source: str, dtype: torch.dtype, de
     is the timing of a `sim:` source (default: H100 FLUX-schnell figures)."""
     try:
         parsed = parse_source(source)
-        if parsed.kind == "fake":
-            from cluster.fake_engine import FakePipeline
+        if parsed.kind in ("fake", "sim"):
+            from cluster.sim_engine import FAKE_TIMING, SimulatedGpuPipeline, SimulatedTiming
 
-            return FakePipeline(parsed.family)  # type: ignore[return-value]
-        if parsed.kind == "sim":
-            from cluster.sim_engine import SimulatedGpuPipeline, SimulatedTiming
-
-            return SimulatedGpuPipeline(parsed.family, simulated or SimulatedTiming())  # type: ignore[return-value]
+            timing = FAKE_TIMING if parsed.kind == "fake" else simulated or SimulatedTiming()
+            return SimulatedGpuPipeline(parsed.family, timing)  # type: ignore[return-value]
         if parsed.kind == "random":
             from cluster.random_weights import build_random_pipeline
 
@@ -157,5 +155,4 @@ def load_pipeline(name: str, family: Family, source: str, dtype: torch.dtype, de
     except ModelLoadError as exc:
         raise ModelLoadError(f"cannot load model {name} from {source}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - report any loader failure as one clear line
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot load model {name} from {source}: {reason}") from exc
+        raise ModelLoadError(f"cannot load model {name} from {source}: {first_line(exc)}") from exc

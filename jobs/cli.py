@@ -3,8 +3,9 @@ root command)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.table import Table
@@ -124,6 +125,17 @@ def render_command(
                   f"{summary.images_per_s:.2f} img/s over {summary.seconds:.1f}s")
 
 
+@contextmanager
+def _cluster_errors() -> Iterator[None]:
+    """A failure to reach the cluster or find a job ends the command with its one-line message."""
+    from jobs.submit import SubmitError
+
+    try:
+        yield
+    except SubmitError as exc:
+        fail(str(exc))
+
+
 def submit_command(
     ctx: typer.Context,
     address: str = AddressOption,
@@ -131,30 +143,26 @@ def submit_command(
     runtime_env_file: Optional[Path] = typer.Option(None, "--runtime-env", help="Extra runtime_env YAML."),
 ) -> None:
     """Run `raydiant ARGS...` on a remote cluster: raydiant submit --address URL -- render ..."""
-    from jobs.submit import SubmitError, follow, submit
+    from jobs.submit import follow, submit
 
     if not ctx.args:
         fail("nothing to run: give the raydiant command after --, e.g. -- render -i ... -o ...")
-    try:
+    with _cluster_errors():
         job_id = submit(address, list(ctx.args), runtime_env_file)
         console.print(f"submitted {job_id}")
         if wait:
             status = follow(address, job_id, lambda text: console.print(text, end="", markup=False, highlight=False))
             console.print(f"job {job_id} {status}")
             raise typer.Exit(0 if status == "SUCCEEDED" else 1)
-    except SubmitError as exc:
-        fail(str(exc))
 
 
 @jobs_app.command("list")
 def jobs_list(address: str = AddressOption) -> None:
     """Jobs on the cluster, newest first."""
-    from jobs.submit import SubmitError, call
+    from jobs.submit import call
 
-    try:
+    with _cluster_errors():
         jobs = call(address, "list_jobs")
-    except SubmitError as exc:
-        fail(str(exc))
     table = Table("job id", "status", "entrypoint")
     for job in sorted(jobs, key=lambda j: j.start_time or 0, reverse=True):
         table.add_row(job.submission_id or job.job_id or "", str(job.status.value), job.entrypoint)
@@ -164,31 +172,25 @@ def jobs_list(address: str = AddressOption) -> None:
 @jobs_app.command("status")
 def jobs_status(job_id: str, address: str = AddressOption) -> None:
     """One job's status."""
-    from jobs.submit import SubmitError, call
+    from jobs.submit import call
 
-    try:
+    with _cluster_errors():
         console.print(str(call(address, "get_job_status", job_id).value))
-    except SubmitError as exc:
-        fail(str(exc))
 
 
 @jobs_app.command("logs")
 def jobs_logs(job_id: str, address: str = AddressOption) -> None:
     """One job's logs so far."""
-    from jobs.submit import SubmitError, call
+    from jobs.submit import call
 
-    try:
+    with _cluster_errors():
         console.print(call(address, "get_job_logs", job_id), end="", markup=False, highlight=False)
-    except SubmitError as exc:
-        fail(str(exc))
 
 
 @jobs_app.command("stop")
 def jobs_stop(job_id: str, address: str = AddressOption) -> None:
     """Stop a running job."""
-    from jobs.submit import SubmitError, call
+    from jobs.submit import call
 
-    try:
+    with _cluster_errors():
         console.print("stopped" if call(address, "stop_job", job_id) else "already finished")
-    except SubmitError as exc:
-        fail(str(exc))

@@ -27,13 +27,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cluster.errors import ErrorCode
 from cluster.storage import Storage
 
 METADATA_SCHEMA = pa.schema([
     ("id", pa.string()), ("index", pa.int64()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
     ("seed", pa.int64()), ("model", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
     ("steps", pa.int64()), ("guidance", pa.float64()), ("path", pa.string()), ("sha256", pa.string()),
-    ("error", pa.string()), ("render_s", pa.float64()), ("key", pa.string()), ("committed_at", pa.float64()),
+    ("error_code", pa.string()), ("error", pa.string()), ("render_s", pa.float64()), ("key", pa.string()), ("committed_at", pa.float64()),
 ])
 METADATA_COLUMNS = METADATA_SCHEMA.names
 
@@ -136,9 +137,10 @@ def read_metadata(storage: Storage, columns: list[str] | None = None) -> pa.Tabl
 
 
 def committed_keys(storage: Storage) -> frozenset[str]:
-    """Images that need no more work: rendered, or refused for a reason a rerun cannot change."""
-    table = read_metadata(storage, ["key", "error"]).to_pylist()
-    return frozenset(r["key"] for r in table if r["error"] is None or not r["error"].startswith("InternalError"))
+    """Images that need no more work: rendered, or refused for a reason a rerun cannot change
+    (a code that is not `retryable`: a bad row stays final, a model that failed to load does not)."""
+    table = read_metadata(storage, ["key", "error_code"]).to_pylist()
+    return frozenset(r["key"] for r in table if r["error_code"] is None or not ErrorCode(r["error_code"]).retryable)
 
 
 def finalize(storage: Storage, fmt: str, compact_parts: bool) -> pa.Table:

@@ -169,7 +169,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     on_progress(progress)
     images_back: Counter[str] = Counter()
     for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
-        failed = int(batch["error"].notna().sum())
+        failed = int(batch["error_code"].notna().sum())
         progress.images_failed += failed
         progress.images_done += len(batch) - failed
         for rid, row_images in zip(batch["id"], batch["row_images"]):
@@ -182,7 +182,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
     if rendered:  # what Ray re-ran (retries, outputs lost with a node) must read as once
         table = finalize(storage, spec.format, compact_parts=rerun)
         images = table.num_rows
-        failed_total = sum(1 for e in table.column("error").to_pylist() if e)
+        failed_total = sum(1 for code in table.column("error_code").to_pylist() if code)
     else:
         images, failed_total = len(done), 0
     summary = JobSummary(output=spec.output, format=spec.format, rows=rows_total, images=images,

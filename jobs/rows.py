@@ -16,12 +16,13 @@ from typing import Any
 import pandas as pd
 
 from cluster.models import ModelSpec, parse_size
-from cluster.request import RenderError, RenderRequest, ResolvedRequest
+from cluster.errors import ErrorCode, RenderError
+from cluster.request import RenderRequest, ResolvedRequest
 from cluster.seeding import derive_seed, image_seeds
 from jobs.spec import RowDefaults
 
 WORK_COLUMNS = ["key", "id", "index", "model", "prompt", "negative_prompt", "seed", "width", "height",
-                "steps", "guidance", "error", "row_images"]  # row_images: the row's images in this run
+                "steps", "guidance", "error_code", "error", "row_images"]  # row_images: the row's images in this run
 
 
 def _present(value: Any) -> bool:
@@ -46,11 +47,11 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
     if _present(row.get("size")):
         parsed = parse_size(str(row["size"]))
         if parsed is None:
-            return RenderError.invalid(f"size must look like W*H, got {row['size']!r}")
+            return RenderError.invalid("size", f"must look like W*H, got {row['size']!r}")
         width, height = parsed
     prompt = row.get("prompt")
     if not _present(prompt) or not isinstance(prompt, str):
-        return RenderError("BadRequest.EmptyInput", "prompt is missing")
+        return RenderError(ErrorCode.EMPTY_PROMPT, "is missing", "prompt")
     seed = row.get("seed")
     try:
         return RenderRequest(
@@ -65,7 +66,7 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
             n=int(row["n"]) if _present(row.get("n")) else defaults.n,
         )
     except (TypeError, ValueError) as exc:
-        return RenderError.invalid(f"bad value in row: {exc}")
+        return RenderError(ErrorCode.INVALID_PARAMETER, f"bad value in row: {exc}")
 
 
 def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDefaults,
@@ -77,15 +78,16 @@ def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDe
     if isinstance(request, RenderRequest):
         spec = specs.get(request.model)
         resolved = (spec.resolve(request, sizes="render") if spec else
-                    RenderError("ModelNotFound", f"model {request.model} is not configured"))
+                    RenderError(ErrorCode.MODEL_NOT_FOUND, f"model {request.model} is not configured"))
     if isinstance(resolved, RenderError):
         return [{"key": image_key(rid, 0), "id": rid, "index": 0, "model": str(row.get("model") or defaults.model),
                  "prompt": row.get("prompt") if isinstance(row.get("prompt"), str) else None,
                  "negative_prompt": None, "seed": None, "width": None, "height": None, "steps": None,
-                 "guidance": None, "error": f"{resolved.code}: {resolved.message}"}]
+                 "guidance": None, "error_code": resolved.code.value, "error": resolved.text()}]
     return [{"key": image_key(rid, i), "id": rid, "index": i, "model": resolved.model, "prompt": resolved.prompt,
              "negative_prompt": resolved.negative_prompt, "seed": seed, "width": resolved.width,
-             "height": resolved.height, "steps": resolved.steps, "guidance": resolved.guidance, "error": None}
+             "height": resolved.height, "steps": resolved.steps, "guidance": resolved.guidance,
+             "error_code": None, "error": None}
             for i, seed in enumerate(image_seeds(resolved.seed, resolved.n))]
 
 

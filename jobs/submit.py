@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import shlex
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
+
+from cluster.errors import first_line
 
 PROJECT = Path(__file__).resolve().parent.parent
 EXCLUDES = [".venv", "var", "tests", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache", "bench"]
@@ -23,13 +26,24 @@ class SubmitError(Exception):
     """The cluster is unreachable, or a job cannot be found (message says which)."""
 
 
+@contextmanager
+def failing_as(what: str) -> Iterator[None]:
+    """Any failure of the Job Submission SDK inside, as one `SubmitError` line naming `what`."""
+    try:
+        yield
+    except SubmitError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the SDK raises many types for one failure
+        raise SubmitError(f"{what} failed: {first_line(exc)}") from None
+
+
 def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - connection failures come in many types
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = first_line(exc)
         hint = ("; set RAY_AUTH_MODE=token and put the cluster's token in ~/.ray/auth_token"
                 if "authentication" in reason.lower() else "")
         raise SubmitError(f"cannot reach the Ray cluster at {address}: {reason}{hint}") from None
@@ -47,12 +61,8 @@ def runtime_env(extra_file: Path | None) -> dict[str, Any]:
 def submit(address: str, args: list[str], extra_env: Path | None = None) -> str:
     """Submit `raydiant <args>`; returns the job id."""
     entrypoint = "python -m cluster.cli " + " ".join(shlex.quote(a) for a in args)
-    try:
+    with failing_as(f"job submission to {address}"):
         return client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env(extra_env))
-    except SubmitError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise SubmitError(f"job submission to {address} failed: {str(exc).splitlines()[0]}") from None
 
 
 def follow(address: str, job_id: str, write: Callable[[str], None]) -> str:
@@ -70,9 +80,5 @@ def follow(address: str, job_id: str, write: Callable[[str], None]) -> str:
 
 
 def call(address: str, method: str, *args: Any) -> Any:
-    try:
+    with failing_as(method.replace("_", " ")):
         return getattr(client(address), method)(*args)
-    except SubmitError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise SubmitError(f"{method.replace('_', ' ')} failed: {str(exc).splitlines()[0]}") from None

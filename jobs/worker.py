@@ -11,6 +11,7 @@ the GPU does not wait for the CPU.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -21,11 +22,13 @@ import torch
 
 from cluster.config import load_config
 from cluster.engine import Renderer, sort_results
-from cluster.request import RenderRequest
+from cluster.errors import ErrorCode, RenderError, first_line
+from cluster.models import deployment_name
+from cluster.request import ResolvedRequest
 from cluster.weights import ModelLoadError
 from jobs.output import OutputSink
 
-RESULT_COLUMNS = ["key", "id", "index", "model", "error", "render_s", "row_images"]
+RESULT_COLUMNS = ["key", "id", "index", "model", "error_code", "error", "render_s", "row_images"]
 CONCURRENT_BATCHES = 2  # one on the device, one encoding and committing
 
 
@@ -41,36 +44,36 @@ class RenderWorker:
         self.sink = OutputSink(output, fmt, image_format)
         self.batch_size = batch_size
         self.image_format = image_format
-        self.renderers: dict[str, Renderer | _ServedModel | str] = {}  # model -> renderer, or why not
+        self.renderers: dict[str, Renderer | _ServedModel | RenderError] = {}  # model -> renderer, or why not
         self._device = threading.Lock()  # held while a batch denoises
         self._loading = threading.Lock()
 
-    def _renderer(self, model: str) -> Renderer | str:
+    def _renderer(self, model: str) -> "Renderer | _ServedModel | RenderError":
         with self._loading:  # two concurrent batches must not load the same model twice
             return self._load(model)
 
-    def _load(self, model: str) -> Renderer | str:
+    def _load(self, model: str) -> "Renderer | _ServedModel | RenderError":
         if model not in self.renderers and self.via_serve:
             self.renderers[model] = _ServedModel.connect(self.via_serve, model)
         if model not in self.renderers:
             try:
                 spec = self.config.spec(model).model_copy(update={"max_batch_size": self.batch_size})
                 self.renderers[model] = Renderer(spec)
-            except ModelLoadError as exc:
-                self.renderers[model] = f"ModelLoadError: {exc}"
+            except ModelLoadError as exc:  # retryable: a rerun after the source is fixed renders them
+                self.renderers[model] = RenderError(ErrorCode.MODEL_LOAD_FAILED, str(exc))
         return self.renderers[model]
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows: list[dict[str, Any]] = batch.to_dict("records")
-        for row in rows:
-            row["error"] = row["error"] if isinstance(row["error"], str) else None
+        # pandas holds a missing value as NaN (in string columns too): None is what it means.
+        rows: list[dict[str, Any]] = [{k: None if _is_nan(v) else v for k, v in row.items()}
+                                      for row in batch.to_dict("records")]
         images: dict[str, bytes] = {}
-        for model in dict.fromkeys(r["model"] for r in rows if r["error"] is None):
-            group = [r for r in rows if r["model"] == model and r["error"] is None]
+        for model in dict.fromkeys(r["model"] for r in rows if r["error_code"] is None):
+            group = [r for r in rows if r["model"] == model and r["error_code"] is None]
             renderer = self._renderer(model)
-            if isinstance(renderer, str):
+            if isinstance(renderer, RenderError):
                 for row in group:
-                    row["error"] = renderer
+                    row["error_code"], row["error"] = renderer.code.value, renderer.text()
                 continue
             started = time.perf_counter()
             results = self._render(renderer, [self._request(r) for r in group])
@@ -80,11 +83,11 @@ class RenderWorker:
                 if result.ok:
                     images[row["key"]] = result.image
                 else:
-                    row["error"] = f"{result.error.code}: {result.error.message}"
+                    row["error_code"], row["error"] = result.error.code.value, result.error.text()
         self.sink.commit(rows, images)
         return pd.DataFrame([{c: r.get(c) for c in RESULT_COLUMNS} for r in rows], columns=RESULT_COLUMNS)
 
-    def _render(self, renderer: "Renderer | _ServedModel", requests: list[RenderRequest]) -> list:
+    def _render(self, renderer: "Renderer | _ServedModel", requests: list[ResolvedRequest]) -> list:
         if isinstance(renderer, _ServedModel):
             return renderer.render(requests)
         refused, batches = renderer.plan(requests)
@@ -97,12 +100,16 @@ class RenderWorker:
         return sort_results(results)
 
     @staticmethod
-    def _request(row: dict[str, Any]) -> RenderRequest:
-        negative = row["negative_prompt"] if isinstance(row["negative_prompt"], str) else None
-        return RenderRequest(model=row["model"], prompt=row["prompt"], negative_prompt=negative,
-                             width=int(row["width"]), height=int(row["height"]), steps=int(row["steps"]),
-                             guidance=float(row["guidance"]), seed=int(row["seed"]), n=1,
-                             request_id=row["key"])
+    def _request(row: dict[str, Any]) -> ResolvedRequest:
+        """The work item as the request `expand_row` resolved (one image: its own seed)."""
+        return ResolvedRequest(model=row["model"], prompt=row["prompt"], negative_prompt=row["negative_prompt"],
+                               width=int(row["width"]), height=int(row["height"]), steps=int(row["steps"]),
+                               guidance=float(row["guidance"]), seed=int(row["seed"]), n=1,
+                               add_sampling_metadata=True, request_id=row["key"])
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 class _ServedModel:
@@ -112,17 +119,17 @@ class _ServedModel:
         self.handle = handle
 
     @classmethod
-    def connect(cls, app_name: str, model: str) -> "_ServedModel | str":
+    def connect(cls, app_name: str, model: str) -> "_ServedModel | RenderError":
         from ray import serve
-
-        from serve.deployment import deployment_name
 
         try:
             return cls(serve.get_deployment_handle(deployment_name(model), app_name=app_name))
         except Exception as exc:  # noqa: BLE001 - Serve raises several types for "not there"
-            return f"ModelNotFound: model {model} is not served by Serve application '{app_name}': {exc}"
+            # Retryable: a rerun once the app is up renders these images.
+            return RenderError(ErrorCode.MODEL_UNAVAILABLE, f"model {model} is not served by Serve application "
+                                                            f"'{app_name}': {first_line(exc)}")
 
-    def render(self, requests: list[RenderRequest]) -> list:
+    def render(self, requests: list[ResolvedRequest]) -> list:
         # Send everything first, so the replicas can batch the requests together.
         responses = [self.handle.render.remote(request) for request in requests]
         return [response.result()[0] for response in responses]

@@ -12,8 +12,9 @@ from typing import Any
 from ray.serve import Application
 
 from cluster.config import RaydiantConfig, load_config
-from serve.auth import configured_keys
-from serve.deployment import ModelServer, deployment_name
+from serve.edge.auth import configured_keys
+from cluster.models import deployment_name
+from serve.replica.deployment import ModelServer
 from serve.ingress import Ingress
 from serve.secrets import load_secret, new_signing_key, new_webhook_secret
 from serve.tasks.factory import redis_url

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from cluster.cli import ConfigOption, console, fail, load, quiet_libraries
+from cluster.errors import first_line
 
 
 infra_app = typer.Typer(no_args_is_help=True, help="Deployment files generated from the config.")
@@ -44,7 +45,7 @@ def serve_command(
     import signal
     import threading
 
-    from serve.auth import configured_keys
+    from serve.edge.auth import configured_keys
 
     cfg = load(config)
     if not configured_keys(cfg.serve.api_keys):
@@ -84,7 +85,7 @@ def serve_command(
                           f"(batch jobs can render through this service: raydiant render --via-serve --address ...)")
             stop.wait()
         except Exception as exc:  # noqa: BLE001 - deployment failures are reported in one line
-            fail(f"serving failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}")
+            fail(f"serving failed: {first_line(exc)}")
         finally:
             console.print("draining and shutting down")
             if address:  # a shared cluster: take our application down, leave Serve to the others

@@ -16,7 +16,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from cluster.config import CONFIG_DIR, RaydiantConfig, load_config
-from serve.deployment import deployment_name
+from cluster.models import deployment_name
 
 REPO = CONFIG_DIR.parent
 IMAGE_HOME = "/home/ray/raydiant"  # where infra/docker/Dockerfile puts the project's configs/

@@ -13,41 +13,48 @@ from ray.serve.schema import DeploymentStatus, ReplicaState
 
 from cluster.config import RaydiantConfig
 from cluster.storage import Storage
-from serve.acedata.router import router as acedata_router
+from serve.acedata import router as acedata_routes
+from serve.dashscope import router as dashscope_routes
+from serve.openai import router as openai_routes
+from serve.web import router as web_routes
 from serve.acedata.service import AceDataService
-from serve.acedata.service import error_body as acedata_error
-from serve.auth import ApiKeys, configured_keys
-from serve.dashscope.router import router as dashscope_router
-from serve.dashscope.service import DashScopeService, request_id
-from serve.deployment import deployment_name
-from serve.errors import ErrorKind, ServiceError
-from serve.files import router as files_router
-from serve.http import Gate
-from serve.openai.router import router as openai_router
+from serve.edge.auth import ApiKeys, configured_keys
+from serve.dashscope.service import DashScopeService
+from cluster.models import deployment_name
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.files import router as files_router
+from serve.edge.http import Door, Gate
 from serve.openai.service import OpenAIService
-from serve.openai.service import error_body as openai_error
-from serve.ratelimit import RateLimiter
+from serve.edge.ratelimit import RateLimiter
 from serve.secrets import load_secret, new_signing_key, new_webhook_secret
 from serve.tasks.dispatch import Dispatcher
 from serve.tasks.factory import open_store
 from serve.tasks.periodic import every
+from serve.tasks.record import Api
 from serve.tasks.service import TaskService
 from serve.tasks.webhooks import Webhooks
-from serve.web.router import router as web_router
 from serve.web.router import static_files
 from serve.web.service import WebService
 
 log = logging.getLogger(__name__)
 
+# Every door's routes; an unhandled error is answered in the shape of the door whose prefix the
+# path has (DashScope's elsewhere: the page creates through it).
+ROUTES = [acedata_routes, openai_routes, web_routes, dashscope_routes]
+
+
+def door_of(path: str) -> Door:
+    return next((routes.door for routes in ROUTES if path.startswith(routes.door.prefix)), dashscope_routes.door)
+
+
 def create_app() -> FastAPI:
     """A fresh app: routes only. The replica fills `app.state` (one app per replica, so its
     state belongs to that replica)."""
     app = FastAPI(title="raydiant", docs_url=None, redoc_url=None, openapi_url=None)
-    app.include_router(dashscope_router, prefix="/api/v1")
-    app.include_router(acedata_router)
-    app.include_router(openai_router, prefix="/v1")
+    for routes in ROUTES:
+        app.include_router(routes.router, prefix=routes.door.prefix)
+    app.include_router(web_routes.page_router)
     app.include_router(files_router)
-    app.include_router(web_router)
     app.mount("/web/static", static_files, name="web-static")
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_exception_handler(Exception, internal_error)
@@ -56,13 +63,7 @@ def create_app() -> FastAPI:
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    internal = ServiceError(ErrorKind.INTERNAL, "an internal error occurred")
-    if request.url.path.startswith("/flux/"):
-        return JSONResponse(acedata_error(internal), status_code=500)
-    if request.url.path.startswith("/v1/"):
-        return JSONResponse(openai_error(internal), status_code=500)
-    return JSONResponse({"request_id": request_id(), "code": "InternalError",
-                         "message": "an internal error occurred"}, status_code=500)
+    return door_of(request.url.path).error_response(ServiceError(ErrorKind.INTERNAL, "an internal error occurred"))
 
 
 # Serving as configured, or autoscaling (a deployment at 0 replicas holds requests while a
@@ -110,11 +111,11 @@ class Ingress:
         store = open_store(cfg.tasks)
         self.dispatcher = Dispatcher(store, storage, models, settings, concurrency)
         tasks = TaskService({name: cfg.spec(name) for name in models}, self.dispatcher, storage, settings)
-        dashscope, acedata = DashScopeService(tasks), AceDataService(tasks)
+        dashscope_service, acedata_service = DashScopeService(tasks), AceDataService(tasks)
         webhook_secret = load_secret("RAYDIANT_WEBHOOK_SECRET", settings.webhooks.secret,
                                      settings.webhooks.secret_file, new_webhook_secret)
         self.webhooks = Webhooks(store, settings.webhooks, webhook_secret, tasks.policy,
-                                 {"dashscope": dashscope.task_body, "acedata": acedata.final_body},
+                                 {Api.DASHSCOPE: dashscope_service.task_body, Api.ACEDATA: acedata_service.final_body},
                                  owner=self.dispatcher.owner)
         self.dispatcher.on_end = self.webhooks.task_ended
         self.dispatcher.start()
@@ -124,8 +125,8 @@ class Ingress:
         app.state.gate = Gate(keys, RateLimiter(settings.rate_limit, cfg.tasks), settings.max_body_bytes)
         app.state.storage = storage
         app.state.handles = models
-        app.state.dashscope = dashscope
-        app.state.acedata = acedata
+        app.state.dashscope = dashscope_service
+        app.state.acedata = acedata_service
         app.state.openai = OpenAIService(tasks)
         app.state.web = WebService(tasks)
 

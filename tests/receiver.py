@@ -26,7 +26,7 @@ class Receiver:
     deliveries: list[Delivery] = field(default_factory=list)
     statuses: deque = field(default_factory=deque)  # answers to give before 200s
     always: int | None = None  # answer this to every delivery
-    delay_s: float = 0.0
+    delays: dict[str, float] = field(default_factory=dict)  # path -> seconds to wait before answering
 
     def to(self, path: str) -> str:
         return f"{self.url}{path}"
@@ -52,8 +52,8 @@ def webhook_receiver() -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
             receiver.deliveries.append(Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body,
                                                 time.time()))
-            if receiver.delay_s:
-                time.sleep(receiver.delay_s)
+            if delay_s := receiver.delays.get(self.path):
+                time.sleep(delay_s)
             status = receiver.always or (receiver.statuses.popleft() if receiver.statuses else 200)
             self.send_response(status)
             self.send_header("Content-Length", "0")

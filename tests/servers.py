@@ -14,8 +14,8 @@ from typing import Iterator
 
 import pytest
 
-from cluster.local_ray import wait_for_port
-from serve.local_service import Service, free_port, local_service  # noqa: F401  (re-exported for tests)
+from cluster.processes import wait_for_port
+from serve.local.service import Service, free_port, local_service  # noqa: F401  (re-exported for tests)
 
 
 def require(binary: str, why: str) -> str:
@@ -54,14 +54,14 @@ def redis_server() -> Iterator[str]:
 
 @contextmanager
 def raydiant_service(workdir, config_yaml: str, api_keys: str = "test-key",
-                     extra_args: tuple[str, ...] = ()) -> Iterator[Service]:
+                     extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Iterator[Service]:
     """`raydiant serve` with `config_yaml`, in a subprocess on a free loopback port."""
     from pathlib import Path
 
     config = Path(workdir) / "config.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(config_yaml)
-    with local_service(workdir, config, api_keys=api_keys, extra_args=extra_args) as running:
+    with local_service(workdir, config, api_keys=api_keys, extra_args=extra_args, env=env) as running:
         yield running
 
 

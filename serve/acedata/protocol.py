@@ -6,11 +6,12 @@ it); responses are modelled here.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from pydantic import BaseModel
 
-from serve.errors import ErrorKind, WireError
+from serve.edge.errors import ErrorKind, ServiceError, WireError
 from serve.tasks.record import StepCount
 
 ERRORS: dict[ErrorKind, WireError] = {
@@ -33,6 +34,14 @@ ERRORS: dict[ErrorKind, WireError] = {
 
 ACTIONS = {"generate": "generate", "edit": "edit", "edits": "edit"}  # the SDK sends `edit`
 DEFAULT_MODEL = "flux-dev"
+# The core's parameter names as AceData bodies spell them.
+PARAM_NAMES = {"n": "count", "image": "image_url"}
+# Where each kind of model is asked for (a model asked for with the other action is refused).
+SERVED_AT = {True: "use action edit", False: "use action generate"}
+
+
+def trace_id() -> str:
+    return str(uuid.uuid4())
 
 
 class Image(BaseModel):
@@ -91,3 +100,8 @@ class TaskItem(BaseModel):
 class TaskBatch(BaseModel):
     items: list[TaskItem]
     count: int
+
+
+def error_body(error: ServiceError, task_id: str | None = None) -> dict:
+    return ErrorBody(error=ErrorDetail(code=ERRORS[error.kind].code, message=error.message), trace_id=trace_id(),
+                     task_id=task_id).model_dump(exclude_none=True)

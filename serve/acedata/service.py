@@ -11,36 +11,22 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
-from typing import Any
 
-from cluster.models import ModelSpec, parse_size
-from cluster.request import RenderError, RenderRequest
+from cluster.errors import RenderError
+from cluster.models import ModelSpec
+from cluster.request import RenderRequest
+from serve.edge import fields
 from serve.acedata.protocol import (
-    ACTIONS, DEFAULT_MODEL, ERRORS, Accepted, ErrorBody, ErrorDetail, Image, ImagesBody, TaskBatch, TaskItem,
+    ACTIONS, DEFAULT_MODEL, PARAM_NAMES, SERVED_AT, Accepted, Image, ImagesBody, TaskBatch, TaskItem, error_body,
 )
-from serve.errors import ErrorKind, ServiceError
-from serve.http import Caller
-from serve.tasks.record import TaskRecord, TaskStatus
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.fields import Invalid
+from serve.edge.http import Caller
+from serve.tasks.record import Api, TaskRecord, TaskStatus
 from serve.tasks.service import Submission, TaskService
 
-API = "acedata"
 _RATIO = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 MAX_BATCH_IDS = 100
-
-
-def trace_id() -> str:
-    return str(uuid.uuid4())
-
-
-def error_body(error: ServiceError, task_id: str | None = None) -> dict:
-    return ErrorBody(error=ErrorDetail(code=ERRORS[error.kind].code, message=error.message), trace_id=trace_id(),
-                     task_id=task_id).model_dump(exclude_none=True)
-
-
-class _Invalid(Exception):
-    def __init__(self, message: str, param: str, kind: ErrorKind = ErrorKind.INVALID):
-        self.error = ServiceError(kind, message, param)
 
 
 class AceDataService:
@@ -52,59 +38,44 @@ class AceDataService:
     async def images(self, caller: Caller) -> dict | ServiceError:
         try:
             submission, answer_now = await self._parse(caller)
-        except _Invalid as invalid:
+        except Invalid as invalid:
             return invalid.error
         record = await self.tasks.submit(submission)
         if isinstance(record, ServiceError):
             return record
         if answer_now:
             return Accepted(task_id=record.task_id, trace_id=record.trace_id).model_dump()
-        finished = await self.tasks.wait(record)
-        if not finished.terminal:
-            return ServiceError(ErrorKind.TIMEOUT, f"task {record.task_id} did not finish within the synchronous "
-                                                   f"wait; retrieve it with POST /flux/tasks")
-        body = self.final_body(finished, caller.base_url)
-        if body.get("success"):
-            return body
-        return ServiceError(ErrorKind.TASK_FAILED, body["error"]["message"])
+        finished = await self.tasks.wait_for_images(record, "retrieve it with POST /flux/tasks")
+        return finished if isinstance(finished, ServiceError) else self.final_body(finished, caller.base_url)
 
     async def _parse(self, caller: Caller) -> tuple[Submission, bool]:
-        body = caller.body
-        if not isinstance(body, dict):
-            raise _Invalid("request body must be a JSON object", "body", ErrorKind.MALFORMED)
-        action = ACTIONS.get(_text(body, "action") or "generate")
+        """Kinds are checked here, naming AceData's fields; values by the core, once."""
+        body = fields.json_object(caller.body)
+        action = ACTIONS.get(fields.text(body, "action") or "generate")
         if action is None:
-            raise _Invalid(f"action must be generate or edit, got {body.get('action')!r}", "action")
-        prompt = _text(body, "prompt")
-        if not prompt or not prompt.strip():
-            raise _Invalid("prompt must not be empty", "prompt", ErrorKind.EMPTY_PROMPT)
-        spec = self.tasks.model(_text(body, "model") or DEFAULT_MODEL)
+            raise Invalid(f"action must be generate or edit, got {body.get('action')!r}", "action")
+        spec = self.tasks.model_for(fields.text(body, "model") or DEFAULT_MODEL, action == "edit", SERVED_AT)
         if isinstance(spec, ServiceError):
-            raise _Invalid(spec.message, "model", spec.kind)
-        if spec.edit != (action == "edit"):
-            needs = "an editing model (e.g. flux-kontext-pro)" if action == "edit" else "a generating model"
-            raise _Invalid(f"action {action} needs {needs}; {body.get('model') or DEFAULT_MODEL} is not one", "model")
-        width, height = _size(spec, _text(body, "size"))
-        count = _count(body.get("count"), spec, action)
-        seed = body.get("seed")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise _Invalid(f"seed must be an integer, got {seed!r}", "seed")
+            raise Invalid.of(spec)
+        width, height = _size(spec, fields.text(body, "size"))
+        count = fields.integer(body, "count", floats=True)  # the SDK types `count` as a number
+        if action == "edit" and count not in (None, 1):
+            raise Invalid("count applies to action generate only (an edit renders one image)", "count")
         image = None
-        if action == "edit":
-            url = _text(body, "image_url")
+        prompt = fields.text(body, "prompt") or ""
+        if action == "edit" and prompt.strip():  # an edit without a prompt is refused before any fetch
+            url = fields.text(body, "image_url")
             if not url:
-                raise _Invalid("image_url is required for action edit", "image_url")
+                raise Invalid("image_url is required for action edit", "image_url")
             image = await self.tasks.input_image(url, "image_url")
             if isinstance(image, ServiceError):
-                raise _Invalid(image.message, "image_url")
-        callback = _text(body, "callback_url")
-        asynchronous = body.get("async", False)
-        if not isinstance(asynchronous, bool):
-            raise _Invalid(f"async must be a boolean, got {asynchronous!r}", "async")
-        request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height, n=count, seed=seed,
-                                init_image=image)
-        submission = Submission(api=API, key_id=caller.key_id, request=request, base_url=caller.base_url,
-                                callback_url=callback, client_body=body, sizes="render")
+                raise Invalid.of(image)
+        callback = fields.text(body, "callback_url")
+        asynchronous = fields.boolean(body, "async") or False
+        request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height,
+                                n=1 if count is None else count, seed=fields.integer(body, "seed"), init_image=image)
+        submission = Submission(api=Api.ACEDATA, key_id=caller.key_id, request=request, base_url=caller.base_url,
+                                callback_url=callback, client_body=body, sizes="render", param_names=PARAM_NAMES)
         return submission, asynchronous or bool(callback)
 
     # --- POST /flux/tasks -----------------------------------------------------------------------
@@ -153,15 +124,9 @@ class AceDataService:
         if record.status == TaskStatus.CANCELED:
             failure = ServiceError(ErrorKind.TASK_FAILED, "the task was canceled")
         else:
-            failure = ServiceError(ErrorKind.TASK_FAILED, f"{record.code}: {record.message}")
+            code = f" ({record.code.value})" if record.code else ""
+            failure = ServiceError(ErrorKind.TASK_FAILED, f"{record.message}{code}")
         return error_body(failure, record.task_id)
-
-
-def _text(body: dict, name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _Invalid(f"{name} must be a string, got {value!r}", name)
-    return value
 
 
 def _size(spec: ModelSpec, size: str | None) -> tuple[int | None, int | None]:
@@ -170,21 +135,6 @@ def _size(spec: ModelSpec, size: str | None) -> tuple[int | None, int | None]:
     if ratio := _RATIO.match(size):
         chosen = spec.size_for_aspect(int(ratio[1]), int(ratio[2]))
         if isinstance(chosen, RenderError):
-            raise _Invalid(chosen.message, "size")
+            raise Invalid(chosen.text(), "size")
         return chosen
-    if (parsed := parse_size(size)) is None:
-        raise _Invalid(f"size must be WxH (e.g. 1024x1024) or an aspect ratio (e.g. 16:9), got {size!r}", "size")
-    return parsed
-
-
-def _count(value: Any, spec: ModelSpec, action: str) -> int:
-    if value is None:
-        return 1
-    # The SDK types `count` as a number: 2.0 is two images.
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
-        raise _Invalid(f"count must be a whole number, got {value!r}", "count")
-    if action == "edit" and value != 1:
-        raise _Invalid("count applies to action generate only (an edit renders one image)", "count")
-    if not 1 <= value <= spec.max_n:
-        raise _Invalid(f"count must be 1..{spec.max_n} for model {spec.name}, got {int(value)}", "count")
-    return int(value)
+    return fields.size(size, "size", "WxH (e.g. 1024x1024) or an aspect ratio (e.g. 16:9)")

@@ -6,14 +6,21 @@ wrong types must become `InvalidParameter` naming the field), so only responses 
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from pydantic import BaseModel
 
-from serve.errors import ErrorKind, WireError
+from cluster.errors import ErrorCode
+from cluster.models import ModelSpec
+from serve.edge.errors import ErrorKind, ServiceError, WireError
 from serve.tasks.record import StepCount
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def request_id() -> str:
+    return str(uuid.uuid4())
 
 # The task layer's errors in DashScope's vocabulary (HTTP status, `code`).
 ERRORS: dict[ErrorKind, WireError] = {
@@ -33,6 +40,30 @@ ERRORS: dict[ErrorKind, WireError] = {
     ErrorKind.TIMEOUT: WireError(500, "InternalError.Timeout"),
     ErrorKind.INTERNAL: WireError(500, "InternalError"),
 }
+
+# The core's codes of a failed task or image (`output.code`, `results[i].code`) in DashScope's.
+RESULT_CODES: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_PARAMETER: "InvalidParameter",
+    ErrorCode.EMPTY_PROMPT: "BadRequest.EmptyInput",
+    ErrorCode.MODEL_NOT_FOUND: "ModelNotFound",
+    ErrorCode.MODEL_UNAVAILABLE: "InternalError.Unavailable",
+    ErrorCode.MODEL_LOAD_FAILED: "InternalError.ModelLoad",
+    ErrorCode.OUT_OF_MEMORY: "InternalError.OutOfMemory",
+    ErrorCode.TIMEOUT: "InternalError.Timeout",
+    ErrorCode.CANCELED: "TaskCanceled",
+    ErrorCode.INTERNAL: "InternalError",
+}
+
+
+def param_names(spec: ModelSpec) -> dict[str, str]:
+    """The core's parameter names as DashScope bodies spell them (guidance is `scale` for SD)."""
+    return {"prompt": "input.prompt", "negative_prompt": "input.negative_prompt", "image": "input.image_url",
+            "size": "parameters.size", "steps": "parameters.steps", "n": "parameters.n", "seed": "parameters.seed",
+            "guidance": f"parameters.{spec.guidance_name}"}
+
+
+def error_body(error: ServiceError) -> dict:
+    return {"request_id": request_id(), "code": ERRORS[error.kind].code, "message": error.message}
 
 
 class TaskOutput(BaseModel):

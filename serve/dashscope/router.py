@@ -3,72 +3,39 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
-from serve.dashscope.protocol import ERRORS
-from serve.dashscope.service import DashScopeService, request_id
-from serve.errors import ServiceError, retry_headers
-from serve.http import admit
+from serve.dashscope.protocol import ERRORS, error_body
+from serve.dashscope.service import DashScopeService
+from serve.edge.http import Caller, Door
 
 router = APIRouter()
+door = Door(service="dashscope", errors=ERRORS, error_body=error_body, prefix="/api/v1")
 
 
-def error_response(error: ServiceError) -> JSONResponse:
-    wire = ERRORS[error.kind]
-    return JSONResponse({"request_id": request_id(), "code": wire.code, "message": error.message},
-                        status_code=wire.status, headers=retry_headers(error))
+def _sync(request: Request) -> bool:
+    return request.headers.get("x-dashscope-async", "").lower() != "enable"
 
 
-def respond(result: dict | ServiceError) -> JSONResponse:
-    return error_response(result) if isinstance(result, ServiceError) else JSONResponse(result)
+@door.route(router, "POST", "/services/aigc/text2image/image-synthesis", json_body=True, trailing_slash=True)
+async def create_text2image(service: DashScopeService, caller: Caller, request: Request):
+    return await service.create(caller, _sync(request), edit_route=False)
 
 
-def _service(request: Request) -> DashScopeService:
-    return request.app.state.dashscope
+@door.route(router, "POST", "/services/aigc/image2image/image-synthesis", json_body=True, trailing_slash=True)
+async def create_image2image(service: DashScopeService, caller: Caller, request: Request):
+    return await service.create(caller, _sync(request), edit_route=True)
 
 
-async def _create(request: Request, edit: bool) -> JSONResponse:
-    caller = await admit(request, json_body=True)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
-    sync = request.headers.get("x-dashscope-async", "").lower() != "enable"
-    return respond(await _service(request).create(caller, sync, edit))
+@door.route(router, "GET", "/tasks/{task_id}", trailing_slash=True)
+async def fetch_task(service: DashScopeService, caller: Caller, request: Request):
+    return await service.fetch(caller, request.path_params["task_id"])
 
 
-@router.post("/services/aigc/text2image/image-synthesis")
-@router.post("/services/aigc/text2image/image-synthesis/")
-async def create_text2image(request: Request) -> JSONResponse:
-    return await _create(request, edit=False)
+@door.route(router, "POST", "/tasks/{task_id}/cancel", trailing_slash=True)
+async def cancel_task(service: DashScopeService, caller: Caller, request: Request):
+    return await service.cancel(caller, request.path_params["task_id"])
 
 
-@router.post("/services/aigc/image2image/image-synthesis")
-@router.post("/services/aigc/image2image/image-synthesis/")
-async def create_image2image(request: Request) -> JSONResponse:
-    return await _create(request, edit=True)
-
-
-@router.get("/tasks/{task_id}")
-@router.get("/tasks/{task_id}/")
-async def fetch_task(task_id: str, request: Request) -> JSONResponse:
-    caller = await admit(request)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
-    return respond(await _service(request).fetch(caller, task_id))
-
-
-@router.post("/tasks/{task_id}/cancel")
-@router.post("/tasks/{task_id}/cancel/")
-async def cancel_task(task_id: str, request: Request) -> JSONResponse:
-    caller = await admit(request)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
-    return respond(await _service(request).cancel(caller, task_id))
-
-
-@router.get("/tasks")
-@router.get("/tasks/")
-async def list_tasks(request: Request) -> JSONResponse:
-    caller = await admit(request)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
-    return respond(await _service(request).list(caller, dict(request.query_params)))
+@door.route(router, "GET", "/tasks", trailing_slash=True)
+async def list_tasks(service: DashScopeService, caller: Caller, request: Request):
+    return await service.list(caller, dict(request.query_params))

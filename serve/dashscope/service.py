@@ -6,24 +6,18 @@ DashScope's shapes. No web framework, no task logic: every method returns a resp
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import datetime
-from typing import Any
 
-from cluster.models import parse_size
 from cluster.request import RenderRequest
-from serve.dashscope.protocol import TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput
-from serve.errors import ErrorKind, ServiceError
-from serve.http import Caller
-from serve.tasks.record import TaskRecord, TaskStatus
+from serve.edge import fields
+from serve.dashscope.protocol import (
+    RESULT_CODES, TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput, param_names, request_id,
+)
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.fields import Invalid
+from serve.edge.http import Caller
+from serve.tasks.record import Api, TaskRecord, TaskStatus
 from serve.tasks.service import Submission, TaskService
-
-API = "dashscope"
-_INT, _NUMBER, _BOOL, _TEXT = "an integer", "a number", "a boolean", "a string"
-
-
-def request_id() -> str:
-    return str(uuid.uuid4())
 
 
 def format_time(ts: float | None) -> str | None:
@@ -33,25 +27,9 @@ def format_time(ts: float | None) -> str | None:
     return f"{moment.strftime(TIME_FORMAT)}.{moment.microsecond // 1000:03d}"
 
 
-class _Invalid(Exception):
-    def __init__(self, error: ServiceError):
-        self.error = error
-
-
-def _typed(container: dict, name: str, kind: str, where: str) -> Any:
-    """The value of `name`, checked against `kind`; raises _Invalid naming the field."""
-    value = container.get(name)
-    if value is None:
-        return None
-    ok = {
-        _INT: isinstance(value, int) and not isinstance(value, bool),
-        _NUMBER: isinstance(value, (int, float)) and not isinstance(value, bool),
-        _BOOL: isinstance(value, bool),
-        _TEXT: isinstance(value, str),
-    }[kind]
-    if not ok:
-        raise _Invalid(ServiceError.invalid(f"{where}.{name} must be {kind}, got {value!r}", name))
-    return value
+# Where each kind of model is created (a model asked for on the other route is refused).
+SERVED_AT = {True: "it is served at /services/aigc/image2image/image-synthesis",
+             False: "it is served at /services/aigc/text2image/image-synthesis"}
 
 
 class DashScopeService:
@@ -63,7 +41,7 @@ class DashScopeService:
     async def create(self, caller: Caller, sync: bool, edit_route: bool) -> dict | ServiceError:
         try:
             submission = await self._parse(caller, edit_route)
-        except _Invalid as invalid:
+        except Invalid as invalid:
             return invalid.error
         record = await self.tasks.submit(submission)
         if isinstance(record, ServiceError):
@@ -74,62 +52,52 @@ class DashScopeService:
         return self.task_body(await self.tasks.wait(record), caller.base_url)
 
     async def _parse(self, caller: Caller, edit_route: bool) -> Submission:
-        body = caller.body
-        if not isinstance(body, dict):
-            raise _Invalid(ServiceError(ErrorKind.MALFORMED, "request body must be a JSON object"))
+        """Kinds are checked here, naming DashScope's fields; values by the core, once."""
+        body = fields.json_object(caller.body)
         model = body.get("model")
         if not model:
-            raise _Invalid(ServiceError(ErrorKind.EMPTY_MODEL, "model must not be empty", "model"))
-        if not isinstance(model, str):
-            raise _Invalid(ServiceError.invalid(f"model must be a string, got {model!r}", "model"))
-        spec = self.tasks.model(model)
+            raise Invalid("model must not be empty", "model", ErrorKind.EMPTY_MODEL)
+        spec = self.tasks.model_for(fields.text(body, "model") or "", edit_route, SERVED_AT)
         if isinstance(spec, ServiceError):
-            raise _Invalid(spec)
-        if spec.edit != edit_route:
-            route = "image2image" if spec.edit else "text2image"
-            raise _Invalid(ServiceError.invalid(f"model {model} is served at /services/aigc/{route}/image-synthesis",
-                                                "model"))
+            raise Invalid.of(spec)
         inputs = body.get("input")
         if not isinstance(inputs, dict):
-            raise _Invalid(ServiceError(ErrorKind.EMPTY_PROMPT, "input must be an object with a prompt", "input"))
-        prompt = _typed(inputs, "prompt", _TEXT, "input")
-        if not prompt or not prompt.strip():
-            raise _Invalid(ServiceError(ErrorKind.EMPTY_PROMPT, "input.prompt must not be empty", "prompt"))
+            raise Invalid("input must be an object with a prompt", "input", ErrorKind.EMPTY_PROMPT)
         params = body.get("parameters")
         params = {} if params is None else params  # v2 clients leave it out
         if not isinstance(params, dict):
-            raise _Invalid(ServiceError.invalid("parameters must be an object", "parameters"))
+            raise Invalid("parameters must be an object", "parameters")
         width = height = None
-        if (size := _typed(params, "size", _TEXT, "parameters")) is not None:
-            if (parsed := parse_size(size)) is None:
-                raise _Invalid(ServiceError.invalid(f"parameters.size must look like W*H, got {size!r}", "size"))
-            width, height = parsed
-        n = _typed(params, "n", _INT, "parameters")
-        _typed(params, "offload", _BOOL, "parameters")  # accepted; offload is a deployment setting
-        metadata = _typed(params, "add_sampling_metadata", _BOOL, "parameters")
+        if (size := fields.text(params, "size", "parameters")) is not None:
+            width, height = fields.size(size, "parameters.size", "W*H, e.g. 1024*1024")
+        n = fields.integer(params, "n", "parameters")
+        fields.boolean(params, "offload", "parameters")  # accepted; offload is a deployment setting
+        metadata = fields.boolean(params, "add_sampling_metadata", "parameters")
+        prompt = fields.text(inputs, "prompt", "input") or ""
         request = RenderRequest(
             model=spec.name, prompt=prompt,
-            negative_prompt=_typed(inputs, "negative_prompt", _TEXT, "input"),
+            negative_prompt=fields.text(inputs, "negative_prompt", "input"),
             width=width, height=height,
-            steps=_typed(params, "steps", _INT, "parameters"),
-            guidance=_typed(params, spec.guidance_name, _NUMBER, "parameters"),
-            seed=_typed(params, "seed", _INT, "parameters"),
+            steps=fields.integer(params, "steps", "parameters"),
+            guidance=fields.number(params, spec.guidance_name, "parameters"),
+            seed=fields.integer(params, "seed", "parameters"),
             n=1 if n is None else n,
             add_sampling_metadata=True if metadata is None else metadata,
-            init_image=await self._input_image(inputs) if spec.edit else None,
+            # Not fetched for an empty prompt: the core refuses that first.
+            init_image=await self._input_image(inputs) if spec.edit and prompt.strip() else None,
         )
         # An extension: DashScope has no webhooks; `parameters.callback_url` adds one.
-        callback = _typed(params, "callback_url", _TEXT, "parameters")
-        return Submission(api=API, key_id=caller.key_id, request=request, base_url=caller.base_url,
-                          callback_url=callback, client_body=body)
+        callback = fields.text(params, "callback_url", "parameters")
+        return Submission(api=Api.DASHSCOPE, key_id=caller.key_id, request=request, base_url=caller.base_url,
+                          callback_url=callback, client_body=body, param_names=param_names(spec))
 
     async def _input_image(self, inputs: dict) -> bytes:
-        url = _typed(inputs, "image_url", _TEXT, "input") or _typed(inputs, "base_image_url", _TEXT, "input")
+        url = fields.text(inputs, "image_url", "input") or fields.text(inputs, "base_image_url", "input")
         if not url:
-            raise _Invalid(ServiceError.invalid("input.image_url is required for image editing", "image_url"))
+            raise Invalid("input.image_url is required for image editing", "image_url")
         image = await self.tasks.input_image(url, "input.image_url")
         if isinstance(image, ServiceError):
-            raise _Invalid(image)
+            raise Invalid.of(image)
         return image
 
     # --- fetch / cancel / list ----------------------------------------------------------------
@@ -179,14 +147,15 @@ class DashScopeService:
         if record.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and record.results:
             output.results = [
                 {"url": self.tasks.result_url(record, o.key, base_url), "seed": o.seed} if o.key
-                else {"code": o.code, "message": o.message, "seed": o.seed}
+                else {"code": RESULT_CODES[o.code] if o.code else None, "message": o.message, "seed": o.seed}
                 for o in record.results]
             succeeded = sum(1 for o in record.results if o.key)
             output.task_metrics = {"TOTAL": len(record.results), "SUCCEEDED": succeeded,
                                    "FAILED": len(record.results) - succeeded}
             usage = {"image_count": succeeded}
         if record.status == TaskStatus.FAILED:
-            output.code, output.message = record.code, record.message
+            output.code = RESULT_CODES[record.code] if record.code else None
+            output.message = record.message
         return TaskBody(request_id=request_id(), output=output, usage=usage).model_dump(exclude_none=True)
 
 

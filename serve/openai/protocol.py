@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
-from serve.errors import ErrorKind
+from serve.edge.errors import ErrorKind, ServiceError
 
 RESPONSE_FORMATS = ("url", "b64_json")
 # Accepted and ignored: they choose among OpenAI's own models' options, which have no
@@ -68,6 +68,16 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+def error_body(error: ServiceError) -> dict:
+    wire = ERRORS[error.kind]
+    return ErrorBody(error=ErrorDetail(message=error.message, type=wire.type, param=error.param,
+                                       code=wire.code)).model_dump()
+
+
+# Where each kind of model is asked for (a model asked for on the other route is refused).
+SERVED_AT = {True: "use /v1/images/edits", False: "use /v1/images/generations"}
 
 
 class ModelCard(BaseModel):

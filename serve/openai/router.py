@@ -5,56 +5,35 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from serve.errors import ErrorKind, ServiceError, retry_headers
-from serve.http import admit, read_body
-from serve.openai.protocol import ERRORS
-from serve.openai.service import EditUpload, OpenAIService, error_body
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.http import Caller, Door, read_body
+from serve.openai.protocol import ERRORS, error_body
+from serve.openai.service import EditUpload, OpenAIService
 
 router = APIRouter()
+door = Door(service="openai", errors=ERRORS, error_body=error_body, prefix="/v1")
 MAX_FORM_FIELDS = 64
 
 
-def error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(error_body(error), status_code=ERRORS[error.kind].status, headers=retry_headers(error))
+@door.route(router, "POST", "/images/generations", json_body=True)
+async def generations(service: OpenAIService, caller: Caller, request: Request):
+    return await service.generate(caller, request.headers.get("idempotency-key"))
 
 
-def respond(result: dict | ServiceError) -> JSONResponse:
-    return error_response(result) if isinstance(result, ServiceError) else JSONResponse(result)
-
-
-def _service(request: Request) -> OpenAIService:
-    return request.app.state.openai
-
-
-@router.post("/images/generations")
-async def generations(request: Request) -> JSONResponse:
-    caller = await admit(request, json_body=True)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
-    return respond(await _service(request).generate(caller, request.headers.get("idempotency-key")))
-
-
-@router.post("/images/edits")
-async def edits(request: Request) -> JSONResponse:
-    caller = await admit(request)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
+@door.route(router, "POST", "/images/edits")
+async def edits(service: OpenAIService, caller: Caller, request: Request):
     upload = await _read_upload(request)
     if isinstance(upload, ServiceError):
-        return error_response(upload)
-    return respond(await _service(request).edit(caller, upload, request.headers.get("idempotency-key")))
+        return upload
+    return await service.edit(caller, upload, request.headers.get("idempotency-key"))
 
 
-@router.get("/models")
-async def models(request: Request) -> JSONResponse:
-    caller = await admit(request)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
-    return JSONResponse(_service(request).models())
+@door.route(router, "GET", "/models")
+async def models(service: OpenAIService, caller: Caller, request: Request):
+    return service.models()
 
 
 async def _read_upload(request: Request) -> EditUpload | ServiceError:

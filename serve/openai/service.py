@@ -15,30 +15,23 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
-from cluster.models import ModelSpec, parse_size
+from cluster.models import ModelSpec
 from cluster.request import RenderRequest
-from serve.errors import ErrorKind, ServiceError
-from serve.fetch import FetchError, check_image
-from serve.http import Caller
+from serve.edge import fields
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.fetch import FetchError, check_image
+from serve.edge.fields import Invalid
+from serve.edge.http import Caller
 from serve.openai.protocol import (
-    ERRORS, IGNORED_FIELDS, RESPONSE_FORMATS, ErrorBody, ErrorDetail, ImageData, ImagesResponse, ModelCard,
-    ModelList,
+    IGNORED_FIELDS, RESPONSE_FORMATS, SERVED_AT, ImageData, ImagesResponse, ModelCard, ModelList,
 )
-from serve.tasks.record import TaskRecord, TaskStatus
+from serve.tasks.record import Api, TaskRecord
 from serve.tasks.service import Submission, TaskService
 
-API = "openai"
 KNOWN_FIELDS = frozenset({"prompt", "model", "n", "size", "response_format", "seed", "steps", "guidance",
                           "negative_prompt"})
 IMAGE_FIELDS = ("image", "image[]", "mask")  # files, on the edits route only
-
-
-def error_body(error: ServiceError) -> dict:
-    wire = ERRORS[error.kind]
-    return ErrorBody(error=ErrorDetail(message=error.message, type=wire.type, param=error.param,
-                                       code=wire.code)).model_dump()
 
 
 @dataclass(frozen=True)
@@ -48,11 +41,6 @@ class EditUpload:
     fields: dict[str, str]
     images: list[bytes]
     mask: bytes | None = None
-
-
-class _Invalid(Exception):
-    def __init__(self, message: str, param: str | None, kind: ErrorKind = ErrorKind.INVALID):
-        self.error = ServiceError(kind, message, param)
 
 
 class OpenAIService:
@@ -88,67 +76,52 @@ class OpenAIService:
                       explicit: bool) -> dict | ServiceError:
         try:
             submission, response_format = self._parse(caller, body, image)
-        except _Invalid as invalid:
+        except Invalid as invalid:
             return invalid.error
         record = await self.tasks.submit_once(submission, fingerprint, explicit)
         if isinstance(record, ServiceError):
             return record
-        finished = await self.tasks.wait(record)
-        if not finished.terminal:
-            return ServiceError(ErrorKind.TIMEOUT, f"the images were not ready within "
-                                                   f"{self.tasks.settings.sync_timeout_s:g} s; retry to keep waiting")
-        if finished.status == TaskStatus.CANCELED:
-            return ServiceError(ErrorKind.TASK_CANCELED, "the request was canceled before its images were ready")
-        if finished.status == TaskStatus.FAILED or not any(o.key for o in finished.results):
-            return ServiceError(ErrorKind.TASK_FAILED, finished.message or "rendering failed")
+        finished = await self.tasks.wait_for_images(record, "retry to keep waiting")
+        if isinstance(finished, ServiceError):
+            return finished
         return (await self._answer(finished, response_format, caller.base_url)).model_dump(exclude_none=True)
 
     def _parse(self, caller: Caller, body: dict, image: bytes | None) -> tuple[Submission, str]:
+        """Kinds are checked here, naming OpenAI's fields; values by the core, once."""
         edit = image is not None
         if not edit and (sent := next((f for f in IMAGE_FIELDS if f in body), None)):
-            raise _Invalid(f"{sent}: images go to /v1/images/edits, as multipart files", sent)
-        prompt = _text(body, "prompt")
-        if not prompt or not prompt.strip():
-            raise _Invalid("prompt must not be empty", "prompt", ErrorKind.EMPTY_PROMPT)
-        spec = self._model(_text(body, "model"), edit)
-        size = _text(body, "size")
-        width, height = None, None
+            raise Invalid(f"{sent}: images go to /v1/images/edits, as multipart files", sent)
+        spec = self._model(fields.text(body, "model"), edit)
+        size = fields.text(body, "size")
+        width = height = None
         if size not in (None, "auto"):
-            if (parsed := parse_size(size)) is None:
-                raise _Invalid(f"size must be WxH (e.g. 1024x1024) or auto, got {size!r}", "size")
-            if problem := spec.render_sizes.check(*parsed):
-                raise _Invalid(f"{problem} for model {spec.name}", "size")
-            width, height = parsed
-        n = _number(body, "n", int)
-        if n is not None and not 1 <= n <= spec.max_n:
-            raise _Invalid(f"n must be 1..{spec.max_n} for model {spec.name}, got {n}", "n")
-        response_format = _text(body, "response_format") or "url"
+            width, height = fields.size(size, "size", "WxH (e.g. 1024x1024) or auto")
+        response_format = fields.text(body, "response_format") or "url"
         if response_format not in RESPONSE_FORMATS:
-            raise _Invalid(f"response_format must be url or b64_json, got {response_format!r}", "response_format")
+            raise Invalid(f"response_format must be url or b64_json, got {response_format!r}", "response_format")
         unknown = sorted(set(body) - KNOWN_FIELDS - IGNORED_FIELDS)
         if unknown:
-            raise _Invalid(f"unknown parameter {unknown[0]!r}", unknown[0])
-        request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height, n=n or 1,
-                                seed=_number(body, "seed", int), steps=_number(body, "steps", int),
-                                guidance=_number(body, "guidance", float),
-                                negative_prompt=_text(body, "negative_prompt"), init_image=image)
+            raise Invalid(f"unknown parameter {unknown[0]!r}", unknown[0])
+        n = fields.integer(body, "n", floats=True, strings=True)  # multipart sends text
+        request = RenderRequest(model=spec.name, prompt=fields.text(body, "prompt") or "", width=width, height=height,
+                                n=1 if n is None else n, seed=fields.integer(body, "seed", floats=True, strings=True),
+                                steps=fields.integer(body, "steps", floats=True, strings=True),
+                                guidance=fields.number(body, "guidance", strings=True),
+                                negative_prompt=fields.text(body, "negative_prompt"), init_image=image)
         client_body = {k: v for k, v in body.items() if k != "image"}
-        return Submission(api=API, key_id=caller.key_id, request=request, base_url=caller.base_url,
+        return Submission(api=Api.OPENAI, key_id=caller.key_id, request=request, base_url=caller.base_url,
                           client_body=client_body, sizes="render"), response_format
 
     def _model(self, name: str | None, edit: bool) -> ModelSpec:
         if name is None:
             default = next((s for s in self.tasks.specs.values() if s.edit == edit), None)
             if default is None:
-                raise _Invalid(f"no model here {'edits' if edit else 'generates'} images", "model",
-                               ErrorKind.MODEL_NOT_FOUND)
+                raise Invalid(f"no model here {'edits' if edit else 'generates'} images", "model",
+                              ErrorKind.MODEL_NOT_FOUND)
             return default
-        spec = self.tasks.model(name)
+        spec = self.tasks.model_for(name, edit, SERVED_AT)
         if isinstance(spec, ServiceError):
-            raise _Invalid(spec.message, "model", spec.kind)
-        if spec.edit != edit:
-            route = "/v1/images/edits" if spec.edit else "/v1/images/generations"
-            raise _Invalid(f"model {name} {'edits' if spec.edit else 'generates'} images: use {route}", "model")
+            raise Invalid.of(spec)
         return spec
 
     async def _answer(self, record: TaskRecord, response_format: str, base_url: str) -> ImagesResponse:
@@ -192,25 +165,3 @@ def _fingerprint(route: str, body: dict, idempotency_key: str | None) -> str:
         return f"key:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
     canonical = json.dumps({"route": route, "body": body}, sort_keys=True, default=str)
     return f"body:{hashlib.sha256(canonical.encode()).hexdigest()}"
-
-
-def _text(body: dict, name: str) -> str | None:
-    value = body.get(name)
-    if value is not None and not isinstance(value, str):
-        raise _Invalid(f"{name} must be a string, got {value!r}", name)
-    return value
-
-
-def _number(body: dict, name: str, kind: type) -> Any:
-    """An int or float field; multipart sends every field as text, so digits in a string count."""
-    value = body.get(name)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = kind(value)
-        except ValueError:
-            raise _Invalid(f"{name} must be a number, got {value!r}", name) from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
-        raise _Invalid(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {value!r}", name)
-    return kind(value)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import dataclasses
 import logging
 import time
 import uuid
@@ -29,18 +30,16 @@ from typing import Any, Callable
 from ray.exceptions import TaskCancelledError
 
 from cluster.config import ServeConfig
-from cluster.request import RenderResult, as_render_request
+from cluster.errors import ErrorCode
+from cluster.request import RenderResult
 from cluster.storage import Storage
 from serve import metrics
 from serve.tasks.periodic import every
-from serve.render_events import Finished, RenderEvent, Started
+from serve.replica.render_events import Finished, RenderEvent, Started
 from serve.tasks.record import ImageOutcome, TaskProgress, TaskRecord, TaskStatus
 from serve.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
-
-RETRYABLE_TIMEOUT = "InternalError.Timeout"
-RETRYABLE_UNAVAILABLE = "InternalError.Unavailable"
 
 
 class QueueFull(Exception):
@@ -149,18 +148,18 @@ class Dispatcher:
             if record is None:
                 return  # canceled, or finished elsewhere
             if record.deadline <= now:
-                await self._fail(task_id, RETRYABLE_TIMEOUT, "the task did not finish before its deadline")
+                await self._fail(task_id, ErrorCode.TIMEOUT, "the task did not finish before its deadline")
                 return
             started = time.perf_counter()
             try:
                 results = await asyncio.wait_for(self._render(record), record.deadline - now)
             except asyncio.TimeoutError:
-                await self._fail(task_id, RETRYABLE_TIMEOUT, "the task did not finish before its deadline")
+                await self._fail(task_id, ErrorCode.TIMEOUT, "the task did not finish before its deadline")
                 return
             except Exception as exc:  # noqa: BLE001 - a replica died or Serve refused
                 log.warning("task %s attempt %d failed: %s", task_id, record.attempts, exc)
                 if record.attempts >= self.settings.max_attempts:
-                    await self._fail(task_id, RETRYABLE_UNAVAILABLE,
+                    await self._fail(task_id, ErrorCode.MODEL_UNAVAILABLE,
                                      f"the model was unavailable after {record.attempts} attempts; retry later")
                     return
                 await asyncio.sleep(min(2.0 ** record.attempts, 10.0))
@@ -178,7 +177,8 @@ class Dispatcher:
         init_image = None
         if record.init_image_key:
             init_image = await asyncio.to_thread(self.storage.read, record.init_image_key)
-        request = as_render_request(record.request, init_image=init_image, request_id=record.task_id)
+        # The record holds the request as resolved at submission: the replica renders it as it is.
+        request = dataclasses.replace(record.request, init_image=init_image, request_id=record.task_id)
         stream = self.handles[record.model].options(stream=True).render_events.remote(request)
         self._streams[record.task_id] = stream
         finished = False
@@ -230,8 +230,8 @@ class Dispatcher:
                 metrics.images_rendered.inc(tags={"model": record.model})
             else:
                 outcomes.append(ImageOutcome(index=result.index, seed=result.seed, code=result.error.code,
-                                             message=result.error.message))
-                metrics.images_failed.inc(tags={"model": record.model, "code": result.error.code})
+                                             message=result.error.text()))
+                metrics.images_failed.inc(tags={"model": record.model, "code": result.error.code.value})
         succeeded = any(o.key for o in outcomes)
         first_error = next((o for o in outcomes if o.code), None)
         # From PENDING too: a request the replica refused outright never starts.
@@ -246,7 +246,7 @@ class Dispatcher:
                     await asyncio.to_thread(self.storage.delete_prefix, outcome.key)
         self.ended(ended)
 
-    async def _fail(self, task_id: str, code: str, message: str) -> None:
+    async def _fail(self, task_id: str, code: ErrorCode, message: str) -> None:
         self.ended(await self.store.transition(task_id, {TaskStatus.PENDING, TaskStatus.RUNNING},
                                                status=TaskStatus.FAILED, code=code, message=message,
                                                end_time=time.time()))
@@ -272,7 +272,7 @@ class Dispatcher:
             if record.model not in self.handles:
                 continue  # served by another application
             if record.deadline <= now or record.attempts >= self.settings.max_attempts:
-                await self._fail(record.task_id, RETRYABLE_TIMEOUT,
+                await self._fail(record.task_id, ErrorCode.TIMEOUT,
                                  "the task was interrupted and could not finish in time; retry")
                 continue
             log.info("recovering task %s (attempt %d)", record.task_id, record.attempts + 1)

@@ -7,7 +7,21 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
+from cluster.errors import ErrorCode
 from cluster.request import ResolvedRequest
+
+
+class Api(StrEnum):
+    """The door a task was created through: its answers and webhook bodies take that door's shape."""
+
+    DASHSCOPE = "dashscope"
+    ACEDATA = "acedata"
+    OPENAI = "openai"
+
+    @property
+    def takes_callbacks(self) -> bool:
+        """Whether its clients may ask for a webhook (each such door registers a body for it)."""
+        return self is not Api.OPENAI
 
 
 class TaskStatus(StrEnum):
@@ -29,7 +43,7 @@ class ImageOutcome(BaseModel):
     index: int
     seed: int
     key: str | None = None  # storage key of the PNG
-    code: str | None = None
+    code: ErrorCode | None = None
     message: str | None = None
     inference_s: float = 0.0  # wall time of the batch the image was rendered in
 
@@ -84,7 +98,7 @@ class TaskRecord(BaseModel):
     model: str
     status: TaskStatus = TaskStatus.PENDING
     key_id: str = ""  # which API key created it (a hash, never the key); only it sees the task
-    api: str = "dashscope"  # the door that created it: its body shape is used for webhooks
+    api: Api = Api.DASHSCOPE  # the door that created it: its body shape is used for webhooks
     request: ResolvedRequest  # what is rendered: defaults filled, seed chosen, no image bytes
     client_body: Any = None  # the client's request as sent (AceData's retrieve returns it)
     base_url: str = ""  # the address the client reached us at (absolute URLs in webhooks)
@@ -100,7 +114,7 @@ class TaskRecord(BaseModel):
     # record is read for a client (`TaskService`), never stored: it changes without a write.
     queue_position: int | None = Field(None, exclude=True)
     results: list[ImageOutcome] = Field(default_factory=list)
-    code: str | None = None  # whole-task failure
+    code: ErrorCode | None = None  # whole-task failure
     message: str | None = None
     attempts: int = 0
     owner: str | None = None  # dispatcher holding the lease

@@ -9,7 +9,7 @@ What this layer guarantees, whichever door is used:
 - Validation happens once, against the model's limits (`ModelSpec.resolve`), and the record
   keeps the resolved request whole (`ResolvedRequest`, with its seed chosen).
 - Input images are stored beside the results (the record stays small) and fetched under the
-  address rules of `serve/fetch.py`; one of our own signed result URLs is read straight from
+  address rules of `serve/edge/fetch.py`; one of our own signed result URLs is read straight from
   storage, never over HTTP.
 - A callback URL is checked at submission (a clear 400 now beats a silent failure later) and
   again at every delivery (DNS answers change).
@@ -21,18 +21,19 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
 from cluster.config import ServeConfig
 from cluster.models import ModelSpec
-from cluster.request import RenderError, RenderRequest
+from cluster.errors import RenderError
+from cluster.request import RenderRequest
 from cluster.storage import Storage, StorageError
-from serve.errors import ErrorKind, ServiceError
-from serve.fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
 from serve.tasks.dispatch import Dispatcher, QueueFull
-from serve.tasks.record import TaskRecord, TaskStatus, WebhookDelivery
+from serve.tasks.record import Api, TaskRecord, TaskStatus, WebhookDelivery
 
 CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
 
@@ -41,13 +42,16 @@ CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) 
 class Submission:
     """One create call, in the task layer's terms."""
 
-    api: str  # the door: its body shape is used for this task's webhook
+    api: Api  # the door: its body shape is used for this task's webhook
     key_id: str
     request: RenderRequest  # `model`: a configured model, or an alias of one
     base_url: str  # the address the client reached us at
     callback_url: str | None = None
     client_body: Any = None
     sizes: Literal["api", "render"] = "api"  # which size rule of the model applies
+    # The core's parameter names as this door's clients spell them (`n` -> `count`), so that a
+    # refused request names the field that was sent.
+    param_names: Mapping[str, str] = field(default_factory=dict)
 
 
 class TaskService:
@@ -72,6 +76,16 @@ class TaskService:
             return ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name} is not served here; available: {served}",
                                 param="model")
         return spec
+
+    def model_for(self, name: str, edit: bool, served_at: Mapping[bool, str]) -> ModelSpec | ServiceError:
+        """A served model of the kind the route takes (one that edits images, or one that
+        generates them); one of the other kind is refused with where it is served
+        (`served_at[True]`: where edit models are, `served_at[False]`: where the others are)."""
+        spec = self.model(name)
+        if isinstance(spec, ServiceError) or spec.edit == edit:
+            return spec
+        does = "edits" if spec.edit else "generates"
+        return ServiceError.invalid(f"model {name} {does} images: {served_at[spec.edit]}", "model")
 
     # --- input images ---------------------------------------------------------------------------
 
@@ -114,7 +128,9 @@ class TaskService:
         request = dataclasses.replace(submission.request, model=spec.name)  # an alias names its model
         resolved = spec.resolve(request, sizes=submission.sizes)
         if isinstance(resolved, RenderError):
-            return _resolve_error(resolved)
+            return ServiceError.refused(resolved, submission.param_names)
+        if submission.callback_url and not submission.api.takes_callbacks:
+            return ServiceError.invalid(f"callback_url is not taken on the {submission.api.value} API", "callback_url")
         if submission.callback_url and (problem := await self._check_callback(submission.callback_url)):
             return problem
         now = time.time()
@@ -174,6 +190,23 @@ class TaskService:
         finished = await self.dispatcher.wait(record.task_id, timeout_s or self.settings.sync_timeout_s)
         return finished or record
 
+    async def wait_for_images(self, record: TaskRecord, still_running: str) -> TaskRecord | ServiceError:
+        """For a call that answers with images: the record once it SUCCEEDED, else the error to
+        answer with (`still_running` tells the client what to do when the wait ran out)."""
+        finished = await self.wait(record)
+        if not finished.terminal:
+            return ServiceError(ErrorKind.TIMEOUT, f"task {record.task_id} did not finish within "
+                                                   f"{self.settings.sync_timeout_s:g} s; {still_running}")
+        if finished.status == TaskStatus.CANCELED:
+            return ServiceError(ErrorKind.TASK_CANCELED, f"task {record.task_id} was canceled before its images "
+                                                         f"were ready")
+        if finished.status == TaskStatus.FAILED or not any(o.key for o in finished.results):
+            failed = next((o for o in finished.results if o.code), None)
+            code, message = (finished.code, finished.message) if finished.code else (
+                (failed.code, failed.message) if failed else (None, "rendering failed"))
+            return ServiceError(ErrorKind.TASK_FAILED, f"{message} ({code.value})" if code else message or "")
+        return finished
+
     # --- read, cancel, list ---------------------------------------------------------------------
 
     async def get(self, task_id: str, key_id: str) -> TaskRecord | None:
@@ -224,12 +257,6 @@ def _still_answers(record: TaskRecord, window_s: float) -> bool:
     if not record.terminal:
         return True
     return record.status == TaskStatus.SUCCEEDED and time.time() - (record.end_time or 0) <= window_s
-
-
-def _resolve_error(error: RenderError) -> ServiceError:
-    if error.code == "BadRequest.EmptyInput":
-        return ServiceError(ErrorKind.EMPTY_PROMPT, error.message, "prompt")
-    return ServiceError(ErrorKind.INVALID, error.message)
 
 
 def _compact(value: Any) -> Any:

@@ -28,8 +28,8 @@ from typing import Callable
 from standardwebhooks import Webhook
 
 from cluster.config import WebhookConfig
-from serve.fetch import FetchError, FetchPolicy, Resolver, request, system_resolver
-from serve.tasks.record import DeliveryState, TaskRecord, WebhookDelivery
+from serve.edge.fetch import FetchError, FetchPolicy, Resolver, request, system_resolver
+from serve.tasks.record import Api, DeliveryState, TaskRecord, WebhookDelivery
 from serve.tasks.store import TaskStore
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,10 @@ MAX_ANSWER_BYTES = 64 * 1024
 
 class Webhooks:
     def __init__(self, store: TaskStore, config: WebhookConfig, secret: str, policy: FetchPolicy,
-                 renderers: dict[str, BodyRenderer], owner: str, resolver: Resolver = system_resolver):
+                 renderers: dict[Api, BodyRenderer], owner: str, resolver: Resolver = system_resolver):
+        # Checked at start, not at the first delivery: a door that takes callbacks needs a body.
+        if missing := [api.value for api in Api if api.takes_callbacks and api not in renderers]:
+            raise ValueError(f"no webhook body registered for the {', '.join(missing)} API")
         self.store = store
         self.config = config
         self.signer = Webhook(secret)

@@ -6,16 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from serve.dashscope.router import error_response, respond
-from serve.errors import ServiceError
-from serve.http import admit
+from serve.dashscope.protocol import ERRORS, error_body
+from serve.edge.http import Caller, Door
 from serve.web.service import WebService
 
 STATIC = Path(__file__).parent / "static"
-router = APIRouter()
+router = APIRouter()  # the page's reads, mounted at /web
+page_router = APIRouter()  # the page itself, at /
+# Errors in the DashScope shape: the page creates and cancels tasks through that door.
+door = Door(service="web", errors=ERRORS, error_body=error_body, prefix="/web")
 # StaticFiles serves only files under STATIC (it refuses paths that leave it).
 static_files = StaticFiles(directory=STATIC)
 
@@ -24,23 +26,17 @@ def _service(request: Request) -> WebService:
     return request.app.state.web
 
 
-@router.get("/", include_in_schema=False)
+@page_router.get("/", include_in_schema=False)
 async def page() -> FileResponse:
     # The page holds no data: the key is typed in the browser, and every read carries it.
     return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 
 
-@router.get("/web/api/tasks")
-async def recent(request: Request) -> JSONResponse:
-    caller = await admit(request)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
-    return JSONResponse(await _service(request).recent(caller))
+@door.route(router, "GET", "/api/tasks")
+async def recent(service: WebService, caller: Caller, request: Request):
+    return await service.recent(caller)
 
 
-@router.get("/web/api/tasks/{task_id}")
-async def task(request: Request, task_id: str) -> JSONResponse:
-    caller = await admit(request)
-    if isinstance(caller, ServiceError):
-        return error_response(caller)
-    return respond(await _service(request).task(caller, task_id))
+@door.route(router, "GET", "/api/tasks/{task_id}")
+async def task(service: WebService, caller: Caller, request: Request):
+    return await service.task(caller, request.path_params["task_id"])

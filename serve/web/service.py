@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import time
 
-from serve.errors import ErrorKind, ServiceError
-from serve.http import Caller
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.http import Caller
 from serve.tasks.record import TaskRecord
 from serve.tasks.service import TaskService
 from serve.web.protocol import ImageView, TaskPage, TaskView

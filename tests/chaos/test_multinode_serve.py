@@ -23,7 +23,7 @@ import httpx
 import pytest
 from ray import serve
 
-from serve.deployment import deployment_name
+from cluster.models import deployment_name
 from tests.multinode import local_cluster, wait_until
 from tests.servers import local_service
 

@@ -25,7 +25,7 @@ from serve.tasks.sqlite import SQLiteTaskStore
 from tests.receiver import webhook_receiver
 from tests.servers import free_port, raydiant_service
 
-KEYS = ["limited-key", "queue-key", "chaos-key", "ingress-key"]
+KEYS = ["limited-key", "queue-key", "chaos-key", "ingress-key", "metrics-key"]
 RATE_BURST = 300  # per key in any 60 s window: spent in one test whatever the machine's speed
 CONFIG = """
 models:
@@ -138,7 +138,7 @@ def test_full_queue_answers_503_and_health_stays_up(service):
     assert refused.status_code == 503 and refused.json()["code"] == "ServiceUnavailable"
 
     # While the long render runs, /healthz answers at once (rendering is off the event loop).
-    assert fetch(service, "queue-key", long_task)["task_status"] == "RUNNING"
+    wait_running(service, "queue-key", [long_task])  # PENDING until the replica starts it
     for _ in range(3):
         started = time.monotonic()
         health = httpx.get(f"{service.url}/healthz", timeout=10)
@@ -190,7 +190,9 @@ def test_ingress_killed_mid_task_and_its_due_webhook_still_delivered(service, wo
 
 
 def test_metrics_exported_in_prometheus_format(service):
-    """After the tests above rendered and failed images, Ray's metrics endpoint shows them."""
+    """After a task of its own rendered, Ray's metrics endpoint shows it (whatever ran before)."""
+    task_id = create(service, "metrics-key", steps=1).json()["output"]["task_id"]
+    assert wait_all(service, "metrics-key", [task_id])[task_id]["task_status"] == "SUCCEEDED"
     deadline = time.monotonic() + 60
     text = ""
     while time.monotonic() < deadline:

@@ -57,12 +57,18 @@ class ContractService:
     url: str
     work: Path  # its working directory: tasks.sqlite, results/, signing.key
 
+    @property
+    def sim_dir(self) -> Path:
+        """Where its SIMULATED GPUs record every batch they run (`cluster/sim_engine.py`)."""
+        return self.work / "sim"
+
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory):
     work = tmp_path_factory.mktemp("contract-service")
     config = CONFIG.format(work=work, secret=WEBHOOK_SECRET, burst=RATE_BURST)
-    with raydiant_service(work, config, api_keys=",".join(KEYS)) as running:
+    (work / "sim").mkdir()
+    with raydiant_service(work, config, api_keys=",".join(KEYS), env={"RAYDIANT_SIM_DIR": str(work / "sim")}) as running:
         yield ContractService(running.url, work)
 
 

@@ -15,6 +15,7 @@ import pytest
 from dashscope import ImageSynthesis
 from PIL import Image
 
+from cluster.sim_engine import read_busy_intervals
 from tests.contract.conftest import CANCEL_KEY
 
 
@@ -47,21 +48,29 @@ def pixels(url: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(httpx.get(url, timeout=30).content)).convert("RGB"))
 
 
+def device_batches(service, prompt: str) -> list[dict]:
+    """The SIMULATED GPU's own record of every batch that held `prompt`."""
+    return [batch for batches in read_busy_intervals(service.sim_dir).values() for batch in batches
+            if prompt in batch["prompts"]]
+
+
 def test_running_task_alone_stops_within_a_step(service):
-    # SIMULATED GPU: 20 steps of 0.1 s.
-    doomed = ImageSynthesis.async_call(model="sim-steps", prompt="doomed", steps=20, size="768*512")
+    # SIMULATED GPU: 20 steps of 0.1 s. Prompts unique to this run find its batches in the record.
+    doomed_prompt, next_prompt = f"doomed {time.time_ns()}", f"next {time.time_ns()}"
+    doomed = ImageSynthesis.async_call(model="sim-steps", prompt=doomed_prompt, steps=20, size="768*512")
     running = until(doomed.output.task_id, lambda o: o.get("progress", {}).get("step", 0) >= 2)
     assert running["task_status"] == "RUNNING" and running["progress"]["step"] < 20  # the fault hits mid-render
-    canceled_at = time.monotonic()
     assert ImageSynthesis.cancel(doomed).status_code == 200
     assert ImageSynthesis.fetch(doomed).output.task_status == "CANCELED"
-    # Had the render gone on, the device would be busy for the remaining 1.6 s or more.
-    nxt = ImageSynthesis.async_call(model="sim-steps", prompt="next", steps=20, size="768*512")
-    until(nxt.output.task_id, lambda o: o["task_status"] == "RUNNING")
-    freed_after_s = time.monotonic() - canceled_at
-    print(f"device freed {freed_after_s:.2f} s after the cancel")
-    assert freed_after_s < 0.8, f"the device was freed {freed_after_s:.2f} s after the cancel"
+    nxt = ImageSynthesis.async_call(model="sim-steps", prompt=next_prompt, steps=20, size="768*512")
     assert ImageSynthesis.wait(nxt).output.task_status == "SUCCEEDED"
+    # The device's record: the canceled render stopped early, then the device ran the next task.
+    [stopped] = device_batches(service, doomed_prompt)
+    [after] = device_batches(service, next_prompt)
+    print(f"canceled render ran {stopped['steps_done']} of 20 steps; the device took the next task "
+          f"{after['start'] - stopped['end']:.2f} s after it stopped")
+    assert stopped["steps_done"] < stopped["steps"] == 20 and after["steps_done"] == 20
+    assert after["start"] >= stopped["end"]  # one device: the next task waited for nothing but the stop
     final = dict(ImageSynthesis.fetch(doomed).output)
     assert final["task_status"] == "CANCELED" and not final.get("results")
     assert files_of(service, doomed.output.task_id) == []

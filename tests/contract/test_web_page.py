@@ -56,6 +56,7 @@ def test_page_renders_cancels_copies_and_lists(browser, service):
     assert "s left" in running.find_element(By.CLASS_NAME, "eta").text
     shot(browser, "page-progress.png")
     done = until(browser, lambda: card(browser, "SUCCEEDED"))
+    first_id = done.get_attribute("data-task-id")
     until(browser, lambda: browser.execute_script(
         "const i = document.querySelector('#tasks .task img'); return i && i.complete && i.naturalWidth > 0"))
     assert done.find_element(By.TAG_NAME, "figcaption").text == "seed 7"
@@ -74,15 +75,19 @@ def test_page_renders_cancels_copies_and_lists(browser, service):
     # Cancel a running task from its card.
     submit(browser, "a storm that never ends", seed=8)
     doomed = until(browser, lambda: card(browser, "RUNNING"))
+    doomed_id = doomed.get_attribute("data-task-id")
     doomed.find_element(By.CLASS_NAME, "cancel").click()
     until(browser, lambda: card(browser, "CANCELED"))
     assert not doomed.find_element(By.CLASS_NAME, "cancel").is_displayed()
 
-    # The gallery after a reload: the key is still in this tab's session, the tasks are listed.
+    # The gallery after a reload: the key is still in this tab's session, and the key's tasks are
+    # listed newest first: the canceled one, the one the copied code made, the first one.
     browser.refresh()
-    until(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#tasks .task")) >= 2)
-    statuses = [c.get_attribute("data-status") for c in browser.find_elements(By.CSS_SELECTOR, "#tasks .task")]
-    assert statuses[:2] == ["CANCELED", "SUCCEEDED"] or "CANCELED" in statuses
+    until(browser, lambda: len(browser.find_elements(By.CSS_SELECTOR, "#tasks .task")) >= 3)
+    listed = [(c.get_attribute("data-task-id"), c.get_attribute("data-status"))
+              for c in browser.find_elements(By.CSS_SELECTOR, "#tasks .task")]
+    assert [status for _, status in listed[:3]] == ["CANCELED", "SUCCEEDED", "SUCCEEDED"], listed
+    assert listed[0][0] == doomed_id and listed[2][0] == first_id, listed
     until(browser, lambda: browser.execute_script(
         "return [...document.querySelectorAll('#tasks img')].every(i => i.complete && i.naturalWidth > 0)"))
     shot(browser, "page-gallery.png")

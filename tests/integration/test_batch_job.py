@@ -100,10 +100,12 @@ def test_seeds_offset_and_derived_deterministically(tmp_path, input_file):
 
 def test_bad_rows_become_error_rows_and_budget_fails_the_job(tmp_path, input_file):
     run_job(job(tmp_path, "ok", max_errors=3))
-    errors = {r["id"]: r["error"] for r in metadata(str(tmp_path / "ok")) if r["error"]}
-    assert errors.keys() == {"d", "e", "f"}
-    assert errors["d"].startswith("BadRequest.EmptyInput") and "1000*1000" in errors["e"]
-    assert "dall-e" in errors["f"]
+    rows = {r["id"]: r for r in metadata(str(tmp_path / "ok")) if r["error_code"]}
+    assert rows.keys() == {"d", "e", "f"}
+    assert {i: r["error_code"] for i, r in rows.items()} == {
+        "d": "empty_prompt", "e": "invalid_parameter", "f": "model_not_found"}
+    assert rows["d"]["error"] == "prompt is missing" and rows["e"]["error"].startswith("size 1000*1000 is not allowed")
+    assert "dall-e" in rows["f"]["error"]
     with pytest.raises(JobError, match="3 of 9 images failed, over the error budget"):
         run_job(job(tmp_path, "strict", max_errors=0.2))
 

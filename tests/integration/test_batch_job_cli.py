@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from cluster.storage import Storage
 from jobs.output import read_metadata
-from serve.local_service import kill_session
+from serve.local.service import kill_session
 
 RAYDIANT = str(Path(sys.executable).parent / "raydiant")
 

@@ -13,6 +13,7 @@ from PIL import Image
 from cluster.engine import Renderer
 from cluster.imageio import png_text
 from cluster.request import RenderRequest
+from cluster.errors import ErrorCode
 from cluster.weights import ModelLoadError
 from tests.conftest import pixels
 
@@ -38,9 +39,9 @@ def test_bad_request_fails_alone(flux_renderer):
     results = flux_renderer.render([small(prompt="ok"), small(steps=0), small(width=100, height=100),
                                     small(model="flux-dev")])
     assert [r.ok for r in results] == [True, False, False, False]
-    assert results[1].error.message.startswith("steps must be")
+    assert results[1].error.param == "steps" and results[1].error.text().startswith("steps must be")
     assert "100*100" in results[2].error.message
-    assert results[3].error.code == "ModelNotFound"
+    assert results[3].error.code == ErrorCode.MODEL_NOT_FOUND
 
 
 def test_real_api_size_renders(sdxl_renderer):
@@ -54,12 +55,7 @@ def test_edit_model_renders_from_input_image(kontext_renderer):
     results = kontext_renderer.render([small("flux-kontext", init_image=buf.getvalue(), width=512, height=384, n=2)])
     assert all(r.ok for r in results) and pixels(results[0].image).shape == (384, 512, 3)
     [bad] = kontext_renderer.render([small("flux-kontext", init_image=b"not an image")])
-    assert bad.error.message == "input image cannot be decoded"
-
-
-def test_check_health_and_warm_up(flux_renderer):
-    flux_renderer.check_health()
-    flux_renderer.warm_up()
+    assert bad.error.text() == "image cannot be decoded"
 
 
 def test_loads_from_local_directory_and_fsspec_uris(local_config, tiny_sd15_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""Keeping the device busy (serve/deployment.py, serve/pipelined.py).
+"""Keeping the device busy (serve/replica/deployment.py, serve/replica/pipelined.py).
 
 - A real Serve replica on the SIMULATED GPU: a request at idle starts at once (a batch of 1),
   and requests arriving during a render form the next batches, up to max_batch_size: observed
@@ -18,10 +18,11 @@ from ray import serve
 
 from cluster.engine import Renderer
 from cluster.local_ray import connect
-from cluster.request import RenderRequest
+from cluster.models import CATALOGUE
+from cluster.request import RenderRequest, ResolvedRequest
 from cluster.sim_engine import SimulatedTiming
-from serve.deployment import ModelServer
-from serve.pipelined import ENCODE_BACKLOG, PipelinedRenderer
+from serve.replica.deployment import ModelServer
+from serve.replica.pipelined import ENCODE_BACKLOG, PipelinedRenderer
 from tests.conftest import pixels
 
 
@@ -31,9 +32,11 @@ def sim_spec(local_config, per_image_s: float):
         "simulated": SimulatedTiming(base_s=0.0, per_image_s=per_image_s)})
 
 
-def request(seed: int, **changes) -> RenderRequest:
-    return RenderRequest(**({"model": "flux-schnell", "prompt": f"p{seed}", "seed": seed, "width": 256,
-                             "height": 256, "steps": 2} | changes))
+def request(seed: int, **changes) -> ResolvedRequest:
+    """A request as the task layer hands it to a replica: resolved once, at submission."""
+    raw = RenderRequest(**({"model": "flux-schnell", "prompt": f"p{seed}", "seed": seed, "width": 256,
+                            "height": 256, "steps": 2} | changes))
+    return CATALOGUE["flux-schnell"].resolve(raw)
 
 
 def test_batches_start_at_once_when_idle_and_fill_under_load(local_config):

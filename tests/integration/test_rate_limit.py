@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from cluster.config import RateLimitConfig, TaskStoreConfig
-from serve.ratelimit import RateLimiter
+from serve.edge.ratelimit import RateLimiter
 from tests.servers import redis_server
 
 

@@ -18,7 +18,8 @@ import dashscope
 from dashscope import ImageSynthesis
 
 from cluster.config import CONFIG_DIR
-from cluster.local_ray import free_ports, private_head
+from cluster.local_ray import private_head
+from cluster.processes import free_ports
 
 BIN = Path(sys.executable).parent
 KEY = "deploy-key"

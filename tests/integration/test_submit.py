@@ -13,7 +13,8 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.local_ray import free_port, private_head
+from cluster.local_ray import private_head
+from cluster.processes import free_port
 from cluster.storage import Storage
 from jobs.output import read_metadata
 

@@ -14,7 +14,7 @@ from cluster.config import RaydiantConfig
 from cluster.storage import Storage
 from serve.acedata.service import AceDataService
 from serve.dashscope.service import DashScopeService
-from serve.http import Caller
+from serve.edge.http import Caller
 from serve.openai.service import OpenAIService
 from serve.tasks.dispatch import QueueFull
 from serve.tasks.record import ImageOutcome, TaskRecord, TaskStatus

@@ -10,9 +10,9 @@ import pytest
 from standardwebhooks import Webhook
 
 from cluster.config import WebhookConfig
-from serve.fetch import FetchPolicy
+from serve.edge.fetch import FetchPolicy
 from serve.secrets import new_webhook_secret
-from serve.tasks.record import DeliveryState, TaskStatus, WebhookDelivery
+from serve.tasks.record import Api, DeliveryState, TaskStatus, WebhookDelivery
 from serve.tasks.sqlite import SQLiteTaskStore
 from serve.tasks.webhooks import Webhooks
 from tests.factories import task_record
@@ -34,7 +34,13 @@ def body_of(record) -> dict:
 def sender(store, owner="ingress-1", **config) -> Webhooks:
     settings = WebhookConfig(**({"first_retry_s": 0.1, "max_retry_s": 0.4, "give_up_after_s": 1.5} | config))
     return Webhooks(store, settings, SECRET, FetchPolicy(allow_loopback=True, timeout_s=1.0),
-                    {"dashscope": body_of}, owner=owner)
+                    {Api.DASHSCOPE: body_of, Api.ACEDATA: body_of}, owner=owner)
+
+
+def test_a_door_that_takes_callbacks_without_a_body_fails_at_start(tmp_path):
+    with pytest.raises(ValueError, match="no webhook body registered for the acedata API"):
+        Webhooks(SQLiteTaskStore(tmp_path / "t.sqlite"), WebhookConfig(), SECRET, FetchPolicy(),
+                 {Api.DASHSCOPE: body_of}, owner="ingress-1")
 
 
 async def ended_task(store, url: str, **fields):
@@ -109,10 +115,10 @@ def test_a_slow_receiver_does_not_hold_up_others(tmp_path, receiver):
         store = SQLiteTaskStore(tmp_path / "t.sqlite")
         hooks = sender(store)
         slow = await ended_task(store, receiver.to("/slow"))
-        receiver.delay_s = 3.0  # beyond the 1 s attempt timeout
+        receiver.delays["/slow"] = 3.0  # beyond the 1 s attempt timeout
         hooks.task_ended(slow)
-        await asyncio.sleep(0.2)
-        receiver.delay_s = 0.0
+        while not receiver.received("/slow"):  # the slow attempt has arrived, and hangs
+            await asyncio.sleep(0.01)
         fast = await ended_task(store, receiver.to("/fast"))
         hooks.task_ended(fast)
         fast_hook = await settle(store, fast.task_id)

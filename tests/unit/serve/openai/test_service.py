@@ -9,9 +9,11 @@ import base64
 
 import pytest
 
-from serve.errors import ErrorKind, ServiceError
+from cluster.errors import ErrorCode
+from serve.edge.errors import ErrorKind, ServiceError
 from serve.openai.protocol import ERRORS
-from serve.openai.service import EditUpload, error_body
+from serve.openai.protocol import error_body
+from serve.openai.service import EditUpload
 from tests.unit.serve.fakes import caller, doors, png
 
 
@@ -37,10 +39,10 @@ def edit(door, fields, images, mask=None):
     ({"prompt": "x", "size": "big"}, ErrorKind.INVALID, "size", "size must be WxH"),
     ({"prompt": "x", "size": "100x100"}, ErrorKind.INVALID, "size", "size 100*100 is not allowed"),
     ({"prompt": "x", "n": 9}, ErrorKind.INVALID, "n", "n must be 1..4"),
-    ({"prompt": "x", "n": 1.5}, ErrorKind.INVALID, "n", "whole number"),
+    ({"prompt": "x", "n": 1.5}, ErrorKind.INVALID, "n", "n must be an integer"),
     ({"prompt": "x", "response_format": "jpeg"}, ErrorKind.INVALID, "response_format", "url or b64_json"),
-    ({"prompt": "x", "seed": "abc"}, ErrorKind.INVALID, "seed", "seed must be a number"),
-    ({"prompt": "x", "steps": 1000}, ErrorKind.INVALID, None, "steps must be"),
+    ({"prompt": "x", "seed": "abc"}, ErrorKind.INVALID, "seed", "seed must be an integer"),
+    ({"prompt": "x", "steps": 1000}, ErrorKind.INVALID, "steps", "steps must be 1..100"),
     ({"prompt": "x", "colour": "red"}, ErrorKind.INVALID, "colour", "unknown parameter"),
     ({"prompt": "x", "image": "data:..."}, ErrorKind.INVALID, "image", "images go to /v1/images/edits"),
 ])
@@ -94,7 +96,7 @@ def test_a_repeat_joins_the_first_task(door):
 
 
 def test_a_failed_task_is_tried_afresh(door):
-    door.dispatcher.fail_with = ("InternalError", "boom")
+    door.dispatcher.fail_with = (ErrorCode.INTERNAL, "boom")
     assert generate(door, {"prompt": "flaky"}).kind == ErrorKind.TASK_FAILED
     door.dispatcher.fail_with = None
     assert "data" in generate(door, {"prompt": "flaky"})

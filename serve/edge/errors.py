@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Mapping
+
+from cluster.errors import ErrorCode, RenderError
 
 
 class ErrorKind(StrEnum):
@@ -39,6 +42,16 @@ class ServiceError:
     @classmethod
     def invalid(cls, message: str, param: str | None = None) -> "ServiceError":
         return cls(ErrorKind.INVALID, message, param)
+
+    @classmethod
+    def refused(cls, error: RenderError, names: Mapping[str, str]) -> "ServiceError":
+        """A request the core refused (`ModelSpec.resolve`), its parameter named as the door's
+        clients spell it (`names`: the core's name -> the door's; unnamed ones stay as they are)."""
+        name = names.get(error.param, error.param) if error.param else None
+        return cls(_REFUSED.get(error.code, ErrorKind.INVALID), error.text(name), name)
+
+
+_REFUSED = {ErrorCode.EMPTY_PROMPT: ErrorKind.EMPTY_PROMPT, ErrorCode.MODEL_NOT_FOUND: ErrorKind.MODEL_NOT_FOUND}
 
 
 @dataclass(frozen=True)

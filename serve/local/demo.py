@@ -1,7 +1,7 @@
 """`make demo`'s online part: start the service, render through the real DashScope, AceData and
 OpenAI SDKs, print the result URLs and where the files are, stop cleanly.
 
-    .venv/bin/python -m serve.demo
+    .venv/bin/python -m serve.local.demo
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from serve.local_service import local_service
+from serve.local.service import local_service
 
 DEMO_KEY = "demo-key"
 

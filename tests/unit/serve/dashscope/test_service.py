@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
+from cluster.errors import ErrorCode
 from serve.dashscope.protocol import ERRORS
-from serve.errors import ErrorKind, ServiceError
+from serve.edge.errors import ErrorKind, ServiceError
 from tests.unit.serve.fakes import caller, doors
 
 
@@ -67,7 +68,7 @@ def test_create_async_then_sync_bodies(door):
 
 
 def test_failed_task_body_has_code_inside_output(door):
-    door.dispatcher.fail_with = ("InternalError.Timeout", "too slow")
+    door.dispatcher.fail_with = (ErrorCode.TIMEOUT, "too slow")
     done = create(door, {"model": "flux-schnell", "input": {"prompt": "x"}}, sync=True)
     assert done["output"]["task_status"] == "FAILED" and done["output"]["code"] == "InternalError.Timeout"
     assert "code" not in done

@@ -18,9 +18,9 @@ from ray.serve.schema import ServeDeploySchema
 
 from cluster.config import CONFIG_DIR, load_config
 from serve.deploy_config import rendered
-from serve.deployment import deployment_name
+from cluster.models import deployment_name
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO.parent / "shared" / "kuberay-crds"
 MANIFESTS = {"RayService": REPO / "infra/k8s/rayservice.yaml", "RayJob": REPO / "infra/k8s/rayjob.yaml",
              "RayCluster": REPO / "infra/k8s/raycluster.yaml"}

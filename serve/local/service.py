@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from cluster.local_ray import free_port, kill_session, session_pids, stop_session  # noqa: F401 (re-exported)
+from cluster.processes import free_port, kill_session, session_pids, stop_session  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -34,15 +34,17 @@ class Service:
 @contextmanager
 def local_service(workdir: str | Path, config: Path | None = None, api_keys: str = "local-key",
                   port: int | None = None, extra_args: tuple[str, ...] = (),
-                  startup_timeout_s: float = 240) -> Iterator[Service]:
-    """Start the service, yield it once /healthz answers 200, stop it on exit."""
+                  startup_timeout_s: float = 240, env: dict[str, str] | None = None) -> Iterator[Service]:
+    """Start the service, yield it once /healthz answers 200, stop it on exit. `env` is added to
+    its environment (and so to its Ray head's and replicas')."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     command = [str(Path(sys.executable).parent / "raydiant"), "serve", "--port", str(port), *extra_args]
     if config is not None:
         command += ["--config", str(config)]
-    env = os.environ | {"RAYDIANT_API_KEYS": api_keys, "RAY_DISABLE_USAGE_STATS": "1", "PYTHONUNBUFFERED": "1"}
+    env = os.environ | (env or {}) | {"RAYDIANT_API_KEYS": api_keys, "RAY_DISABLE_USAGE_STATS": "1",
+                                      "PYTHONUNBUFFERED": "1"}
     log_path = workdir / "serve.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from cluster.models import CATALOGUE, parse_size
-from cluster.request import RenderError, RenderRequest, ResolvedRequest
+from cluster.errors import ErrorCode, RenderError
+from cluster.request import RenderRequest, ResolvedRequest
 
 
 def resolve(model: str, sizes: str = "api", **fields):
@@ -30,8 +31,8 @@ def test_flux_api_accepts_documented_sizes(model, allowed):
 @pytest.mark.parametrize("refused", ["512*512", "1024*768", "2048*2048", "1000*1000"])
 def test_flux_api_refuses_other_sizes(model, refused):
     err = resolve(model, **size(refused))
-    assert isinstance(err, RenderError) and err.code == "InvalidParameter"
-    assert refused in err.message and "allowed" in err.message
+    assert isinstance(err, RenderError) and (err.code, err.param) == (ErrorCode.INVALID_PARAMETER, "size")
+    assert err.text().startswith(f"size {refused} is not allowed") and "allowed:" in err.message
 
 
 @pytest.mark.parametrize("ok", ["512*512", "640*1024", "1024*896", "1024*1024", "512*768"])
@@ -66,21 +67,23 @@ def test_steps_range(model, lo, hi):
     assert isinstance(resolve(model, steps=hi), ResolvedRequest)
     for bad in (lo - 1, hi + 1):
         err = resolve(model, steps=bad)
-        assert isinstance(err, RenderError) and err.message.startswith("steps must be") and str(bad) in err.message
+        assert isinstance(err, RenderError) and err.param == "steps"
+        assert err.text().startswith("steps must be") and str(bad) in err.message
 
 
-def test_guidance_named_scale_for_sd_models():
+def test_guidance_range_for_sd_models_named_as_a_door_spells_it():
     assert isinstance(resolve("stable-diffusion-xl", guidance=15), ResolvedRequest)
     err = resolve("stable-diffusion-xl", guidance=15.5)
-    assert isinstance(err, RenderError) and err.message.startswith("scale must be 1..15")
+    assert isinstance(err, RenderError) and err.param == "guidance" and err.message.startswith("must be 1..15")
+    assert err.text("scale").startswith("scale must be 1..15")  # DashScope's name for SD guidance
     err = resolve("stable-diffusion-v1.5", guidance=0.5)
-    assert isinstance(err, RenderError) and err.message.startswith("scale must be")
+    assert isinstance(err, RenderError) and err.text().startswith("guidance must be")
 
 
 def test_guidance_range_for_flux():
     assert isinstance(resolve("flux-dev", guidance=0), ResolvedRequest)
     err = resolve("flux-dev", guidance=-1)
-    assert isinstance(err, RenderError) and err.message.startswith("guidance must be")
+    assert isinstance(err, RenderError) and err.text().startswith("guidance must be")
 
 
 @pytest.mark.parametrize("model", list(CATALOGUE))
@@ -89,7 +92,7 @@ def test_n_range(model):
     assert isinstance(resolve(model, n=4, **extra), ResolvedRequest)
     for bad in (0, 5):
         err = resolve(model, n=bad, **extra)
-        assert isinstance(err, RenderError) and err.message.startswith("n must be 1..4")
+        assert isinstance(err, RenderError) and err.param == "n" and err.text().startswith("n must be 1..4")
 
 
 def test_defaults_filled_per_model():
@@ -107,12 +110,13 @@ def test_missing_seed_is_drawn_and_given_seed_kept():
     drawn = {resolve("flux-schnell").seed for _ in range(5)}
     assert all(0 <= s <= 2**31 - 1 for s in drawn) and len(drawn) > 1
     err = resolve("flux-schnell", seed=-1)
-    assert isinstance(err, RenderError) and "seed" in err.message
+    assert isinstance(err, RenderError) and err.param == "seed" and err.text().startswith("seed must be 0..")
 
 
 def test_empty_prompt_is_bad_request():
     err = resolve("flux-schnell", prompt="   ")
-    assert isinstance(err, RenderError) and err.code == "BadRequest.EmptyInput"
+    assert isinstance(err, RenderError) and (err.code, err.param) == (ErrorCode.EMPTY_PROMPT, "prompt")
+    assert not err.code.retryable
 
 
 def test_flux_prompt_truncated_at_500_characters():
@@ -128,9 +132,9 @@ def test_sd_prompt_truncated_at_75_words():
 
 def test_edit_model_needs_an_image_and_others_refuse_one():
     err = resolve("flux-kontext")
-    assert isinstance(err, RenderError) and "input image is required" in err.message
+    assert isinstance(err, RenderError) and err.param == "image" and err.text().startswith("image is required")
     err = resolve("flux-schnell", init_image=b"png")
-    assert isinstance(err, RenderError) and "does not take an input image" in err.message
+    assert isinstance(err, RenderError) and err.param == "image" and "does not edit images" in err.message
 
 
 def test_parse_size():

@@ -1,6 +1,6 @@
 """`ModelServer`: one Ray Serve deployment per model, wrapping the shared `Renderer`.
 
-Requests go through a `PipelinedRenderer` (serve/pipelined.py): continuous batching (an idle
+Requests go through a `PipelinedRenderer` (serve/replica/pipelined.py): continuous batching (an idle
 replica starts a request at once; requests arriving during a render form the next batch, up to
 the model's `max_batch_size` requests) and encoding off the device's path. Rendering runs in
 worker threads, so the replica's event loop keeps answering health checks and pings.
@@ -15,16 +15,11 @@ from ray import serve
 
 from cluster.engine import Renderer
 from cluster.models import ModelSpec
-from cluster.request import RenderRequest, RenderResult
-from serve.pipelined import PipelinedRenderer
-from serve.render_events import RenderEvent
+from cluster.request import RenderResult, ResolvedRequest
+from serve.replica.pipelined import PipelinedRenderer
+from serve.replica.render_events import RenderEvent
 
 log = logging.getLogger(__name__)
-
-
-def deployment_name(model: str) -> str:
-    """Serve deployment name of a model (dots are not welcome in deployment names)."""
-    return "model-" + model.replace(".", "_")
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, health_check_period_s=5,
@@ -35,10 +30,10 @@ class ModelServer:
         self.renderer = Renderer(self.spec)
         self.pipelined = PipelinedRenderer(self.renderer, max_requests=self.spec.max_batch_size if batching else 1)
 
-    async def render(self, request: RenderRequest) -> list[RenderResult]:
+    async def render(self, request: ResolvedRequest) -> list[RenderResult]:
         return await self.pipelined.render(request)
 
-    async def render_events(self, request: RenderRequest) -> AsyncIterator[RenderEvent]:
+    async def render_events(self, request: ResolvedRequest) -> AsyncIterator[RenderEvent]:
         """The request as a stream (`handle.options(stream=True)`): started, progress, finished.
         Canceling the call (Serve cancels this generator) cancels the render."""
         async for event in self.pipelined.stream(request):

@@ -8,8 +8,9 @@ import base64
 
 import pytest
 
+from cluster.errors import ErrorCode
 from serve.acedata.protocol import ERRORS
-from serve.errors import ErrorKind, ServiceError
+from serve.edge.errors import ErrorKind, ServiceError
 from tests.unit.serve.fakes import caller, doors, png
 
 
@@ -32,15 +33,15 @@ def retrieve(door, body, key_id="key-a"):
     ({"action": "generate", "prompt": "  "}, ErrorKind.EMPTY_PROMPT, "prompt"),
     ({"action": "paint", "prompt": "x"}, ErrorKind.INVALID, "action must be generate or edit"),
     ({"action": "generate", "prompt": "x", "model": "dall-e-3"}, ErrorKind.MODEL_NOT_FOUND, "dall-e-3"),
-    ({"action": "generate", "prompt": "x", "model": "flux-kontext-pro"}, ErrorKind.INVALID, "generating model"),
-    ({"action": "edit", "prompt": "x", "model": "flux-dev"}, ErrorKind.INVALID, "editing model"),
+    ({"action": "generate", "prompt": "x", "model": "flux-kontext-pro"}, ErrorKind.INVALID, "edits images: use action edit"),
+    ({"action": "edit", "prompt": "x", "model": "flux-dev"}, ErrorKind.INVALID, "generates images: use action generate"),
     ({"action": "edit", "prompt": "x", "model": "flux-kontext-pro"}, ErrorKind.INVALID, "image_url is required"),
     ({"action": "generate", "prompt": "x", "size": "big"}, ErrorKind.INVALID, "size must be WxH"),
     ({"action": "generate", "prompt": "x", "size": "100x100"}, ErrorKind.INVALID, "size 100*100 is not allowed"),
-    ({"action": "generate", "prompt": "x", "size": "1:20"}, ErrorKind.INVALID, "aspect ratio 1:20"),
+    ({"action": "generate", "prompt": "x", "size": "1:20"}, ErrorKind.INVALID, "size 1:20 is outside the aspect ratios"),
     ({"action": "generate", "prompt": "x", "count": 9}, ErrorKind.INVALID, "count must be 1..4"),
-    ({"action": "generate", "prompt": "x", "count": 1.5}, ErrorKind.INVALID, "whole number"),
-    ({"action": "generate", "prompt": "x", "count": "2"}, ErrorKind.INVALID, "whole number"),
+    ({"action": "generate", "prompt": "x", "count": 1.5}, ErrorKind.INVALID, "count must be an integer"),
+    ({"action": "generate", "prompt": "x", "count": "2"}, ErrorKind.INVALID, "count must be an integer"),
     ({"action": "generate", "prompt": 5}, ErrorKind.INVALID, "prompt must be a string"),
     ({"action": "generate", "prompt": "x", "async": "yes"}, ErrorKind.INVALID, "async must be a boolean"),
     ({"action": "generate", "prompt": "x", "callback_url": "ftp://example.com/hook"}, ErrorKind.INVALID,
@@ -109,9 +110,9 @@ def test_edit_with_data_uri_and_with_our_own_signed_url(door):
 
 
 def test_failed_task_is_500_api_error_and_full_queue_503(door):
-    door.dispatcher.fail_with = ("InternalError.Timeout", "the task did not finish before its deadline")
+    door.dispatcher.fail_with = (ErrorCode.TIMEOUT, "the task did not finish before its deadline")
     error = images(door, {"action": "generate", "prompt": "x"})
-    assert error.kind == ErrorKind.TASK_FAILED and "InternalError.Timeout" in error.message
+    assert error.kind == ErrorKind.TASK_FAILED and error.message == "the task did not finish before its deadline (timeout)"
     assert (ERRORS[error.kind].status, ERRORS[error.kind].code) == (500, "api_error")
     door.dispatcher.full = True
     error = images(door, {"action": "generate", "prompt": "x"})

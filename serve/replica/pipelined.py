@@ -8,7 +8,7 @@
 - One thread owns the device (`Renderer.denoise`); encoding (`Renderer.encode`) runs on other
   threads while the next batch denoises. At most `encode_backlog` denoised batches wait for
   the encoders, so memory stays bounded: the device pauses rather than piling up pictures.
-- Each request is a stream of events (`serve/render_events.py`): started, progress, finished.
+- Each request is a stream of events (`serve/replica/render_events.py`): started, progress, finished.
 - A request whose stream is closed (its caller canceled it) leaves the queue if it has not
   started; in a batch shared with others, the batch runs on and only its images are dropped
   (the others' pixels do not depend on batch company); alone, the render stops at the next step.
@@ -25,8 +25,8 @@ from typing import AsyncIterator
 
 from cluster.engine import Denoised, Renderer, sort_results
 from cluster.progress import StepProgress
-from cluster.request import RenderRequest, RenderResult
-from serve.render_events import Finished, Progress, RenderEvent, Started
+from cluster.request import RenderResult, ResolvedRequest
+from serve.replica.render_events import Finished, Progress, RenderEvent, Started
 
 log = logging.getLogger(__name__)
 ENCODE_BACKLOG = 2  # denoised batches waiting for, or in, the encoders
@@ -36,7 +36,7 @@ ENCODE_BACKLOG = 2  # denoised batches waiting for, or in, the encoders
 class _Job:
     """One request in the replica, and the events its caller has not read yet."""
 
-    request: RenderRequest
+    request: ResolvedRequest
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     canceled: bool = False
     batches: int = 0  # of the current group's batches, how many hold its images
@@ -55,14 +55,14 @@ class PipelinedRenderer:
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
-    async def render(self, request: RenderRequest) -> list[RenderResult]:
+    async def render(self, request: ResolvedRequest) -> list[RenderResult]:
         """The request's results in image order, once its batch is denoised and encoded."""
         async for event in self.stream(request):
             if isinstance(event, Finished):
                 return event.results
         raise RuntimeError("the render stream ended without results")
 
-    async def stream(self, request: RenderRequest) -> AsyncIterator[RenderEvent]:
+    async def stream(self, request: ResolvedRequest) -> AsyncIterator[RenderEvent]:
         """The request's events, ending with `Finished`. Closing the stream early cancels it."""
         job = _Job(request)
         self._waiting.append(job)

@@ -1,0 +1,123 @@
+"""What every router shares: the door skeleton, authentication, the per-key rate limit, and the
+capped JSON body.
+
+A door (one API: DashScope, AceData, OpenAI, the page's reads) declares its error table and
+error body once as a `Door`, and registers each route with `Door.route`: the route is admitted
+(`admit()`: key, rate limit, body), its handler gets the door's service and the `Caller`, and
+whatever it returns (a body, a `ServiceError`, a response) is answered in the door's shape. No
+route authenticates, counts or reads a body any other way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Mapping, Protocol
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from serve.edge.auth import ApiKeys
+from serve.edge.errors import ErrorKind, ServiceError, retry_headers
+from serve.edge.ratelimit import RateLimiter
+
+
+@dataclass(frozen=True)
+class Gate:
+    keys: ApiKeys
+    limiter: RateLimiter
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class Caller:
+    key_id: str  # a hash prefix of the key, never the key
+    body: Any = None  # the parsed JSON body, when the route asked for it
+    base_url: str = ""  # the address the client reached us at (for absolute result URLs)
+
+
+async def admit(request: Request, json_body: bool = False) -> Caller | ServiceError:
+    gate: Gate = request.app.state.gate
+    key = gate.keys.identify(request.headers.get("authorization"))
+    if key is None:
+        return ServiceError(ErrorKind.UNAUTHENTICATED, "Invalid API-key provided.")
+    wait_s = await gate.limiter.take(key)
+    if wait_s:
+        return ServiceError(ErrorKind.RATE_LIMITED, "Requests rate limit exceeded, please try again later.",
+                            retry_after_s=wait_s)
+    body = None
+    if json_body:
+        body = await read_json(request, gate.max_body_bytes)
+        if isinstance(body, ServiceError):
+            return body
+    return Caller(key, body, str(request.base_url))
+
+
+async def read_body(request: Request, limit: int) -> bytes | ServiceError:
+    """The raw body, refused as soon as it passes `limit` (a lying Content-Length included)."""
+    too_large = ServiceError(ErrorKind.BODY_TOO_LARGE, f"request body is larger than {limit} bytes")
+    if int(request.headers.get("content-length") or 0) > limit:
+        return too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return too_large
+    return bytes(body)
+
+
+async def read_json(request: Request, limit: int) -> Any | ServiceError:
+    body = await read_body(request, limit)
+    if isinstance(body, ServiceError):
+        return body
+    try:
+        return json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return ServiceError(ErrorKind.MALFORMED, f"request body is not valid JSON: {exc}")
+
+
+class _HasStatus(Protocol):
+    status: int
+
+
+# A route's handler: (the door's service, the admitted caller, the request) -> an answer.
+Handler = Callable[[Any, Caller, Request], Awaitable["dict | ServiceError | Response"]]
+
+
+@dataclass(frozen=True)
+class Door:
+    """One API's face at the edge: its error table and body, its service, its routes."""
+
+    service: str  # the attribute of `app.state` that holds this door's service
+    errors: Mapping[ErrorKind, _HasStatus]  # each error kind's HTTP status (and the door's own code)
+    error_body: Callable[[ServiceError], dict]  # an error in this API's shape
+    prefix: str  # where its router is mounted (unhandled errors under it take its shape)
+
+    def error_response(self, error: ServiceError) -> JSONResponse:
+        return JSONResponse(self.error_body(error), status_code=self.errors[error.kind].status,
+                            headers=retry_headers(error))
+
+    def respond(self, result: "dict | ServiceError | Response") -> Response:
+        if isinstance(result, ServiceError):
+            return self.error_response(result)
+        return result if isinstance(result, Response) else JSONResponse(result)
+
+    def route(self, router: APIRouter, method: str, path: str, *, json_body: bool = False,
+              trailing_slash: bool = False) -> Callable[[Handler], Handler]:
+        """Register `handler(service, caller, request)` as an admitted route (path parameters
+        are in `request.path_params`); `trailing_slash` also answers at `path/` (DashScope's
+        SDKs send both)."""
+
+        def register(handler: Handler) -> Handler:
+            async def endpoint(request: Request) -> Response:
+                caller = await admit(request, json_body)
+                if isinstance(caller, ServiceError):
+                    return self.error_response(caller)
+                return self.respond(await handler(getattr(request.app.state, self.service), caller, request))
+
+            endpoint.__name__ = handler.__name__
+            for each in (path, path + "/") if trailing_slash else (path,):
+                router.add_api_route(each, endpoint, methods=[method], name=f"{handler.__name__}:{each}")
+            return handler
+
+        return register

@@ -1,0 +1,58 @@
+"""The ingress's pure parts (serve/ingress.py): which door answers a path's unhandled errors, and
+when a model counts as covered for /healthz."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from fastapi.testclient import TestClient
+from ray.serve.schema import DeploymentStatus, ReplicaState
+
+from serve.acedata import router as acedata_routes
+from serve.dashscope import router as dashscope_routes
+from serve.ingress import covered, create_app, door_of
+from serve.openai import router as openai_routes
+from serve.web import router as web_routes
+
+
+@pytest.mark.parametrize(("path", "routes"), [
+    ("/flux/images", acedata_routes), ("/v1/images/generations", openai_routes), ("/web/api/tasks", web_routes),
+    ("/api/v1/tasks/x", dashscope_routes), ("/healthz", dashscope_routes), ("/", dashscope_routes)])
+def test_unhandled_errors_take_the_shape_of_the_door_of_the_path(path, routes):
+    assert door_of(path) is routes.door
+
+
+@pytest.mark.parametrize(("method", "path", "shape"), [
+    ("POST", "/api/v1/services/aigc/text2image/image-synthesis", "code"),
+    ("POST", "/api/v1/services/aigc/text2image/image-synthesis/", "code"),
+    ("GET", "/api/v1/tasks/some-id", "code"),
+    ("POST", "/flux/images", "success"),
+    ("POST", "/flux/tasks", "success"),
+    ("POST", "/v1/images/generations", "error"),
+    ("GET", "/v1/models", "error"),
+    ("GET", "/web/api/tasks", "code"),
+])
+def test_every_door_route_is_mounted_and_an_internal_error_takes_its_shape(method, path, shape):
+    """An app without its replica's state fails inside every route: the answer proves the route is
+    there (not 404) and that the unhandled error is a 500 in the door's own shape."""
+    client = TestClient(create_app(), raise_server_exceptions=False)
+    answer = client.request(method, path, headers={"authorization": "Bearer k"}, json={})
+    assert answer.status_code == 500 and shape in answer.json()
+    assert "internal error" in str(answer.json())
+
+
+def deployment(status: DeploymentStatus, running: int = 0):
+    return SimpleNamespace(status=status, replica_states={ReplicaState.RUNNING: running})
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    (None, False),
+    (deployment(DeploymentStatus.HEALTHY, 1), True),
+    (deployment(DeploymentStatus.UPSCALING, 0), True),  # at 0 replicas, scaling up: requests wait
+    (deployment(DeploymentStatus.UNHEALTHY, 1), True),  # a replica lost with a node is being replaced
+    (deployment(DeploymentStatus.UNHEALTHY, 0), False),
+    (deployment(DeploymentStatus.DEPLOY_FAILED, 1), False),
+])
+def test_a_model_is_covered_while_serve_serves_it_or_a_replica_runs(state, expected):
+    assert covered(state) is expected
