@@ -4,7 +4,8 @@
 the dashboard agent on 52365) in the shared /tmp/ray, so it would fight any other Ray on the
 machine for them: one of the two loses its agent's HTTP service, or worse. A private head takes
 free loopback ports for every service, worker ports from the OS, and a temporary directory of
-its own, and goes away with the command that started it.
+its own, and goes away with the command that started it, even when that command is killed
+with SIGKILL (a watchdog process stops the head's whole tree).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cluster.files import create_once
-from cluster.processes import free_port, free_ports, stop_tree, wait_for_port
+from cluster.processes import free_port, free_ports, stop_tree, wait_for_port, watch_owner
 
 HEAD_START_TIMEOUT_S = 120
 
@@ -73,15 +74,18 @@ def private_head(num_cpus: int | None = None, num_gpus: int | None = None, metri
     head = subprocess.Popen(head_command(temp_dir, gcs_port, num_cpus, num_gpus, metrics_port, dashboard_port),
                             env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
     (Path(temp_dir) / "head.pid").write_text(str(head.pid))
+    watchdog = watch_owner(head.pid)  # a SIGKILLed caller leaves no orphan head behind
     try:
         wait_for_port(gcs_port, head, HEAD_START_TIMEOUT_S, f"Ray head (log: {log.name})")
     except Exception:
         stop_tree(head)
+        stop_tree(watchdog)
         raise  # the temporary directory stays, with the head's log in it
     try:
         yield f"127.0.0.1:{gcs_port}"
     finally:
         stop_tree(head)
+        stop_tree(watchdog)
         log.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
 

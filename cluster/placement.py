@@ -15,6 +15,7 @@ from dataclasses import dataclass
 class GpuCapacity:
     now: float  # GPUs the cluster's nodes advertise now
     most: float | None  # GPUs it can reach with its autoscaler (None: no limit is known)
+    largest_node: float | None = None  # most GPUs on one node, now or from the autoscaler (None: unknown)
 
     @property
     def any(self) -> bool:
@@ -26,15 +27,17 @@ def gpu_capacity() -> GpuCapacity:
     import ray
 
     now = float(ray.cluster_resources().get("GPU", 0))
+    per_node = [float(node["Resources"].get("GPU", 0)) for node in ray.nodes() if node.get("Alive")]
     groups = _autoscaler_node_groups()
+    largest = max(per_node + [gpus for gpus, _ in groups], default=0.0)
     if not groups:
-        return GpuCapacity(now, now)  # no autoscaler: what it has is what it gets
+        return GpuCapacity(now, now, largest)  # no autoscaler: what it has is what it gets
     most = 0.0
     for gpus_per_node, max_nodes in groups:
         if gpus_per_node and max_nodes < 0:
-            return GpuCapacity(now, None)
+            return GpuCapacity(now, None, largest)
         most += gpus_per_node * max_nodes
-    return GpuCapacity(now, max(now, most))
+    return GpuCapacity(now, max(now, most), largest)
 
 
 def _autoscaler_node_groups() -> list[tuple[float, int]]:
@@ -59,9 +62,14 @@ class ActorPool:
     min_workers: int
     max_workers: int
     why: str
+    # A CPU renderer holds the CPU it computes on. An actor on a GPU (or one that only waits on a
+    # Serve application) holds none: on nodes that advertise one CPU per GPU, a CPU held by each
+    # actor would leave none to read the input, and the job would wait forever.
+    cpus_per_worker: float = 1.0
 
     def describe(self) -> str:
-        unit = f"{self.gpus_per_worker:g} GPU" if self.gpus_per_worker else "CPU"
+        unit = f"{self.gpus_per_worker:g} GPU" if self.gpus_per_worker else (
+            "CPU" if self.cpus_per_worker else "no CPU or GPU")
         return f"render actors: {self.min_workers}..{self.max_workers} x {unit} ({self.why})"
 
 
@@ -87,10 +95,24 @@ def plan_actor_pool(capacity: GpuCapacity, gpus_per_worker: float | None = None,
     by_gpus = max(1, math.floor(reachable / gpus))
     if concurrency is not None:
         low, high = concurrency
-        return ActorPool(gpus, min(low, high), high, f"as asked; the cluster can hold {by_gpus}")
+        return ActorPool(gpus, min(low, high), high, f"as asked; the cluster can hold {by_gpus}", cpus_per_worker=0.0)
     now = min(by_gpus, max(1, math.floor(capacity.now / gpus)))
     source = "autoscaler" if capacity.most is not None and capacity.most > capacity.now else "cluster"
-    return ActorPool(gpus, now, by_gpus, f"{reachable:g} GPUs in the {source}")
+    return ActorPool(gpus, now, by_gpus, f"{reachable:g} GPUs in the {source}", cpus_per_worker=0.0)
+
+
+def unschedulable(pool: ActorPool, capacity: GpuCapacity, cpus: float) -> str | None:
+    """Why the job could never run on this cluster (it would wait forever), or None. Reading
+    and expanding the input take one CPU per task besides what the render actors hold."""
+    if cpus < 1:
+        return "reading the input needs a CPU, and the cluster has none"
+    if pool.cpus_per_worker and cpus < pool.cpus_per_worker + 1:
+        return (f"each CPU render actor holds a CPU and reading the input needs another, but the cluster has "
+                f"{cpus:g}; add a CPU, or render on GPUs")
+    if pool.gpus_per_worker and capacity.largest_node is not None and capacity.largest_node < pool.gpus_per_worker:
+        return (f"each render actor needs {pool.gpus_per_worker:g} GPU(s) on one node, but the largest node has "
+                f"{capacity.largest_node:g} (now or through the autoscaler)")
+    return None
 
 
 def missing_gpus(needs: dict[str, float], capacity: GpuCapacity) -> list[str]:

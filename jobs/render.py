@@ -20,7 +20,7 @@ import fsspec
 import pyarrow.parquet as pq
 
 from cluster.config import load_config
-from cluster.placement import ActorPool, gpu_capacity, plan_actor_pool
+from cluster.placement import ActorPool, gpu_capacity, plan_actor_pool, unschedulable
 from cluster.storage import Storage
 from jobs.output import committed_keys, finalize, metadata_parts
 from jobs.rows import expand_batch
@@ -86,14 +86,19 @@ def input_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
 
 
 def actor_pool(spec: JobSpec) -> ActorPool:
-    """Render actors from the cluster's GPUs. Through Serve the service's replicas hold the
-    GPUs, so the job's actors take none."""
-    if spec.via_serve:
-        return ActorPool(0.0, *(spec.concurrency or (1, 1)), "rendering through the Serve application")
+    """Render actors from the cluster's GPUs, or a clear `JobError` when none could ever run.
+    Through Serve the service's replicas hold the GPUs, so the job's actors take nothing."""
     import ray
 
-    return plan_actor_pool(gpu_capacity(), spec.gpus_per_worker, spec.concurrency,
-                           cpus=ray.cluster_resources().get("CPU", 0))
+    capacity, cpus = gpu_capacity(), ray.cluster_resources().get("CPU", 0)
+    if spec.via_serve:
+        pool = ActorPool(0.0, *(spec.concurrency or (1, 1)), "rendering through the Serve application",
+                         cpus_per_worker=0.0)
+    else:
+        pool = plan_actor_pool(capacity, spec.gpus_per_worker, spec.concurrency, cpus=cpus)
+    if problem := unschedulable(pool, capacity, cpus):
+        raise JobError(f"this job cannot run on the cluster: {problem}")
+    return pool
 
 
 def count_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
@@ -155,6 +160,7 @@ def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: N
         "specs": specs, "defaults": spec.defaults, "job_seed": spec.seed, "done": done})
     dataset = dataset.map_batches(
         RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=pool.gpus_per_worker,
+        num_cpus=pool.cpus_per_worker,
         # Two calls of the actor at once, really concurrent: RenderWorker keeps the device to one of
         # them (its own lock) while the other encodes and commits.
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_workers, max_size=pool.max_workers,

@@ -11,6 +11,7 @@ the small waits here are ours. At most 4 raylets at once on this 2-core machine.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
@@ -85,6 +86,9 @@ def local_cluster() -> Iterator[LocalCluster]:
     """The head only (no CPUs); add workers with `add_worker`. The caller's process is attached
     as a driver for the length of the block."""
     temp_dir = tempfile.mkdtemp(prefix="raydiant-mn-", dir="/tmp")  # short: Ray's socket paths
+    # `Cluster` records its address in /tmp/ray/ray_current_cluster whatever its temp_dir, and
+    # fails when that folder is missing (on a machine where no Ray ran before, or tests run alone).
+    os.makedirs("/tmp/ray", exist_ok=True)
     agent, metrics, dashboard = free_ports(3)
     # The dashboard serves Ray's state API (where actors run); on a free port, loopback only.
     cluster = Cluster(initialize_head=True, head_node_args={

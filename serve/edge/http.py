@@ -10,13 +10,13 @@ route authenticates, counts or reads a body any other way.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from serve.edge import strict_json
 from serve.edge.auth import ApiKeys
 from serve.edge.errors import ErrorKind, ServiceError, retry_headers
 from serve.edge.ratelimit import RateLimiter
@@ -56,7 +56,10 @@ async def admit(request: Request, json_body: bool = False) -> Caller | ServiceEr
 async def read_body(request: Request, limit: int) -> bytes | ServiceError:
     """The raw body, refused as soon as it passes `limit` (a lying Content-Length included)."""
     too_large = ServiceError(ErrorKind.BODY_TOO_LARGE, f"request body is larger than {limit} bytes")
-    if int(request.headers.get("content-length") or 0) > limit:
+    declared = request.headers.get("content-length") or "0"
+    if not declared.isdigit():
+        return ServiceError(ErrorKind.MALFORMED, "Content-Length must be a number of bytes")
+    if int(declared) > limit:
         return too_large
     body = bytearray()
     async for chunk in request.stream():
@@ -71,9 +74,9 @@ async def read_json(request: Request, limit: int) -> Any | ServiceError:
     if isinstance(body, ServiceError):
         return body
     try:
-        return json.loads(body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        return ServiceError(ErrorKind.MALFORMED, f"request body is not valid JSON: {exc}")
+        return strict_json.parse(body)
+    except strict_json.MalformedJson as exc:
+        return ServiceError(ErrorKind.MALFORMED, f"request body: {exc}")
 
 
 class _HasStatus(Protocol):

@@ -8,8 +8,9 @@ What this layer guarantees, whichever door is used:
   key's task id reads as unknown (NOT_FOUND), so ids cannot be probed.
 - Validation happens once, against the model's limits (`ModelSpec.resolve`), and the record
   keeps the resolved request whole (`ResolvedRequest`, with its seed chosen).
-- Input images are stored beside the results (the record stays small) and fetched under the
-  address rules of `serve/edge/fetch.py`; one of our own signed result URLs is read straight from
+- Input images are stored beside the results (the record stays small), and removed again when
+  the submission fails for any reason; they are fetched under the address rules of
+  `serve/edge/fetch.py`; one of our own signed result URLs is read straight from
   storage, never over HTTP.
 - A callback URL is checked at submission (a clear 400 now beats a silent failure later) and
   again at every delivery (DNS answers change).
@@ -140,17 +141,23 @@ class TaskService:
             base_url=submission.base_url, trace_id=str(uuid.uuid4()),
             webhook=WebhookDelivery(url=submission.callback_url) if submission.callback_url else None,
             submit_time=now, deadline=now + self.settings.task_deadline_s, expires_at=now + self.settings.retention_s)
-        if resolved.init_image is not None:
-            record.init_image_key = f"tasks/{record.task_id}/input"
-            await asyncio.to_thread(self.storage.write, record.init_image_key, resolved.init_image)
         try:
+            if resolved.init_image is not None:
+                record.init_image_key = f"tasks/{record.task_id}/input"
+                await asyncio.to_thread(self.storage.write, record.init_image_key, resolved.init_image)
             await self.dispatcher.submit(record)
         except QueueFull:
-            if record.init_image_key:
-                await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{record.task_id}")
+            await self._discard(record)
             return ServiceError(ErrorKind.QUEUE_FULL, f"model {spec.name} is at capacity; retry later",
                                 retry_after_s=5)
+        except BaseException:
+            await self._discard(record)  # whatever failed, no file outlives a task never stored
+            raise
         return record
+
+    async def _discard(self, record: TaskRecord) -> None:
+        if record.init_image_key:
+            await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{record.task_id}")
 
     async def submit_once(self, submission: Submission, fingerprint: str, explicit: bool) -> TaskRecord | ServiceError:
         """Submit, unless an earlier request with the same fingerprint (from the same key) made a
@@ -201,10 +208,7 @@ class TaskService:
             return ServiceError(ErrorKind.TASK_CANCELED, f"task {record.task_id} was canceled before its images "
                                                          f"were ready")
         if finished.status == TaskStatus.FAILED or not any(o.key for o in finished.results):
-            failed = next((o for o in finished.results if o.code), None)
-            code, message = (finished.code, finished.message) if finished.code else (
-                (failed.code, failed.message) if failed else (None, "rendering failed"))
-            return ServiceError(ErrorKind.TASK_FAILED, f"{message} ({code.value})" if code else message or "")
+            return ServiceError(ErrorKind.TASK_FAILED, _why_no_image(finished))
         return finished
 
     # --- read, cancel, list ---------------------------------------------------------------------
@@ -257,6 +261,16 @@ def _still_answers(record: TaskRecord, window_s: float) -> bool:
     if not record.terminal:
         return True
     return record.status == TaskStatus.SUCCEEDED and time.time() - (record.end_time or 0) <= window_s
+
+
+def _why_no_image(record: TaskRecord) -> str:
+    """The task's own error, else its first image's, with the core's code."""
+    code, message = record.code, record.message
+    if code is None:
+        failed = next((o for o in record.results if o.code), None)
+        code, message = (failed.code, failed.message) if failed else (None, None)
+    text = message or "rendering failed"
+    return f"{text} ({code.value})" if code else text
 
 
 def _compact(value: Any) -> Any:

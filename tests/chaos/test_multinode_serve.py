@@ -144,8 +144,11 @@ def test_autoscaling_from_zero_up_under_a_burst_and_back_to_zero(service, record
 
 
 def test_node_killed_under_steady_traffic(cluster, service, record_property):
+    # A node with a model replica, not the one the ingress runs on: this is the loss of replicas
+    # under traffic (the ingress's own death is tests/chaos/test_service_resilience.py's).
     schnell = cluster.actors_by_node(deployment_name("flux-schnell"))
-    victim = next(iter(schnell))
+    ingress = cluster.actors_by_node("ServeReplica:raydiant:ingress")
+    victim = next(node for node in schnell if node not in ingress)
     submitted: list[str] = []
     stop = threading.Event()
 

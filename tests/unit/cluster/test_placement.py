@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.placement import GpuCapacity, missing_gpus, plan_actor_pool
+from cluster.placement import ActorPool, GpuCapacity, missing_gpus, plan_actor_pool, unschedulable
 
 
 @pytest.mark.parametrize(("capacity", "gpus", "concurrency", "expected"), [
@@ -40,3 +40,25 @@ def test_models_needing_gpus_the_cluster_cannot_have_are_named():
     assert missing_gpus(needs, GpuCapacity(0, None)) == []
     (problem,) = missing_gpus(needs, GpuCapacity(0, 0))
     assert problem.startswith("model flux-schnell: each replica needs 1 GPU(s), but the cluster has 0")
+
+
+def test_gpu_actors_hold_no_cpu_so_one_cpu_per_gpu_nodes_can_still_read():
+    # A CPU-less head and two nodes of 1 GPU + 1 CPU: actors holding a CPU each would starve the read.
+    pool = plan_actor_pool(GpuCapacity(2, 2, largest_node=1), cpus=2)
+    assert (pool.gpus_per_worker, pool.cpus_per_worker, pool.max_workers) == (1, 0, 2)
+    assert unschedulable(pool, GpuCapacity(2, 2, largest_node=1), cpus=2) is None
+
+
+@pytest.mark.parametrize(("pool", "capacity", "cpus", "words"), [
+    (ActorPool(1, 1, 2, "x", cpus_per_worker=0), GpuCapacity(2, 2, largest_node=1), 0, "the cluster has none"),
+    (ActorPool(0, 1, 1, "x"), GpuCapacity(0, 0), 1, "reading the input needs another, but the cluster has 1"),
+    (ActorPool(2, 1, 1, "x", cpus_per_worker=0), GpuCapacity(4, 4, largest_node=1), 4,
+     "needs 2 GPU(s) on one node, but the largest node has 1"),
+])
+def test_a_plan_that_could_never_run_is_refused_with_what_is_missing(pool, capacity, cpus, words):
+    assert words in unschedulable(pool, capacity, cpus)
+
+
+def test_a_job_through_serve_holds_nothing():
+    pool = ActorPool(0, 4, 4, "through Serve", cpus_per_worker=0)
+    assert unschedulable(pool, GpuCapacity(0, 0), cpus=2) is None

@@ -52,6 +52,7 @@ class FakeDispatcher:
     store: SQLiteTaskStore
     storage: Storage
     full: bool = False
+    broken: bool = False  # the store fails when the task is created
     fail_with: tuple[str, str] | None = None
     hold: bool = False  # leave tasks PENDING (to test cancel)
     ended_records: list[TaskRecord] = field(default_factory=list)
@@ -61,6 +62,8 @@ class FakeDispatcher:
     async def submit(self, record: TaskRecord) -> None:
         if self.full:
             raise QueueFull(record.model)
+        if self.broken:
+            raise ConnectionError("the task store is unreachable")
         self.submitted.append(record)
         await self.store.create(record)
         if self.hold:

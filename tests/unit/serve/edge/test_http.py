@@ -74,3 +74,14 @@ def test_admission_refuses_keys_rates_and_bodies_before_the_handler():
     assert big.status_code == 413 and big.json()["code"] == "Door.Big"
     junk = app().post("/door/things/a", content=b"{nope", headers=AUTH)
     assert junk.status_code == 400 and junk.json()["code"] == "Door.malformed"
+
+
+@pytest.mark.parametrize("body", [b"[" * 60, b'{"count": Infinity}', b'{"prompt": "\\ud800"}', b'{"n": 1e999}'])
+def test_json_no_door_can_use_is_a_400_in_the_doors_shape_never_a_500(body):
+    answer = app().post("/door/things/a", content=body, headers=AUTH)
+    assert answer.status_code == 400 and answer.json()["code"] == "Door.malformed"
+
+
+def test_a_content_length_that_is_not_a_number_is_a_400():
+    answer = app().post("/door/things/a", content=b"{}", headers=AUTH | {"content-length": "2x"})
+    assert answer.status_code == 400 and "Content-Length" in answer.json()["message"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,16 @@ def test_models_list_offers_each_models_options(door):
     cards = {c["id"]: c for c in door.openai.models()["data"]}
     assert cards["flux-pro"]["alias_of"] == "flux-dev" and cards["flux-kontext"]["edit"] is True
     assert "1024x1024" in cards["flux-schnell"]["sizes"] and cards["flux-schnell"]["max_n"] == 4
+
+
+@pytest.mark.parametrize("failure", ["full", "broken"])
+def test_a_failed_edit_submission_leaves_no_input_file(door, failure):
+    setattr(door.dispatcher, failure, True)
+    if failure == "full":
+        error = edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
+        assert ERRORS[error.kind].status == 503
+    else:
+        with pytest.raises(ConnectionError):
+            edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
+    left = [p for p in Path(door.storage.root).rglob("*") if p.is_file()]
+    assert left == []  # the input image, written before the record, was removed again
