@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from cluster.config import TaskStoreConfig
 from serve.tasks.store import TaskStore
 
 
 def redis_url(config: TaskStoreConfig) -> str:
-    """$RAYDIANT_REDIS_URL overrides the config (clusters inject it from a Secret)."""
-    return os.environ.get("RAYDIANT_REDIS_URL") or config.url
+    """$RAYDIANT_REDIS_URL overrides the config (clusters set it); a password in
+    $RAYDIANT_REDIS_PASSWORD (from a Secret) is put into it percent-encoded, so that any
+    character may be in the password (an `@`, `/` or `:` written into a URL as it is breaks it)."""
+    url = os.environ.get("RAYDIANT_REDIS_URL") or config.url
+    password = os.environ.get("RAYDIANT_REDIS_PASSWORD")
+    if not password:
+        return url
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    user = quote(parts.username or "", safe="")
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
 def open_store(config: TaskStoreConfig) -> TaskStore:

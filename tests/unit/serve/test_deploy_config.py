@@ -104,12 +104,16 @@ def test_launcher_config_passes_rays_own_validation():
     config = yaml.safe_load((REPO / "infra/launcher/aws.yaml").read_text())
     validate_config(prepare_config(config))  # what `ray up` runs before it starts anything
     assert config["available_node_types"]["gpu"]["min_workers"] == 0
+    # --gpus on the GPU workers only: docker refuses it on the CPU head.
+    assert "--gpus all" not in config["docker"]["run_options"] and "--gpus all" in config["docker"]["worker_run_options"]
 
 
 def test_versions_agree_across_dockerfile_manifests_and_pyproject():
     dockerfile = (REPO / "infra/docker/Dockerfile").read_text()
-    ray_version, py_major, py_minor = re.search(r"^FROM rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-gpu$",
+    ray_version, py_major, py_minor = re.search(r"^FROM rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-\$\{CUDA\}$",
                                                 dockerfile, re.M).groups()
+    # One CUDA for the base image and torch's wheels (the same build argument names both).
+    assert re.search(r"^ARG CUDA=cu\d+$", dockerfile, re.M) and "download.pytorch.org/whl/${CUDA}" in dockerfile
     ray_pin = next(d for d in PYPROJECT["dependencies"] if d.startswith("ray["))
     assert re.search(r"==(\d+\.\d+)\.\*", ray_pin)[1] == ray_version.rsplit(".", 1)[0]
     assert PYPROJECT["requires-python"] == f">={py_major}.{py_minor}"
@@ -129,3 +133,14 @@ def test_cluster_config_loads():
     config = load_config(CONFIG_DIR / "cluster.yaml")
     assert config.tasks.backend == "redis" and config.storage.root.startswith("s3://")
     assert config.serve.deployment("flux-schnell").ray_actor_options["num_gpus"] == 1
+
+
+def test_the_image_installs_its_dependencies_in_a_layer_that_code_edits_do_not_rebuild():
+    instructions = (REPO / "infra/docker/Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    steps = [line for line in instructions if line.startswith(("COPY", "RUN"))]
+    install = next(i for i, step in enumerate(steps) if "-r /tmp/requirements.txt" in step)
+    first_code = next(i for i, step in enumerate(steps) if re.match(r"COPY .* (cluster|serve|jobs) ", step + " "))
+    assert install < first_code, steps
+    assert all(step.split()[-2] in ("infra/docker/constraints.txt", "pyproject.toml") for step in steps[:install]
+               if step.startswith("COPY")), steps[:install]
+    assert "--no-deps" in next(s for s in steps[first_code:] if s.startswith("RUN"))

@@ -1,0 +1,313 @@
+"""The KubeRay manifests (infra/k8s/) beyond their schemas: what the operator would refuse, what
+a pod would wait for forever, and the README's order of applying them.
+
+No Kubernetes runs here, so the operator's own validation is mirrored: each rule below cites the
+check of KubeRay's `ray-operator/controllers/ray/utils/validation.go` it reproduces, and each is
+shown to fire on a manifest changed to break it, so that it can fail for the reason it names.
+Schema validation against the CRDs: tests/unit/serve/test_deploy_config.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
+K8S = REPO / "infra" / "k8s"
+RAY_KINDS = {"RayService", "RayJob", "RayCluster"}
+MAX_RAY_CLUSTER_NAME = 53  # MaxRayClusterNameLength; RayService and RayJob names: 6 fewer (constant.go)
+# What the README names as the user's to create (not defined by any manifest here).
+USERS_OWN = {"storage class YOUR-RWX-STORAGE-CLASS"}
+
+
+def documents(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def all_documents() -> dict[str, list[dict]]:
+    return {path.name: documents(path) for path in sorted(K8S.glob("*.yaml"))}
+
+
+def ray_cluster_spec(manifest: dict) -> dict:
+    spec = manifest["spec"]
+    return {"RayService": lambda: spec["rayClusterConfig"], "RayJob": lambda: spec["rayClusterSpec"],
+            "RayCluster": lambda: spec}[manifest["kind"]]()
+
+
+def groups(cluster: dict) -> list[dict]:
+    return [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+
+
+def pod_specs(manifest: dict) -> list[dict]:
+    if manifest["kind"] in RAY_KINDS:
+        specs = [g["template"]["spec"] for g in groups(ray_cluster_spec(manifest))]
+        if manifest["kind"] == "RayJob" and "submitterPodTemplate" in manifest["spec"]:
+            specs.append(manifest["spec"]["submitterPodTemplate"]["spec"])
+        return specs
+    if manifest["kind"] in ("StatefulSet", "Deployment"):
+        return [manifest["spec"]["template"]["spec"]]
+    return []
+
+
+def env_names(container: dict) -> set[str]:
+    return {e["name"] for e in container.get("env", [])}
+
+
+# --- KubeRay's validation, mirrored ------------------------------------------------------------
+
+def kuberay_errors(manifest: dict) -> list[str]:
+    """What KubeRay's ValidateRay*Metadata / ValidateRay*Spec would refuse in `manifest`."""
+    errors: list[str] = []
+    kind, name = manifest["kind"], manifest["metadata"]["name"]
+    # ValidateRay{Cluster,Job,Service}Metadata: a DNS-1035 label, and short enough for the
+    # cluster name KubeRay derives from it.
+    limit = MAX_RAY_CLUSTER_NAME - (0 if kind == "RayCluster" else 6)
+    if len(name) > limit or not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", name):
+        errors.append(f"{kind} name {name!r} must be a DNS-1035 label of at most {limit} characters")
+    cluster = ray_cluster_spec(manifest)
+    head = cluster["headGroupSpec"]
+    # ValidateRayClusterSpec: "headGroupSpec should have at least one container" (and workers).
+    for group in groups(cluster):
+        if not group["template"]["spec"].get("containers"):
+            errors.append("a group has no container")
+    head_env = env_names(head["template"]["spec"]["containers"][0])
+    # ValidateRayClusterSpec, with GcsFaultToleranceOptions: "cannot set `REDIS_PASSWORD` env var in
+    # head Pod", "cannot set `RAY_REDIS_ADDRESS` env var", "cannot set `redis-password` in rayStartParams".
+    if cluster.get("gcsFaultToleranceOptions") is not None:
+        errors += [f"{v} env var on the head beside gcsFaultToleranceOptions"
+                   for v in ("REDIS_PASSWORD", "RAY_REDIS_ADDRESS") if v in head_env]
+        if head.get("rayStartParams", {}).get("redis-password"):
+            errors.append("redis-password in rayStartParams beside gcsFaultToleranceOptions")
+    elif "RAY_REDIS_ADDRESS" in head_env:  # "... implicitly enables GCS fault tolerance"
+        errors.append("RAY_REDIS_ADDRESS without gcsFaultToleranceOptions")
+    # "cannot set redis username in rayStartParams or environment variables"
+    if head.get("rayStartParams", {}).get("redis-username") or "REDIS_USERNAME" in head_env:
+        errors.append("a redis username outside gcsFaultToleranceOptions")
+    for group in groups(cluster):
+        params = group.get("rayStartParams", {})
+        # validateRayGroupResources: "resource fields should not be set in both rayStartParams and Resources"
+        if any(params.get(k) for k in ("num-cpus", "num-gpus", "memory", "resources")) and group.get("resources"):
+            errors.append(f"group {group.get('groupName', 'head')}: resources in rayStartParams and resources")
+        # validateRayGroupLabels: "rayStartParams['labels'] is not supported"
+        if "labels" in params:
+            errors.append(f"group {group.get('groupName', 'head')}: rayStartParams['labels']")
+    # IsAuthEnabled: "authOptions.mode is 'token' but minimum Ray version is 2.52.0"
+    if cluster.get("authOptions", {}).get("mode") == "token":
+        version = tuple(int(p) for p in str(cluster.get("rayVersion", "0")).split(".")[:3])
+        if version < (2, 52, 0):
+            errors.append("token authentication needs rayVersion 2.52.0 or later")
+    spec = manifest["spec"]
+    if kind == "RayJob":
+        # validateDeletionConfiguration: "a RayJob with shutdownAfterJobFinishes set to false cannot
+        # have TTLSecondsAfterFinished"; a deletionStrategy needs a feature gate that is off by default.
+        if not spec.get("shutdownAfterJobFinishes") and spec.get("ttlSecondsAfterFinished", 0) > 0:
+            errors.append("ttlSecondsAfterFinished without shutdownAfterJobFinishes")
+        if spec.get("ttlSecondsAfterFinished", 0) < 0:
+            errors.append("TTLSecondsAfterFinished must be a non-negative integer")
+        if "deletionStrategy" in spec:
+            errors.append("deletionStrategy needs the RayJobDeletionPolicy feature gate")
+        # "activeDeadlineSeconds must be a positive integer", "backoffLimit must be a positive integer"
+        if spec.get("activeDeadlineSeconds", 1) <= 0 or spec.get("backoffLimit", 0) < 0:
+            errors.append("activeDeadlineSeconds must be > 0 and backoffLimit >= 0")
+        # "Currently, SidecarMode doesn't support SubmitterPodTemplate"
+        if spec.get("submissionMode") == "SidecarMode" and "submitterPodTemplate" in spec:
+            errors.append("SidecarMode with a submitterPodTemplate")
+    if kind == "RayService":
+        # ValidateRayServiceSpec: upgrade types, and "headService.metadata.name should not be set"
+        if spec.get("upgradeStrategy", {}).get("type", "NewCluster") not in (
+                "NewCluster", "NewClusterWithIncrementalUpgrade", "None"):
+            errors.append("an unknown upgradeStrategy type")
+        if head.get("headService", {}).get("metadata", {}).get("name"):
+            errors.append("headService.metadata.name is set")
+    return errors
+
+
+def ray_manifests() -> list[tuple[str, dict]]:
+    return [(name, d) for name, docs in all_documents().items() for d in docs if d["kind"] in RAY_KINDS]
+
+
+@pytest.mark.parametrize(("name", "manifest"), ray_manifests(), ids=lambda v: v if isinstance(v, str) else "")
+def test_the_operator_accepts_every_ray_manifest(name, manifest):
+    assert kuberay_errors(manifest) == [], name
+
+
+def broken(kind: str, change) -> dict:
+    manifest = copy.deepcopy(next(d for _, d in ray_manifests() if d["kind"] == kind))
+    change(manifest)
+    return manifest
+
+
+def head_container(manifest: dict) -> dict:
+    return ray_cluster_spec(manifest)["headGroupSpec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(("kind", "change", "words"), [
+    ("RayService", lambda m: head_container(m)["env"].append({"name": "REDIS_PASSWORD", "value": "x"}),
+     "REDIS_PASSWORD env var on the head"),
+    ("RayService", lambda m: ray_cluster_spec(m)["headGroupSpec"]["rayStartParams"].update({"redis-password": "x"}),
+     "redis-password in rayStartParams"),
+    ("RayService", lambda m: ray_cluster_spec(m).update({"rayVersion": "2.50.0"}), "rayVersion 2.52.0"),
+    ("RayService", lambda m: m["metadata"].update({"name": "r" * 48}), "at most 47"),
+    ("RayCluster", lambda m: ray_cluster_spec(m)["headGroupSpec"].update({"resources": {"CPU": "1"}}),
+     "resources in rayStartParams and resources"),
+    ("RayJob", lambda m: m["spec"].update({"shutdownAfterJobFinishes": False}), None),  # ttl 0: accepted
+    ("RayJob", lambda m: m["spec"].update({"shutdownAfterJobFinishes": False, "ttlSecondsAfterFinished": 60}),
+     "ttlSecondsAfterFinished without shutdownAfterJobFinishes"),
+    ("RayJob", lambda m: m["spec"].update({"deletionStrategy": {"onSuccess": {"policy": "DeleteCluster"}}}),
+     "feature gate"),
+])
+def test_each_mirrored_rule_fires_on_a_manifest_that_breaks_it(kind, change, words):
+    errors = kuberay_errors(broken(kind, change))
+    if words is None:  # a change the operator accepts (ttl 0 needs no shutdown)
+        assert errors == []
+    else:
+        assert any(words in e for e in errors), errors
+
+
+# --- what KubeRay injects, and what it needs to reach ------------------------------------------
+
+def test_no_custom_probe_where_kuberay_injects_its_own():
+    """KubeRay injects liveness and readiness probes into Ray containers that have none; ours
+    replaced them (a worker liveness on `ray health-check` restarts every GPU worker when the
+    head restarts for longer than the probe's window)."""
+    for name, manifest in ray_manifests():
+        for group in groups(ray_cluster_spec(manifest)):
+            for container in group["template"]["spec"]["containers"]:
+                assert not {"livenessProbe", "readinessProbe"} & set(container), (name, container["name"])
+
+
+def test_the_operator_can_reach_the_dashboard_of_the_heads_it_drives():
+    """KubeRay applies serveConfigV2 and submits RayJobs through the head Service: a dashboard
+    bound to 127.0.0.1 is out of its reach."""
+    for name, manifest in ray_manifests():
+        params = ray_cluster_spec(manifest)["headGroupSpec"].get("rayStartParams", {})
+        assert params.get("dashboard-host", "0.0.0.0") == "0.0.0.0", name
+        assert params.get("include-dashboard", "true") != "false", name
+
+
+def test_gpu_pods_tolerate_gpu_taints_want_big_gpus_and_the_head_stays_off_gpu_nodes():
+    for name, manifest in ray_manifests():
+        cluster = ray_cluster_spec(manifest)
+        head = cluster["headGroupSpec"]["template"]["spec"]
+        assert "nvidia.com/gpu.present" in str(head["affinity"]), name
+        for group in cluster["workerGroupSpecs"]:
+            pod = group["template"]["spec"]
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+            assert "nvidia.com/gpu.memory" in str(pod["affinity"]), name
+
+
+def test_every_ray_container_requests_ephemeral_storage_and_gpu_pods_share_one_model_cache():
+    for name, manifest in ray_manifests():
+        for group in groups(ray_cluster_spec(manifest)):
+            pod = group["template"]["spec"]
+            for container in pod["containers"]:
+                assert "ephemeral-storage" in container["resources"]["requests"], (name, container["name"])
+            for volume in pod.get("volumes", []):
+                assert "emptyDir" not in volume, (name, volume)  # a per-pod cache downloads again
+            if any("nvidia.com/gpu" in c["resources"]["requests"] for c in pod["containers"]):
+                assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "raydiant-model-cache"}} \
+                    in pod["volumes"], name
+
+
+def test_a_finished_rayjob_frees_its_gpus_at_once_and_submits_from_a_light_image():
+    [(_, job)] = [(n, d) for n, d in ray_manifests() if d["kind"] == "RayJob"]
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 0
+    [submitter] = spec["submitterPodTemplate"]["spec"]["containers"]
+    ray_version = spec["rayClusterSpec"]["rayVersion"]
+    assert submitter["image"] == f"rayproject/ray:{ray_version}-py311"  # CPU image, same Ray
+    assert "nvidia.com/gpu" not in str(submitter.get("resources", {}))
+
+
+def test_no_dead_rayservice_fields():
+    [(_, service)] = [(n, d) for n, d in ray_manifests() if d["kind"] == "RayService"]
+    assert not {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"} & set(service["spec"])
+
+
+# --- references: every name a manifest uses exists -----------------------------------------------
+
+def definitions() -> dict[str, set]:
+    found: dict[str, set] = {"ServiceAccount": set(), "Secret": set(), "Service": set(),
+                             "PersistentVolumeClaim": set(), "ConfigMap": set()}
+    for docs in all_documents().values():
+        for doc in docs:
+            kind, name = doc["kind"], doc["metadata"]["name"]
+            if kind == "Secret":
+                found["Secret"] |= {(name, key) for key in {**doc.get("stringData", {}), **doc.get("data", {})}}
+            elif kind in found:
+                found[kind].add(name)
+    return found
+
+
+def references(doc: dict) -> set[tuple[str, object]]:
+    """(kind, name) of everything `doc` refers to by name."""
+    refs: set[tuple[str, object]] = set()
+
+    def visit(node):
+        if isinstance(node, dict):
+            if "secretKeyRef" in node:
+                refs.add(("Secret", (node["secretKeyRef"]["name"], node["secretKeyRef"]["key"])))
+            if "configMapKeyRef" in node or "configMapRef" in node:
+                refs.add(("ConfigMap", (node.get("configMapKeyRef") or node["configMapRef"])["name"]))
+            if "serviceAccountName" in node:
+                refs.add(("ServiceAccount", node["serviceAccountName"]))
+            if "persistentVolumeClaim" in node:
+                refs.add(("PersistentVolumeClaim", node["persistentVolumeClaim"]["claimName"]))
+            if "redisAddress" in node:
+                refs.add(("Service", node["redisAddress"].split(":")[0]))
+            if node.get("name") == "RAYDIANT_REDIS_URL":
+                refs.add(("Service", re.match(r"redis://(?:[^@]*@)?([^:/]+)", node["value"])[1]))
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(doc)
+    return refs
+
+
+def test_every_name_a_manifest_refers_to_is_defined_by_a_manifest_or_the_users_own():
+    defined = definitions()
+    missing = [(name, kind, ref) for name, docs in all_documents().items() for doc in docs
+               for kind, ref in references(doc) if ref not in defined[kind]]
+    assert missing == []
+    readme = (REPO / "README.md").read_text()
+    for own in USERS_OWN:
+        assert own.split()[-1] in readme, f"the README must say that the {own} is the user's to create"
+        assert own.split()[-1] in (K8S / "model-cache.yaml").read_text()
+
+
+def applied_in_readme() -> list[str]:
+    return re.findall(r"kubectl apply -f infra/k8s/(\S+\.yaml)", (REPO / "README.md").read_text())
+
+
+def test_the_readmes_order_applies_every_reference_before_its_use():
+    order = applied_in_readme()
+    assert set(order) == {p.name for p in K8S.glob("*.yaml")}, "every manifest is applied in the README"
+    docs = all_documents()
+    defined: dict[str, set] = {kind: set() for kind in definitions()}
+    for name in order:
+        own = {kind: set() for kind in defined}
+        for doc in docs[name]:
+            kind, doc_name = doc["kind"], doc["metadata"]["name"]
+            if kind == "Secret":
+                own["Secret"] |= {(doc_name, k) for k in {**doc.get("stringData", {}), **doc.get("data", {})}}
+            elif kind in own:
+                own[kind].add(doc_name)
+        for doc in docs[name]:
+            for kind, ref in references(doc):
+                assert ref in defined[kind] | own[kind], f"{name} refers to {kind} {ref} before it is applied"
+        for kind in defined:
+            defined[kind] |= own[kind]
+
+
+def test_redis_keeps_its_data_and_needs_its_password():
+    [service, redis] = documents(K8S / "redis.yaml")
+    assert service["kind"] == "Service" and service["metadata"]["name"] == "redis"
+    assert redis["spec"]["volumeClaimTemplates"] and "--requirepass" in redis["spec"]["template"]["spec"][
+        "containers"][0]["args"]
