@@ -148,7 +148,7 @@ def submit_command(
     if not ctx.args:
         fail("nothing to run: give the raydiant command after --, e.g. -- render -i ... -o ...")
     with _cluster_errors():
-        job_id = submit(address, list(ctx.args), runtime_env_file)
+        job_id = submit(address, list(ctx.args), runtime_env_file, show=console.print)
         console.print(f"submitted {job_id}")
         if wait:
             status = follow(address, job_id, lambda text: console.print(text, end="", markup=False, highlight=False))

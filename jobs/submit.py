@@ -1,13 +1,20 @@
 """Laptop side: submit `raydiant render ...` to a remote Ray cluster with the Job Submission SDK.
 
-The project directory travels as the job's `working_dir` (without .venv, outputs, tests), and the
-job runs the same `raydiant` CLI there, so what works locally works on the cluster.
+What the job runs travels as its `working_dir`: the code (`cluster/`, `serve/`, `jobs/`), the
+configs and `pyproject.toml`, copied into a folder of its own first, so nothing else of the
+checkout can travel (`infra/` with a filled-in Secret, `var/` with generated keys, a `.env`), and
+no file whose name says it is a secret (keys, tokens, `.env`, certificates) even inside those.
+The list is shown before it is sent. The job runs the same `raydiant` CLI there, so what works
+locally works on the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import shlex
+import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +25,8 @@ import yaml
 from cluster.errors import first_line
 
 PROJECT = Path(__file__).resolve().parent.parent
-EXCLUDES = [".venv", "var", "tests", ".git", "**/__pycache__", "*.egg-info", ".pytest_cache", "bench"]
+SHIPPED = ["cluster", "serve", "jobs", "configs", "pyproject.toml"]  # what a job needs, nothing more
+NEVER_SHIPPED = ["*.key", "*secret*", "*token*", ".env", ".env.*", "*.pem", "*.p12", "__pycache__", "*.pyc"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -49,20 +57,54 @@ def client(address: str):
         raise SubmitError(f"cannot reach the Ray cluster at {address}: {reason}{hint}") from None
 
 
-def runtime_env(extra_file: Path | None) -> dict[str, Any]:
-    env: dict[str, Any] = {"working_dir": str(PROJECT), "excludes": EXCLUDES,
-                           "env_vars": {"PYTHONPATH": "."}}
+def _never_shipped(name: str) -> bool:
+    return any(fnmatch.fnmatch(name.lower(), pattern) for pattern in NEVER_SHIPPED)
+
+
+def package(destination: Path, project: Path = PROJECT) -> list[str]:
+    """Copy what a job needs into `destination`; returns the files copied (relative paths)."""
+    copied: list[str] = []
+    for top in SHIPPED:
+        source = project / top
+        paths = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+        for path in paths:
+            relative = path.relative_to(project)
+            if any(_never_shipped(part) for part in relative.parts):
+                continue
+            (destination / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, destination / relative)
+            copied.append(str(relative))
+    return copied
+
+
+def describe(files: list[str]) -> str:
+    """What travels, by top folder: shown before anything is sent."""
+    counts: dict[str, int] = {}
+    for name in files:
+        top = name.split("/", 1)[0] + ("/" if "/" in name else "")
+        counts[top] = counts.get(top, 0) + 1
+    parts = ", ".join(f"{top} ({n} file{'s' if n != 1 else ''})" if top.endswith("/") else top
+                      for top, n in counts.items())
+    return f"shipping {len(files)} files: {parts}"
+
+
+def runtime_env(working_dir: Path, extra_file: Path | None) -> dict[str, Any]:
+    env: dict[str, Any] = {"working_dir": str(working_dir), "env_vars": {"PYTHONPATH": "."}}
     if extra_file is not None:
         extra = yaml.safe_load(extra_file.read_text()) or {}
         env = env | extra | {"env_vars": env["env_vars"] | extra.get("env_vars", {})}
     return env
 
 
-def submit(address: str, args: list[str], extra_env: Path | None = None) -> str:
-    """Submit `raydiant <args>`; returns the job id."""
+def submit(address: str, args: list[str], extra_env: Path | None = None,
+           show: Callable[[str], None] = lambda line: None) -> str:
+    """Submit `raydiant <args>`; returns the job id. `show` hears what will travel, first."""
     entrypoint = "python -m cluster.cli " + " ".join(shlex.quote(a) for a in args)
-    with failing_as(f"job submission to {address}"):
-        return client(address).submit_job(entrypoint=entrypoint, runtime_env=runtime_env(extra_env))
+    jobs = client(address)
+    with tempfile.TemporaryDirectory(prefix="raydiant-job-") as folder:
+        show(describe(package(Path(folder))))
+        with failing_as(f"job submission to {address}"):  # uploads the folder before it returns
+            return jobs.submit_job(entrypoint=entrypoint, runtime_env=runtime_env(Path(folder), extra_env))
 
 
 def follow(address: str, job_id: str, write: Callable[[str], None]) -> str:

@@ -45,12 +45,23 @@ def serve_command(
     import signal
     import threading
 
-    from serve.edge.auth import configured_keys
+    from serve.edge.auth import configured_keys, listens_beyond_loopback, weak_secrets
+    from serve.secrets import load_secret, new_signing_key, new_webhook_secret
 
     cfg = load(config)
-    if not configured_keys(cfg.serve.api_keys):
+    keys = configured_keys(cfg.serve.api_keys)
+    if not keys:
         fail("no API keys configured: set RAYDIANT_API_KEYS=key1,key2 or serve.api_keys in the config")
     host, port = host or cfg.serve.host, port or cfg.serve.port
+    if listens_beyond_loopback(host):  # refused before anything starts, with what to change
+        signing = load_secret("RAYDIANT_SIGNING_KEY", cfg.storage.signing_key, cfg.storage.signing_key_file,
+                              new_signing_key)
+        hooks = load_secret("RAYDIANT_WEBHOOK_SECRET", cfg.serve.webhooks.secret, cfg.serve.webhooks.secret_file,
+                            new_webhook_secret)
+        if weak := weak_secrets(keys, signing, hooks):
+            fail(f"refusing to serve on {host} (reachable from other machines) with weak secrets: "
+                 f"{'; '.join(weak)}. Use keys of 16+ random characters (openssl rand -hex 16), "
+                 f"or serve on 127.0.0.1")
     quiet_libraries()
 
     import ray

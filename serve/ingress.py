@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -18,7 +19,7 @@ from serve.dashscope import router as dashscope_routes
 from serve.openai import router as openai_routes
 from serve.web import router as web_routes
 from serve.acedata.service import AceDataService
-from serve.edge.auth import ApiKeys, configured_keys
+from serve.edge.auth import ApiKeys, configured_keys, listens_beyond_loopback, weak_secrets
 from serve.dashscope.service import DashScopeService
 from cluster.models import deployment_name
 from serve.edge.errors import ErrorKind, ServiceError
@@ -80,18 +81,31 @@ def covered(deployment) -> bool:
     return deployment.status in SERVING or (running > 0 and deployment.status != DeploymentStatus.DEPLOY_FAILED)
 
 
+HEALTH_CACHE_S = 1.0  # /healthz is unauthenticated: at most one controller call a second per ingress
+
+
 async def healthz(request: Request) -> JSONResponse:
     """200 only when every model is covered in Serve's own view (its controller runs each
     replica's `check_health`). Asking the controller, rather than sending a request, keeps the
-    answer right while replicas are busy at capacity."""
-    names = list(request.app.state.handles)
+    answer right while replicas are busy at capacity. The answer is kept for a second, so a
+    flood of unauthenticated probes cannot turn into a flood of controller calls."""
+    state = request.app.state
+    if not hasattr(state, "health_lock"):
+        state.health_lock = asyncio.Lock()
+    async with state.health_lock:  # probes that arrive during a call wait for its answer
+        cached = getattr(state, "health", None)
+        if cached is None or time.monotonic() - cached[0] >= HEALTH_CACHE_S:
+            state.health = (time.monotonic(), *await _health(list(state.handles)))
+        _, body, status = state.health
+    return JSONResponse(body, status_code=status)
+
+
+async def _health(names: list[str]) -> tuple[dict, int]:
     status = await asyncio.to_thread(serve.status)
     app_status = status.applications.get(serve.get_replica_context().app_name)
     deployments = app_status.deployments if app_status else {}
     down = [n for n in names if not covered(deployments.get(deployment_name(n)))]
-    status = 503 if down else 200
-    return JSONResponse({"status": "unavailable" if down else "ok", "models": names, "down": down},
-                        status_code=status)
+    return {"status": "unavailable" if down else "ok", "models": names, "down": down}, 503 if down else 200
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, graceful_shutdown_timeout_s=30)
@@ -114,6 +128,9 @@ class Ingress:
         dashscope_service, acedata_service = DashScopeService(tasks), AceDataService(tasks)
         webhook_secret = load_secret("RAYDIANT_WEBHOOK_SECRET", settings.webhooks.secret,
                                      settings.webhooks.secret_file, new_webhook_secret)
+        if listens_beyond_loopback(settings.host) and (
+                weak := weak_secrets(configured_keys(settings.api_keys), signing, webhook_secret)):
+            raise RuntimeError(f"refusing to serve on {settings.host} with weak secrets: {'; '.join(weak)}")
         self.webhooks = Webhooks(store, settings.webhooks, webhook_secret, tasks.policy,
                                  {Api.DASHSCOPE: dashscope_service.task_body, Api.ACEDATA: acedata_service.final_body},
                                  owner=self.dispatcher.owner)

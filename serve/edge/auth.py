@@ -1,14 +1,23 @@
 """API keys.
 
 Keys come from `$RAYDIANT_API_KEYS` (comma-separated) and the config, and are compared in
-constant time. Records and logs only ever see a key's id (a hash prefix), never the key.
+constant time. Records and logs only ever see a key's id (a hash prefix), never the key. A
+service that others can reach refuses to start with short or placeholder keys (a loopback-only
+local run keeps the short keys of the README's examples).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import os
+
+MIN_KEY_LENGTH = 16  # API keys: guessable below this
+MIN_SIGNING_KEY_LENGTH = 32  # HMAC keys of result URLs and webhooks
+# Values people copy from examples (infra/k8s/secret.example.yaml, the README) and forget.
+PLACEHOLDERS = ("key-for-app", "random hex characters", "whsec_...", "...", "changeme", "change-me", "example",
+                "secret", "password", "local-key", "test-key")
 
 
 def configured_keys(config_keys: list[str]) -> list[str]:
@@ -35,3 +44,32 @@ class ApiKeys:
         # Compare against every key, always, so timing reveals neither which nor whether.
         matches = [hmac.compare_digest(given, key) for key in self._keys]
         return key_id(given.decode()) if any(matches) else None
+
+
+def listens_beyond_loopback(host: str) -> bool:
+    """Whether a server bound to `host` can be reached from other machines."""
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host != "localhost"  # a name: assume it is reachable
+
+
+def weak_secrets(api_keys: list[str], signing_key: str, webhook_secret: str) -> list[str]:
+    """Why these secrets are not fit for a service others can reach (the secrets never appear)."""
+    problems = []
+    for position, key in enumerate(api_keys, 1):
+        if len(key) < MIN_KEY_LENGTH:
+            problems.append(f"API key {position} is shorter than {MIN_KEY_LENGTH} characters")
+        elif _placeholder(key):
+            problems.append(f"API key {position} is a placeholder")
+    for name, value in (("the signing key", signing_key), ("the webhook secret", webhook_secret)):
+        if len(value) < MIN_SIGNING_KEY_LENGTH:
+            problems.append(f"{name} is shorter than {MIN_SIGNING_KEY_LENGTH} characters")
+        elif _placeholder(value):
+            problems.append(f"{name} is a placeholder")
+    return problems
+
+
+def _placeholder(value: str) -> bool:
+    lowered = value.lower()
+    return any(p in lowered for p in PLACEHOLDERS) or len(set(value)) < 6

@@ -10,12 +10,19 @@ Redis, the dashboard, a sidecar on loopback). Each rule below exists for one rea
   a private address in.
 - Redirects are followed by hand, at most `max_redirects`, and each hop is checked like the
   first: a public URL cannot bounce us to a private one.
-- Link-local addresses (169.254.0.0/16, fe80::/10), where cloud metadata services live, and the
-  EC2 IPv6 metadata address fd00:ec2::254 are refused always, whatever the config says.
-  Loopback and private ranges are refused unless the config allows them (the local profile
-  allows loopback, so a developer's own webhook receiver works).
+- Link-local addresses (169.254.0.0/16, fe80::/10), where cloud metadata services live, the
+  EC2 IPv6 metadata address fd00:ec2::254 and Alibaba Cloud's 100.100.100.200 are refused
+  always, whatever the config says. Loopback and private ranges are refused unless the config
+  allows them (the local profile allows loopback, so a developer's own webhook receiver works).
+  0.0.0.0/8 and `::` count as loopback (a connection to them reaches this host).
+- An IPv6 address that carries an IPv4 one (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96
+  and 64:ff9b:1::/48, 6to4 2002::/16, Teredo) is judged by the IPv4 address inside as well.
+- No proxy from the environment is used (a proxy would connect where we did not check), and
+  answers are asked for uncompressed and refused compressed: the byte cap counts what arrives.
 - Bytes, time and decoded pixels are capped, and an input image must be a PNG, JPEG or WebP,
   so a hostile URL can exhaust neither memory nor a replica.
+- Errors say which rule refused a URL, never an address, a port's state or a DNS answer: a
+  client must not be able to map the inside through our error messages.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import base64
 import binascii
 import io
 import ipaddress
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Awaitable, Callable
@@ -33,10 +41,15 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+log = logging.getLogger(__name__)
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
-ALWAYS_REFUSED = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128")]
+ALWAYS_REFUSED = [ipaddress.ip_network(n) for n in ("169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128",
+                                                    "100.100.100.200/32")]
+THIS_HOST = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "::/128")]  # reach loopback on connect
+NAT64 = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48")]
 IMAGE_FORMATS = {"PNG", "JPEG", "WEBP"}
 REDIRECTS = {301, 302, 303, 307, 308}
 
@@ -65,16 +78,30 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [info[4][0] for info in infos]
 
 
+def embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (a connection to it may reach them)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address.teredo is not None:
+        found += list(address.teredo)
+    packed = address.packed
+    if any(address in network for network in NAT64) or (packed[:12] == bytes(12) and int(address) > 1):
+        found.append(ipaddress.IPv4Address(packed[12:]))  # NAT64, or IPv4-compatible ::a.b.c.d
+    return found
+
+
 def refusal(address: IPAddress, policy: FetchPolicy) -> str | None:
-    """Why `address` may not be reached under `policy`, or None when it may."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    """Why `address` may not be reached under `policy` (the rule, never the address), or None."""
+    for inner in embedded_ipv4(address):
+        if problem := refusal(inner, policy):
+            return problem
     if any(address in network for network in ALWAYS_REFUSED):
-        return f"refusing to connect to link-local/metadata address {address}"
-    if address.is_loopback:
-        return None if policy.allow_loopback else f"refusing to connect to loopback address {address}"
-    if not address.is_global:
-        return None if policy.allow_private else f"refusing to connect to non-public address {address}"
+        return "refusing to connect to a link-local/metadata address"
+    if address.is_loopback or any(address in network for network in THIS_HOST):
+        return None if policy.allow_loopback else "refusing to connect to a loopback address"
+    if not address.is_global and not embedded_ipv4(address):
+        return None if policy.allow_private else "refusing to connect to a non-public address"
     return None
 
 
@@ -86,12 +113,12 @@ async def checked_address(host: str, port: int, policy: FetchPolicy, resolver: R
         try:
             addresses = [ipaddress.ip_address(a) for a in await resolver(host, port)]
         except (OSError, ValueError):
-            raise FetchError(f"cannot resolve host {host}") from None
+            raise FetchError("the URL's host name does not resolve") from None
     if not addresses:
-        raise FetchError(f"cannot resolve host {host}")
+        raise FetchError("the URL's host name does not resolve")
     for address in addresses:
         if problem := refusal(address, policy):
-            raise FetchError(f"{problem} ({host})")
+            raise FetchError(problem)
     return str(addresses[0])
 
 
@@ -100,8 +127,10 @@ async def request(method: str, url: str, policy: FetchPolicy, *, max_bytes: int,
                   transport: httpx.AsyncBaseTransport | None = None) -> Answer:
     """One request under `policy`, following redirects (GET only) hop by hop."""
     try:
+        # trust_env=False: no proxy from the environment (it would connect where we did not check).
         async with asyncio.timeout(policy.timeout_s), \
-                httpx.AsyncClient(follow_redirects=False, transport=transport, timeout=policy.timeout_s) as client:
+                httpx.AsyncClient(follow_redirects=False, transport=transport, timeout=policy.timeout_s,
+                                  trust_env=False) as client:
             for _ in range(policy.max_redirects + 1):
                 answer = await _one_hop(client, method, url, policy, max_bytes, content, headers or {}, resolver)
                 location = answer.headers.get("location")
@@ -112,7 +141,9 @@ async def request(method: str, url: str, policy: FetchPolicy, *, max_bytes: int,
     except TimeoutError:
         raise FetchError(f"no complete answer within {policy.timeout_s:g}s") from None
     except httpx.HTTPError as exc:
-        raise FetchError(f"request failed: {exc}") from None
+        # Not the reason: "connection refused" and its kin tell a client which ports are open.
+        log.info("fetch of %s failed: %s", url, exc)
+        raise FetchError("the URL could not be fetched") from None
 
 
 async def _one_hop(client: httpx.AsyncClient, method: str, url: str, policy: FetchPolicy, max_bytes: int,
@@ -126,12 +157,14 @@ async def _one_hop(client: httpx.AsyncClient, method: str, url: str, policy: Fet
     pinned = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))
     host_header = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
     extensions = {"sni_hostname": parts.hostname} if parts.scheme == "https" else {}
-    outgoing = client.build_request(method, pinned, content=content, headers=headers | {"Host": host_header},
-                                    extensions=extensions)
+    outgoing = client.build_request(method, pinned, content=content, extensions=extensions,
+                                    headers=headers | {"Host": host_header, "Accept-Encoding": "identity"})
     response = await client.send(outgoing, stream=True)
     try:
+        if response.headers.get("content-encoding", "identity").lower() != "identity":
+            raise FetchError("compressed answers are refused (asked for identity encoding)")
         body = bytearray()
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.aiter_raw():  # the bytes as they arrive: the cap counts them
             body += chunk
             if len(body) > max_bytes:
                 raise FetchError(f"answer is larger than {max_bytes} bytes")

@@ -18,6 +18,8 @@ def _refuse(status: int, message: str) -> JSONResponse:
 @router.get("/files/{key:path}")
 async def get_file(key: str, request: Request, expires: int = 0, signature: str = "") -> Response:
     storage = request.app.state.storage
+    if not storage.is_local:  # object stores presign their own URLs: this route signs none for them
+        return _refuse(404, "no such file (results are served by the object store)")
     if not storage.verify(key, expires, signature):
         return _refuse(403, "the URL signature is invalid or has expired")
     try:

@@ -67,3 +67,12 @@ def test_build_tiny_writes_loadable_pipelines(tmp_path):
     for directory, pipeline_class in expected.items():
         pipeline = DiffusionPipeline.from_pretrained(tmp_path / directory)
         assert type(pipeline).__name__ == pipeline_class
+
+
+def test_serve_beyond_loopback_refuses_weak_secrets_before_starting_anything(tmp_path):
+    env = os.environ | {"RAYDIANT_API_KEYS": "local-key", "RAYDIANT_SIGNING_KEY": "s" * 10}
+    out = subprocess.run(RAYDIANT + ["serve", "--host", "0.0.0.0", "--port", "1"], capture_output=True, text=True,
+                         env=env, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and "refusing to serve on 0.0.0.0" in out.stderr, out.stderr
+    assert "API key 1 is shorter than 16 characters" in out.stderr and "signing key is shorter" in out.stderr
+    assert "local-key" not in out.stderr and "starting Ray" not in out.stdout + out.stderr

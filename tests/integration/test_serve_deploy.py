@@ -35,6 +35,7 @@ def tiny_cluster_config(cluster: dict, work: Path) -> dict:
     for deployment in cluster["serve"]["deployments"].values():
         deployment["ray_actor_options"] = {"num_cpus": 0}
     cluster["tasks"] = {"backend": "sqlite", "path": str(work / "tasks.sqlite")}
+    cluster["serve"]["host"] = "127.0.0.1"  # served on loopback here (as http_options below say)
     cluster["storage"] = {"root": str(work / "results"), "signing_key_file": str(work / "signing.key")}
     return cluster
 

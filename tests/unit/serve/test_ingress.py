@@ -56,3 +56,24 @@ def deployment(status: DeploymentStatus, running: int = 0):
 ])
 def test_a_model_is_covered_while_serve_serves_it_or_a_replica_runs(state, expected):
     assert covered(state) is expected
+
+
+def test_healthz_asks_the_serve_controller_at_most_once_a_second(monkeypatch):
+    import serve.ingress as ingress
+
+    calls = []
+
+    async def controller(names):
+        calls.append(names)
+        return {"status": "ok", "models": names, "down": []}, 200
+
+    monkeypatch.setattr(ingress, "_health", controller)
+    app = create_app()
+    app.state.handles = {"flux-schnell": object()}
+    client = TestClient(app)
+    answers = [client.get("/healthz") for _ in range(50)]
+    assert all(a.status_code == 200 and a.json()["status"] == "ok" for a in answers)
+    assert len(calls) == 1  # 50 probes, one controller call
+    app.state.health = (app.state.health[0] - ingress.HEALTH_CACHE_S, *app.state.health[1:])  # a second later
+    client.get("/healthz")
+    assert len(calls) == 2

@@ -30,3 +30,22 @@ def test_keys_come_from_the_environment_then_the_config(monkeypatch):
     assert configured_keys(["cfg-1", ""]) == ["env-1", "env-2", "cfg-1"]
     monkeypatch.delenv("RAYDIANT_API_KEYS")
     assert configured_keys(["cfg-1"]) == ["cfg-1"]
+
+
+def test_a_service_others_can_reach_refuses_short_or_placeholder_secrets():
+    from serve.secrets import new_signing_key, new_webhook_secret
+
+    from serve.edge.auth import listens_beyond_loopback, weak_secrets
+
+    strong = ["k3Jq8vT2mXw9Lp4Z", "Z9x8c7v6b5n4m3l2k1"]
+    assert weak_secrets(strong, new_signing_key(), new_webhook_secret()) == []
+    problems = weak_secrets(["short-key", "key-for-app-1-xxxxxxxx", "aaaaaaaaaaaaaaaaaaaaa"],
+                            "64 random hex characters", "whsec_...")
+    assert problems == ["API key 1 is shorter than 16 characters", "API key 2 is a placeholder",
+                        "API key 3 is a placeholder", "the signing key is shorter than 32 characters",
+                        "the webhook secret is shorter than 32 characters"]
+    assert not any("short-key" in p or "key-for-app" in p for p in problems)  # never the secret itself
+    assert listens_beyond_loopback("0.0.0.0") and listens_beyond_loopback("10.0.0.5")
+    assert listens_beyond_loopback("raydiant.internal")
+    assert not listens_beyond_loopback("127.0.0.1") and not listens_beyond_loopback("::1")
+    assert not listens_beyond_loopback("localhost")

@@ -1,0 +1,41 @@
+"""What `raydiant submit` sends (jobs/submit.py): the code and configs a job needs, never a
+secret file, and a list of it shown before anything is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jobs.submit import describe, package
+
+
+def checkout(root: Path) -> Path:
+    files = {
+        "cluster/engine.py": "code", "serve/app.py": "code", "jobs/render.py": "code",
+        "configs/cluster.yaml": "models: {}", "pyproject.toml": "[project]",
+        "configs/.env": "RAYDIANT_API_KEYS=real", "configs/signing.key": "k", "serve/auth_token": "t",
+        "configs/prod-secret.yaml": "api_keys: [real]", "cluster/__pycache__/engine.cpython-311.pyc": "x",
+        "infra/k8s/secret.yaml": "stringData: {api-keys: real}", "var/signing.key": "k", ".env": "X=1",
+        "tests/test_x.py": "x", "README.md": "docs",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def test_only_code_and_configs_travel_and_no_secret_file(tmp_path):
+    project = checkout(tmp_path / "project")
+    out = tmp_path / "out"
+    shipped = package(out, project)
+    assert sorted(shipped) == ["cluster/engine.py", "configs/cluster.yaml", "jobs/render.py", "pyproject.toml",
+                               "serve/app.py"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(shipped)
+    assert describe(shipped) == ("shipping 5 files: cluster/ (1 file), serve/ (1 file), jobs/ (1 file), "
+                                 "configs/ (1 file), pyproject.toml")
+
+
+def test_the_real_checkout_ships_no_infra_and_no_generated_key(tmp_path):
+    shipped = package(tmp_path)
+    assert shipped and all(name.split("/")[0] in ("cluster", "serve", "jobs", "configs", "pyproject.toml")
+                           for name in shipped)
+    assert not any(name.endswith((".key", ".pyc")) or "secret" in name.lower() for name in shipped)
