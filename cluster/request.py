@@ -8,6 +8,7 @@ AceData, OpenAI, Parquet rows) are read into a `RenderRequest` at the edges, val
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 
 from cluster.errors import RenderError
 
@@ -69,3 +70,11 @@ class RenderResult:
     def ok(self) -> bool:
         return self.error is None
 
+
+class WorkClass(IntEnum):
+    """Which waiting requests a replica starts first: lower goes first. Interactive requests (the
+    API doors, the page) wait at most for the device batch in progress; batch work (a batch job
+    rendering through the service) fills every gap, so a replica never idles while any waits."""
+
+    INTERACTIVE = 0
+    BATCH = 1

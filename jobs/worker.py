@@ -24,7 +24,7 @@ from cluster.config import load_config
 from cluster.engine import Renderer, sort_results
 from cluster.errors import ErrorCode, RenderError, first_line
 from cluster.models import deployment_name
-from cluster.request import ResolvedRequest
+from cluster.request import ResolvedRequest, WorkClass
 from cluster.weights import ModelLoadError
 from jobs.output import OutputSink
 
@@ -130,6 +130,7 @@ class _ServedModel:
                                                             f"'{app_name}': {first_line(exc)}")
 
     def render(self, requests: list[ResolvedRequest]) -> list:
-        # Send everything first, so the replicas can batch the requests together.
-        responses = [self.handle.render.remote(request) for request in requests]
+        # Send everything first, so the replicas can batch the requests together; as batch work,
+        # so that the service's interactive requests go first on the same replicas.
+        responses = [self.handle.render.remote(request, WorkClass.BATCH) for request in requests]
         return [response.result()[0] for response in responses]

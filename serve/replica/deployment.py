@@ -15,7 +15,7 @@ from ray import serve
 
 from cluster.engine import Renderer
 from cluster.models import ModelSpec
-from cluster.request import RenderResult, ResolvedRequest
+from cluster.request import RenderResult, ResolvedRequest, WorkClass
 from serve.replica.pipelined import PipelinedRenderer
 from serve.replica.render_events import RenderEvent
 
@@ -30,13 +30,16 @@ class ModelServer:
         self.renderer = Renderer(self.spec)
         self.pipelined = PipelinedRenderer(self.renderer, max_requests=self.spec.max_batch_size if batching else 1)
 
-    async def render(self, request: ResolvedRequest) -> list[RenderResult]:
-        return await self.pipelined.render(request)
+    async def render(self, request: ResolvedRequest, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
+        """`work`: BATCH for a batch job rendering through the service (it fills the gaps that
+        interactive requests leave)."""
+        return await self.pipelined.render(request, work)
 
-    async def render_events(self, request: ResolvedRequest) -> AsyncIterator[RenderEvent]:
+    async def render_events(self, request: ResolvedRequest,
+                            work: WorkClass = WorkClass.INTERACTIVE) -> AsyncIterator[RenderEvent]:
         """The request as a stream (`handle.options(stream=True)`): started, progress, finished.
         Canceling the call (Serve cancels this generator) cancels the render."""
-        async for event in self.pipelined.stream(request):
+        async for event in self.pipelined.stream(request, work):
             yield event
 
     def simulated_gpu(self) -> dict | None:

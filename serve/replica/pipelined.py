@@ -9,6 +9,10 @@
   threads while the next batch denoises. At most `encode_backlog` denoised batches wait for
   the encoders, so memory stays bounded: the device pauses rather than piling up pictures.
 - Each request is a stream of events (`serve/replica/render_events.py`): started, progress, finished.
+- Two classes of work (`WorkClass`): the next batch is formed from interactive requests first,
+  then batch work in arrival order, so an interactive request waits at most for the batch on the
+  device, and batch work fills every gap. Both classes may share a device batch (pixels do not
+  depend on batch company).
 - A request whose stream is closed (its caller canceled it) leaves the queue if it has not
   started; in a batch shared with others, the batch runs on and only its images are dropped
   (the others' pixels do not depend on batch company); alone, the render stops at the next step.
@@ -25,7 +29,7 @@ from typing import AsyncIterator
 
 from cluster.engine import Denoised, Renderer, sort_results
 from cluster.progress import StepProgress
-from cluster.request import RenderResult, ResolvedRequest
+from cluster.request import RenderResult, ResolvedRequest, WorkClass
 from serve.replica.render_events import Finished, Progress, RenderEvent, Started
 
 log = logging.getLogger(__name__)
@@ -37,6 +41,7 @@ class _Job:
     """One request in the replica, and the events its caller has not read yet."""
 
     request: ResolvedRequest
+    work: WorkClass = WorkClass.INTERACTIVE
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     canceled: bool = False
     batches: int = 0  # of the current group's batches, how many hold its images
@@ -55,17 +60,20 @@ class PipelinedRenderer:
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
-    async def render(self, request: ResolvedRequest) -> list[RenderResult]:
+    async def render(self, request: ResolvedRequest, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
         """The request's results in image order, once its batch is denoised and encoded."""
-        async for event in self.stream(request):
+        async for event in self.stream(request, work):
             if isinstance(event, Finished):
                 return event.results
         raise RuntimeError("the render stream ended without results")
 
-    async def stream(self, request: ResolvedRequest) -> AsyncIterator[RenderEvent]:
+    async def stream(self, request: ResolvedRequest,
+                     work: WorkClass = WorkClass.INTERACTIVE) -> AsyncIterator[RenderEvent]:
         """The request's events, ending with `Finished`. Closing the stream early cancels it."""
-        job = _Job(request)
-        self._waiting.append(job)
+        job = _Job(request, work)
+        # Stable: within a class, arrival order. Interactive ones go ahead of all batch work.
+        position = next((i for i, waiting in enumerate(self._waiting) if waiting.work > work), len(self._waiting))
+        self._waiting.insert(position, job)
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._feed_device())

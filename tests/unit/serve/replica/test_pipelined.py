@@ -1,0 +1,67 @@
+"""Two classes of work in a replica's queue (serve/replica/pipelined.py), without Ray, on the
+SIMULATED GPU whose own record says which prompts each device batch held: interactive requests
+go ahead of all waiting batch work, batch work fills every gap, and both may share a batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+from cluster.config import load_config
+from cluster.engine import Renderer
+from cluster.request import RenderRequest, WorkClass
+from cluster.sim_engine import SimulatedTiming, read_busy_intervals
+from serve.replica.pipelined import PipelinedRenderer
+
+
+def renderer(tmp_path, monkeypatch, per_image_s: float) -> Renderer:
+    monkeypatch.setenv("RAYDIANT_SIM_DIR", str(tmp_path))
+    spec = load_config().spec("flux-schnell").model_copy(update={
+        "source": "sim:flux", "warmup": False, "max_batch_size": 4,
+        "simulated": SimulatedTiming(base_s=0.0, per_image_s=per_image_s)})
+    return Renderer(spec)
+
+
+def request(engine: Renderer, prompt: str):
+    return engine.resolve(RenderRequest(model="flux-schnell", prompt=prompt, width=256, height=256, steps=2, seed=1))
+
+
+def device_batches(tmp_path) -> list[list[str]]:
+    [record] = read_busy_intervals(tmp_path).values()
+    return [batch["prompts"] for batch in record]
+
+
+async def until_busy(engine: Renderer) -> None:
+    while not engine.pipeline.busy_now:
+        await asyncio.sleep(0.005)
+
+
+def test_an_interactive_request_goes_ahead_of_waiting_batch_work(tmp_path, monkeypatch):
+    engine = renderer(tmp_path, monkeypatch, per_image_s=0.2)
+
+    async def scenario():
+        replica = PipelinedRenderer(engine, max_requests=1)
+        job = [asyncio.create_task(replica.render(request(engine, f"job {i}"), WorkClass.BATCH)) for i in range(4)]
+        await until_busy(engine)  # "job 0" is on the device; jobs 1..3 wait
+        online = asyncio.create_task(replica.render(request(engine, "online")))
+        results = await asyncio.gather(*job, online)
+        assert all(r and r[0].ok for r in results)
+
+    asyncio.run(scenario())
+    assert device_batches(tmp_path) == [["job 0"], ["online"], ["job 1"], ["job 2"], ["job 3"]]
+
+
+def test_batch_work_fills_the_gaps_and_shares_a_batch_with_interactive_requests(tmp_path, monkeypatch):
+    engine = renderer(tmp_path, monkeypatch, per_image_s=0.1)
+
+    async def scenario():
+        replica = PipelinedRenderer(engine, max_requests=4)
+        first = asyncio.create_task(replica.render(request(engine, "online 0")))
+        await until_busy(engine)
+        job = [asyncio.create_task(replica.render(request(engine, f"job {i}"), WorkClass.BATCH)) for i in range(5)]
+        await asyncio.sleep(0)
+        online = asyncio.create_task(replica.render(request(engine, "online 1")))
+        await asyncio.gather(first, *job, online)
+
+    asyncio.run(scenario())
+    # The interactive request first in the next batch, the job's images after it; the rest next.
+    assert device_batches(tmp_path) == [["online 0"], ["online 1", "job 0", "job 1", "job 2"], ["job 3", "job 4"]]
