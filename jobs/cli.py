@@ -3,6 +3,7 @@ root command)."""
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -68,6 +69,7 @@ def render_command(
     via_serve: bool = typer.Option(False, "--via-serve", help="Render through the running Serve app "
                                                                "in the --address cluster."),
     serve_app: str = typer.Option("raydiant", "--serve-app", help="Serve application name for --via-serve."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own output here too (default: its log file)."),
 ) -> None:
     """Render every prompt of a Parquet dataset into images plus a metadata table (resumable)."""
     from pydantic import ValidationError
@@ -77,6 +79,7 @@ def render_command(
     from cluster.local_ray import connect
     from jobs.render import JobError, run_job
     from jobs.spec import JobSpec
+    from jobs.terminal import job_log_path, others_to
 
     width = height = None
     if size is not None:
@@ -103,23 +106,32 @@ def render_command(
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                TextColumn("{task.fields[rate]:.2f} img/s"), TextColumn("[red]{task.fields[errors]} errors"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*columns, console=errors) as bar:
-        task = bar.add_task("rendering", total=None, rate=0.0, errors=0)
+    log = job_log_path()
+    if not verbose:
+        errors.print(f"Ray's output: {log}", highlight=False)
+    problem = None
+    # Printed once the terminal is back: a failure's message must not land in the log file.
+    with (contextlib.nullcontext(errors) if verbose else others_to(log)) as terminal:
+        with Progress(*columns, console=terminal) as bar:
+            task = bar.add_task("rendering", total=None, rate=0.0, errors=0)
 
-        def show(p) -> None:
-            rows_done = p.rows_total if p.images_total == 0 else p.rows_done  # a rerun with nothing left
-            bar.update(task, description=f"{rows_done}/{p.rows_total} rows", total=p.images_total,
-                       completed=p.images_done + p.images_failed,
-                       rate=p.images_per_s, errors=p.images_failed)
+            def show(p) -> None:
+                rows_done = p.rows_total if p.images_total == 0 else p.rows_done  # a rerun with nothing left
+                bar.update(task, description=f"{rows_done}/{p.rows_total} rows", total=p.images_total,
+                           completed=p.images_done + p.images_failed,
+                           rate=p.images_per_s, errors=p.images_failed)
 
-        try:
-            with connect(address):
-                summary = run_job(spec, show, on_plan=lambda plan: errors.print(plan.describe(), highlight=False))
-        except ConnectionError as exc:
-            fail(f"cannot connect to the Ray cluster at {address}: {exc} (clusters with token authentication "
-                 f"also need RAY_AUTH_MODE=token and ~/.ray/auth_token)")
-        except (JobError, RuntimeError, TimeoutError) as exc:
-            fail(str(exc))
+            try:
+                with connect(address):
+                    summary = run_job(spec, show, on_plan=lambda plan: terminal.print(plan.describe(),
+                                                                                      highlight=False))
+            except ConnectionError as exc:
+                problem = (f"cannot connect to the Ray cluster at {address}: {exc} (clusters with token "
+                           f"authentication also need RAY_AUTH_MODE=token and ~/.ray/auth_token)")
+            except (JobError, RuntimeError, TimeoutError) as exc:
+                problem = str(exc)
+    if problem is not None:
+        fail(problem if verbose else f"{problem} (Ray's output: {log})")
     console.print(f"done: {summary.rendered} rendered, {summary.failed} failed, {summary.skipped} already done; "
                   f"{summary.images} images in {summary.output} ({summary.format}); "
                   f"{summary.images_per_s:.2f} img/s over {summary.seconds:.1f}s")

@@ -4,6 +4,7 @@ status when the error budget is exceeded."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -67,6 +68,11 @@ def test_error_budget_exceeded_exits_nonzero(tmp_path):
     returncode, _, stderr = finish(job, tmp_path / "job")
     assert returncode == 2
     assert "1 of 3 images failed, over the error budget" in stderr and "Traceback" not in stderr
+    # A quiet terminal: the plan, the bar and the outcome; Ray's own lines are in the log it names.
+    assert "render actors:" in stderr
+    assert not any(noise in stderr for noise in ("INFO", "core_worker", "Progress bars disabled")), stderr
+    log = Path(re.search(r"Ray's output: (\S+\.log)", stderr)[1])
+    assert "streaming_executor" in log.read_text()
 
 
 def test_bad_arguments_are_one_line(tmp_path):
