@@ -230,17 +230,23 @@ def test_no_dead_rayservice_fields():
 
 # --- references: every name a manifest uses exists -----------------------------------------------
 
-def definitions() -> dict[str, set]:
-    found: dict[str, set] = {"ServiceAccount": set(), "Secret": set(), "Service": set(),
-                             "PersistentVolumeClaim": set(), "ConfigMap": set()}
-    for docs in all_documents().values():
-        for doc in docs:
-            kind, name = doc["kind"], doc["metadata"]["name"]
-            if kind == "Secret":
-                found["Secret"] |= {(name, key) for key in {**doc.get("stringData", {}), **doc.get("data", {})}}
-            elif kind in found:
-                found[kind].add(name)
+DEFINED_KINDS = ("ServiceAccount", "Secret", "Service", "PersistentVolumeClaim", "ConfigMap")
+
+
+def defined_by(docs: list[dict]) -> dict[str, set]:
+    """What `docs` define, by kind (a Secret: its (name, key) pairs)."""
+    found: dict[str, set] = {kind: set() for kind in DEFINED_KINDS}
+    for doc in docs:
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        if kind == "Secret":
+            found["Secret"] |= {(name, key) for key in {**doc.get("stringData", {}), **doc.get("data", {})}}
+        elif kind in found:
+            found[kind].add(name)
     return found
+
+
+def definitions() -> dict[str, set]:
+    return defined_by([doc for docs in all_documents().values() for doc in docs])
 
 
 def references(doc: dict) -> set[tuple[str, object]]:
@@ -290,15 +296,9 @@ def test_the_readmes_order_applies_every_reference_before_its_use():
     order = applied_in_readme()
     assert set(order) == {p.name for p in K8S.glob("*.yaml")}, "every manifest is applied in the README"
     docs = all_documents()
-    defined: dict[str, set] = {kind: set() for kind in definitions()}
+    defined: dict[str, set] = {kind: set() for kind in DEFINED_KINDS}
     for name in order:
-        own = {kind: set() for kind in defined}
-        for doc in docs[name]:
-            kind, doc_name = doc["kind"], doc["metadata"]["name"]
-            if kind == "Secret":
-                own["Secret"] |= {(doc_name, k) for k in {**doc.get("stringData", {}), **doc.get("data", {})}}
-            elif kind in own:
-                own[kind].add(doc_name)
+        own = defined_by(docs[name])
         for doc in docs[name]:
             for kind, ref in references(doc):
                 assert ref in defined[kind] | own[kind], f"{name} refers to {kind} {ref} before it is applied"
