@@ -43,7 +43,7 @@ serve:
   model_aliases: {{flux-pro: flux-dev, flux-kontext-pro: flux-kontext, flux-kontext-max: flux-kontext,
                   gpt-image-1: flux-schnell}}
   fetch: {{allow_loopback: true}}  # the webhook receiver is on loopback; private ranges stay refused
-  webhooks: {{secret: "{secret}", first_retry_s: 0.3, max_retry_s: 1, give_up_after_s: 4}}
+  webhooks: {{secret: "{secret}", first_retry_s: 0.3, max_retry_s: 1, give_up_after_s: 12}}  # 3 tries fit on a loaded machine
   deployments:
     # One request at a time, so tasks queue (PENDING) and can be canceled.
     stable-diffusion-v1.5: {{max_ongoing_requests: 1}}
