@@ -13,20 +13,19 @@ from ray import serve
 from ray.serve.schema import DeploymentStatus, ReplicaState
 
 from cluster.config import RaydiantConfig
+from cluster.models import deployment_name
 from cluster.storage import Storage
 from serve.acedata import router as acedata_routes
-from serve.dashscope import router as dashscope_routes
-from serve.openai import router as openai_routes
-from serve.web import router as web_routes
 from serve.acedata.service import AceDataService
-from serve.edge.auth import ApiKeys, configured_keys, listens_beyond_loopback, weak_secrets
+from serve.dashscope import router as dashscope_routes
 from serve.dashscope.service import DashScopeService
-from cluster.models import deployment_name
+from serve.edge.auth import ApiKeys, configured_keys, listens_beyond_loopback, weak_secrets
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.files import router as files_router
 from serve.edge.http import Door, Gate
-from serve.openai.service import OpenAIService
 from serve.edge.ratelimit import RateLimiter
+from serve.openai import router as openai_routes
+from serve.openai.service import OpenAIService
 from serve.secrets import load_secret, new_signing_key, new_webhook_secret
 from serve.tasks.dispatch import Dispatcher
 from serve.tasks.factory import open_store
@@ -34,6 +33,7 @@ from serve.tasks.periodic import every
 from serve.tasks.record import Api
 from serve.tasks.service import TaskService
 from serve.tasks.webhooks import Webhooks
+from serve.web import router as web_routes
 from serve.web.router import static_files
 from serve.web.service import WebService
 
