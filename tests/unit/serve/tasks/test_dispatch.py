@@ -201,7 +201,6 @@ def test_cancel_while_streaming_cancels_the_replica_call_and_stores_nothing(tmp_
         d = dispatcher(tmp_path, handle)
         record = new_task()
         await d.submit(record)
-        await until(lambda: d.store.get(record.task_id), every_s=0.01)
         await until(lambda: _status_is(d, record.task_id, TaskStatus.RUNNING))
         canceled = await d.store.transition(record.task_id, {TaskStatus.RUNNING}, status=TaskStatus.CANCELED)
         d.stop(record.task_id)
