@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 # DashScope documents seeds in [0, 2^31 - 1].
 MAX_SEED = 2**31 - 1
@@ -31,6 +34,8 @@ def derive_seed(job_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:8], "big") % (MAX_SEED + 1)
 
 
-def generator(seed: int, device: str | torch.device) -> torch.Generator:
+def generator(seed: int, device: "str | torch.device") -> "torch.Generator":
     """One generator per image: its noise then depends on its own seed, not on its batch."""
+    import torch  # here, not at the top: the CLI and the ingress validate seeds without loading torch
+
     return torch.Generator(device=device).manual_seed(seed)

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import posixpath
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import IO, Iterator
 from urllib.parse import urlencode
 
 import fsspec
@@ -66,6 +69,32 @@ class Storage:
         finally:
             if self.fs.exists(staging):
                 self.fs.rm(staging)
+
+    @contextmanager
+    def open_atomic(self, key: str) -> Iterator[IO[bytes]]:
+        """A file to stream into `key`; it appears whole when the block ends, and not at all
+        when the block raises (a staged local file renamed into place; an object store's upload
+        completed on close, or discarded)."""
+        target = self.path(key)
+        if not self.is_local:
+            f = self.fs.open(target, "wb")
+            try:
+                yield f
+            except BaseException:
+                if hasattr(f, "discard"):
+                    f.discard()  # aborts the multipart upload: nothing is written
+                raise
+            f.close()
+            return
+        self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+        staging = f"{posixpath.dirname(target)}/.{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(staging, "wb") as f:
+                yield f
+            os.replace(staging, target)
+        finally:
+            if os.path.exists(staging):
+                os.remove(staging)
 
     def read(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))

@@ -52,7 +52,10 @@ def render_command(
     fmt: str = typer.Option("files", "--format", help="files, webdataset or parquet."),
     image_format: str = typer.Option("png", "--image-format", help="png (lossless, with sampling metadata), "
                                                                     "webp or jpeg (smaller)."),
-    batch_size: int = typer.Option(4, "--batch-size", help="Images per render batch."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Images per device batch (what the model wants)."),
+    shard_size: int = typer.Option(1000, "--shard-size", help="Images per output shard: a tar, a data file or a "
+                                                               "folder (the dataset's unit, independent of "
+                                                               "--batch-size)."),
     concurrency: Optional[str] = typer.Option(
         None, "--concurrency", help="Render actors: N or MIN,MAX (default: one per GPU the cluster has or can "
                                     "autoscale to; 1 on CPU)."),
@@ -71,13 +74,12 @@ def render_command(
     serve_app: str = typer.Option("raydiant", "--serve-app", help="Serve application name for --via-serve."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own output here too (default: its log file)."),
 ) -> None:
-    """Render every prompt of a Parquet dataset into images plus a metadata table (resumable)."""
+    """Render every prompt of a Parquet dataset into a dataset of image shards plus metadata (resumable)."""
     from pydantic import ValidationError
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from cluster.local_ray import connect
-    from jobs.render import JobError, run_job
+    from jobs.render import JobError, prepare, run_job
     from jobs.spec import JobSpec
     from jobs.terminal import job_log_path, others_to
 
@@ -96,12 +98,18 @@ def render_command(
     try:
         spec = JobSpec(input=input, output=output, config=str(config) if config else None, format=fmt,
                        image_format=image_format,
-                       batch_size=batch_size, concurrency=pool, gpus_per_worker=gpus_per_worker, limit=limit,
+                       batch_size=batch_size, shard_size=shard_size, concurrency=pool, gpus_per_worker=gpus_per_worker, limit=limit,
                        seed=seed, max_errors=max_errors, address=address,
                        via_serve=serve_app if via_serve else None,
                        defaults={"model": model, "width": width, "height": height, "steps": steps, "n": n})
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    try:
+        job = prepare(spec)  # before any cluster: a bad input or output fails at once
+    except JobError as exc:
+        fail(str(exc))
+    from cluster.local_ray import connect
+
     quiet_libraries()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                TextColumn("{task.fields[rate]:.2f} img/s"), TextColumn("[red]{task.fields[errors]} errors"),
@@ -123,7 +131,7 @@ def render_command(
 
             try:
                 with connect(address):
-                    summary = run_job(spec, show, on_plan=lambda plan: terminal.print(plan.describe(),
+                    summary = run_job(job, show, on_plan=lambda plan: terminal.print(plan.describe(),
                                                                                       highlight=False))
             except ConnectionError as exc:
                 problem = (f"cannot connect to the Ray cluster at {address}: {exc} (clusters with token "
@@ -133,7 +141,8 @@ def render_command(
     if problem is not None:
         fail(problem if verbose else f"{problem} (Ray's output: {log})")
     console.print(f"done: {summary.rendered} rendered, {summary.failed} failed, {summary.skipped} already done; "
-                  f"{summary.images} images in {summary.output} ({summary.format}); "
+                  f"{summary.images} images in {summary.shards} shards of {summary.mean_shard_bytes / 2**20:.1f} MiB "
+                  f"on average in {summary.output} ({summary.format}); "
                   f"{summary.images_per_s:.2f} img/s over {summary.seconds:.1f}s")
 
 

@@ -13,13 +13,14 @@ import html
 import io
 import tarfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow.parquet as pq
 from PIL import Image
 
 from cluster.storage import Storage
-from jobs.output import read_metadata, sample_name
+from jobs.output import read_stats
+from jobs.rows import sample_name
 
 THUMB_SIDE = 256
 
@@ -42,18 +43,30 @@ class _ImageReader:
 
     def read(self, row: dict[str, Any]) -> bytes:
         path = row["path"]
-        if "#" in path:  # webdataset: shards/<batch>.tar#<sample>.<ext>
+        if "#" in path:  # webdataset: shards/<shard>.tar#<sample>.<ext>
             shard, member = path.split("#", 1)
             if shard not in self._shards:
                 with tarfile.open(fileobj=io.BytesIO(self.storage.read(shard))) as tar:
                     self._shards = {shard: {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}}
             return self._shards[shard][member]
-        if path.endswith(".parquet"):  # parquet: data/<batch>.parquet with an image column
+        if path.endswith(".parquet"):  # parquet: data/<shard>.parquet, `image` as {bytes, path}
             if path not in self._shards:
                 table = pq.read_table(self.storage.path(path), filesystem=self.storage.fs, columns=["key", "image"])
-                self._shards = {path: dict(zip(table.column("key").to_pylist(), table.column("image").to_pylist()))}
+                self._shards = {path: {key: image["bytes"] for key, image in
+                                       zip(table.column("key").to_pylist(), table.column("image").to_pylist())}}
             return self._shards[path][row["key"]]
-        return self.storage.read(path)  # files: images/<key>.<ext>
+        return self.storage.read(path)  # files: images/<shard>/<sample>.<ext>
+
+
+def _first_rows(storage: Storage, shards: list[str], limit: int | None) -> Iterator[dict[str, Any]]:
+    """Metadata rows in shard order, reading only the shards the first `limit` rows are in."""
+    count = 0
+    for name in shards:
+        for row in pq.read_table(storage.path(f"metadata/{name}.parquet"), filesystem=storage.fs).to_pylist():
+            if limit and count >= limit:
+                return
+            count += 1
+            yield row
 
 
 def write_gallery(output: str, page_size: int = 100, limit: int | None = 1000) -> GallerySummary:
@@ -61,7 +74,8 @@ def write_gallery(output: str, page_size: int = 100, limit: int | None = 1000) -
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
     storage = Storage(output)
-    rows = sorted(read_metadata(storage).to_pylist(), key=lambda r: (r["id"], r["index"]))
+    committed = read_stats(storage)
+    rows = list(_first_rows(storage, sorted(committed), limit))
     if not rows:
         raise FileNotFoundError(f"{output} has no batch job metadata (metadata/*.parquet)")
     shown = rows[:limit] if limit else rows
@@ -74,7 +88,7 @@ def write_gallery(output: str, page_size: int = 100, limit: int | None = 1000) -
     for number, page in enumerate(pages):
         storage.write(names[number], _page_html(page, number, names, len(rows), len(shown)).encode())
     failed = sum(1 for r in shown if r["error"] is not None)
-    return GallerySummary(pages=names, images=len(shown) - failed, failed=failed, rows_in_output=len(rows))
+    return GallerySummary(pages=names, images=len(shown) - failed, failed=failed, rows_in_output=sum(s.images for s in committed.values()))
 
 
 def _page_name(number: int) -> str:

@@ -1,18 +1,25 @@
-"""Job output: images in one of three formats, plus a metadata table, committed per batch.
+"""Job output: shards of a dataset's size that readers load as they are, each committed once.
 
-Layout under the output URI:
-- `images/<key>.png`                        files format (`.webp` / `.jpg` when asked)
-- `shards/<batch>.tar` (`<name>.png` + `<name>.json` per sample)   webdataset format
-- `data/<batch>.parquet` (metadata columns + `image` bytes)        parquet format
-- `metadata/part-<batch>.parquet`           one per committed batch; the commit record
-- `summary.json`                            figures of the last run
+Layout under the output URI, for shard `NNNNNN` (its position in the input, `jobs/plan.py`):
 
-Exactly once. Every file a batch writes is named by its content: `<batch>` is a hash of the
-batch's image keys. Ray may run a batch twice (task retries, outputs lost with a node); the
-second run writes the same names, so it overwrites instead of adding. A batch is committed by
-writing its metadata part last, atomically. At the end of a run `finalize()` checks what a
-reader would see and repairs it: one metadata row per image, no sample in two shards, no
-shard that no metadata row points to (left by a crashed attempt).
+    manifest.json                    the run: options, config, models, versions, inputs, shards
+    summary.json                     figures of the last run
+    metadata/NNNNNN.parquet          every image of the shard, rendered or failed (one view of
+                                     the whole job: `pyarrow.parquet.read_table(OUT/metadata)`)
+    stats/NNNNNN.json                count, failures, bytes, sha256, duration: the commit record
+    webdataset  shards/NNNNNN.tar            <sample>.<ext> + <sample>.json, rendered images only
+    parquet     data/NNNNNN.parquet          metadata columns + `image` as Hugging Face's Image
+    files       images/NNNNNN/<sample>.<ext> + images/NNNNNN/metadata.parquet (`file_name`:
+                                             what `load_dataset("imagefolder")` joins on)
+
+The per-shard metadata sits in its own folder, not beside the data: `data/*.parquet` and
+`images/**` must hold only what their readers expect. A failed image is a metadata row, never
+a sample without its image.
+
+Exactly once. A shard's files are named by its input position, so a re-executed task or a
+rerun writes the same names: it overwrites, never adds, and an image is only ever in its own
+shard. Every file is written atomically (`Storage.open_atomic`), and the stats file last: a
+shard without stats is incomplete and is rendered again by a rerun.
 """
 
 from __future__ import annotations
@@ -22,21 +29,80 @@ import io
 import json
 import tarfile
 import time
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import IO, Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.errors import ErrorCode
+from cluster.errors import ErrorCode, RenderError
 from cluster.storage import Storage
+from jobs.plan import ShardPlan
+from jobs.rows import WorkItem, sample_name
 
 METADATA_SCHEMA = pa.schema([
-    ("id", pa.string()), ("index", pa.int64()), ("prompt", pa.string()), ("negative_prompt", pa.string()),
-    ("seed", pa.int64()), ("model", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
-    ("steps", pa.int64()), ("guidance", pa.float64()), ("path", pa.string()), ("sha256", pa.string()),
-    ("error_code", pa.string()), ("error", pa.string()), ("render_s", pa.float64()), ("key", pa.string()), ("committed_at", pa.float64()),
+    ("id", pa.string()), ("index", pa.int64()), ("key", pa.string()), ("prompt", pa.string()),
+    ("negative_prompt", pa.string()), ("seed", pa.int64()), ("model", pa.string()), ("width", pa.int64()),
+    ("height", pa.int64()), ("steps", pa.int64()), ("guidance", pa.float64()), ("shard", pa.string()),
+    ("path", pa.string()), ("sha256", pa.string()), ("error_code", pa.string()), ("error", pa.string()),
+    ("render_s", pa.float64()),
 ])
 METADATA_COLUMNS = METADATA_SCHEMA.names
+EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+FOLDERS = {"webdataset": "shards", "parquet": "data", "files": "images"}
+PARQUET_ROW_GROUP_IMAGES = 100  # Hugging Face's advice for image datasets: small row groups
+
+# The `image` column as Hugging Face's `Image` feature: a struct of bytes and path, declared in
+# the schema's `huggingface` metadata, so `load_dataset("parquet")` decodes it with no cast.
+IMAGE_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+_HF_DTYPES = {pa.string(): "string", pa.int64(): "int64", pa.float64(): "float64"}
+_HF_FEATURES = {"info": {"features": {
+    **{f.name: {"dtype": _HF_DTYPES[f.type], "_type": "Value"} for f in METADATA_SCHEMA}, "image": {"_type": "Image"}}}}
+DATA_SCHEMA = METADATA_SCHEMA.append(pa.field("image", IMAGE_TYPE)).with_metadata(
+    {"huggingface": json.dumps(_HF_FEATURES)})
+# A sample's JSON: its metadata, less what only a failure or the layout has (a sample is always
+# a rendered image), so that every sample of every shard has the same fields.
+SIDECAR_COLUMNS = [c for c in METADATA_COLUMNS if c not in ("path", "error_code", "error")]
+FOLDER_SCHEMA = pa.schema([pa.field("file_name", pa.string()), *METADATA_SCHEMA])
+
+
+@dataclass
+class ShardStats:
+    shard: str
+    rows: int
+    images: int  # work items: rendered + failed
+    rendered: int
+    failed: int
+    retryable: int  # failed for a cause a rerun can change (a model that did not load)
+    bytes: int  # of the shard's images
+    sha256: str | None  # of the shard's data file (webdataset, parquet) or its folder index (files)
+    seconds: float
+    kept: int = 0  # items carried over from an earlier run of this shard
+    kept_failed: int = 0  # of which refused for good (a bad row)
+
+
+def stats_key(name: str) -> str:
+    return f"stats/{name}.json"
+
+
+def read_stats(storage: Storage) -> dict[str, ShardStats]:
+    """Every committed shard's stats: one listing and one small read per shard."""
+    if not storage.exists("stats"):
+        return {}
+    paths = [p for p in storage.fs.ls(storage.path("stats"), detail=False) if p.endswith(".json")]
+    contents = storage.fs.cat(paths) if paths else {}  # concurrent on object stores
+    return {s.shard: s for s in (ShardStats(**json.loads(data)) for data in contents.values())}
+
+
+def read_metadata(storage: Storage, columns: list[str] | None = None) -> pa.Table:
+    """The metadata of every committed shard, as one table (for readers and tests: a job never
+    reads it whole)."""
+    committed = sorted(read_stats(storage))
+    schema = METADATA_SCHEMA if columns is None else pa.schema([METADATA_SCHEMA.field(c) for c in columns])
+    if not committed:
+        return schema.empty_table()
+    return pa.concat_tables(pq.read_table(storage.path(f"metadata/{name}.parquet"), filesystem=storage.fs,
+                                          columns=columns, schema=METADATA_SCHEMA) for name in committed)
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -45,183 +111,167 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def sample_name(key: str) -> str:
-    """A webdataset sample name: no dots or slashes (they split keys from extensions)."""
-    return key.replace("/", "_")
+class _Hashing:
+    """A write-only file that hashes and counts what passes through it."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.sha256, self.size, self.closed = f, hashlib.sha256(), 0, False
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        self.closed = True  # the underlying file is closed by its `open_atomic` block
 
 
-EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
+class ShardWriter:
+    """Writes one shard as its images come: `add` each item's outcome, then `commit`. Images
+    stream into the shard's data file; only metadata rows (small) are held until the commit."""
 
+    def __init__(self, storage: Storage, fmt: str, image_format: str, plan: ShardPlan):
+        self.storage, self.fmt, self.ext, self.plan = storage, fmt, EXTENSIONS[image_format], plan
+        self.rows: list[dict[str, Any]] = []
+        self.bytes, self.kept, self.kept_failed, self.started = 0, 0, 0, time.monotonic()
+        self._stack: list = []
+        self._data: _Hashing | None = None
+        self._tar: tarfile.TarFile | None = None
+        self._parquet: pq.ParquetWriter | None = None
+        self._pending: list[dict[str, Any]] = []  # parquet rows not yet in a row group
 
-class OutputSink:
-    def __init__(self, output: str, fmt: str, image_format: str = "png"):
-        self.storage = Storage(output)
-        self.fmt = fmt
-        self.ext = EXTENSIONS[image_format]
+    @property
+    def folder(self) -> str:
+        return f"{FOLDERS[self.fmt]}/{self.plan.name}"
 
-    def commit(self, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
-        """Write the images of `rows` (by key, in `images`), then their metadata part."""
-        batch = batch_name(r["key"] for r in rows)
-        now = time.time()
-        for row in rows:
-            row["committed_at"] = now
-            png = images.get(row["key"])
-            row["sha256"] = hashlib.sha256(png).hexdigest() if png is not None else None
-        rendered = [r for r in rows if r["key"] in images]
-        if rendered:
-            getattr(self, f"_write_{self.fmt}")(batch, rendered, images)
-        for row in rows:
-            row.setdefault("path", None)
-        table = pa.Table.from_pylist([{c: r.get(c) for c in METADATA_COLUMNS} for r in rows], schema=METADATA_SCHEMA)
-        self.storage.write(f"metadata/part-{batch}.parquet", _parquet_bytes(table))
+    def add(self, item: WorkItem, image: bytes | None, error: RenderError | None, render_s: float | None) -> None:
+        row = item.columns() | {"shard": self.plan.name, "render_s": render_s, "path": None, "sha256": None,
+                                "error_code": error.code.value if error else None,
+                                "error": error.text() if error else None}
+        if image is not None:
+            row["sha256"] = hashlib.sha256(image).hexdigest()
+            row["path"] = self._write_image(item.sample, image, row)
+            self.bytes += len(image)
+        self.rows.append(row)
 
-    def _write_files(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
-        for row in rows:
-            row["path"] = f"images/{row['key']}.{self.ext}"
-            self.storage.write(row["path"], images[row["key"]])
+    def carry(self, row: dict[str, Any], image: bytes | None) -> None:
+        """An image an earlier run of this shard finished (rendered, or refused for good): its
+        row as it was, its image copied into the new data file (files: already in place)."""
+        if row["path"] is not None and self.fmt == "files":
+            self.bytes += self.storage.fs.size(self.storage.path(row["path"]))
+        elif row["path"] is not None:
+            self._write_image(sample_name(row["key"]), image, row)
+            self.bytes += len(image)
+        self.rows.append(row)
+        self.kept += 1
+        self.kept_failed += row["error_code"] is not None
 
-    def _write_webdataset(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
-        shard = f"shards/{batch}.tar"
-        for row in rows:
-            row["path"] = f"{shard}#{sample_name(row['key'])}.{self.ext}"
-        self.storage.write(shard, _tar_bytes(rows, images, self.ext))
-
-    def _write_parquet(self, batch: str, rows: list[dict[str, Any]], images: dict[str, bytes]) -> None:
-        part = f"data/{batch}.parquet"
-        for row in rows:
-            row["path"] = part
-        self.storage.write(part, _image_parquet_bytes(rows, images))
-
-
-def batch_name(keys) -> str:
-    """The name of a batch's files: a hash of its image keys (order does not matter)."""
-    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()[:32]
-
-
-def _tar_bytes(rows: list[dict[str, Any]], images: dict[str, bytes], ext: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for row in rows:
-            name = sample_name(row["key"])
-            sidecar = {c: row.get(c) for c in METADATA_COLUMNS if c not in ("path", "committed_at")}
-            for member, data in ((f"{name}.{ext}", images[row["key"]]), (f"{name}.json", json.dumps(sidecar).encode())):
+    def _write_image(self, sample: str, image: bytes, row: dict[str, Any]) -> str:
+        file_name = f"{sample}.{self.ext}"
+        if self.fmt == "files":
+            self.storage.write(f"{self.folder}/{file_name}", image)
+            return f"{self.folder}/{file_name}"
+        self._open()
+        if self.fmt == "webdataset":
+            sidecar = {c: row.get(c) for c in SIDECAR_COLUMNS}
+            for member, data in ((file_name, image), (f"{sample}.json", json.dumps(sidecar).encode())):
                 info = tarfile.TarInfo(member)
-                info.size, info.mtime = len(data), int(row["committed_at"])
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+                info.size, info.mtime = len(data), 0  # no clock in the bytes: a re-run writes the same tar
+                self._tar.addfile(info, io.BytesIO(data))
+            return f"{self.folder}.tar#{file_name}"
+        self._pending.append({**{c: row.get(c) for c in METADATA_COLUMNS}, "path": f"{self.folder}.parquet",
+                              "image": {"bytes": image, "path": file_name}})
+        if len(self._pending) >= PARQUET_ROW_GROUP_IMAGES:
+            self._flush_row_group()
+        return f"{self.folder}.parquet"
+
+    def _open(self) -> None:
+        if self._data is not None:
+            return
+        suffix = "tar" if self.fmt == "webdataset" else "parquet"
+        target = self.storage.open_atomic(f"{self.folder}.{suffix}")
+        self._stack.append(target)
+        self._data = _Hashing(target.__enter__())
+        if self.fmt == "webdataset":
+            self._tar = tarfile.open(fileobj=self._data, mode="w|", format=tarfile.USTAR_FORMAT)
+        else:
+            self._parquet = pq.ParquetWriter(self._data, DATA_SCHEMA)
+
+    def _flush_row_group(self) -> None:
+        if self._pending:
+            self._parquet.write_table(pa.Table.from_pylist(self._pending, schema=DATA_SCHEMA))
+            self._pending = []
+
+    def commit(self) -> ShardStats:
+        """Close the data file, then write the metadata, then the stats: the shard is committed."""
+        self.rows.sort(key=lambda r: (r["id"], r["index"]))
+        sha256 = self._close_data()
+        self.storage.write(f"metadata/{self.plan.name}.parquet",
+                           _parquet_bytes(pa.Table.from_pylist(self.rows, schema=METADATA_SCHEMA)))
+        failed = [r for r in self.rows if r["error_code"]]
+        stats = ShardStats(shard=self.plan.name, rows=self.plan.rows, images=len(self.rows),
+                           rendered=len(self.rows) - len(failed), failed=len(failed),
+                           retryable=sum(ErrorCode(r["error_code"]).retryable for r in failed), bytes=self.bytes,
+                           sha256=sha256, seconds=round(time.monotonic() - self.started, 3), kept=self.kept,
+                           kept_failed=self.kept_failed)
+        self.storage.write(stats_key(self.plan.name), json.dumps(asdict(stats)).encode())
+        return stats
+
+    def _close_data(self) -> str | None:
+        if self.fmt == "files":
+            rendered = [{"file_name": r["path"].rsplit("/", 1)[-1], **r} for r in self.rows if r["path"]]
+            if not rendered:
+                return None
+            index = _parquet_bytes(pa.Table.from_pylist(rendered, schema=FOLDER_SCHEMA))
+            self.storage.write(f"{self.folder}/metadata.parquet", index)
+            return hashlib.sha256(index).hexdigest()
+        if self._data is None:
+            return None
+        if self._tar is not None:
+            self._tar.close()
+        else:
+            self._flush_row_group()
+            self._parquet.close()
+        self._stack.pop().__exit__(None, None, None)
+        return self._data.sha256.hexdigest()
+
+    def abort(self) -> None:
+        """Drop the data file being written (the shard stays uncommitted)."""
+        while self._stack:
+            try:
+                self._stack.pop().__exit__(RuntimeError, RuntimeError("aborted"), None)
+            except RuntimeError:
+                pass
 
 
-IMAGE_SCHEMA = METADATA_SCHEMA.append(pa.field("image", pa.binary()))
-
-
-def _image_parquet_bytes(rows: list[dict[str, Any]], images: dict[str, bytes]) -> bytes:
-    table = pa.Table.from_pylist([{**{c: r.get(c) for c in METADATA_COLUMNS}, "image": images[r["key"]]}
-                                  for r in rows], schema=IMAGE_SCHEMA)
-    return _parquet_bytes(table)
-
-
-def metadata_parts(storage: Storage) -> list[str]:
-    root = storage.path("metadata")
-    if not storage.fs.exists(root):
-        return []
-    return sorted(p for p in storage.fs.ls(root, detail=False) if p.endswith(".parquet"))
-
-
-def read_metadata(storage: Storage, columns: list[str] | None = None) -> pa.Table:
-    parts = metadata_parts(storage)
-    if not parts:
-        return METADATA_SCHEMA.empty_table() if columns is None else \
-            pa.schema([METADATA_SCHEMA.field(c) for c in columns]).empty_table()
-    return pa.concat_tables(pq.read_table(p, filesystem=storage.fs, columns=columns, schema=METADATA_SCHEMA)
-                            for p in parts)
-
-
-def committed_keys(storage: Storage) -> frozenset[str]:
-    """Images that need no more work: rendered, or refused for a reason a rerun cannot change
-    (a code that is not `retryable`: a bad row stays final, a model that failed to load does not)."""
-    table = read_metadata(storage, ["key", "error_code"]).to_pylist()
-    return frozenset(r["key"] for r in table if r["error_code"] is None or not ErrorCode(r["error_code"]).retryable)
-
-
-def finalize(storage: Storage, fmt: str, compact_parts: bool) -> pa.Table:
-    """Make the output read right whatever Ray re-ran: one metadata row per image (its newest
-    success, else its newest error), no image in two shards, no shard that no row points to.
-    Rewrites the metadata as one part when asked (reruns) or when it had to repair anything.
-    Returns the metadata, one row per image."""
-    parts = metadata_parts(storage)
-    rows = read_metadata(storage).to_pylist()
-    best: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        current = best.get(row["key"])
-        if current is None or _rank(row) > _rank(current):
-            best[row["key"]] = row
-    repaired = fmt in SHARD_FOLDERS and _reconcile_shards(storage, fmt, rows, best)
-    kept = sorted(best.values(), key=lambda r: (r["id"], r["index"]))
-    table = pa.Table.from_pylist(kept, schema=METADATA_SCHEMA)
-    if compact_parts or repaired or len(kept) < len(rows):
-        storage.write(f"metadata/part-{batch_name(best)}.parquet", _parquet_bytes(table))
-        for part in parts:
-            if part != storage.path(f"metadata/part-{batch_name(best)}.parquet"):
-                storage.fs.rm(part)
-    return table
-
-
-SHARD_FOLDERS = {"webdataset": "shards", "parquet": "data"}
-
-
-def _rank(row: dict[str, Any]) -> tuple:
-    return row["error"] is None, row["committed_at"] or 0, row["path"] or ""
-
-
-def _shard_of(path: str | None) -> str | None:
-    return path.split("#", 1)[0] if path else None
-
-
-def _reconcile_shards(storage: Storage, fmt: str, rows: list[dict[str, Any]], best: dict[str, dict]) -> bool:
-    """Delete shards no kept row points to; rewrite shards that hold samples kept elsewhere.
-    True when anything changed."""
-    kept_by_shard: dict[str, list[dict[str, Any]]] = {}
-    for row in best.values():
-        if (shard := _shard_of(row["path"])) is not None:
-            kept_by_shard.setdefault(shard, []).append(row)
-    written_by_shard: dict[str, set[str]] = {}
-    for row in rows:
-        if (shard := _shard_of(row["path"])) is not None:
-            written_by_shard.setdefault(shard, set()).add(row["key"])
-    changed = False
-    folder = SHARD_FOLDERS[fmt]
-    listed = storage.fs.ls(storage.path(folder), detail=False) if storage.exists(folder) else []
-    for path in listed:
-        name = f"{folder}/{path.rstrip('/').rsplit('/', 1)[-1]}"
-        if name not in kept_by_shard:  # an orphan, or every sample in it is kept elsewhere
-            storage.fs.rm(path)
-            changed = True
-    for shard, kept in kept_by_shard.items():
-        if {r["key"] for r in kept} != written_by_shard[shard]:
-            _rewrite_shard(storage, fmt, shard, kept)
-            changed = True
-    return changed
-
-
-def _rewrite_shard(storage: Storage, fmt: str, shard: str, kept: list[dict[str, Any]]) -> None:
-    """Rewrite `shard` with only the samples of `kept` (under their batch's content name)."""
-    data = storage.read(shard)
-    images: dict[str, bytes] = {}
-    ext = kept[0]["path"].rsplit(".", 1)[-1] if fmt == "webdataset" else ""
+def earlier_run(storage: Storage, fmt: str, image_format: str, name: str) -> Iterator[tuple[dict, bytes | None]]:
+    """What an earlier run of shard `name` finished: its metadata rows that need no more work
+    (rendered, or refused for a reason a rerun cannot change), each with its image bytes."""
+    rows = pq.read_table(storage.path(f"metadata/{name}.parquet"), filesystem=storage.fs).to_pylist()
+    final = {r["key"]: r for r in rows if r["error_code"] is None or not ErrorCode(r["error_code"]).retryable}
+    if fmt == "files":  # the images stay where they are
+        yield from ((row, None) for row in final.values())
+        return
+    yield from ((row, None) for row in final.values() if row["path"] is None)
+    rendered = {sample_name(r["key"]): r for r in final.values() if r["path"] is not None}
+    folder = f"{FOLDERS[fmt]}/{name}"
+    if not rendered:  # no data file was written
+        return
     if fmt == "webdataset":
-        names = {f"{sample_name(r['key'])}.{ext}": r["key"] for r in kept}
-        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-            for member in tar.getmembers():
-                if member.name in names:
-                    images[names[member.name]] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        with storage.fs.open(storage.path(f"{folder}.tar"), "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                sample, _, ext = member.name.rpartition(".")
+                if sample in rendered and ext == EXTENSIONS[image_format]:
+                    yield rendered[sample], tar.extractfile(member).read()
     else:
-        table = pq.read_table(io.BytesIO(data), columns=["key", "image"]).to_pylist()
-        wanted = {r["key"] for r in kept}
-        images = {r["key"]: r["image"] for r in table if r["key"] in wanted}
-    batch = batch_name(images)
-    target = f"{SHARD_FOLDERS[fmt]}/{batch}.{'tar' if fmt == 'webdataset' else 'parquet'}"
-    for row in kept:
-        row["path"] = f"{target}#{sample_name(row['key'])}.{ext}" if fmt == "webdataset" else target
-    storage.write(target, _tar_bytes(kept, images, ext) if fmt == "webdataset" else _image_parquet_bytes(kept, images))
-    if target != shard:
-        storage.fs.rm(storage.path(shard))
+        data = pq.ParquetFile(storage.path(f"{folder}.parquet"), filesystem=storage.fs)
+        for batch in data.iter_batches(columns=["key", "image"], batch_size=PARQUET_ROW_GROUP_IMAGES):
+            for key, image in zip(batch.column("key").to_pylist(), batch.column("image").to_pylist()):
+                if (sample := sample_name(key)) in rendered:
+                    yield rendered[sample], image["bytes"]

@@ -1,34 +1,35 @@
-"""The batch render job: Parquet prompts -> images + metadata, streaming, resumable.
+"""The batch render job: Parquet prompts -> a dataset of shards, streaming, resumable.
 
-read_parquet -> expand rows into images (seeds fixed, bad rows become error items, committed
-images dropped) -> map_batches over an autoscaling pool of `RenderWorker` actors placed from the
-cluster's GPUs (each commits its batch under content-derived names) -> the driver counts what
-comes back for progress, then `finalize()` makes the output read exactly once and
-summary.json is written. Large inputs stream (never materialised); inputs of at most
-SMALL_INPUT_ROWS prompts are split into blocks first, so that every render actor gets work.
+The driver plans shards from the input's footers (`jobs/plan.py`: one entry per shard of
+`shard_size` images, never one per row), drops the shards an earlier run committed, and hands
+the rest to an autoscaling pool of `ShardWorker` actors placed from the cluster's GPUs; each
+renders and commits whole shards (`jobs/output.py`). The driver hears each committed shard's
+stats and, in between, the image counts of `jobs/counter.py`; at the end it writes the
+manifest and summary from the shards' stats. Its memory and work grow with the number of
+shards, not of images.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-import fsspec
 import pyarrow.parquet as pq
 
 from cluster.config import load_config
 from cluster.placement import ActorPool, gpu_capacity, plan_actor_pool, unschedulable
 from cluster.storage import Storage
-from jobs.output import committed_keys, finalize, metadata_parts
-from jobs.rows import expand_batch
+from jobs import manifest
+from jobs.counter import ImageCounter
+from jobs.output import ShardStats, read_stats
+from jobs.plan import InputError, ShardPlan, describe_inputs, input_files, plan_shards
 from jobs.spec import JobSpec
-from jobs.worker import CONCURRENT_BATCHES, RenderWorker
 
-
-SMALL_INPUT_ROWS = 100_000  # inputs up to this many rows are split into blocks for every render actor
+_POLL_S = 0.5  # how often the driver reads the image counter while shards are in flight
 
 
 class JobError(Exception):
@@ -39,7 +40,7 @@ class JobError(Exception):
 class Progress:
     rows_total: int
     images_total: int = 0  # to render in this run (images committed by an earlier run not counted)
-    rows_done: int = 0  # rows whose every image (of this run) came back
+    rows_done: int = 0  # rows of shards committed (by this run or an earlier one)
     images_done: int = 0
     images_failed: int = 0
     images_skipped: int = 0  # already committed by an earlier run
@@ -57,6 +58,11 @@ class Progress:
         rate = (self.images_done + self.images_failed) / max(time.monotonic() - self.started, 1e-9)
         return max(left, 0) / rate if self.images_done + self.images_failed else None
 
+    def hear(self, rendered: int, failed: int) -> None:
+        """Counts from the image counter: display only, never past the total."""
+        self.images_done = max(self.images_done, min(rendered, self.images_total - self.images_failed))
+        self.images_failed = max(self.images_failed, min(failed, self.images_total - self.images_done))
+
 
 @dataclass
 class JobSummary:
@@ -69,20 +75,8 @@ class JobSummary:
     skipped: int
     seconds: float
     images_per_s: float
-
-
-def input_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
-    """A Parquet file, a directory of them, or a glob, on any fsspec filesystem."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    if any(ch in path for ch in "*?["):
-        files = sorted(fs.glob(path))
-    elif fs.isdir(path):
-        files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
-    else:
-        files = [path] if fs.exists(path) else []
-    if not files:
-        raise JobError(f"no Parquet input at {uri}")
-    return fs, files
+    shards: int = 0  # in the output
+    mean_shard_bytes: int = 0
 
 
 def actor_pool(spec: JobSpec) -> ActorPool:
@@ -101,103 +95,151 @@ def actor_pool(spec: JobSpec) -> ActorPool:
     return pool
 
 
-def count_rows(fs: fsspec.AbstractFileSystem, files: list[str]) -> int:
-    """From the Parquet footers only: no data is read."""
-    return sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
+@dataclass
+class PreparedJob:
+    """What a job needs before Ray: checked input, its shard plan, the output and what an earlier
+    run committed there. Made without a cluster, so a bad input fails in a second."""
+
+    spec: JobSpec
+    storage: Storage
+    manifest: dict
+    shards: list[ShardPlan]
+    committed: dict[str, ShardStats]
+    resuming: bool
 
 
-def count_images(fs: fsspec.AbstractFileSystem, files: list[str], limit: int | None, default_n: int) -> int:
-    """Images the input asks for: its `n` column (only that column is read), else `default_n` a row."""
-    if "n" not in pq.ParquetFile(files[0], filesystem=fs).schema_arrow.names:
-        return min(count_rows(fs, files), limit or 1 << 62) * default_n
-    total, rows = 0, 0
-    for f in files:
-        for n in pq.read_table(f, filesystem=fs, columns=["n"]).column("n").to_pylist():
-            if limit is not None and rows >= limit:
-                return total
-            total, rows = total + (n if isinstance(n, int) and n > 0 else default_n), rows + 1
-    return total
-
-
-def run_job(spec: JobSpec, on_progress: Callable[[Progress], None] = lambda p: None,
-            on_plan: Callable[[ActorPool], None] = lambda pool: None) -> JobSummary:
-    """Run the job in the connected Ray cluster. `on_plan` hears the render actors' placement,
-    `on_progress` the counts as batches come back."""
-    import ray
-
+def prepare(spec: JobSpec) -> PreparedJob:
+    """Check the input and the output and plan the shards; a `JobError` names what is wrong."""
     config = load_config(spec.config)
     if spec.defaults.model not in config.models:
         raise JobError(f"unknown model '{spec.defaults.model}'; configured: {', '.join(config.models)}")
-    fs, files = input_files(spec.input)
     try:
+        fs, files = input_files(spec.input)
+        inputs = describe_inputs(fs, files)
         columns = pq.ParquetFile(files[0], filesystem=fs).schema_arrow.names
-    except Exception as exc:  # noqa: BLE001
-        raise JobError(f"cannot read Parquet {files[0]}: {exc}") from None
-    if "prompt" not in columns:
-        raise JobError(f"input has no 'prompt' column (columns: {', '.join(columns)})")
-    rows_total = min(count_rows(fs, files), spec.limit or 1 << 62)
+        if "prompt" not in columns:
+            raise JobError(f"input has no 'prompt' column (columns: {', '.join(columns)})")
+        shards = list(plan_shards(fs, inputs, spec.shard_size, spec.defaults.n, spec.limit))
+    except InputError as exc:
+        raise JobError(str(exc)) from None
     storage = Storage(spec.output)
-    done = committed_keys(storage)
-    rerun = bool(metadata_parts(storage))  # a rerun's metadata is compacted into one part at the end
+    described = manifest.build(spec, config, inputs)
+    try:
+        resuming = manifest.check_resume(storage, described)
+    except manifest.ManifestMismatch as exc:
+        raise JobError(str(exc)) from None
+    return PreparedJob(spec, storage, described, shards, read_stats(storage) if resuming else {}, resuming)
+
+
+def run_job(spec: JobSpec | PreparedJob, on_progress: Callable[[Progress], None] = lambda p: None,
+            on_plan: Callable[[ActorPool], None] = lambda pool: None) -> JobSummary:
+    """Run the job in the connected Ray cluster. `on_plan` hears the render actors' placement,
+    `on_progress` the counts as images and shards come back."""
+    import ray
+
+    job = spec if isinstance(spec, PreparedJob) else prepare(spec)
+    spec, storage, described, shards, committed = job.spec, job.storage, job.manifest, job.shards, job.committed
+    # A committed shard needs no more work unless it holds failures a rerun can change.
+    todo = [(plan, plan.name in committed) for plan in shards
+            if plan.name not in committed or committed[plan.name].retryable]
+    progress = Progress(rows_total=sum(p.rows for p in shards), started=time.monotonic(),
+                        images_total=sum(committed[p.name].retryable if redo else p.images for p, redo in todo))
+    redone = {p.name for p, redo in todo if redo}
+    progress.rows_done = sum(p.rows for p in shards if p.name in committed and p.name not in redone)
+    progress.images_skipped = sum(s.images - (s.retryable if s.shard in redone else 0) for s in committed.values())
 
     if not ray.is_initialized():
         raise JobError("not connected to Ray: run the job inside cluster.local_ray.connect()")
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.max_errored_blocks = 0  # a block that fails after its retries fails the job, never vanishes
     pool = actor_pool(spec)
     on_plan(pool)
-    dataset = ray.data.read_parquet(files, filesystem=fs)
-    if spec.limit:
-        dataset = dataset.limit(spec.limit)
-    if rows_total <= SMALL_INPUT_ROWS:
-        # A small input is often one block, so one task: one render actor busy, and no second
-        # task to take the device while the first encodes. Split it (it is small enough to hold);
-        # large inputs come in many row groups and files already.
-        dataset = dataset.repartition(4 * CONCURRENT_BATCHES * pool.max_workers)
-    specs = config.specs()
-    dataset = dataset.map_batches(expand_batch, batch_format="pandas", fn_kwargs={
-        "specs": specs, "defaults": spec.defaults, "job_seed": spec.seed, "done": done})
-    dataset = dataset.map_batches(
-        RenderWorker, batch_format="pandas", batch_size=spec.batch_size, num_gpus=pool.gpus_per_worker,
-        num_cpus=pool.cpus_per_worker,
-        # Two calls of the actor at once, really concurrent: RenderWorker keeps the device to one of
-        # them (its own lock) while the other encodes and commits.
-        compute=ray.data.ActorPoolStrategy(min_size=pool.min_workers, max_size=pool.max_workers,
-                                           max_concurrent_calls_per_actor=CONCURRENT_BATCHES,
-                                           enable_true_multi_threading=True),
-        fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
-                               "batch_size": spec.batch_size, "pool_size": pool.max_workers,
-                               "via_serve": spec.via_serve, "image_format": spec.image_format})
-
-    images_total = count_images(fs, files, spec.limit, spec.defaults.n) - len(done)
-    progress = Progress(rows_total=rows_total, images_total=max(images_total, 0), started=time.monotonic())
+    if not job.resuming:
+        manifest.write(storage, described)
     on_progress(progress)
-    images_back: Counter[str] = Counter()
-    for batch in dataset.iter_batches(batch_format="pandas", batch_size=None):
-        failed = int(batch["error_code"].notna().sum())
-        progress.images_failed += failed
-        progress.images_done += len(batch) - failed
-        for rid, row_images in zip(batch["id"], batch["row_images"]):
-            images_back[rid] += 1
-            progress.rows_done += images_back[rid] == row_images
+    finished = dict(committed)
+    rendered = failed = 0
+    if todo:
+        for plan, stats in _render(spec, pool, todo, progress, on_progress):
+            finished[plan.name] = stats
+            rendered += stats.rendered - (stats.kept - stats.kept_failed)
+            failed += stats.failed - stats.kept_failed
+            progress.rows_done += plan.rows
+            progress.hear(rendered, failed)
+            on_progress(progress)
+        progress.images_done, progress.images_failed = rendered, failed  # exact, whatever Ray re-ran
         on_progress(progress)
     elapsed = time.monotonic() - progress.started
 
-    rendered = progress.images_done + progress.images_failed
-    if rendered:  # what Ray re-ran (retries, outputs lost with a node) must read as once
-        table = finalize(storage, spec.format, compact_parts=rerun)
-        images = table.num_rows
-        failed_total = sum(1 for code in table.column("error_code").to_pylist() if code)
-    else:
-        images, failed_total = len(done), 0
-    summary = JobSummary(output=spec.output, format=spec.format, rows=rows_total, images=images,
-                         rendered=progress.images_done, failed=progress.images_failed, skipped=len(done),
-                         seconds=round(elapsed, 2), images_per_s=round(progress.images_per_s, 3))
-    if rendered:
-        storage.write("summary.json", json.dumps(asdict(summary) | {"failed_in_output": failed_total},
+    images = sum(s.images for s in finished.values())
+    summary = JobSummary(output=spec.output, format=spec.format, rows=progress.rows_total, images=images,
+                         rendered=rendered, failed=failed, skipped=progress.images_skipped,
+                         seconds=round(elapsed, 2), images_per_s=round(rendered / elapsed if elapsed else 0, 3),
+                         shards=len(finished),
+                         mean_shard_bytes=sum(s.bytes for s in finished.values()) // max(len(finished), 1))
+    if todo:
+        manifest.write(storage, described, list(finished.values()))
+        failed_in_output = sum(s.failed for s in finished.values())
+        storage.write("summary.json", json.dumps(asdict(summary) | {"failed_in_output": failed_in_output},
                                                  indent=2).encode())
-    if progress.images_failed > spec.error_budget(max(rendered, 1)):
-        raise JobError(f"{progress.images_failed} of {rendered} images failed, over the error budget "
+    if failed > spec.error_budget(max(rendered + failed, 1)):
+        raise JobError(f"{failed} of {rendered + failed} images failed, over the error budget "
                        f"(--max-errors {spec.max_errors:g}); see {spec.output}/metadata")
     return summary
+
+
+def _render(spec: JobSpec, pool: ActorPool, todo: list[tuple[ShardPlan, bool]], progress: Progress,
+            on_progress: Callable[[Progress], None]):
+    """Yield (plan, stats) as shards commit; between commits, tell `on_progress` the counter's
+    figures."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from jobs.worker import CONCURRENT_SHARDS, ShardWorker  # torch and diffusers: only once there is work
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.max_errored_blocks = 0  # a shard that fails after its retries fails the job, never vanishes
+    # On the driver's node: a counter on a worker node would die with that node.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    counter = ray.remote(num_cpus=0, max_restarts=-1)(ImageCounter).options(scheduling_strategy=here).remote()
+    plans = {plan.index: plan for plan, _ in todo}
+    dataset = ray.data.from_items([asdict(plan) | {"redo": redo} for plan, redo in todo],
+                                  override_num_blocks=len(todo))
+    dataset = dataset.map_batches(
+        ShardWorker, batch_size=1, num_gpus=pool.gpus_per_worker, num_cpus=pool.cpus_per_worker,
+        # Two shards at once per actor, really concurrent: ShardWorker keeps the device to one of
+        # them (its own lock) while the other reads its rows, encodes or commits.
+        compute=ray.data.ActorPoolStrategy(min_size=pool.min_workers, max_size=pool.max_workers,
+                                           max_concurrent_calls_per_actor=CONCURRENT_SHARDS,
+                                           enable_true_multi_threading=True),
+        fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
+                               "image_format": spec.image_format, "batch_size": spec.batch_size,
+                               "defaults": spec.defaults, "job_seed": spec.seed, "input_uri": spec.input,
+                               "pool_size": pool.max_workers, "via_serve": spec.via_serve, "counter": counter})
+    arrivals: queue.Queue = queue.Queue()
+
+    def consume() -> None:  # Ray Data's iterator blocks: it runs beside the progress loop
+        try:
+            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+                arrivals.put(batch.to_pylist())
+            arrivals.put(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
+            arrivals.put(exc)
+
+    threading.Thread(target=consume, name="shards", daemon=True).start()
+    while True:
+        try:
+            arrived = arrivals.get(timeout=_POLL_S)
+        except queue.Empty:
+            try:
+                progress.hear(*ray.get(counter.read.remote(), timeout=_POLL_S))
+            except (ray.exceptions.RayError, TimeoutError):
+                pass  # progress is display only: a counter that cannot answer skips a tick
+            on_progress(progress)
+            continue
+        if arrived is None:
+            return
+        if isinstance(arrived, BaseException):
+            raise arrived
+        for row in arrived:
+            stats = ShardStats(**row)
+            yield plans[int(stats.shard)], stats

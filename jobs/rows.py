@@ -1,9 +1,10 @@
-"""Input rows -> one work item per image, with ids, keys and seeds fixed deterministically.
+"""Input rows -> one `WorkItem` per image, with ids, keys and seeds fixed deterministically.
 
 A row's id is its `id` column, or (without one) a hash of its content, so a rerun sees the
 same ids. Image i of a row seeded s uses s + i; a row without a seed gets one derived from the
-job seed and its id. Anything wrong with a row becomes an `error` on its work items: the job
-records it and goes on.
+job seed and its id. Anything wrong with a row becomes the `error` of its one work item: the job
+records it and goes on. Rows come from pyarrow (`to_pylist`): a missing value is None; a float
+NaN (a float column's hole written by pandas) counts as missing too.
 """
 
 from __future__ import annotations
@@ -11,18 +12,44 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass, replace
 from typing import Any
 
-import pandas as pd
-
-from cluster.models import ModelSpec, parse_size
 from cluster.errors import ErrorCode, RenderError
+from cluster.models import ModelSpec, parse_size
 from cluster.request import RenderRequest, ResolvedRequest
 from cluster.seeding import derive_seed, image_seeds
 from jobs.spec import RowDefaults
 
-WORK_COLUMNS = ["key", "id", "index", "model", "prompt", "negative_prompt", "seed", "width", "height",
-                "steps", "guidance", "error_code", "error", "row_images"]  # row_images: the row's images in this run
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image to render, or a refused row (then `request` is None and `error` says why)."""
+
+    key: str  # storage-safe, fixed by the row id and image index
+    id: str
+    index: int
+    model: str
+    prompt: str | None
+    request: ResolvedRequest | None
+    error: RenderError | None = None
+
+    @property
+    def sample(self) -> str:
+        return sample_name(self.key)
+
+    def columns(self) -> dict[str, Any]:
+        """The item's metadata columns (those an outcome adds are set by the writer)."""
+        r = self.request
+        return {"id": self.id, "index": self.index, "key": self.key, "prompt": self.prompt,
+                "negative_prompt": r.negative_prompt if r else None, "seed": r.seed if r else None,
+                "model": self.model, "width": r.width if r else None, "height": r.height if r else None,
+                "steps": r.steps if r else None, "guidance": r.guidance if r else None}
+
+
+def sample_name(key: str) -> str:
+    """The name of an image in its shard: dot- and slash-free (webdataset splits keys at dots)."""
+    return key.replace("/", "_")
 
 
 def _present(value: Any) -> bool:
@@ -70,7 +97,7 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
 
 
 def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDefaults,
-               job_seed: int) -> list[dict[str, Any]]:
+               job_seed: int) -> list[WorkItem]:
     """The work items (one per image) of one input row."""
     rid = row_id(row)
     request = _request(row, defaults, job_seed, rid)
@@ -80,24 +107,9 @@ def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDe
         resolved = (spec.resolve(request, sizes="render") if spec else
                     RenderError(ErrorCode.MODEL_NOT_FOUND, f"model {request.model} is not configured"))
     if isinstance(resolved, RenderError):
-        return [{"key": image_key(rid, 0), "id": rid, "index": 0, "model": str(row.get("model") or defaults.model),
-                 "prompt": row.get("prompt") if isinstance(row.get("prompt"), str) else None,
-                 "negative_prompt": None, "seed": None, "width": None, "height": None, "steps": None,
-                 "guidance": None, "error_code": resolved.code.value, "error": resolved.text()}]
-    return [{"key": image_key(rid, i), "id": rid, "index": i, "model": resolved.model, "prompt": resolved.prompt,
-             "negative_prompt": resolved.negative_prompt, "seed": seed, "width": resolved.width,
-             "height": resolved.height, "steps": resolved.steps, "guidance": resolved.guidance,
-             "error_code": None, "error": None}
+        prompt = row.get("prompt") if isinstance(row.get("prompt"), str) else None
+        model = str(row["model"]) if _present(row.get("model")) else defaults.model
+        return [WorkItem(image_key(rid, 0), rid, 0, model, prompt, None, resolved)]
+    return [WorkItem(image_key(rid, i), rid, i, resolved.model, resolved.prompt,
+                     replace(resolved, seed=seed, n=1, add_sampling_metadata=True, request_id=image_key(rid, i)))
             for i, seed in enumerate(image_seeds(resolved.seed, resolved.n))]
-
-
-def expand_batch(batch: pd.DataFrame, specs: dict[str, ModelSpec], defaults: RowDefaults, job_seed: int,
-                 done: frozenset[str]) -> pd.DataFrame:
-    """`map_batches` body: input rows -> work items, minus images already committed."""
-    items = []
-    for row in batch.to_dict("records"):
-        todo = [item for item in expand_row(row, specs, defaults, job_seed) if item["key"] not in done]
-        for item in todo:
-            item["row_images"] = len(todo)  # lets the driver count rows finished (progress)
-        items += todo
-    return pd.DataFrame(items, columns=WORK_COLUMNS)

@@ -33,7 +33,9 @@ class JobSpec(BaseModel):
     image_format: Literal["png", "webp", "jpeg"] = Field(
         "png", description="Image encoding: png (lossless, with sampling metadata), webp or jpeg (smaller).")
     defaults: RowDefaults = Field(default_factory=RowDefaults)
-    batch_size: int = Field(4, ge=1, description="Images per render batch.")
+    batch_size: int = Field(4, ge=1, description="Images per device batch (what the model wants on the GPU).")
+    shard_size: int = Field(1000, ge=1, le=1_000_000, description="Images per output shard (a tar, a data "
+                                                                   "file or a folder): the dataset's unit.")
     concurrency: tuple[int, int] | None = Field(
         None, description="Renderer actors: min, max (default: from the cluster's GPUs, see cluster/placement.py).")
     gpus_per_worker: float | None = Field(

@@ -1,115 +1,177 @@
-"""`RenderWorker`: the Ray Data actor that renders work items and commits them to the output.
+"""`ShardWorker`: the Ray Data actor that renders whole shards and commits each one.
 
-It renders with its own `Renderer` (one actor per GPU on clusters, per configured slot on CPU),
-or, with `via_serve`, through the model deployments of a running raydiant Serve application in
-the same Ray cluster (the job then shares the service's replicas instead of loading models).
+One call renders one shard (`jobs/plan.py`): it reads the shard's rows from the input, expands
+them into work items, renders them in device batches of `batch_size` (the model's batch, not
+the shard's), streams each image into the shard's files as it is encoded, and commits the shard
+(`jobs/output.py`). A shard that an earlier run committed with retryable failures is redone:
+what it finished is carried over, only the rest is rendered.
 
-The actor runs two batches at once (`max_concurrency=2`): the device is held by one of them
-(`denoise`, under a lock) while the other encodes its images and commits them to storage, so
-the GPU does not wait for the CPU.
+The device and the CPU overlap: while one device batch denoises (under the actor's device
+lock), the previous one is encoded and written by the call's encoder thread; two calls run at
+once (`CONCURRENT_SHARDS`), so one shard's reading and committing overlap the other's rendering.
+With `via_serve` the images go to a running raydiant Serve application's model deployments
+instead (the job then shares the service's replicas and loads no model), a bounded window of
+them in flight per call.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
-import time
-from typing import Any
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, replace
+from typing import Any, Iterator
 
-import pandas as pd
+import fsspec
+import pyarrow.parquet as pq
 import torch
 
 from cluster.config import load_config
-from cluster.engine import Renderer, sort_results
+from cluster.engine import Denoised, Renderer
 from cluster.errors import ErrorCode, RenderError, first_line
 from cluster.models import deployment_name
-from cluster.request import ResolvedRequest, WorkClass
+from cluster.request import RenderResult, ResolvedRequest, WorkClass
+from cluster.storage import Storage
 from cluster.weights import ModelLoadError
-from jobs.output import OutputSink
+from jobs.output import ShardStats, ShardWriter, earlier_run
+from jobs.plan import ShardPlan
+from jobs.rows import WorkItem, expand_row
+from jobs.spec import RowDefaults
 
-RESULT_COLUMNS = ["key", "id", "index", "model", "error_code", "error", "render_s", "row_images"]
-CONCURRENT_BATCHES = 2  # one on the device, one encoding and committing
+CONCURRENT_SHARDS = 2  # calls at once per actor: one rendering while the other reads or commits
+_ENCODES_AHEAD = 2  # denoised batches waiting for the encoder before the device waits for it
+_READ_BATCH_ROWS = 8192
 
 
-class RenderWorker:
-    def __init__(self, config: str | None, output: str, fmt: str, batch_size: int, pool_size: int = 1,
-                 via_serve: str | None = None, image_format: str = "png"):
+class ShardWorker:
+    def __init__(self, config: str | None, output: str, fmt: str, image_format: str, batch_size: int,
+                 defaults: RowDefaults, job_seed: int, input_uri: str, pool_size: int = 1,
+                 via_serve: str | None = None, counter=None):
         self.via_serve = via_serve  # the Serve application's name, when rendering through it
         if not torch.cuda.is_available() and not via_serve:
             # Ray pins a 1-CPU actor to one intra-op thread; a CPU renderer should use its share
             # of the machine instead (bench/batch.py: job/bare ratio 0.71 before this, 0.91 after).
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // pool_size))
         self.config = load_config(config)
-        self.sink = OutputSink(output, fmt, image_format)
-        self.batch_size = batch_size
-        self.image_format = image_format
+        self.specs = self.config.specs()
+        self.storage = Storage(output)
+        self.fmt, self.image_format, self.batch_size = fmt, image_format, batch_size
+        self.defaults, self.job_seed = defaults, job_seed
+        self.input_fs, _ = fsspec.core.url_to_fs(input_uri)
+        self.counter = counter  # a `jobs.counter.ImageCounter` handle: progress per image for the driver
         self.renderers: dict[str, Renderer | _ServedModel | RenderError] = {}  # model -> renderer, or why not
         self._device = threading.Lock()  # held while a batch denoises
         self._loading = threading.Lock()
 
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        """`map_batches` body: shard plans in (column `redo`: carry over an earlier run's work),
+        their stats out."""
+        plans = [ShardPlan(**{k: _plain(batch[k][i]) for k in ("index", "file", "start", "stop", "images")})
+                 for i in range(len(batch["index"]))]
+        stats = [asdict(self.render_shard(plan, bool(redo))) for plan, redo in zip(plans, batch["redo"])]
+        return {field: [s[field] for s in stats] for field in ShardStats.__dataclass_fields__}
+
+    def render_shard(self, plan: ShardPlan, redo: bool = False) -> ShardStats:
+        writer = ShardWriter(self.storage, self.fmt, self.image_format, plan)
+        try:
+            finished = set()
+            if redo:
+                for row, image in earlier_run(self.storage, self.fmt, self.image_format, plan.name):
+                    writer.carry(row, image)
+                    finished.add(row["key"])
+            items = [item for row in self._rows(plan) for item in expand_row(row, self.specs, self.defaults,
+                                                                             self.job_seed)
+                     if item.key not in finished]
+            for item in (i for i in items if i.error is not None):
+                writer.add(item, None, item.error, None)
+            self._tell(0, sum(i.error is not None for i in items))
+            todo = [i for i in items if i.error is None]
+            for model in dict.fromkeys(i.model for i in todo):
+                self._render_into(writer, [i for i in todo if i.model == model])
+            return writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    def _rows(self, plan: ShardPlan) -> Iterator[dict[str, Any]]:
+        """The shard's input rows, reading only the row groups that hold them."""
+        parquet = pq.ParquetFile(plan.file, filesystem=self.input_fs)
+        groups, first_row, offset = [], None, 0
+        for group in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if offset < plan.stop and offset + rows > plan.start:
+                groups.append(group)
+                first_row = offset if first_row is None else first_row
+            offset += rows
+        position = first_row or 0
+        for batch in parquet.iter_batches(batch_size=_READ_BATCH_ROWS, row_groups=groups):
+            if position >= plan.stop:
+                return
+            lo, hi = max(plan.start - position, 0), min(plan.stop - position, batch.num_rows)
+            if hi > lo:
+                yield from batch.slice(lo, hi - lo).to_pylist()
+            position += batch.num_rows
+
+    def _render_into(self, writer: ShardWriter, items: list[WorkItem]) -> None:
+        renderer = self._renderer(items[0].model)
+        if isinstance(renderer, RenderError):
+            for item in items:
+                writer.add(item, None, renderer, None)
+            self._tell(0, len(items))
+        elif isinstance(renderer, _ServedModel):
+            for result in renderer.render([i.request for i in items], window=2 * self.batch_size):
+                self._record(writer, items, [result])
+        else:
+            self._render_locally(renderer, writer, items)
+
+    def _render_locally(self, renderer: Renderer, writer: ShardWriter, items: list[WorkItem]) -> None:
+        refused, batches = renderer.plan([i.request for i in items])
+        self._record(writer, items, refused)
+        with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
+            waiting: deque[Future] = deque()
+            for batch in batches:
+                with self._device:
+                    denoised = renderer.denoise(batch)
+                waiting.append(encoder.submit(self._encode_into, renderer, denoised, writer, items))
+                while len(waiting) > _ENCODES_AHEAD:
+                    waiting.popleft().result()
+            for future in waiting:
+                future.result()
+
+    def _encode_into(self, renderer: Renderer, denoised: list[Denoised], writer: ShardWriter,
+                     items: list[WorkItem]) -> None:
+        self._record(writer, items, [r for part in denoised for r in renderer.encode(part, self.image_format)])
+
+    def _record(self, writer: ShardWriter, items: list[WorkItem], results: list[RenderResult]) -> None:
+        for result in results:
+            render_s = result.inference_s / result.batch_size if result.batch_size else None
+            writer.add(items[result.request_index], result.image, result.error, render_s)
+        failed = sum(r.error is not None for r in results)
+        self._tell(len(results) - failed, failed)
+
+    def _tell(self, rendered: int, failed: int) -> None:
+        if self.counter is not None and rendered + failed:
+            self.counter.add.remote(rendered, failed)  # fire and forget: progress only
+
     def _renderer(self, model: str) -> "Renderer | _ServedModel | RenderError":
-        with self._loading:  # two concurrent batches must not load the same model twice
-            return self._load(model)
+        with self._loading:  # two concurrent shards must not load the same model twice
+            if model not in self.renderers:
+                self.renderers[model] = self._load(model)
+            return self.renderers[model]
 
     def _load(self, model: str) -> "Renderer | _ServedModel | RenderError":
-        if model not in self.renderers and self.via_serve:
-            self.renderers[model] = _ServedModel.connect(self.via_serve, model)
-        if model not in self.renderers:
-            try:
-                spec = self.config.spec(model).model_copy(update={"max_batch_size": self.batch_size})
-                self.renderers[model] = Renderer(spec)
-            except ModelLoadError as exc:  # retryable: a rerun after the source is fixed renders them
-                self.renderers[model] = RenderError(ErrorCode.MODEL_LOAD_FAILED, str(exc))
-        return self.renderers[model]
-
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        # pandas holds a missing value as NaN (in string columns too): None is what it means.
-        rows: list[dict[str, Any]] = [{k: None if _is_nan(v) else v for k, v in row.items()}
-                                      for row in batch.to_dict("records")]
-        images: dict[str, bytes] = {}
-        for model in dict.fromkeys(r["model"] for r in rows if r["error_code"] is None):
-            group = [r for r in rows if r["model"] == model and r["error_code"] is None]
-            renderer = self._renderer(model)
-            if isinstance(renderer, RenderError):
-                for row in group:
-                    row["error_code"], row["error"] = renderer.code.value, renderer.text()
-                continue
-            started = time.perf_counter()
-            results = self._render(renderer, [self._request(r) for r in group])
-            elapsed = (time.perf_counter() - started) / max(len(group), 1)
-            for row, result in zip(group, results):
-                row["render_s"] = elapsed
-                if result.ok:
-                    images[row["key"]] = result.image
-                else:
-                    row["error_code"], row["error"] = result.error.code.value, result.error.text()
-        self.sink.commit(rows, images)
-        return pd.DataFrame([{c: r.get(c) for c in RESULT_COLUMNS} for r in rows], columns=RESULT_COLUMNS)
-
-    def _render(self, renderer: "Renderer | _ServedModel", requests: list[ResolvedRequest]) -> list:
-        if isinstance(renderer, _ServedModel):
-            return renderer.render(requests)
-        refused, batches = renderer.plan(requests)
-        results = list(refused)
-        for batch in batches:
-            with self._device:
-                denoised = renderer.denoise(batch)
-            for part in denoised:  # encoded while the other batch holds the device
-                results.extend(renderer.encode(part, self.image_format))
-        return sort_results(results)
-
-    @staticmethod
-    def _request(row: dict[str, Any]) -> ResolvedRequest:
-        """The work item as the request `expand_row` resolved (one image: its own seed)."""
-        return ResolvedRequest(model=row["model"], prompt=row["prompt"], negative_prompt=row["negative_prompt"],
-                               width=int(row["width"]), height=int(row["height"]), steps=int(row["steps"]),
-                               guidance=float(row["guidance"]), seed=int(row["seed"]), n=1,
-                               add_sampling_metadata=True, request_id=row["key"])
+        if self.via_serve:
+            return _ServedModel.connect(self.via_serve, model)
+        try:
+            return Renderer(self.config.spec(model).model_copy(update={"max_batch_size": self.batch_size}))
+        except ModelLoadError as exc:  # retryable: a rerun after the source is fixed renders them
+            return RenderError(ErrorCode.MODEL_LOAD_FAILED, str(exc))
 
 
-def _is_nan(value: Any) -> bool:
-    return isinstance(value, float) and math.isnan(value)
+def _plain(value: Any) -> Any:
+    """A numpy scalar from Ray Data's batch as the Python value it holds."""
+    return value.item() if hasattr(value, "item") else value
 
 
 class _ServedModel:
@@ -129,8 +191,23 @@ class _ServedModel:
             return RenderError(ErrorCode.MODEL_UNAVAILABLE, f"model {model} is not served by Serve application "
                                                             f"'{app_name}': {first_line(exc)}")
 
-    def render(self, requests: list[ResolvedRequest]) -> list:
-        # Send everything first, so the replicas can batch the requests together; as batch work,
-        # so that the service's interactive requests go first on the same replicas.
-        responses = [self.handle.render.remote(request, WorkClass.BATCH) for request in requests]
-        return [response.result()[0] for response in responses]
+    def render(self, requests: list[ResolvedRequest], window: int) -> Iterator[RenderResult]:
+        """Each request's one result, in order, with at most `window` in flight: enough for the
+        replicas to batch them, never the whole shard queued ahead of the service's own
+        requests. As batch work, so interactive requests go first on the same replicas."""
+        in_flight: deque = deque()
+        for position, request in enumerate(requests):
+            in_flight.append((position, request, self.handle.render.remote(request, WorkClass.BATCH)))
+            if len(in_flight) >= window:
+                yield self._result(*in_flight.popleft())
+        while in_flight:
+            yield self._result(*in_flight.popleft())
+
+    @staticmethod
+    def _result(position: int, request: ResolvedRequest, response) -> RenderResult:
+        try:
+            return replace(response.result()[0], request_index=position)
+        except Exception as exc:  # noqa: BLE001 - a replica lost mid-call; retryable by a rerun
+            return RenderResult(request_id=request.request_id, request_index=position, index=0, seed=request.seed,
+                                width=request.width, height=request.height, error=RenderError(
+                                    ErrorCode.MODEL_UNAVAILABLE, f"the Serve replica failed: {first_line(exc)}"))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from cluster.processes import free_port, kill_session, session_pids, stop_session  # noqa: F401 (re-exported)
+from cluster.processes import free_port, kill_session, session_pids, stop_session, watch_owner  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -49,11 +49,14 @@ def local_service(workdir: str | Path, config: Path | None = None, api_keys: str
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
+        watchdog = watch_owner(process.pid)  # the service dies with us, even when we are SIGKILLed
         try:
             _wait_healthy(f"http://127.0.0.1:{port}", process, startup_timeout_s, log_path)
             yield Service(f"http://127.0.0.1:{port}", process.pid)
         finally:
             _stop(process)
+            watchdog.kill()
+            watchdog.wait()
 
 
 def _wait_healthy(base: str, process: subprocess.Popen, timeout_s: float, log_path: Path) -> None:

@@ -1,6 +1,6 @@
 """The batch job on a real multi-node Ray cluster (tests/multinode.py): render actors placed on
 GPU nodes by the cluster's resources, and a worker node killed (not drained) while its actor is
-mid-batch, with and without a replacement node. Every input image must come out exactly once
+mid-shard, with and without a replacement node. Every input image must come out exactly once
 in every format, as that format's own reader sees it.
 
 One cluster for the module: a head without CPUs and GPU-advertising workers (at most 4 raylets
@@ -19,13 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.storage import Storage
-from jobs.output import metadata_parts, read_metadata
+from jobs.output import read_metadata, read_stats
 from jobs.render import JobSummary, run_job
 from jobs.spec import JobSpec
 from tests.multinode import local_cluster, wait_until
 
 ROWS = 24
-RENDER_ACTOR = "RenderWorker"
+RENDER_ACTOR = "ShardWorker"
+SHARD_SIZE = 2  # 12 shards: both actors get several, and a kill lands mid-job
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +47,15 @@ def prompts(tmp_path_factory) -> Path:
 
 
 def spec(prompts: Path, output: Path, fmt: str) -> JobSpec:
-    return JobSpec(input=str(prompts), output=str(output), format=fmt, batch_size=2, seed=7,
+    return JobSpec(input=str(prompts), output=str(output), format=fmt, batch_size=2, shard_size=SHARD_SIZE, seed=7,
                    defaults={"model": "flux-schnell", "width": 256, "height": 256, "steps": 2})
 
 
 def images_as_read(storage: Storage, fmt: str) -> list[str]:
     """Every image key as the format's own reader sees it: files, tar samples, parquet rows."""
-    if fmt == "files":
-        return sorted(p.split("/images/", 1)[1][:-len(".png")] for p in storage.fs.find(storage.path("images")))
+    if fmt == "files":  # images/<shard>/<sample>.png, beside each folder's metadata.parquet
+        return sorted(p.rsplit("/", 1)[1][:-len(".png")].replace("_", "/", 1)
+                      for p in storage.fs.find(storage.path("images")) if p.endswith(".png"))
     if fmt == "webdataset":
         keys = []
         for shard in storage.fs.ls(storage.path("shards"), detail=False):
@@ -67,8 +69,8 @@ def images_as_read(storage: Storage, fmt: str) -> list[str]:
 
 
 def run_and_kill(cluster, prompts, output: Path, fmt: str, replace: bool) -> tuple[JobSummary, dict]:
-    """Run the job in a thread; once commits flow, SIGKILL a worker node whose render actor is
-    alive with work left (so it is mid-batch); optionally add a node back."""
+    """Run the job in a thread; once shards commit, SIGKILL a worker node whose render actor is
+    alive with work left (so it is mid-shard); optionally add a node back."""
     storage = Storage(str(output))
     outcome: dict = {}
 
@@ -80,13 +82,13 @@ def run_and_kill(cluster, prompts, output: Path, fmt: str, replace: bool) -> tup
 
     thread = threading.Thread(target=job, daemon=True)
     thread.start()
-    wait_until(lambda: len(metadata_parts(storage)) >= 1, 240, "the first batch committed")
+    wait_until(lambda: len(read_stats(storage)) >= 1, 240, "the first shard committed")
     placed = cluster.actors_by_node(RENDER_ACTOR)
     busy_workers = [node for node in placed if node != cluster.head_id]
     assert busy_workers, f"no render actor on a worker node: {placed}"
     victim = busy_workers[-1]
-    committed_at_kill = len(metadata_parts(storage))
-    assert committed_at_kill < ROWS // 2, "the job finished before the kill: nothing was hit mid-batch"
+    committed_at_kill = len(read_stats(storage))
+    assert committed_at_kill < ROWS // SHARD_SIZE, "the job finished before the kill: nothing was hit mid-shard"
     cluster.kill_worker(victim)
     if replace:
         cluster.add_worker(num_cpus=2, num_gpus=1)
@@ -108,6 +110,7 @@ def assert_exactly_once(output: Path, fmt: str) -> None:
     assert images_as_read(storage, fmt) == keys  # and the format's own reader sees each image once
     for row in metadata.to_pylist():  # no dangling path, no orphan file (images_as_read saw them all)
         assert storage.exists(row["path"].split("#")[0])
+    assert sorted(read_stats(storage)) == [f"{i:06d}" for i in range(ROWS // SHARD_SIZE)]  # each shard once
 
 
 def test_render_actors_on_gpu_nodes_only(cluster, prompts, tmp_path):
@@ -119,7 +122,7 @@ def test_render_actors_on_gpu_nodes_only(cluster, prompts, tmp_path):
     assert len(set(placed)) == 2  # one per GPU node, without any flag
 
 
-def test_node_killed_mid_batch_no_replacement(cluster, prompts, tmp_path):
+def test_node_killed_mid_shard_no_replacement(cluster, prompts, tmp_path):
     summary, seen = run_and_kill(cluster, prompts, tmp_path / "out", "webdataset", replace=False)
     pool = seen["pool"]
     assert (pool.gpus_per_worker, pool.min_workers, pool.max_workers) == (1.0, 2, 2)
@@ -128,7 +131,7 @@ def test_node_killed_mid_batch_no_replacement(cluster, prompts, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "files"])
-def test_node_killed_mid_batch_with_a_replacement(cluster, prompts, tmp_path, fmt):
+def test_node_killed_mid_shard_with_a_replacement(cluster, prompts, tmp_path, fmt):
     if len(cluster.workers) < 2:  # the scenario before left one worker: add one back first
         cluster.add_worker(num_cpus=2, num_gpus=1)
         cluster.wait_for_nodes()

@@ -137,7 +137,7 @@ def test_formats_readable_back(tmp_path, input_file, fmt):
             assert sidecar["seed"] == row["seed"] and sidecar["prompt"] == row["prompt"]
         else:
             table = pq.read_table(out / row["path"]).to_pylist()
-            data = next(r["image"] for r in table if r["key"] == row["key"])
+            data = next(r["image"]["bytes"] for r in table if r["key"] == row["key"])
         image = pixels(data)
         assert image.shape == (row["height"], row["width"], 3)
         import hashlib
@@ -151,3 +151,43 @@ def test_missing_input_and_prompt_column(tmp_path):
     pq.write_table(pa.table({"text": ["x"]}), tmp_path / "noprompt.parquet")
     with pytest.raises(JobError, match="no 'prompt' column"):
         run_job(JobSpec(input=str(tmp_path / "noprompt.parquet"), output=str(tmp_path / "o")))
+
+
+def fake_config(tmp_path, source: str = "fake:flux") -> str:
+    path = tmp_path / f"config-{abs(hash(source))}.yaml"
+    path.write_text(f"models:\n  flux-schnell: {{source: '{source}', warmup: false}}\n")
+    return str(path)
+
+
+def test_ray_reads_the_shards_and_the_metadata(tmp_path, input_file):
+    import ray
+
+    run_job(job(tmp_path, "wds", format="webdataset", shard_size=2, config=fake_config(tmp_path)))
+    out = tmp_path / "wds"
+    samples = ray.data.read_webdataset(str(out / "shards")).take_all()
+    assert len(samples) == 6 and all(s["png"] is not None and s["json"]["seed"] is not None for s in samples)
+    metadata = ray.data.read_parquet(str(out / "metadata")).to_pandas()
+    assert len(metadata) == 9 and metadata["error_code"].notna().sum() == 3
+
+
+def test_manifest_describes_the_run_and_another_dataset_is_refused(tmp_path, input_file):
+    summary = run_job(job(tmp_path, "out", shard_size=2, config=fake_config(tmp_path)))
+    written = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert written["shard_size"] == 2 and written["inputs"][0]["rows"] == 6
+    assert len(written["inputs"][0]["footer_sha256"]) == 64
+    assert {"raydiant", "diffusers", "torch", "ray"} <= {k for k, v in written["versions"].items() if v}
+    assert written["models"]["flux-schnell"]["source"] == "fake:flux"
+    assert [s["name"] for s in written["shards"]] == ["000000", "000001", "000002", "000003", "000004"]
+    assert sum(s["images"] for s in written["shards"]) == summary.images == 9 and summary.shards == 5
+    with pytest.raises(JobError, match=r"written for another dataset \(shard_size: 2 before, 3 now\)"):
+        run_job(job(tmp_path, "out", shard_size=3, config=fake_config(tmp_path)))
+
+
+def test_a_broken_model_source_fixed_then_rerun_renders_every_image(tmp_path, input_file):
+    broken = run_job(job(tmp_path, "out", config=fake_config(tmp_path, str(tmp_path / "no-weights"))))
+    assert (broken.rendered, broken.failed) == (0, 9)
+    assert {r["error_code"] for r in metadata(str(tmp_path / "out"))} == {
+        "model_load_failed", "empty_prompt", "invalid_parameter", "model_not_found"}
+    fixed = run_job(job(tmp_path, "out", config=fake_config(tmp_path)))
+    assert (fixed.rendered, fixed.failed, fixed.skipped, fixed.images) == (6, 0, 3, 9)  # the bad rows stay final
+    assert sum(r["error_code"] is None for r in metadata(str(tmp_path / "out"))) == 6

@@ -36,12 +36,13 @@ def test_sigkill_mid_job_then_rerun_completes_exactly_once(tmp_path):
     rows = [{"id": f"row-{i}", "prompt": f"prompt {i}", "n": 2} for i in range(30)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
     out = tmp_path / "out"
-    job = render("-i", str(tmp_path / "in.parquet"), "-o", str(out), "--batch-size", "2", log=tmp_path / "first")
+    args = ["-i", str(tmp_path / "in.parquet"), "-o", str(out), "--batch-size", "2", "--shard-size", "4"]
+    job = render(*args, log=tmp_path / "first")
     try:
         deadline = time.monotonic() + 240
-        while not list(out.glob("metadata/part-*.parquet")):
+        while not list(out.glob("stats/*.json")):
             assert job.poll() is None, (tmp_path / "first.err").read_text()
-            assert time.monotonic() < deadline, "no batch committed in time"
+            assert time.monotonic() < deadline, "no shard committed in time"
             time.sleep(0.1)
     finally:
         kill_session(job.pid)  # the CLI, its Ray cluster and workers: mid-job, no cleanup
@@ -49,7 +50,7 @@ def test_sigkill_mid_job_then_rerun_completes_exactly_once(tmp_path):
     committed_before = read_metadata(Storage(str(out))).num_rows
     assert 0 < committed_before < 60
 
-    rerun = render("-i", str(tmp_path / "in.parquet"), "-o", str(out), "--batch-size", "2", log=tmp_path / "rerun")
+    rerun = render(*args, log=tmp_path / "rerun")
     returncode, stdout, stderr = finish(rerun, tmp_path / "rerun")
     assert returncode == 0, stderr
     table = read_metadata(Storage(str(out))).to_pylist()
@@ -57,6 +58,7 @@ def test_sigkill_mid_job_then_rerun_completes_exactly_once(tmp_path):
     assert len(keys) == 60 and len(set(keys)) == 60  # every image, once
     assert all(r["error"] is None and (out / r["path"]).is_file() for r in table)
     assert len(list((out / "images").rglob("*.png"))) == 60  # no orphan files
+    assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}" for i in range(15)]  # 4 a folder
     assert f"{committed_before} already done" in stdout.replace("\n", " ")
 
 

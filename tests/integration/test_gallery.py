@@ -13,7 +13,11 @@ from selenium.webdriver.common.by import By
 
 from cluster.storage import Storage
 from jobs.gallery import write_gallery
-from jobs.output import OutputSink, finalize
+from cluster.errors import ErrorCode, RenderError
+from cluster.request import ResolvedRequest
+from jobs.output import ShardWriter
+from jobs.plan import ShardPlan
+from jobs.rows import WorkItem
 from tests.conftest import shot
 
 COLOURS = [(200, 40, 40), (40, 160, 60), (40, 70, 200), (220, 180, 30), (120, 40, 160)]
@@ -26,21 +30,22 @@ def png(colour) -> bytes:
 
 
 def job_output(root, fmt: str) -> str:
-    """What a batch job leaves: 5 rendered images (one with a hostile prompt) and 1 failed."""
-    rows, images = [], {}
-    for i, colour in enumerate(COLOURS):
-        key = f"row{i}/0"
-        rows.append({"key": key, "id": f"row{i}", "index": 0, "prompt": f"colour {i} <script>alert(1)</script>",
-                     "negative_prompt": "blur" if i == 0 else None, "seed": 100 + i, "model": "flux-schnell",
-                     "width": 64, "height": 48, "steps": 2, "guidance": 3.5, "error": None, "render_s": 0.1})
-        images[key] = png(colour)
-    rows.append({**rows[0], "key": "row9/0", "id": "row9", "prompt": "too long", "seed": 9,
-                 "error": "BadRequest.InvalidParameter: size 10*10 is not allowed"})
+    """What a batch job leaves: 5 rendered images (one with a hostile prompt) and 1 failed, in two
+    shards."""
+    items = []
+    for i in range(5):
+        request = ResolvedRequest(model="flux-schnell", prompt=f"colour {i} <script>alert(1)</script>",
+                                  negative_prompt="blur" if i == 0 else None, width=64, height=48, steps=2,
+                                  guidance=3.5, seed=100 + i, n=1, add_sampling_metadata=True)
+        items.append(WorkItem(f"row{i}/0", f"row{i}", 0, "flux-schnell", request.prompt, request))
+    refused = WorkItem("row9/0", "row9", 0, "flux-schnell", "too long", None,
+                       RenderError(ErrorCode.INVALID_PARAMETER, "10*10 is not allowed", "size"))
     output = str(root / fmt)
-    sink = OutputSink(output, fmt)
-    sink.commit(rows[:3], images)
-    sink.commit(rows[3:], images)
-    finalize(Storage(output), fmt, compact_parts=False)
+    for index, shard in enumerate([items[:3], items[3:] + [refused]]):
+        writer = ShardWriter(Storage(output), fmt, "png", ShardPlan(index, "in.parquet", 0, len(shard), len(shard)))
+        for item in shard:
+            writer.add(item, png(COLOURS[int(item.id[3:])]) if item.error is None else None, item.error, 0.1)
+        writer.commit()
     return output
 
 

@@ -23,6 +23,19 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     assert [p.name for p in (tmp_path / "tasks" / "t").iterdir()] == ["0.png"]
 
 
+def test_a_streamed_file_appears_whole_or_not_at_all(tmp_path):
+    storage = Storage(str(tmp_path))
+    with storage.open_atomic("shards/000000.tar") as f:
+        f.write(b"first half ")
+        assert not storage.exists("shards/000000.tar")  # a reader sees nothing before the end
+        f.write(b"second half")
+    assert storage.read("shards/000000.tar") == b"first half second half"
+    with pytest.raises(RuntimeError), storage.open_atomic("shards/000001.tar") as f:
+        f.write(b"half")
+        raise RuntimeError("the task died")
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["000000.tar"]
+
+
 def test_signed_url_round_trip_and_expiry(tmp_path):
     storage = Storage(str(tmp_path), signing_key=b"secret", public_url="http://host:1")
     url = storage.url("tasks/t/0.png", 60)

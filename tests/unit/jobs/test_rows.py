@@ -5,33 +5,32 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
-
 from cluster.config import load_config
 from cluster.errors import ErrorCode
-from jobs.rows import WORK_COLUMNS, expand_batch, expand_row, image_key, row_id
+from jobs.rows import WorkItem, expand_row, image_key, row_id
 from jobs.spec import RowDefaults
 
 SPECS = load_config().specs()
 DEFAULTS = RowDefaults(model="flux-schnell", width=512, height=512, steps=2)
 
 
-def expand(row: dict, **defaults) -> list[dict]:
+def expand(row: dict, **defaults) -> list[WorkItem]:
     return expand_row(row, SPECS, DEFAULTS.model_copy(update=defaults), job_seed=11)
 
 
 def test_a_row_becomes_one_item_per_image_seeded_seed_plus_i():
     items = expand({"id": "r1", "prompt": "a cat", "seed": 40, "n": 3})
-    assert [(i["index"], i["seed"]) for i in items] == [(0, 40), (1, 41), (2, 42)]
-    assert len({i["key"] for i in items}) == 3 and all(i["error_code"] is None for i in items)
-    assert (items[0]["width"], items[0]["height"], items[0]["steps"]) == (512, 512, 2)
+    assert [(i.index, i.request.seed, i.request.n) for i in items] == [(0, 40, 1), (1, 41, 1), (2, 42, 1)]
+    assert len({i.key for i in items}) == 3 and all(i.error is None for i in items)
+    assert (items[0].request.width, items[0].request.height, items[0].request.steps) == (512, 512, 2)
+    assert "." not in items[0].sample and "/" not in items[0].sample  # a webdataset sample name
 
 
 def test_ids_and_derived_seeds_are_fixed_by_content():
     row = {"prompt": "a fox", "n": 1}
     assert row_id(row) == row_id(dict(row)) and row_id(row) != row_id({"prompt": "a dog", "n": 1})
     assert row_id({"prompt": "a fox", "seed": math.nan}) == row_id({"prompt": "a fox"})  # NaN is absent
-    assert expand(row)[0]["seed"] == expand(dict(row))[0]["seed"]
+    assert expand(row)[0].request.seed == expand(dict(row))[0].request.seed
     assert image_key("x/../y", 0).count("/") == 1 and ".." not in image_key("x/../y", 0)
 
 
@@ -47,14 +46,6 @@ def test_bad_rows_are_final_error_items_with_the_cores_codes():
     }
     for name, (row, code, words) in cases.items():
         [item] = expand(row)
-        assert (item["error_code"], item["index"]) == (code.value, 0), name
-        assert item["error"].startswith(words), (name, item["error"])
-        assert not ErrorCode(item["error_code"]).retryable, name
-
-
-def test_expand_batch_skips_committed_images_and_counts_the_rest_per_row():
-    batch = pd.DataFrame([{"id": "r1", "prompt": "a", "n": 2}, {"id": "r2", "prompt": "b", "n": 1}])
-    done = frozenset({image_key("r1", 0)})
-    items = expand_batch(batch, SPECS, DEFAULTS, 0, done)
-    assert list(items.columns) == WORK_COLUMNS
-    assert [(r.id, r.index, r.row_images) for r in items.itertuples()] == [("r1", 1, 1), ("r2", 0, 1)]
+        assert (item.error.code, item.index, item.request) == (code, 0, None), name
+        assert item.error.text().startswith(words), (name, item.error.text())
+        assert not item.error.code.retryable, name
