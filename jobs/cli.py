@@ -130,7 +130,7 @@ def render_command(
                            rate=p.images_per_s, errors=p.images_failed)
 
             try:
-                with connect(address):
+                with connect(address) if job.todo else contextlib.nullcontext():  # nothing to do: no cluster
                     summary = run_job(job, show, on_plan=lambda plan: terminal.print(plan.describe(),
                                                                                       highlight=False))
             except ConnectionError as exc:

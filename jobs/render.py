@@ -107,6 +107,13 @@ class PreparedJob:
     committed: dict[str, ShardStats]
     resuming: bool
 
+    @property
+    def todo(self) -> list[tuple[ShardPlan, bool]]:
+        """The shards to render, each with whether it is a redo. A committed shard needs no more
+        work unless it holds failures a rerun can change."""
+        return [(plan, plan.name in self.committed) for plan in self.shards
+                if plan.name not in self.committed or self.committed[plan.name].retryable]
+
 
 def prepare(spec: JobSpec) -> PreparedJob:
     """Check the input and the output and plan the shards; a `JobError` names what is wrong."""
@@ -139,19 +146,18 @@ def run_job(spec: JobSpec | PreparedJob, on_progress: Callable[[Progress], None]
 
     job = spec if isinstance(spec, PreparedJob) else prepare(spec)
     spec, storage, described, shards, committed = job.spec, job.storage, job.manifest, job.shards, job.committed
-    # A committed shard needs no more work unless it holds failures a rerun can change.
-    todo = [(plan, plan.name in committed) for plan in shards
-            if plan.name not in committed or committed[plan.name].retryable]
+    todo = job.todo
     progress = Progress(rows_total=sum(p.rows for p in shards), started=time.monotonic(),
                         images_total=sum(committed[p.name].retryable if redo else p.images for p, redo in todo))
     redone = {p.name for p, redo in todo if redo}
     progress.rows_done = sum(p.rows for p in shards if p.name in committed and p.name not in redone)
     progress.images_skipped = sum(s.images - (s.retryable if s.shard in redone else 0) for s in committed.values())
 
-    if not ray.is_initialized():
-        raise JobError("not connected to Ray: run the job inside cluster.local_ray.connect()")
-    pool = actor_pool(spec)
-    on_plan(pool)
+    if todo:  # a finished output needs no cluster
+        if not ray.is_initialized():
+            raise JobError("not connected to Ray: run the job inside cluster.local_ray.connect()")
+        pool = actor_pool(spec)
+        on_plan(pool)
     if not job.resuming:
         manifest.write(storage, described)
     on_progress(progress)
