@@ -1,4 +1,11 @@
-"""SQLite task store: the embedded default (one file, survives restarts, several processes)."""
+"""SQLite task store: the embedded default (one file, survives restarts, several processes).
+
+A record is a JSON body beside the columns its indexes need (`IndexEntry`), written in the same
+statement, so an index never disagrees with its record. A file written by an older version
+(body only) gets the columns and their values on first open. The indexes cover their queries
+(expiry included), so a count reads index entries only; SQLite counts a range entry by entry,
+so a list total or a queue position costs time in what it counts (Redis: a rank lookup).
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,12 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Iterable
 
-from serve.tasks.record import TaskRecord
-from serve.tasks.store import TaskStore
+from serve.tasks.record import TaskRecord, TaskStatus
+from serve.tasks.store import IndexEntry, TaskStore
 
+_INDEX_COLUMNS = {"key_id": "TEXT", "model": "TEXT", "status": "TEXT", "submit_time": "REAL",
+                  "lease_due": "REAL", "webhook_due": "REAL"}
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY,
@@ -24,6 +32,20 @@ CREATE TABLE IF NOT EXISTS fingerprints (
     task_id TEXT NOT NULL,
     expires_at REAL NOT NULL
 )"""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (key_id, submit_time, expires_at);
+CREATE INDEX IF NOT EXISTS tasks_by_key_status ON tasks (key_id, status, submit_time, expires_at);
+CREATE INDEX IF NOT EXISTS tasks_by_key_model ON tasks (key_id, model, status, submit_time, expires_at);
+CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (model, status, submit_time, task_id, expires_at);
+CREATE INDEX IF NOT EXISTS tasks_by_lease ON tasks (lease_due) WHERE lease_due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_by_webhook ON tasks (webhook_due) WHERE webhook_due IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_by_expiry ON tasks (expires_at);
+CREATE INDEX IF NOT EXISTS fingerprints_by_expiry ON fingerprints (expires_at)"""
+
+
+def _columns(record: TaskRecord) -> tuple:
+    entry = IndexEntry.of(record)
+    return (entry.key_id, entry.model, entry.status, entry.submit_time, entry.lease_due, entry.webhook_due)
 
 
 class SQLiteTaskStore(TaskStore):
@@ -37,21 +59,37 @@ class SQLiteTaskStore(TaskStore):
         # can drop the last commits. Saves an fsync per task transition.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+        self._db.executescript(_INDEXES)
         self._lock = threading.Lock()
+
+    def _migrate(self) -> None:
+        """Give a file of an older version the index columns, filled from each body (once)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        missing = [name for name in _INDEX_COLUMNS if name not in present]
+        if not missing:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        for name in missing:
+            self._db.execute(f"ALTER TABLE tasks ADD COLUMN {name} {_INDEX_COLUMNS[name]}")
+        for task_id, body in self._db.execute("SELECT task_id, body FROM tasks").fetchall():
+            self._db.execute("UPDATE tasks SET key_id = ?, model = ?, status = ?, submit_time = ?, lease_due = ?, "
+                             "webhook_due = ? WHERE task_id = ?",
+                             (*_columns(TaskRecord.model_validate_json(body)), task_id))
+        self._db.execute("COMMIT")
 
     async def _run(self, sql: str, params: tuple = ()) -> list[tuple]:
         def work() -> list[tuple]:
             with self._lock:
-                cursor = self._db.execute(sql, params)
-                rows = cursor.fetchall()
-                self._rowcount = cursor.rowcount
-                return rows
+                return self._db.execute(sql, params).fetchall()
 
         return await asyncio.to_thread(work)
 
     async def _insert(self, record: TaskRecord) -> None:
-        await self._run("INSERT INTO tasks VALUES (?, ?, ?, ?)",
-                        (record.task_id, record.version, record.expires_at, record.model_dump_json()))
+        await self._run("INSERT INTO tasks (task_id, version, expires_at, body, key_id, model, status, submit_time, "
+                        "lease_due, webhook_due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (record.task_id, record.version, record.expires_at, record.model_dump_json(),
+                         *_columns(record)))
 
     async def _load(self, task_id: str) -> TaskRecord | None:
         rows = await self._run("SELECT body FROM tasks WHERE task_id = ?", (task_id,))
@@ -61,25 +99,49 @@ class SQLiteTaskStore(TaskStore):
         def work() -> bool:
             with self._lock:
                 cursor = self._db.execute(
-                    "UPDATE tasks SET version = ?, expires_at = ?, body = ? WHERE task_id = ? AND version = ?",
-                    (record.version, record.expires_at, record.model_dump_json(), record.task_id, expected_version))
+                    "UPDATE tasks SET version = ?, expires_at = ?, body = ?, key_id = ?, model = ?, status = ?, "
+                    "submit_time = ?, lease_due = ?, webhook_due = ? WHERE task_id = ? AND version = ?",
+                    (record.version, record.expires_at, record.model_dump_json(), *_columns(record),
+                     record.task_id, expected_version))
                 return cursor.rowcount == 1
 
         return await asyncio.to_thread(work)
 
-    async def _all(self) -> Iterable[TaskRecord]:
-        rows = await self._run("SELECT body FROM tasks")
-        return [TaskRecord.model_validate_json(body) for (body,) in rows]
+    async def list(self, *, key_id: str, status: str | None = None, model: str | None = None,
+                   start: float | None = None, end: float | None = None, page_no: int = 1,
+                   page_size: int = 10) -> tuple[list[TaskRecord], int]:
+        where, params = ["key_id = ?", "expires_at >= ?"], [key_id, time.time()]
+        for clause, value in (("status = ?", status), ("model = ?", model), ("submit_time >= ?", start),
+                              ("submit_time <= ?", end)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        condition = " AND ".join(where)
+        [(total,)] = await self._run(f"SELECT COUNT(*) FROM tasks WHERE {condition}", tuple(params))
+        rows = await self._run(f"SELECT body FROM tasks WHERE {condition} ORDER BY submit_time DESC LIMIT ? OFFSET ?",
+                               (*params, page_size, (page_no - 1) * page_size))
+        return [TaskRecord.model_validate_json(body) for (body,) in rows], int(total)
 
     async def pending_ahead(self, record: TaskRecord) -> int:
-        # Counted inside SQLite (JSON read in C), not by loading every record into Python.
         rows = await self._run(
-            "SELECT COUNT(*) FROM tasks WHERE json_extract(body, '$.status') = 'PENDING'"
-            " AND json_extract(body, '$.model') = ? AND expires_at >= ?"
-            " AND (json_extract(body, '$.submit_time') < ?"
-            "      OR (json_extract(body, '$.submit_time') = ? AND task_id < ?))",
-            (record.model, time.time(), record.submit_time, record.submit_time, record.task_id))
+            "SELECT COUNT(*) FROM tasks WHERE model = ? AND status = ? AND expires_at >= ?"
+            " AND (submit_time < ? OR (submit_time = ? AND task_id < ?))",
+            (record.model, TaskStatus.PENDING.value, time.time(), record.submit_time, record.submit_time,
+             record.task_id))
         return int(rows[0][0])
+
+    async def _lease_expired(self, now: float, limit: int) -> list[str]:
+        rows = await self._run("SELECT task_id FROM tasks WHERE lease_due < ? ORDER BY lease_due LIMIT ?", (now, limit))
+        return [task_id for (task_id,) in rows]
+
+    async def _webhooks_due(self, now: float, limit: int) -> list[str]:
+        rows = await self._run("SELECT task_id FROM tasks WHERE webhook_due <= ? ORDER BY webhook_due LIMIT ?",
+                               (now, limit))
+        return [task_id for (task_id,) in rows]
+
+    async def _expired(self, now: float, limit: int) -> list[str]:
+        rows = await self._run("SELECT task_id FROM tasks WHERE expires_at < ? LIMIT ?", (now, limit))
+        return [task_id for (task_id,) in rows]
 
     async def remember(self, fingerprint: str, task_id: str, expires_at: float) -> None:
         await self._run("INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?)", (fingerprint, task_id, expires_at))

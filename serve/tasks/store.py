@@ -1,20 +1,53 @@
 """`TaskStore`: the one protocol both backends implement, and the shared logic above it.
 
-Backends provide four primitives (`_insert`, `_load`, `_compare_and_set`, `_query`, ...);
-`TaskStore` builds transitions on them with optimistic concurrency: read, change, write only if
-nobody wrote in between (`version` unchanged), retry otherwise. That is what makes cancel vs
-dispatch, and two ingress replicas recovering the same task, safe.
+Backends provide primitives (`_insert`, `_load`, `_compare_and_set`, `_delete`) and answer each
+question from an index, never by reading every record: a key's tasks by submit time (with its
+status and model), a model's PENDING tasks in order, unfinished tasks by lease expiry, ended
+tasks by webhook due time, and every task by expiry. `IndexEntry` is what those indexes hold,
+derived from the record on every write. The periodic questions (`claim_expired`,
+`due_webhooks`, `purge_expired`) take at most `limit` tasks a call, so a backlog is worked off
+over several ticks, never loaded at once.
+
+`TaskStore` builds transitions on the primitives with optimistic concurrency: read, change,
+write only if nobody wrote in between (`version` unchanged), retry otherwise. That is what
+makes cancel vs dispatch, and two ingress replicas recovering the same task, safe.
 """
 
 from __future__ import annotations
 
 import abc
 import time
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from serve.tasks.record import TERMINAL, TaskRecord, TaskStatus
+from serve.tasks.record import TERMINAL, DeliveryState, TaskRecord, TaskStatus
 
 Mutation = Callable[[TaskRecord], TaskRecord | None]  # None: leave the record as it is
+SCAN_LIMIT = 200  # tasks recovery or webhooks take per call (each is a load and a write)
+PURGE_LIMIT = 2000  # expired tasks deleted per call: above the rate at which many keys create them
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """What the indexes know of a task: fixed fields, its status, and two due times."""
+
+    task_id: str
+    key_id: str
+    model: str
+    status: str
+    submit_time: float
+    expires_at: float
+    lease_due: float | None  # lease expiry while unfinished, else None (nothing to recover)
+    webhook_due: float | None  # when an ended task's pending webhook may be sent, else None
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> "IndexEntry":
+        webhook = record.webhook
+        webhook_due = (max(webhook.next_attempt_at, webhook.sending_until)
+                       if record.terminal and webhook is not None and webhook.state == DeliveryState.PENDING
+                       else None)
+        return cls(record.task_id, record.key_id, record.model, record.status.value, record.submit_time,
+                   record.expires_at, None if record.terminal else record.lease_until, webhook_due)
 
 
 class TaskStore(abc.ABC):
@@ -30,11 +63,29 @@ class TaskStore(abc.ABC):
     async def _compare_and_set(self, record: TaskRecord, expected_version: int) -> bool: ...
 
     @abc.abstractmethod
-    async def _all(self) -> Iterable[TaskRecord]:
-        """Every live record (for listing and recovery scans)."""
+    async def _delete(self, task_ids: list[str]) -> None: ...
 
     @abc.abstractmethod
-    async def _delete(self, task_ids: list[str]) -> None: ...
+    async def list(self, *, key_id: str, status: str | None = None, model: str | None = None,
+                   start: float | None = None, end: float | None = None, page_no: int = 1,
+                   page_size: int = 10) -> tuple[list[TaskRecord], int]:
+        """A key's live tasks, newest first, filtered, one page; also the total that matched."""
+
+    @abc.abstractmethod
+    async def pending_ahead(self, record: TaskRecord) -> int:
+        """How many PENDING tasks of the record's model were submitted before it."""
+
+    @abc.abstractmethod
+    async def _lease_expired(self, now: float, limit: int) -> list[str]:
+        """Unfinished tasks whose lease ran out before `now`, oldest lease first."""
+
+    @abc.abstractmethod
+    async def _webhooks_due(self, now: float, limit: int) -> list[str]:
+        """Ended tasks whose pending webhook is due by `now`."""
+
+    @abc.abstractmethod
+    async def _expired(self, now: float, limit: int) -> list[str]:
+        """Tasks past their retention."""
 
     @abc.abstractmethod
     async def remember(self, fingerprint: str, task_id: str, expires_at: float) -> None:
@@ -81,30 +132,6 @@ class TaskStore(abc.ABC):
 
         return await self.update(task_id, mutate)
 
-    async def list(self, *, key_id: str | None = None, status: str | None = None, model: str | None = None,
-                   start: float | None = None, end: float | None = None, page_no: int = 1,
-                   page_size: int = 10) -> tuple[list[TaskRecord], int]:
-        """Newest first, filtered, one page; also the total that matched."""
-        now = time.time()
-        matched = sorted(
-            (r for r in await self._all()
-             if r.expires_at >= now
-             and (key_id is None or r.key_id == key_id)
-             and (status is None or r.status == status)
-             and (model is None or r.model == model)
-             and (start is None or r.submit_time >= start)
-             and (end is None or r.submit_time <= end)),
-            key=lambda r: r.submit_time, reverse=True)
-        first = (page_no - 1) * page_size
-        return matched[first: first + page_size], len(matched)
-
-    async def pending_ahead(self, record: TaskRecord) -> int:
-        """How many PENDING tasks of the record's model were submitted before it."""
-        now = time.time()
-        return sum(1 for r in await self._all()
-                   if r.status == TaskStatus.PENDING and r.model == record.model and r.expires_at >= now
-                   and (r.submit_time, r.task_id) < (record.submit_time, record.task_id))
-
     async def renew(self, owner: str, task_ids: Iterable[str], lease_until: float) -> list[str]:
         """Extend the leases; returns the ids that ended meanwhile (canceled by another ingress)."""
         ended = []
@@ -115,28 +142,28 @@ class TaskStore(abc.ABC):
                 ended.append(task_id)
         return ended
 
-    async def claim_expired(self, owner: str, now: float, lease_until: float) -> list[TaskRecord]:
+    async def claim_expired(self, owner: str, now: float, lease_until: float,
+                            limit: int = SCAN_LIMIT) -> list[TaskRecord]:
         """Take over unfinished tasks whose lease ran out (their dispatcher died)."""
         claimed = []
-        for record in await self._all():
-            if record.status in TERMINAL or record.lease_until >= now:
-                continue
-            taken = await self.update(record.task_id, lambda r: r.model_copy(
+        for task_id in await self._lease_expired(now, limit):
+            taken = await self.update(task_id, lambda r: r.model_copy(
                 update={"owner": owner, "lease_until": lease_until})
                 if r.status not in TERMINAL and r.lease_until < now else None)
             if taken is not None:
                 claimed.append(taken)
         return claimed
 
-    async def due_webhooks(self, now: float) -> list[TaskRecord]:
+    async def due_webhooks(self, now: float, limit: int = SCAN_LIMIT) -> list[TaskRecord]:
         """Ended tasks whose webhook is due and held by no live sender."""
-        return [r for r in await self._all()
-                if r.terminal and r.webhook is not None and r.webhook.state == "pending"
-                and r.webhook.next_attempt_at <= now and r.webhook.sending_until < now]
+        due = [await self._load(task_id) for task_id in await self._webhooks_due(now, limit)]
+        return [r for r in due if r is not None and r.terminal and r.webhook is not None
+                and r.webhook.state == DeliveryState.PENDING and r.webhook.next_attempt_at <= now
+                and r.webhook.sending_until < now]
 
-    async def purge_expired(self, now: float) -> list[str]:
+    async def purge_expired(self, now: float, limit: int = PURGE_LIMIT) -> list[str]:
         """Delete records past their retention; returns their ids (to delete their files)."""
-        expired = [r.task_id for r in await self._all() if r.expires_at < now]
+        expired = await self._expired(now, limit)
         if expired:
             await self._delete(expired)
         return expired

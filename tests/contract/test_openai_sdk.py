@@ -118,15 +118,10 @@ def test_idempotency_key_returns_the_same_images(client, service):
 
 
 def _tasks_with_prompt(service, prompt: str) -> int:
-    import asyncio
+    """Records of `prompt` in the service's task store, read from its SQLite file."""
+    import sqlite3
 
-    from serve.tasks.sqlite import SQLiteTaskStore
-
-    async def count() -> int:
-        store = SQLiteTaskStore(Path(service.work) / "tasks.sqlite")
-        try:
-            return sum(1 for r in await store._all() if r.request.prompt == prompt)
-        finally:
-            await store.close()
-
-    return asyncio.run(count())
+    with sqlite3.connect(Path(service.work) / "tasks.sqlite") as db:
+        [(count,)] = db.execute("SELECT COUNT(*) FROM tasks WHERE json_extract(body, '$.request.prompt') = ?",
+                                (prompt,)).fetchall()
+    return count

@@ -150,3 +150,56 @@ def test_records_expire_after_retention(store, run):
     time.sleep(2.1)
     assert run(store.get(short.task_id)) is None
     assert short.task_id in run(store.purge_expired(time.time()))
+
+
+def test_webhooks_come_due_from_the_index(store, run):
+    from serve.tasks.record import DeliveryState, WebhookDelivery
+
+    now = time.time()
+    due = record(status=TaskStatus.SUCCEEDED, webhook=WebhookDelivery(url="http://x", next_attempt_at=now - 1))
+    later = record(status=TaskStatus.FAILED, webhook=WebhookDelivery(url="http://x", next_attempt_at=now + 60))
+    unfinished = record(webhook=WebhookDelivery(url="http://x", next_attempt_at=now - 1))  # not ended: not due
+    for r in (due, later, unfinished):
+        run(store.create(r))
+    assert [r.task_id for r in run(store.due_webhooks(now))] == [due.task_id]
+    run(store.transition(unfinished.task_id, {TaskStatus.PENDING}, status=TaskStatus.CANCELED))
+    assert {r.task_id for r in run(store.due_webhooks(now))} == {due.task_id, unfinished.task_id}
+    run(store.update(due.task_id, lambda r: r.model_copy(update={"webhook": r.webhook.model_copy(
+        update={"state": DeliveryState.DELIVERED})})))
+    assert [r.task_id for r in run(store.due_webhooks(now))] == [unfinished.task_id]
+
+
+def test_status_and_model_filters_follow_transitions_and_the_purge(store, run):
+    base = time.time()
+    tasks = [record(submit_time=base + i, model="flux-dev" if i < 2 else "flux-schnell") for i in range(4)]
+    for r in tasks:
+        run(store.create(r))
+    run(store.transition(tasks[0].task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING))
+    run(store.transition(tasks[3].task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING))
+    running, total = run(store.list(key_id="k1", status="RUNNING"))
+    assert total == 2 and [r.task_id for r in running] == [tasks[3].task_id, tasks[0].task_id]
+    dev_pending, total = run(store.list(key_id="k1", status="PENDING", model="flux-dev"))
+    assert total == 1 and [r.task_id for r in dev_pending] == [tasks[1].task_id]
+    assert run(store.pending_ahead(tasks[2])) == 0  # flux-schnell's queue: tasks[3] started
+    short = record(submit_time=base + 9, expires_at=time.time() + 0.5)
+    run(store.create(short))
+    time.sleep(1.0)
+    assert run(store.purge_expired(time.time())) == [short.task_id]
+    assert run(store.list(key_id="k1"))[1] == 4  # gone from the key's index too
+
+
+def test_a_store_file_of_an_older_version_gets_its_indexes(tmp_path, run):
+    import sqlite3
+
+    old = record(submit_time=time.time() - 5)
+    with sqlite3.connect(tmp_path / "old.sqlite") as db:  # the schema before the index columns
+        db.execute("CREATE TABLE tasks (task_id TEXT PRIMARY KEY, version INTEGER NOT NULL, "
+                   "expires_at REAL NOT NULL, body TEXT NOT NULL)")
+        db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?)", (old.task_id, 0, old.expires_at, old.model_dump_json()))
+    store = SQLiteTaskStore(tmp_path / "old.sqlite")
+    try:
+        listed, total = run(store.list(key_id="k1"))
+        assert total == 1 and listed[0].task_id == old.task_id
+        assert run(store.pending_ahead(record())) == 1
+    finally:
+        run(store.close())
