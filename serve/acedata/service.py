@@ -17,7 +17,8 @@ from cluster.models import ModelSpec
 from cluster.request import RenderRequest
 from serve.edge import fields
 from serve.acedata.protocol import (
-    ACTIONS, DEFAULT_MODEL, PARAM_NAMES, SERVED_AT, Accepted, Image, ImagesBody, TaskBatch, TaskItem, error_body,
+    ACTIONS, CLIENT_FIELDS, DEFAULT_MODEL, PARAM_NAMES, SERVED_AT, Accepted, Image, ImagesBody, TaskBatch, TaskItem,
+    error_body,
 )
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.fields import Invalid
@@ -75,7 +76,8 @@ class AceDataService:
         request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height,
                                 n=1 if count is None else count, seed=fields.integer(body, "seed"), init_image=image)
         submission = Submission(api=Api.ACEDATA, key_id=caller.key_id, request=request, base_url=caller.base_url,
-                                callback_url=callback, client_body=body, sizes="render", param_names=PARAM_NAMES)
+                                callback_url=callback, client_body={k: v for k, v in body.items() if k in CLIENT_FIELDS},
+                                sizes="render", param_names=PARAM_NAMES)
         return submission, asynchronous or bool(callback)
 
     # --- POST /flux/tasks -----------------------------------------------------------------------

@@ -17,6 +17,8 @@ from serve.edge.errors import ErrorKind, ServiceError, WireError
 from serve.tasks.record import StepCount
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+# What a task keeps of the client's body (the rest of a body is never stored).
+CLIENT_FIELDS = ("model", "input", "parameters")
 
 
 def request_id() -> str:

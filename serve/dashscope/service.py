@@ -11,7 +11,7 @@ from datetime import datetime
 from cluster.request import RenderRequest
 from serve.edge import fields
 from serve.dashscope.protocol import (
-    RESULT_CODES, TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput, param_names, request_id,
+    CLIENT_FIELDS, RESULT_CODES, TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput, param_names, request_id,
 )
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.fields import Invalid
@@ -89,7 +89,8 @@ class DashScopeService:
         # An extension: DashScope has no webhooks; `parameters.callback_url` adds one.
         callback = fields.text(params, "callback_url", "parameters")
         return Submission(api=Api.DASHSCOPE, key_id=caller.key_id, request=request, base_url=caller.base_url,
-                          callback_url=callback, client_body=body, param_names=param_names(spec))
+                          callback_url=callback, client_body={k: body[k] for k in CLIENT_FIELDS if k in body},
+                          param_names=param_names(spec))
 
     async def _input_image(self, inputs: dict) -> bytes:
         url = fields.text(inputs, "image_url", "input") or fields.text(inputs, "base_image_url", "input")

@@ -37,6 +37,9 @@ from serve.tasks.dispatch import Dispatcher, QueueFull
 from serve.tasks.record import Api, TaskRecord, TaskStatus, WebhookDelivery
 
 CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
+CLIENT_BODY_BUDGET = 8192  # characters of a stored client body in all
+CLIENT_BODY_DEPTH = 4
+CLIENT_KEY_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -274,11 +277,27 @@ def _why_no_image(record: TaskRecord) -> str:
 
 
 def _compact(value: Any) -> Any:
-    """The client's body as stored: long strings (data: URIs) replaced by a note of their size."""
+    """The client's body as stored, bounded: long strings (data: URIs) replaced by a note of
+    their size, and at most CLIENT_BODY_BUDGET characters in all (each value costs its length,
+    at least 1) at most CLIENT_BODY_DEPTH deep; what is past the budget is dropped with a note.
+    A record stays a few KiB whatever the client sent."""
+    return _bounded(value, [CLIENT_BODY_BUDGET], 0)
+
+
+def _bounded(value: Any, budget: list[int], depth: int) -> Any:
     if isinstance(value, str) and len(value) > CLIENT_TEXT_LIMIT:
-        return f"<{len(value)} characters omitted>"
-    if isinstance(value, dict):
-        return {k: _compact(v) for k, v in value.items()}
+        value = f"<{len(value)} characters omitted>"
+    budget[0] -= max(1, len(value)) if isinstance(value, str) else 1
+    if not isinstance(value, (dict, list)):
+        return value
+    if depth >= CLIENT_BODY_DEPTH:
+        return "<nested too deep: omitted>"
+    items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+    kept = []
+    for name, item in items:
+        if budget[0] <= 0:
+            break
+        kept.append((str(name)[:CLIENT_KEY_LIMIT], _bounded(item, budget, depth + 1)))
     if isinstance(value, list):
-        return [_compact(v) for v in value]
-    return value
+        return [item for _, item in kept] + ([f"<{len(items) - len(kept)} more omitted>"] if len(kept) < len(items) else [])
+    return dict(kept) | ({"<omitted>": f"{len(items) - len(kept)} more fields"} if len(kept) < len(items) else {})
