@@ -1,9 +1,11 @@
 """`Dispatcher`: runs tasks on the model deployments and makes sure none is lost or stuck.
 
-- Each model has a bounded queue: a task waits PENDING for a slot, then is sent to the model
-  deployment as a stream of events. It stays PENDING while it waits inside a replica and
-  becomes RUNNING only when the replica starts it (`Started`); its progress is written as it
-  comes (a few times a second). A full queue refuses new tasks (503).
+- Each model has a bounded queue, and each API key a bounded share of it
+  (`max_queued_per_key`): a task waits PENDING for a slot, given in fair order across keys
+  weighted by cost (`fair_queue.py`), then is sent to the model deployment as a stream of
+  events. It stays PENDING while it waits inside a replica and becomes RUNNING only when the
+  replica starts it (`Started`); its progress is written as it comes (a few times a second). A full queue refuses new tasks (503), a key's full share
+  refuses that key's (429).
 - A task canceled while it runs (on this ingress or another) has its replica call canceled: the
   replica drops its images from a shared batch or stops a batch of its own at the next step,
   and nothing of it is stored. This ingress sees another's cancel at the task's next progress
@@ -24,6 +26,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -34,6 +37,7 @@ from cluster.errors import ErrorCode
 from cluster.request import RenderResult
 from cluster.storage import Storage
 from serve import metrics
+from serve.tasks.fair_queue import FairSlots, cost_of
 from serve.tasks.periodic import every
 from serve.replica.render_events import Finished, RenderEvent, Started
 from serve.tasks.record import ImageOutcome, TaskProgress, TaskRecord, TaskStatus
@@ -43,7 +47,11 @@ log = logging.getLogger(__name__)
 
 
 class QueueFull(Exception):
-    """The model's queue is at capacity."""
+    """The model's queue is at capacity (`key` None), or this key's share of it is."""
+
+    def __init__(self, model: str, key: str | None = None):
+        super().__init__(model)
+        self.model, self.key = model, key
 
 
 class _Done(asyncio.Event):
@@ -55,8 +63,9 @@ class _Done(asyncio.Event):
 
 @dataclass
 class _ModelQueue:
-    slots: asyncio.Semaphore
-    waiting: int = 0
+    slots: FairSlots  # shared by keys, weighted by cost (fair_queue.py)
+    waiting: int = 0  # from submission until a slot is taken
+    waiting_by_key: Counter = dataclasses.field(default_factory=Counter)
 
 
 class Dispatcher:
@@ -67,7 +76,7 @@ class Dispatcher:
         self.handles = handles
         self.settings = settings
         self.owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
-        self._queues = {m: _ModelQueue(asyncio.Semaphore(concurrency[m])) for m in handles}
+        self._queues = {m: _ModelQueue(FairSlots(concurrency[m])) for m in handles}
         self._owned: set[str] = set()
         self._done: dict[str, _Done] = {}
         self._streams: dict[str, Any] = {}  # task id -> its replica call, while it runs from here
@@ -91,23 +100,29 @@ class Dispatcher:
 
     async def submit(self, record: TaskRecord) -> None:
         """Store a new task and start it; raises QueueFull when the model's queue is full."""
-        if self._queues[record.model].waiting >= self.settings.max_queued_per_model:
+        queue = self._queues[record.model]
+        if queue.waiting >= self.settings.max_queued_per_model:
             raise QueueFull(record.model)
+        if queue.waiting_by_key[record.key_id] >= self.settings.max_queued_per_key:
+            raise QueueFull(record.model, record.key_id)
         record.owner, record.lease_until = self.owner, time.time() + self.settings.lease_s
         await self.store.create(record)
-        self._start(record.task_id, record.model)
+        self._start(record)
 
-    def _start(self, task_id: str, model: str) -> None:
+    def _start(self, record: TaskRecord) -> None:
         # Counted as waiting from now (not from when its coroutine first runs), so a burst of
-        # submissions cannot overshoot the queue bound.
-        self._queues[model].waiting += 1
-        metrics.queue_depth.set(self._queues[model].waiting, tags={"model": model})
+        # submissions cannot overshoot the queue bounds.
+        task_id, model, queue = record.task_id, record.model, self._queues[record.model]
+        queue.waiting += 1
+        queue.waiting_by_key[record.key_id] += 1
+        metrics.queue_depth.set(queue.waiting, tags={"model": model})
         self._owned.add(task_id)
         self._done.setdefault(task_id, _Done())
         # A fresh context: created inside an HTTP request, the task would otherwise carry Serve's
         # request context, and Serve cancels a request's downstream calls when its client
         # disconnects, so a client that gave up (or an SDK about to retry) would kill the render.
-        task = asyncio.create_task(self._run(task_id, model), context=contextvars.Context())
+        task = asyncio.create_task(self._run(task_id, model, record.key_id, cost_of(record.request)),
+                                   context=contextvars.Context())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -125,14 +140,24 @@ class Dispatcher:
 
     # --- running ------------------------------------------------------------------------------
 
-    async def _run(self, task_id: str, model: str) -> None:
+    async def _run(self, task_id: str, model: str, key_id: str, cost: float) -> None:
         queue = self._queues[model]
+        slot = False
         try:
-            async with queue.slots:
-                queue.waiting -= 1
-                metrics.queue_depth.set(queue.waiting, tags={"model": model})
-                await self._attempt(task_id, model)
+            await queue.slots.acquire(key_id, cost)
+            slot = True
+            queue.waiting -= 1
+            queue.waiting_by_key[key_id] -= 1
+            metrics.queue_depth.set(queue.waiting, tags={"model": model})
+            await self._attempt(task_id, model)
         finally:
+            if slot:
+                queue.slots.release()
+            else:  # canceled while it waited for a slot
+                queue.waiting -= 1
+                queue.waiting_by_key[key_id] -= 1
+            if queue.waiting_by_key.get(key_id, 0) <= 0:
+                queue.waiting_by_key.pop(key_id, None)  # only keys with tasks waiting are kept
             self._owned.discard(task_id)
             # Waiters hold the event already; later waiters read the (terminal) record instead.
             event = self._done.pop(task_id, None)
@@ -278,7 +303,7 @@ class Dispatcher:
             log.info("recovering task %s (attempt %d)", record.task_id, record.attempts + 1)
             await self.store.transition(record.task_id, {TaskStatus.RUNNING, TaskStatus.PENDING},
                                         status=TaskStatus.PENDING)
-            self._start(record.task_id, record.model)
+            self._start(record)
 
     async def _purge(self) -> None:
         for task_id in await self.store.purge_expired(time.time()):

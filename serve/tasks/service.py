@@ -34,6 +34,7 @@ from cluster.storage import Storage, StorageError
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
 from serve.tasks.dispatch import Dispatcher, QueueFull
+from serve.tasks.fair_queue import cost_of
 from serve.tasks.record import Api, TaskRecord, TaskStatus, WebhookDelivery
 
 CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
@@ -133,6 +134,10 @@ class TaskService:
         resolved = spec.resolve(request, sizes=submission.sizes)
         if isinstance(resolved, RenderError):
             return ServiceError.refused(resolved, submission.param_names)
+        if (cost := cost_of(resolved)) > self.settings.max_request_cost:
+            return ServiceError.invalid(f"this request asks for {cost:.0f} megapixel-steps (n x steps x W x H / 2^20); "
+                                        f"the limit is {self.settings.max_request_cost:g}: ask for fewer steps, "
+                                        f"images or pixels")
         if submission.callback_url and not submission.api.takes_callbacks:
             return ServiceError.invalid(f"callback_url is not taken on the {submission.api.value} API", "callback_url")
         if submission.callback_url and (problem := await self._check_callback(submission.callback_url)):
@@ -149,8 +154,11 @@ class TaskService:
                 record.init_image_key = f"tasks/{record.task_id}/input"
                 await asyncio.to_thread(self.storage.write, record.init_image_key, resolved.init_image)
             await self.dispatcher.submit(record)
-        except QueueFull:
+        except QueueFull as full:
             await self._discard(record)
+            if full.key is not None:  # this key's share: others still get theirs
+                return ServiceError(ErrorKind.RATE_LIMITED, f"this key has {self.settings.max_queued_per_key} tasks "
+                                    f"waiting for model {spec.name}; retry when one has started", retry_after_s=5)
             return ServiceError(ErrorKind.QUEUE_FULL, f"model {spec.name} is at capacity; retry later",
                                 retry_after_s=5)
         except BaseException:

@@ -20,6 +20,7 @@ from cluster.request import RenderResult, ResolvedRequest
 from cluster.storage import Storage
 from serve.replica.render_events import Finished, Progress, RenderEvent, Started
 from serve.tasks.dispatch import Dispatcher, QueueFull
+from serve.tasks.fair_queue import FairSlots
 from serve.tasks.record import TaskRecord, TaskStatus
 from serve.tasks.sqlite import SQLiteTaskStore
 from tests.factories import resolved_request, task_record
@@ -250,12 +251,36 @@ def test_a_task_whose_dispatcher_died_is_recovered_by_another(tmp_path):
 def test_a_full_queue_refuses_before_storing(tmp_path):
     async def scenario():
         d = dispatcher(tmp_path, FakeHandle(hangs), max_queued_per_model=1)
-        d._queues["flux-schnell"].slots = asyncio.Semaphore(0)  # no replica slot frees up
+        d._queues["flux-schnell"].slots = FairSlots(0)  # no replica slot frees up
         first = new_task()
         await d.submit(first)
         with pytest.raises(QueueFull):
             await d.submit(new_task())
         assert d.queue_depth("flux-schnell") == 1 and await d.store.get(first.task_id) is not None
+
+    asyncio.run(scenario())
+
+
+def test_one_key_has_a_bounded_share_of_the_queue_and_others_go_first(tmp_path):
+    async def scenario():
+        handle = FakeHandle(finishes)
+        d = dispatcher(tmp_path, handle, max_queued_per_key=3)
+        d._queues["flux-schnell"].slots = FairSlots(0)  # nothing starts until the test frees a slot
+        flood = [task_record(key_id="flood", request=resolved_request()) for _ in range(3)]
+        for record in flood:
+            await d.submit(record)
+        with pytest.raises(QueueFull) as refused:
+            await d.submit(task_record(key_id="flood", request=resolved_request()))
+        assert refused.value.key == "flood"
+        other = task_record(key_id="other", request=resolved_request())
+        await d.submit(other)  # another key is still accepted, and goes ahead of the flood's backlog
+        await asyncio.sleep(0)
+        d._queues["flux-schnell"].slots.release()
+        d._queues["flux-schnell"].slots.release()
+        for record in [other, *flood]:
+            await until(lambda: _terminal(d, record.task_id))
+        sent = [stream.request.request_id for stream in handle.streams]
+        assert sent.index(other.task_id) <= 1  # sent to the replicas first or second, not fourth
 
     asyncio.run(scenario())
 

@@ -1,0 +1,62 @@
+"""Fair dispatch slots (serve/tasks/fair_queue.py), without Ray: keys share a model's slots by
+cost, one key's burst waits behind its own work, order within a key holds, and a canceled wait
+gives its place up."""
+
+from __future__ import annotations
+
+import asyncio
+
+from serve.tasks.fair_queue import FairSlots
+
+
+async def served_order(slots: FairSlots, arrivals: list[tuple[str, float]]) -> list[str]:
+    """Queue every arrival behind one running task, then free slots one at a time."""
+    order: list[str] = []
+    await slots.acquire("running", 1.0)
+
+    async def task(name: str, key: str, cost: float) -> None:
+        await slots.acquire(key, cost)
+        order.append(name)
+
+    waiting = [asyncio.create_task(task(f"{key}{i}", key, cost)) for i, (key, cost) in enumerate(arrivals)]
+    await asyncio.sleep(0)
+    for _ in arrivals:
+        slots.release()
+        await asyncio.sleep(0)
+    await asyncio.gather(*waiting)
+    return order
+
+
+def test_a_burst_of_one_key_does_not_delay_another_key():
+    arrivals = [("a", 1.0)] * 10 + [("b", 1.0)]  # b's one task arrives after a's ten
+    order = asyncio.run(served_order(FairSlots(1), arrivals))
+    assert order.index("b10") <= 1  # b goes first or second, not eleventh
+    assert [n for n in order if n.startswith("a")] == [f"a{i}" for i in range(10)]  # a's order holds
+
+
+def test_shares_are_weighted_by_cost():
+    arrivals = [("big", 4.0)] * 4 + [("small", 1.0)] * 8
+    order = asyncio.run(served_order(FairSlots(1), arrivals))
+    # Equal shares of megapixel-steps: four small tasks for each big one while both keys wait.
+    assert [n.rstrip("0123456789") for n in order[:5]] == ["small", "small", "small", "big", "small"]
+
+
+def test_a_canceled_wait_gives_its_place_up():
+    async def scenario() -> list[str]:
+        slots, order = FairSlots(1), []
+        await slots.acquire("x", 1.0)
+
+        async def task(name: str) -> None:
+            await slots.acquire(name, 1.0)
+            order.append(name)
+
+        gone, stays = asyncio.create_task(task("gone")), asyncio.create_task(task("stays"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await asyncio.sleep(0)
+        slots.release()
+        await asyncio.wait_for(stays, 1)
+        assert slots.waiting() == 0
+        return order
+
+    assert asyncio.run(scenario()) == ["stays"]
