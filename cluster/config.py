@@ -108,6 +108,8 @@ class WebhookConfig(BaseModel):
     max_retry_s: float = Field(300.0, gt=0, description="Longest wait between two attempts.")
     give_up_after_s: float = Field(86400.0, gt=0, description="No attempt starts later than this after the task ended.")
     max_concurrent: int = Field(32, ge=1, description="Deliveries in flight per ingress replica.")
+    max_concurrent_per_key: int = Field(4, ge=1, description="Of those, in flight for one API key's tasks: a "
+                                                             "slow receiver holds only its own key's slots.")
 
 
 class ServeConfig(BaseModel):

@@ -12,16 +12,20 @@ Guarantees:
   never send the same attempt, and a delivery whose ingress died is picked up by the next
   scan of any ingress once its lease runs out.
 - A receiver that fails or hangs changes only the delivery state, never the task, and holds
-  only its own slot: each attempt is bounded in time, and deliveries run concurrently.
+  only its own slot: each attempt is bounded in time, and deliveries run concurrently, at most
+  `max_concurrent_per_key` for one API key's tasks, so one tenant's slow receiver cannot take
+  every slot. A delivery takes its slots before it claims, so its claim never runs out while
+  it waits for one (which would let another ingress send it too).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -36,6 +40,12 @@ log = logging.getLogger(__name__)
 
 BodyRenderer = Callable[[TaskRecord], dict]  # a façade's final body of a task
 MAX_ANSWER_BYTES = 64 * 1024
+
+
+@dataclass
+class _KeySlots:
+    semaphore: asyncio.Semaphore
+    users: int = 0  # deliveries holding or waiting for one of them
 
 
 class Webhooks:
@@ -53,6 +63,7 @@ class Webhooks:
         self.owner = owner
         self.resolver = resolver
         self._slots = asyncio.Semaphore(config.max_concurrent)
+        self._key_slots: dict[str, _KeySlots] = {}  # only keys with a delivery in flight or waiting
         self._running: set[asyncio.Task] = set()
 
     # --- scheduling -----------------------------------------------------------------------------
@@ -87,16 +98,31 @@ class Webhooks:
     async def attempt(self, task_id: str) -> WebhookDelivery | None:
         """Claim, send once, record the outcome; schedules the next attempt when it failed.
         Returns the delivery state after the attempt (None when not ours to send now)."""
-        claimed = await self._claim(task_id)
-        if claimed is None or claimed.webhook is None:
+        record = await self.store.get(task_id)
+        if record is None or record.webhook is None:
             return None
-        async with self._slots:
+        async with self._key_slot(record.key_id), self._slots:
+            claimed = await self._claim(task_id)
+            if claimed is None or claimed.webhook is None:
+                return None
             status, error = await self._send(claimed)
         after = await self.store.update(task_id, lambda r: self._outcome(r, status, error))
         delivery = after.webhook if after else None
         if delivery is not None and delivery.state == DeliveryState.PENDING:
             self._spawn(task_id, delay_s=max(0.0, delivery.next_attempt_at - time.time()))
         return delivery
+
+    @contextlib.asynccontextmanager
+    async def _key_slot(self, key_id: str):
+        slots = self._key_slots.setdefault(key_id, _KeySlots(asyncio.Semaphore(self.config.max_concurrent_per_key)))
+        slots.users += 1
+        try:
+            async with slots.semaphore:
+                yield
+        finally:
+            slots.users -= 1
+            if not slots.users:
+                del self._key_slots[key_id]
 
     async def _claim(self, task_id: str) -> TaskRecord | None:
         now = time.time()

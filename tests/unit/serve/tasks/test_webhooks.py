@@ -159,3 +159,25 @@ def test_a_live_claim_is_not_sent_twice(tmp_path, receiver):
     results = asyncio.run(scenario())
     assert sorted(r is None for r in results) == [False, True]
     assert len(receiver.received("/once")) == 1
+
+
+def test_one_keys_slow_receivers_hold_only_that_keys_slots(tmp_path, receiver):
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "t.sqlite")
+        hooks = sender(store, max_concurrent=3, max_concurrent_per_key=2, give_up_after_s=30)
+        receiver.delays["/slow"] = 3.0  # each attempt hangs until its 1 s timeout
+        slow = [await ended_task(store, receiver.to("/slow"), key_id="slow-key") for _ in range(5)]
+        for record in slow:
+            hooks.task_ended(record)
+        while len(receiver.received("/slow")) < 2:
+            await asyncio.sleep(0.01)
+        other = await ended_task(store, receiver.to("/fast"), key_id="other-key")
+        hooks.task_ended(other)
+        return await settle(store, other.task_id)
+
+    hook = asyncio.run(scenario())
+    (fast,), slow = receiver.received("/fast"), receiver.received("/slow")
+    assert hook.state == DeliveryState.DELIVERED
+    # Sent while the slow key's first attempts still hung (they time out after 1 s), and only two
+    # of them had started: the slow key held 2 of the 3 slots, the other key got the third.
+    assert fast.at < slow[0].at + 1.0 and sum(d.at < fast.at for d in slow) == 2
