@@ -36,11 +36,14 @@ def format_size(width: int, height: int) -> str:
     return f"{width}*{height}"
 
 
+MODEL_DEPLOYMENT_PREFIX = "model-"
+
+
 def deployment_name(model: str) -> str:
     """The name of a model's Serve deployment (dots are not welcome in deployment names). Here,
     in the core, because both doors need it: the service deploys under it and a batch job
     rendering through the service (`--via-serve`) looks its model up by it."""
-    return "model-" + model.replace(".", "_")
+    return MODEL_DEPLOYMENT_PREFIX + model.replace(".", "_")
 
 
 class SizeRule(BaseModel):

@@ -71,7 +71,8 @@ def render_command(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)."),
     via_serve: bool = typer.Option(False, "--via-serve", help="Render through the running Serve app "
                                                                "in the --address cluster."),
-    serve_app: str = typer.Option("raydiant", "--serve-app", help="Serve application name for --via-serve."),
+    serve_app: str = typer.Option("raydiant", "--serve-app", help="Serve application for --via-serve (default: "
+                                                                   "'raydiant', or the one raydiant app there)."),
     verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own output here too (default: its log file)."),
 ) -> None:
     """Render every prompt of a Parquet dataset into a dataset of image shards plus metadata (resumable)."""

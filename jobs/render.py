@@ -21,13 +21,15 @@ from typing import Callable
 import pyarrow.parquet as pq
 
 from cluster.config import load_config
+from cluster.errors import first_line
+from cluster.models import MODEL_DEPLOYMENT_PREFIX
 from cluster.placement import ActorPool, gpu_capacity, plan_actor_pool, unschedulable
 from cluster.storage import Storage
 from jobs import manifest
 from jobs.counter import ImageCounter
 from jobs.output import ShardStats, read_stats
 from jobs.plan import InputError, ShardPlan, describe_inputs, input_files, plan_shards
-from jobs.spec import JobSpec
+from jobs.spec import DEFAULT_SERVE_APP, JobSpec
 
 _POLL_S = 0.5  # how often the driver reads the image counter while shards are in flight
 
@@ -77,6 +79,26 @@ class JobSummary:
     images_per_s: float
     shards: int = 0  # in the output
     mean_shard_bytes: int = 0
+
+
+def served_app(requested: str) -> str:
+    """The Serve application to render through: `requested` when the cluster runs it; else, for
+    the default name, the one raydiant application there (its model deployments tell it);
+    else a `JobError` naming the applications the cluster has."""
+    from ray import serve
+
+    try:
+        applications = serve.status().applications
+    except Exception as exc:  # noqa: BLE001 - no Serve on the cluster, or its controller unreachable
+        raise JobError(f"--via-serve: no Ray Serve on this cluster ({first_line(exc)})") from None
+    if requested in applications:
+        return requested
+    ours = sorted(name for name, app in applications.items()
+                  if any(deployment.startswith(MODEL_DEPLOYMENT_PREFIX) for deployment in app.deployments))
+    if requested == DEFAULT_SERVE_APP and len(ours) == 1:
+        return ours[0]
+    raise JobError(f"--via-serve: no Serve application '{requested}' on this cluster; applications there: "
+                   f"{', '.join(sorted(applications)) or 'none'} (name one with --serve-app)")
 
 
 def actor_pool(spec: JobSpec) -> ActorPool:
@@ -156,6 +178,8 @@ def run_job(spec: JobSpec | PreparedJob, on_progress: Callable[[Progress], None]
     if todo:  # a finished output needs no cluster
         if not ray.is_initialized():
             raise JobError("not connected to Ray: run the job inside cluster.local_ray.connect()")
+        if spec.via_serve:
+            spec = spec.model_copy(update={"via_serve": served_app(spec.via_serve)})
         pool = actor_pool(spec)
         on_plan(pool)
     if not job.resuming:

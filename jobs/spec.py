@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 OutputFormat = Literal["files", "webdataset", "parquet"]
+DEFAULT_SERVE_APP = "raydiant"  # what `raydiant serve` names its application
 
 
 class RowDefaults(BaseModel):

@@ -39,6 +39,12 @@ def test_job_renders_through_running_service(tmp_path, local_config):
                 break
             time.sleep(0.5)
         assert address, "raydiant serve did not print its Ray cluster address"
+        wrong = subprocess.run([str(Path(sys.executable).parent / "raydiant"), "render", "--via-serve", "--serve-app",
+                                "nope", "--address", address, "-i", str(tmp_path / "in.parquet"), "-o",
+                                str(tmp_path / "wrong")], capture_output=True, text=True, timeout=300,
+                               env=os.environ | {"RAY_AUTH_MODE": "token"})
+        assert wrong.returncode == 2, wrong.stderr[-3000:]
+        assert "no Serve application 'nope' on this cluster; applications there: raydiant" in wrong.stderr
         job = subprocess.run([str(Path(sys.executable).parent / "raydiant"), "render", "--via-serve",
                               "--address", address, "-i", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "out"),
                               "--size", "256*256", "--steps", "2"],
