@@ -60,3 +60,27 @@ def test_s3_round_trip_and_resume(s3):
 
     again = run_job(spec)
     assert (again.rendered, again.skipped) == (0, 3)
+
+
+def test_many_files_and_row_groups_into_shards_on_s3(s3, tmp_path):
+    import s3fs
+
+    config = tmp_path / "fake.yaml"  # the FAKE engine: the layout is the point, not the pixels
+    config.write_text("models:\n  flux-schnell: {source: 'fake:flux', warmup: false}\n")
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3})
+    fs.mkdirs("raydiant-test/many", exist_ok=True)
+    for part in range(3):  # three files of three rows, in row groups of two
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"id": [f"p{part}-{i}" for i in range(3)], "prompt": [f"a fox {i}" for i in range(3)]}),
+                       buf, row_group_size=2)
+        fs.pipe(f"raydiant-test/many/in/part-{part}.parquet", buf.getvalue())
+    spec = JobSpec(input="s3://raydiant-test/many/in/part-*.parquet", output="s3://raydiant-test/many/out",
+                   format="webdataset", shard_size=2, config=str(config), defaults={"width": 256, "height": 256})
+    summary = run_job(spec)
+    assert (summary.rendered, summary.shards) == (9, 6)  # two shards a file: shards never span files
+    objects = sorted(p.split("/many/out/", 1)[1] for p in fs.find("raydiant-test/many/out"))
+    # What the job wrote, object by object: a tar, a metadata part and a stats file per shard, and
+    # the manifest and summary: 6 x 3 + 2 objects.
+    assert len(objects) == 20 and objects[:2] == ["manifest.json", "metadata/000000.parquet"]
+    assert sorted(r["id"] for r in read_metadata(Storage("s3://raydiant-test/many/out")).to_pylist()) == sorted(
+        f"p{part}-{i}" for part in range(3) for i in range(3))
