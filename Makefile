@@ -43,8 +43,10 @@ services:
 		|| echo "warning: could not install $$missing; their tests will skip (or fail under CI=true)"; \
 	fi
 
+# Two workers: most tests wait on Ray, servers and polling more than on the CPU. Each module
+# runs on one worker (tests/conftest.py groups them), the contract tests all on one.
 test: $(STAMP) services
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

@@ -90,10 +90,8 @@ def generate(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Render images in this process (no Ray): the quickest way to check a model's weights."""
-    from cluster.engine import Renderer
     from cluster.errors import RenderError
     from cluster.request import RenderRequest
-    from cluster.weights import ModelLoadError
 
     cfg = load(config)
     if model not in cfg.models:
@@ -117,6 +115,9 @@ def generate(
     resolved = spec.resolve(request)
     if isinstance(resolved, RenderError):
         fail(resolved.text(_FLAGS.get(resolved.param or "")))
+
+    from cluster.engine import Renderer  # torch and diffusers: only for a request that can render
+    from cluster.weights import ModelLoadError
 
     quiet_libraries()
     try:

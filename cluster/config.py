@@ -133,8 +133,9 @@ class ServeConfig(BaseModel):
     max_queued_per_model: int = Field(64, ge=1, description="Waiting tasks per model before 503.")
     max_queued_per_key: int = Field(16, ge=1, description="Waiting tasks per API key and model before 429: no key "
                                                           "fills a model's queue.")
-    max_request_cost: float = Field(256.0, gt=0, description="Largest request, in megapixel-steps (n x steps x "
-                                                             "W x H / 2^20; 1024*1024, 50 steps, n 4 is 200).")
+    max_request_cost: float = Field(512.0, gt=0, description="Largest request, in megapixel-steps (n x steps x "
+                                                             "W x H / 2^20; 1024*1024, 50 steps, n 4 is 200; "
+                                                             "2048*2048 at 100 steps is 1600).")
     task_deadline_s: float = Field(600.0, gt=0, description="A task not done by then ends FAILED.")
     max_attempts: int = Field(3, ge=1, description="Dispatch attempts when a replica or ingress dies.")
     lease_s: float = Field(15.0, gt=0, description="An unrenewed task lease this old is re-dispatched.")

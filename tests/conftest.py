@@ -19,9 +19,17 @@ from cluster.engine import Renderer  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    """GPU tests skip without CUDA, whatever the -m selection."""
+    """GPU tests skip without CUDA, whatever the -m selection. Under `pytest -n N --dist
+    loadgroup` (make test), each test module runs on one worker, so its module fixtures (a Ray
+    cluster, a service) start once; the contract tests all run on one, so their session service
+    starts once; the chaos tests all run on one, so at most one multi-node cluster (4 raylets)
+    or chaos service runs at a time."""
     import torch
 
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        suite = module.split("/")[1] if module.count("/") >= 2 else ""
+        item.add_marker(pytest.mark.xdist_group(suite if suite in ("contract", "chaos") else module))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

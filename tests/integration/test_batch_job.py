@@ -44,8 +44,10 @@ def write_input(path, rows=ROWS) -> str:
 
 
 def job(tmp_path, name: str, **fields) -> JobSpec:
+    """A job over the input; on the FAKE engine (solid colours, no model) unless a test renders
+    pixels that must match the real pipeline's (then `config=None`: the tiny models)."""
     base = dict(input=str(tmp_path / "in.parquet"), output=str(tmp_path / name), max_errors=10,
-                defaults={"width": 256, "height": 256, "steps": 2})
+                defaults={"width": 256, "height": 256, "steps": 2}, config=fake_config(tmp_path))
     return JobSpec(**(base | fields))
 
 
@@ -62,7 +64,7 @@ def test_output_equals_single_renders_for_batch_sizes_1_and_4(tmp_path, input_fi
     outputs = {}
     for batch_size in (1, 4):
         seen = []
-        summary = run_job(job(tmp_path, f"out{batch_size}", batch_size=batch_size),
+        summary = run_job(job(tmp_path, f"out{batch_size}", batch_size=batch_size, config=None),
                           lambda p: seen.append((p.images_done, p.images_failed, p.images_total, p.eta_s,
                                                  p.rows_done, p.rows_total)))
         assert (summary.rendered, summary.failed) == (6, 3)
@@ -162,7 +164,7 @@ def fake_config(tmp_path, source: str = "fake:flux") -> str:
 def test_ray_reads_the_shards_and_the_metadata(tmp_path, input_file):
     import ray
 
-    run_job(job(tmp_path, "wds", format="webdataset", shard_size=2, config=fake_config(tmp_path)))
+    run_job(job(tmp_path, "wds", format="webdataset", shard_size=2))
     out = tmp_path / "wds"
     samples = ray.data.read_webdataset(str(out / "shards")).take_all()
     assert len(samples) == 6 and all(s["png"] is not None and s["json"]["seed"] is not None for s in samples)
@@ -171,7 +173,7 @@ def test_ray_reads_the_shards_and_the_metadata(tmp_path, input_file):
 
 
 def test_manifest_describes_the_run_and_another_dataset_is_refused(tmp_path, input_file):
-    summary = run_job(job(tmp_path, "out", shard_size=2, config=fake_config(tmp_path)))
+    summary = run_job(job(tmp_path, "out", shard_size=2))
     written = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert written["shard_size"] == 2 and written["inputs"][0]["rows"] == 6
     assert len(written["inputs"][0]["footer_sha256"]) == 64
@@ -180,7 +182,7 @@ def test_manifest_describes_the_run_and_another_dataset_is_refused(tmp_path, inp
     assert [s["name"] for s in written["shards"]] == ["000000", "000001", "000002", "000003", "000004"]
     assert sum(s["images"] for s in written["shards"]) == summary.images == 9 and summary.shards == 5
     with pytest.raises(JobError, match=r"written for another dataset \(shard_size: 2 before, 3 now\)"):
-        run_job(job(tmp_path, "out", shard_size=3, config=fake_config(tmp_path)))
+        run_job(job(tmp_path, "out", shard_size=3))
 
 
 def test_a_broken_model_source_fixed_then_rerun_renders_every_image(tmp_path, input_file):
@@ -188,6 +190,6 @@ def test_a_broken_model_source_fixed_then_rerun_renders_every_image(tmp_path, in
     assert (broken.rendered, broken.failed) == (0, 9)
     assert {r["error_code"] for r in metadata(str(tmp_path / "out"))} == {
         "model_load_failed", "empty_prompt", "invalid_parameter", "model_not_found"}
-    fixed = run_job(job(tmp_path, "out", config=fake_config(tmp_path)))
+    fixed = run_job(job(tmp_path, "out"))
     assert (fixed.rendered, fixed.failed, fixed.skipped, fixed.images) == (6, 0, 3, 9)  # the bad rows stay final
     assert sum(r["error_code"] is None for r in metadata(str(tmp_path / "out"))) == 6

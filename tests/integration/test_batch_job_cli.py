@@ -18,11 +18,16 @@ from jobs.output import read_metadata
 from serve.local.service import kill_session
 
 RAYDIANT = str(Path(sys.executable).parent / "raydiant")
+# A SIMULATED GPU (0.1 s a batch of two): slow enough to be killed mid-job, with no model to load.
+SIMULATED = "models:\n  flux-schnell: {source: 'sim:flux', warmup: false, simulated: {base_s: 0.05, per_image_s: 0.025}}\n"
 
 
 def render(*args: str, log: Path) -> subprocess.Popen:
-    """`raydiant render ...` in its own session; output goes to files (a full pipe would block it)."""
-    return subprocess.Popen([RAYDIANT, "render", "--size", "256*256", "--steps", "2", *args],
+    """`raydiant render ...` on the SIMULATED GPU, in its own session; output goes to files (a full
+    pipe would block it)."""
+    config = log.parent / "simulated.yaml"
+    config.write_text(SIMULATED)
+    return subprocess.Popen([RAYDIANT, "render", "--config", str(config), "--size", "256*256", "--steps", "2", *args],
                             stdout=open(log.with_suffix(".out"), "w"), stderr=open(log.with_suffix(".err"), "w"),
                             env=os.environ | {"RAY_DISABLE_USAGE_STATS": "1"}, start_new_session=True)
 
