@@ -1,7 +1,8 @@
 """Input rows -> one `WorkItem` per image, with ids, keys and seeds fixed deterministically.
 
-A row's id is its `id` column, or (without one) a hash of its content, so a rerun sees the
-same ids. Image i of a row seeded s uses s + i; a row without a seed gets one derived from the
+A row's id is its `id` column (ids must be unique), or without one a hash of its content and
+its position in the input (file name and row number): a rerun over the same input sees the same
+ids, and two identical rows are two rows, each with its images. Image i of a row seeded s uses s + i; a row without a seed gets one derived from the
 job seed and its id. Anything wrong with a row becomes the `error` of its one work item: the job
 records it and goes on. Rows come from pyarrow (`to_pylist`): a missing value is None; a float
 NaN (a float column's hole written by pandas) counts as missing too.
@@ -56,11 +57,11 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def row_id(row: dict[str, Any]) -> str:
+def row_id(row: dict[str, Any], position: str = "") -> str:
     if _present(row.get("id")):
         return str(row["id"])
     content = json.dumps({k: v for k, v in sorted(row.items()) if _present(v)}, default=str, sort_keys=True)
-    return hashlib.sha256(content.encode()).hexdigest()[:20]
+    return hashlib.sha256(f"{content}\n{position}".encode()).hexdigest()[:20]
 
 
 def image_key(rid: str, index: int) -> str:
@@ -97,9 +98,9 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
 
 
 def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDefaults,
-               job_seed: int) -> list[WorkItem]:
-    """The work items (one per image) of one input row."""
-    rid = row_id(row)
+               job_seed: int, position: str = "") -> list[WorkItem]:
+    """The work items (one per image) of one input row, found at `position` in the input."""
+    rid = row_id(row, position)
     request = _request(row, defaults, job_seed, rid)
     resolved: ResolvedRequest | RenderError = request
     if isinstance(request, RenderRequest):

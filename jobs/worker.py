@@ -80,8 +80,8 @@ class ShardWorker:
                 for row, image in earlier_run(self.storage, self.fmt, self.image_format, plan.name):
                     writer.carry(row, image)
                     finished.add(row["key"])
-            items = [item for row in self._rows(plan) for item in expand_row(row, self.specs, self.defaults,
-                                                                             self.job_seed)
+            items = [item for position, row in self._rows(plan)
+                     for item in expand_row(row, self.specs, self.defaults, self.job_seed, position)
                      if item.key not in finished]
             for item in (i for i in items if i.error is not None):
                 writer.add(item, None, item.error, None)
@@ -94,8 +94,10 @@ class ShardWorker:
             writer.abort()
             raise
 
-    def _rows(self, plan: ShardPlan) -> Iterator[dict[str, Any]]:
-        """The shard's input rows, reading only the row groups that hold them."""
+    def _rows(self, plan: ShardPlan) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The shard's input rows with their positions (`file:row`), reading only the row groups
+        that hold them."""
+        name = plan.file.rsplit("/", 1)[-1]
         parquet = pq.ParquetFile(plan.file, filesystem=self.input_fs)
         groups, first_row, offset = [], None, 0
         for group in range(parquet.num_row_groups):
@@ -110,7 +112,8 @@ class ShardWorker:
                 return
             lo, hi = max(plan.start - position, 0), min(plan.stop - position, batch.num_rows)
             if hi > lo:
-                yield from batch.slice(lo, hi - lo).to_pylist()
+                for i, row in enumerate(batch.slice(lo, hi - lo).to_pylist()):
+                    yield f"{name}:{position + lo + i}", row
             position += batch.num_rows
 
     def _render_into(self, writer: ShardWriter, items: list[WorkItem]) -> None:

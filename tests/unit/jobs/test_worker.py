@@ -69,3 +69,12 @@ def test_a_model_that_failed_to_load_is_rendered_by_the_redo_once_fixed(tmp_path
     again = worker(fixed, out, prompts, "webdataset").render_shard(plan, redo=True)
     assert (again.rendered, again.failed, again.retryable, again.kept, again.kept_failed) == (3, 1, 0, 1, 1)
     assert read_stats(Storage(out))["000000"] == again
+
+
+def test_identical_rows_without_ids_are_two_images(tmp_path):
+    prompts = tmp_path / "same.parquet"
+    pq.write_table(pa.table({"prompt": ["a fox", "a fox"]}), prompts)
+    config, out = config_file(tmp_path, "fake:flux"), str(tmp_path / "out")
+    stats = worker(config, out, str(prompts)).render_shard(ShardPlan(0, str(prompts), 0, 2, 2))
+    table = read_metadata(Storage(out)).to_pylist()
+    assert stats.rendered == 2 and len({r["key"] for r in table}) == 2 and len({r["seed"] for r in table}) == 2
