@@ -107,9 +107,12 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="raydiant-store-"))
     sizes = [int(n) for n in args.records.split(",")]
+    results = {}
     with redis_server() as redis_url:
-        results = {(backend, count): asyncio.run(run(backend, count, work, redis_url))
-                   for backend in args.backends.split(",") for count in sizes}
+        for backend in args.backends.split(","):
+            for count in sizes:
+                results[(backend, count)] = asyncio.run(run(backend, count, work, redis_url))
+                print(backend, count, results[(backend, count)], flush=True)  # a long run shows as it goes
     print(f"\n{KEYS} keys, {len(MODELS)} models, 10% PENDING; p50 / p95 in ms")
     questions = list(next(iter(results.values()))[0])
     print(f"{'backend':>8} {'records':>9} " + " ".join(f"{q:>26}" for q in questions) + "  Redis B/record")
