@@ -80,6 +80,15 @@ class ShardStats:
     kept: int = 0  # items carried over from an earlier run of this shard
     kept_failed: int = 0  # of which refused for good (a bad row)
 
+    @property
+    def rendered_now(self) -> int:
+        """Rendered by the run that wrote these stats (not carried over)."""
+        return self.rendered - (self.kept - self.kept_failed)
+
+    @property
+    def failed_now(self) -> int:
+        return self.failed - self.kept_failed
+
 
 def stats_key(name: str) -> str:
     return f"stats/{name}.json"

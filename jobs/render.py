@@ -190,8 +190,8 @@ def run_job(spec: JobSpec | PreparedJob, on_progress: Callable[[Progress], None]
     if todo:
         for plan, stats in _render(spec, pool, todo, progress, on_progress):
             finished[plan.name] = stats
-            rendered += stats.rendered - (stats.kept - stats.kept_failed)
-            failed += stats.failed - stats.kept_failed
+            rendered += stats.rendered_now
+            failed += stats.failed_now
             progress.rows_done += plan.rows
             progress.hear(rendered, failed)
             on_progress(progress)

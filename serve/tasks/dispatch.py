@@ -4,8 +4,8 @@
   (`max_queued_per_key`): a task waits PENDING for a slot, given in fair order across keys
   weighted by cost (`fair_queue.py`), then is sent to the model deployment as a stream of
   events. It stays PENDING while it waits inside a replica and becomes RUNNING only when the
-  replica starts it (`Started`); its progress is written as it comes (a few times a second). A full queue refuses new tasks (503), a key's full share
-  refuses that key's (429).
+  replica starts it (`Started`); its progress is written as it comes (a few times a second).
+  A full queue refuses new tasks (503), a key's full share refuses that key's (429).
 - A task canceled while it runs (on this ingress or another) has its replica call canceled: the
   replica drops its images from a shared batch or stops a batch of its own at the next step,
   and nothing of it is stored. This ingress sees another's cancel at the task's next progress
