@@ -13,6 +13,15 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 # Tiny models are deterministic, so one build per machine serves every run.
 os.environ.setdefault("RAYDIANT_CACHE", str(REPO / "var" / "test-cache"))
+# Every Ray cluster a test starts inherits these. Serve's controller kills an HTTP proxy that is
+# not ready within 3 checks of 5 s; on a loaded 2-core CI machine a proxy can take longer than
+# that to import and start (seen: killed after 20 s, failing `raydiant serve` at start).
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
+# Load reaches Serve's autoscaler every 2 s instead of every 10 s, so the autoscaling tests (with
+# look-back periods of a few seconds) see a burst while it lasts.
+os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
+os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
 
 from cluster.config import load_config  # noqa: E402  (after RAYDIANT_CACHE is set)
 from cluster.engine import Renderer  # noqa: E402
