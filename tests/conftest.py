@@ -27,6 +27,7 @@ from cluster.config import load_config  # noqa: E402  (after RAYDIANT_CACHE is s
 from cluster.engine import Renderer  # noqa: E402
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (it runs first otherwise)
 def pytest_collection_modifyitems(config, items):
     """GPU tests skip without CUDA, whatever the -m selection. Under `pytest -n N --dist
     loadgroup` (make test), each test module runs on one worker, so its module fixtures (a Ray
@@ -45,6 +46,15 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    """xdist 3.8's `--dist loadgroup` marks each test's group in `item._nodeid`, which pytest 9.2
+    no longer reads: groups would be ignored silently, and every module fixture (clusters,
+    services) would start on both workers. Refused here rather than found in the suite's time."""
+    if config.getoption("dist", None) == "loadgroup" and pytest.version_tuple[:2] >= (9, 2):
+        raise pytest.UsageError(f"pytest {pytest.__version__} ignores xdist's test groups; install the "
+                                f"pinned test dependencies (pyproject.toml: pytest<9.2)")
 
 
 @pytest.fixture(scope="session")
