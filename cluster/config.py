@@ -71,7 +71,12 @@ class DeploymentConfig(BaseModel):
     ray_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0},
         description="Ray actor options of each replica, e.g. {num_gpus: 1}.")
-    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica takes at once (>= batch size).")
+    max_ongoing_requests: int = Field(8, ge=1, description="Requests a replica takes at once (>= batch size; "
+                                                           "3x the batch size when batch jobs render through "
+                                                           "the service: they keep two batches per replica).")
+    mixed_batches: bool = Field(False, description="Let batch work (jobs rendering through the service) fill a "
+                                                   "device batch that holds interactive requests: more images "
+                                                   "per GPU second, slower interactive requests.")
 
 
 class RateLimitConfig(BaseModel):

@@ -10,8 +10,8 @@ The device and the CPU overlap: while one device batch denoises (under the actor
 lock), the previous one is encoded and written by the call's encoder thread; two calls run at
 once (`CONCURRENT_SHARDS`), so one shard's reading and committing overlap the other's rendering.
 With `via_serve` the images go to a running raydiant Serve application's model deployments
-instead (the job then shares the service's replicas and loads no model), a bounded window of
-them in flight per call.
+instead (the job then shares the service's replicas and loads no model; `jobs/served.py` says
+how much it keeps in flight).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from typing import Any, Iterator
 
 import fsspec
@@ -29,14 +29,14 @@ import torch
 
 from cluster.config import load_config
 from cluster.engine import Denoised, Renderer
-from cluster.errors import ErrorCode, RenderError, first_line
-from cluster.models import deployment_name
-from cluster.request import RenderResult, ResolvedRequest, WorkClass
+from cluster.errors import ErrorCode, RenderError
+from cluster.request import RenderResult
 from cluster.storage import Storage
 from cluster.weights import ModelLoadError
 from jobs.output import ShardStats, ShardWriter, earlier_run
 from jobs.plan import ShardPlan
 from jobs.rows import WorkItem, expand_row
+from jobs.served import ServedModel
 from jobs.spec import RowDefaults
 
 CONCURRENT_SHARDS = 2  # calls at once per actor: one rendering while the other reads or commits
@@ -49,6 +49,7 @@ class ShardWorker:
                  defaults: RowDefaults, job_seed: int, input_uri: str, pool_size: int = 1,
                  via_serve: str | None = None, counter=None):
         self.via_serve = via_serve  # the Serve application's name, when rendering through it
+        self.pool_size = pool_size
         if not torch.cuda.is_available() and not via_serve:
             # Ray pins a 1-CPU actor to one intra-op thread; a CPU renderer should use its share
             # of the machine instead (bench/batch.py: job/bare ratio 0.71 before this, 0.91 after).
@@ -60,7 +61,7 @@ class ShardWorker:
         self.defaults, self.job_seed = defaults, job_seed
         self.input_fs, _ = fsspec.core.url_to_fs(input_uri)
         self.counter = counter  # a `jobs.counter.ImageCounter` handle: progress per image for the driver
-        self.renderers: dict[str, Renderer | _ServedModel | RenderError] = {}  # model -> renderer, or why not
+        self.renderers: dict[str, Renderer | ServedModel | RenderError] = {}  # model -> renderer, or why not
         self._device = threading.Lock()  # held while a batch denoises
         self._loading = threading.Lock()
 
@@ -122,8 +123,8 @@ class ShardWorker:
             for item in items:
                 writer.add(item, None, renderer, None)
             self._tell(0, len(items))
-        elif isinstance(renderer, _ServedModel):
-            for result in renderer.render([i.request for i in items], window=2 * self.batch_size):
+        elif isinstance(renderer, ServedModel):
+            for result in renderer.render([i.request for i in items]):
                 self._record(writer, items, [result])
         else:
             self._render_locally(renderer, writer, items)
@@ -157,15 +158,17 @@ class ShardWorker:
         if self.counter is not None and rendered + failed:
             self.counter.add.remote(rendered, failed)  # fire and forget: progress only
 
-    def _renderer(self, model: str) -> "Renderer | _ServedModel | RenderError":
+    def _renderer(self, model: str) -> "Renderer | ServedModel | RenderError":
         with self._loading:  # two concurrent shards must not load the same model twice
             if model not in self.renderers:
                 self.renderers[model] = self._load(model)
             return self.renderers[model]
 
-    def _load(self, model: str) -> "Renderer | _ServedModel | RenderError":
-        if self.via_serve:
-            return _ServedModel.connect(self.via_serve, model)
+    def _load(self, model: str) -> "Renderer | ServedModel | RenderError":
+        if self.via_serve:  # the service's batch size and slots, as the job's config describes them
+            return ServedModel.connect(self.via_serve, model, self.config.spec(model).max_batch_size,
+                                       self.config.serve.deployment(model).max_ongoing_requests,
+                                       actors=self.pool_size)
         try:
             return Renderer(self.config.spec(model).model_copy(update={"max_batch_size": self.batch_size}))
         except ModelLoadError as exc:  # retryable: a rerun after the source is fixed renders them
@@ -175,42 +178,3 @@ class ShardWorker:
 def _plain(value: Any) -> Any:
     """A numpy scalar from Ray Data's batch as the Python value it holds."""
     return value.item() if hasattr(value, "item") else value
-
-
-class _ServedModel:
-    """A model deployment of a running Serve application, with the `render` of a Renderer."""
-
-    def __init__(self, handle):
-        self.handle = handle
-
-    @classmethod
-    def connect(cls, app_name: str, model: str) -> "_ServedModel | RenderError":
-        from ray import serve
-
-        try:
-            return cls(serve.get_deployment_handle(deployment_name(model), app_name=app_name))
-        except Exception as exc:  # noqa: BLE001 - Serve raises several types for "not there"
-            # Retryable: a rerun once the app is up renders these images.
-            return RenderError(ErrorCode.MODEL_UNAVAILABLE, f"model {model} is not served by Serve application "
-                                                            f"'{app_name}': {first_line(exc)}")
-
-    def render(self, requests: list[ResolvedRequest], window: int) -> Iterator[RenderResult]:
-        """Each request's one result, in order, with at most `window` in flight: enough for the
-        replicas to batch them, never the whole shard queued ahead of the service's own
-        requests. As batch work, so interactive requests go first on the same replicas."""
-        in_flight: deque = deque()
-        for position, request in enumerate(requests):
-            in_flight.append((position, request, self.handle.render.remote(request, WorkClass.BATCH)))
-            if len(in_flight) >= window:
-                yield self._result(*in_flight.popleft())
-        while in_flight:
-            yield self._result(*in_flight.popleft())
-
-    @staticmethod
-    def _result(position: int, request: ResolvedRequest, response) -> RenderResult:
-        try:
-            return replace(response.result()[0], request_index=position)
-        except Exception as exc:  # noqa: BLE001 - a replica lost mid-call; retryable by a rerun
-            return RenderResult(request_id=request.request_id, request_index=position, index=0, seed=request.seed,
-                                width=request.width, height=request.height, error=RenderError(
-                                    ErrorCode.MODEL_UNAVAILABLE, f"the Serve replica failed: {first_line(exc)}"))

@@ -25,10 +25,11 @@ log = logging.getLogger(__name__)
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, health_check_period_s=5,
                   health_check_timeout_s=30, graceful_shutdown_timeout_s=60)
 class ModelServer:
-    def __init__(self, spec: dict, batching: bool = True):
+    def __init__(self, spec: dict, batching: bool = True, mixed_batches: bool = False):
         self.spec = ModelSpec.model_validate(spec)
         self.renderer = Renderer(self.spec)
-        self.pipelined = PipelinedRenderer(self.renderer, max_requests=self.spec.max_batch_size if batching else 1)
+        self.pipelined = PipelinedRenderer(self.renderer, max_requests=self.spec.max_batch_size if batching else 1,
+                                           mixed_batches=mixed_batches)
 
     async def render(self, request: ResolvedRequest, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
         """`work`: BATCH for a batch job rendering through the service (it fills the gaps that

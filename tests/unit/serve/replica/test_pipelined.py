@@ -1,6 +1,7 @@
 """Two classes of work in a replica's queue (serve/replica/pipelined.py), without Ray, on the
 SIMULATED GPU whose own record says which prompts each device batch held: interactive requests
-go ahead of all waiting batch work, batch work fills every gap, and both may share a batch."""
+go ahead of all waiting batch work, batch work fills every gap, and both share a batch only where
+mixed batches are allowed."""
 
 from __future__ import annotations
 
@@ -50,11 +51,9 @@ def test_an_interactive_request_goes_ahead_of_waiting_batch_work(tmp_path, monke
     assert device_batches(tmp_path) == [["job 0"], ["online"], ["job 1"], ["job 2"], ["job 3"]]
 
 
-def test_batch_work_fills_the_gaps_and_shares_a_batch_with_interactive_requests(tmp_path, monkeypatch):
-    engine = renderer(tmp_path, monkeypatch, per_image_s=0.1)
-
+def interactive_then_job(engine: Renderer, mixed_batches: bool) -> None:
     async def scenario():
-        replica = PipelinedRenderer(engine, max_requests=4)
+        replica = PipelinedRenderer(engine, max_requests=4, mixed_batches=mixed_batches)
         first = asyncio.create_task(replica.render(request(engine, "online 0")))
         await until_busy(engine)
         job = [asyncio.create_task(replica.render(request(engine, f"job {i}"), WorkClass.BATCH)) for i in range(5)]
@@ -63,5 +62,15 @@ def test_batch_work_fills_the_gaps_and_shares_a_batch_with_interactive_requests(
         await asyncio.gather(first, *job, online)
 
     asyncio.run(scenario())
+
+
+def test_batch_work_fills_the_gaps_but_no_batch_of_interactive_requests(tmp_path, monkeypatch):
+    interactive_then_job(renderer(tmp_path, monkeypatch, per_image_s=0.1), mixed_batches=False)
+    # The interactive request alone in the next batch (as fast as on an idle replica); the job after.
+    assert device_batches(tmp_path) == [["online 0"], ["online 1"], ["job 0", "job 1", "job 2", "job 3"], ["job 4"]]
+
+
+def test_mixed_batches_share_a_batch_between_interactive_requests_and_batch_work(tmp_path, monkeypatch):
+    interactive_then_job(renderer(tmp_path, monkeypatch, per_image_s=0.1), mixed_batches=True)
     # The interactive request first in the next batch, the job's images after it; the rest next.
     assert device_batches(tmp_path) == [["online 0"], ["online 1", "job 0", "job 1", "job 2"], ["job 3", "job 4"]]
