@@ -13,7 +13,9 @@ which prompts it held. Measured side by side in one run, for 1 and 2 replicas:
   between the job's first and last batch, so Ray's start-up does not count), and their ratio;
 - each replica's utilization (busy / wall) while the job runs;
 - with `mixed_batches` off (the default: an interactive request's device batch holds no job
-  images) and on (job images fill its batch).
+  images) and on (job images fill its batch);
+- autoscaling: a deployment at 1 replica that may grow, and a job: how soon it grows to its
+  most, and how soon after the job it is back at 1.
 
 Goals (issue 19): online p50 under the job at most one device batch above idle; the job at least
 0.9 of its throughput alone beside light online traffic; utilization at least 0.95.
@@ -61,7 +63,7 @@ serve:
       ray_actor_options: {{num_cpus: 0}}
       max_ongoing_requests: 16
       mixed_batches: {mixed}
-      autoscaling: {{min_replicas: {replicas}, max_replicas: {replicas}}}
+      autoscaling: {autoscaling}
 tasks: {{path: "{work}/tasks.sqlite"}}
 storage: {{root: "{work}/results", signing_key_file: "{work}/signing.key"}}
 """
@@ -149,8 +151,9 @@ def scenario(work: Path, replicas: int, mixed: bool, images_per_replica: int, id
     os.environ["RAYDIANT_SIM_DIR"] = str(sim_dir)  # the service's Ray head, so its replicas, inherit it
     service_dir = work / f"svc-{name}"
     config = work / f"service-{name}.yaml"
-    config.write_text(SERVICE.format(batch=BATCH, base=BASE_S, per=PER_IMAGE_S, replicas=replicas,
-                                     mixed=str(mixed).lower(), work=service_dir))
+    config.write_text(SERVICE.format(batch=BATCH, base=BASE_S, per=PER_IMAGE_S, mixed=str(mixed).lower(),
+                                     autoscaling=f"{{min_replicas: {replicas}, max_replicas: {replicas}}}",
+                                     work=service_dir))
     rows = images_per_replica * replicas
     prompts = work / f"prompts-{rows}.parquet"
     prompts.exists() or pq.write_table(pa.table({"id": [f"r{i}" for i in range(rows)], "prompt": [f"p {i}" for i in range(rows)]}),
@@ -171,6 +174,51 @@ def scenario(work: Path, replicas: int, mixed: bool, images_per_replica: int, id
     return figures
 
 
+def autoscaling(work: Path, max_replicas: int, rows: int) -> dict:
+    """A deployment at 1 replica (target 4 ongoing requests, as configs/cluster.yaml) and a job:
+    when the replicas went up, how far, and when they came back down after the job."""
+    os.environ["RAY_AUTH_MODE"] = "token"  # read when Ray is imported
+    import ray
+    from ray import serve
+
+    service_dir = work / "svc-autoscaling"
+    config = work / "service-autoscaling.yaml"
+    config.write_text(SERVICE.format(batch=BATCH, base=BASE_S, per=PER_IMAGE_S, mixed="false", work=service_dir,
+                                     autoscaling=f"{{min_replicas: 1, max_replicas: {max_replicas}, "
+                                                 f"target_ongoing_requests: 4, upscale_delay_s: 2, "
+                                                 f"downscale_delay_s: 10, look_back_period_s: 4}}"))
+    prompts = work / f"prompts-{rows}.parquet"
+    prompts.exists() or pq.write_table(pa.table({"id": [f"r{i}" for i in range(rows)],
+                                                 "prompt": [f"p {i}" for i in range(rows)]}), prompts)
+    seen: list[tuple[float, int]] = []
+    stop = threading.Event()
+    with local_service(service_dir, config, api_keys=KEY):
+        ray.init(address=ray_address(service_dir / "serve.log"), log_to_driver=False, configure_logging=False)
+
+        def watch() -> None:
+            while not stop.is_set():
+                deployment = serve.status().applications["raydiant"].deployments["model-flux-schnell"]
+                seen.append((time.time(), deployment.replica_states.get("RUNNING", 0)))
+                stop.wait(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        started = time.time()
+        run_job(ray_address(service_dir / "serve.log"), prompts, work / "autoscaled", work / "job-autoscaling.log")
+        ended = time.time()
+        while time.time() < ended + 60 and not (seen and seen[-1][1] == 1 and seen[-1][0] > ended):
+            time.sleep(0.5)
+        stop.set()
+        watcher.join()
+        ray.shutdown()
+    most = max(count for _, count in seen)
+    up_at = next(t for t, count in seen if count == most)
+    down_at = next((t for t, count in seen if t > ended and count == 1), None)
+    return {"max_replicas": max_replicas, "rows": rows, "most_running": most, "job_s": round(ended - started, 1),
+            "to_most_after_start_s": round(up_at - started, 1),
+            "back_to_1_after_end_s": round(down_at - ended, 1) if down_at else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", default="1,2", help="Replica counts to measure.")
@@ -178,6 +226,7 @@ def main() -> None:
     parser.add_argument("--images-per-replica", type=int, default=480, help="Job size per replica.")
     parser.add_argument("--idle-requests", type=int, default=30, help="Sequential creates for the idle figures.")
     parser.add_argument("--think-s", type=float, default=2.0, help="Online client's pause between requests.")
+    parser.add_argument("--autoscale-to", type=int, default=2, help="max_replicas of the autoscaling run (0: skip).")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="raydiant-shared-"))
     print(f"SIMULATED GPU: {BASE_S * 1000:.0f} ms + {PER_IMAGE_S * 1000:.0f} ms per image, batches of {BATCH} "
@@ -198,6 +247,9 @@ def main() -> None:
                     f"alone {alone['utilization']}, beside {beside['utilization']}")
         print(f"\n{json.dumps(figures)}", flush=True)
     print(f"\n{header}\n" + "\n".join(rows))
+    if args.autoscale_to:
+        scaled = autoscaling(work, args.autoscale_to, args.images_per_replica * args.autoscale_to)
+        print(f"\nautoscaling with a job (min 1, max {args.autoscale_to}, target 4): {json.dumps(scaled)}")
     print(f"\n(one device batch of {BATCH}: {DEVICE_BATCH_S * 1000:.0f} ms; goal: p50 - idle <= that, ratio >= 0.9, "
           f"utilization >= 0.95)")
 
