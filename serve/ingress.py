@@ -27,6 +27,7 @@ from serve.edge.ratelimit import RateLimiter
 from serve.openai import router as openai_routes
 from serve.openai.service import OpenAIService
 from serve.secrets import load_secret, new_signing_key, new_webhook_secret
+from serve.tasks.capacity import ModelCapacity
 from serve.tasks.dispatch import Dispatcher
 from serve.tasks.factory import open_store
 from serve.tasks.periodic import every
@@ -108,6 +109,22 @@ async def _health(names: list[str]) -> tuple[dict, int]:
     return {"status": "unavailable" if down else "ok", "models": names, "down": down}, 503 if down else 200
 
 
+def _capacity(cfg: RaydiantConfig, model: str) -> ModelCapacity:
+    deployment = cfg.serve.deployment(model)
+    return ModelCapacity(cfg.spec(model).max_batch_size, deployment.max_ongoing_requests,
+                         deployment.autoscaling.min_replicas, deployment.autoscaling.max_replicas,
+                         cfg.serve.ingress_replicas)
+
+
+async def _running_replicas(models: list[str]) -> dict[str, int]:
+    """RUNNING replicas of each model's deployment in this application, in Serve's view."""
+    status = await asyncio.to_thread(serve.status)
+    app_status = status.applications.get(serve.get_replica_context().app_name)
+    deployments = app_status.deployments if app_status else {}
+    return {model: deployments[deployment_name(model)].replica_states.get(ReplicaState.RUNNING, 0)
+            for model in models if deployment_name(model) in deployments}
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, graceful_shutdown_timeout_s=30)
 @serve.ingress()
 class Ingress:
@@ -120,10 +137,10 @@ class Ingress:
         signing = load_secret("RAYDIANT_SIGNING_KEY", cfg.storage.signing_key, cfg.storage.signing_key_file,
                               new_signing_key)
         storage = Storage(cfg.storage.root, signing_key=signing.encode(), public_url=settings.public_url or "")
-        concurrency = {name: settings.deployment(name).autoscaling.max_replicas
-                       * settings.deployment(name).max_ongoing_requests for name in models}
+        capacities = {name: _capacity(cfg, name) for name in models}
         store = open_store(cfg.tasks)
-        self.dispatcher = Dispatcher(store, storage, models, settings, concurrency)
+        self.dispatcher = Dispatcher(store, storage, models, settings, capacities,
+                                     lambda: _running_replicas(list(models)))
         tasks = TaskService({name: cfg.spec(name) for name in models}, self.dispatcher, storage, settings)
         dashscope_service, acedata_service = DashScopeService(tasks), AceDataService(tasks)
         webhook_secret = load_secret("RAYDIANT_WEBHOOK_SECRET", settings.webhooks.secret,

@@ -3,7 +3,8 @@
 - Each model has a bounded queue, and each API key a bounded share of it
   (`max_queued_per_key`): a task waits PENDING for a slot, given in fair order across keys
   weighted by cost (`fair_queue.py`), then is sent to the model deployment as a stream of
-  events. It stays PENDING while it waits inside a replica and becomes RUNNING only when the
+  events. The slots follow the replicas that run (`capacity.py`: what keeps them busy, and one
+  replica's worth more while the deployment can grow), recounted every few seconds. It stays PENDING while it waits inside a replica and becomes RUNNING only when the
   replica starts it (`Started`); its progress is written as it comes (a few times a second).
   A full queue refuses new tasks (503), a key's full share refuses that key's (429).
 - A task canceled while it runs (on this ingress or another) has its replica call canceled: the
@@ -28,7 +29,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ray.exceptions import TaskCancelledError
 
@@ -37,6 +38,7 @@ from cluster.errors import ErrorCode
 from cluster.request import RenderResult
 from cluster.storage import Storage
 from serve import metrics
+from serve.tasks.capacity import ModelCapacity
 from serve.tasks.fair_queue import FairSlots, cost_of
 from serve.tasks.periodic import every
 from serve.replica.render_events import Finished, RenderEvent, Started
@@ -68,15 +70,23 @@ class _ModelQueue:
     waiting_by_key: Counter = dataclasses.field(default_factory=Counter)
 
 
+RECOUNT_S = 2.0  # how often the running replicas are counted to size the slots
+
+
 class Dispatcher:
     def __init__(self, store: TaskStore, storage: Storage, handles: dict[str, Any], settings: ServeConfig,
-                 concurrency: dict[str, int]):
+                 capacities: dict[str, ModelCapacity],
+                 running_replicas: Callable[[], Awaitable[dict[str, int]]] | None = None):
+        """`running_replicas()`: RUNNING replicas per model, as Serve sees them (None: the slots
+        stay sized for each deployment's minimum)."""
         self.store = store
         self.storage = storage
         self.handles = handles
         self.settings = settings
         self.owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
-        self._queues = {m: _ModelQueue(FairSlots(concurrency[m])) for m in handles}
+        self.capacities = capacities
+        self.running_replicas = running_replicas
+        self._queues = {m: _ModelQueue(FairSlots(capacities[m].slots())) for m in handles}
         self._owned: set[str] = set()
         self._done: dict[str, _Done] = {}
         self._streams: dict[str, Any] = {}  # task id -> its replica call, while it runs from here
@@ -92,6 +102,14 @@ class Dispatcher:
         self._loops = [every(self.settings.lease_s / 3, self._renew_leases),
                        every(self.settings.lease_s / 2, self._recover),
                        every(60.0, self._purge)]
+        if self.running_replicas is not None:
+            self._loops.append(every(RECOUNT_S, self._size_slots))
+
+    async def _size_slots(self) -> None:
+        running = await self.running_replicas()  # type: ignore[misc]
+        for model, queue in self._queues.items():
+            if model in running:
+                queue.slots.resize(self.capacities[model].slots(running[model]))
 
     # --- submission ---------------------------------------------------------------------------
 

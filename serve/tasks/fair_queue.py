@@ -28,6 +28,7 @@ def cost_of(request: ResolvedRequest) -> float:
 
 class FairSlots:
     def __init__(self, slots: int):
+        self.slots = slots
         self._free = slots
         self._heap: list[tuple[float, int, str, asyncio.Future]] = []
         self._finish: dict[str, float] = {}  # a key's latest virtual finish time, while it has work waiting
@@ -57,8 +58,23 @@ class FairSlots:
                 self._forget(key)
             raise
 
+    def resize(self, slots: int) -> None:
+        """Change how many tasks may hold a slot at once (the replicas running changed). Holders
+        above a smaller size keep theirs; the next waiters start once the count is below it."""
+        self._free += slots - self.slots
+        self.slots = slots
+        while self._free > 0 and self._hand_on():
+            self._free -= 1
+
     def release(self) -> None:
-        """A slot frees: the next waiting task (fair order) takes it."""
+        """A slot frees: the next waiting task (fair order) takes it, unless slots are over
+        their size since a resize."""
+        if self._free >= 0 and self._hand_on():
+            return
+        self._free += 1
+
+    def _hand_on(self) -> bool:
+        """Give a slot to the waiting task with the smallest virtual finish; False if none waits."""
         while self._heap:
             finish, _, key, future = heapq.heappop(self._heap)
             if future.cancelled():
@@ -66,8 +82,8 @@ class FairSlots:
             self._forget(key)
             self._virtual_now = max(self._virtual_now, finish - 1e-9)
             future.set_result(None)
-            return
-        self._free += 1
+            return True
+        return False
 
     def _forget(self, key: str) -> None:
         self._waiting[key] -= 1

@@ -17,7 +17,7 @@ def test_purge_deletes_expired_records_and_their_files(tmp_path):
     async def scenario():
         store = SQLiteTaskStore(tmp_path / "tasks.sqlite")
         storage = Storage(str(tmp_path / "results"), signing_key=b"k")
-        dispatcher = Dispatcher(store, storage, handles={}, settings=ServeConfig(), concurrency={})
+        dispatcher = Dispatcher(store, storage, handles={}, settings=ServeConfig(), capacities={})
         now = time.time()
         for task_id, expires in (("old", now - 1), ("new", now + 3600)):
             await store.create(task_record(task_id, status=TaskStatus.SUCCEEDED, deadline=now,

@@ -19,6 +19,7 @@ from cluster.errors import ErrorCode
 from cluster.request import RenderResult, ResolvedRequest
 from cluster.storage import Storage
 from serve.replica.render_events import Finished, Progress, RenderEvent, Started
+from serve.tasks.capacity import ModelCapacity
 from serve.tasks.dispatch import Dispatcher, QueueFull
 from serve.tasks.fair_queue import FairSlots
 from serve.tasks.record import TaskRecord, TaskStatus
@@ -134,7 +135,7 @@ async def until(predicate, timeout_s: float = 10.0, every_s: float = 0.01):
 def dispatcher(tmp_path, handle: FakeHandle, storage: Storage | None = None, **changes) -> Dispatcher:
     store = SQLiteTaskStore(tmp_path / "tasks.sqlite")
     return Dispatcher(store, storage or Storage(str(tmp_path / "results")), {"flux-schnell": handle},
-                      settings(**changes), {"flux-schnell": 2})
+                      settings(**changes), {"flux-schnell": ModelCapacity(1, 2, 1, 1)})
 
 
 def new_task(**request) -> TaskRecord:

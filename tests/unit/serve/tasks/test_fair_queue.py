@@ -60,3 +60,24 @@ def test_a_canceled_wait_gives_its_place_up():
         return order
 
     assert asyncio.run(scenario()) == ["stays"]
+
+
+def test_resizing_starts_waiters_when_it_grows_and_holds_them_back_when_it_shrinks():
+    async def scenario():
+        slots = FairSlots(1)
+        await slots.acquire("a", 1.0)
+        waiting = [asyncio.create_task(slots.acquire("b", 1.0)) for _ in range(3)]
+        await asyncio.sleep(0)
+        slots.resize(3)  # two more replicas' worth: two waiters start at once
+        await asyncio.sleep(0)
+        assert [w.done() for w in waiting] == [True, True, False]
+        slots.resize(1)  # three hold slots, one may: the next two releases start nobody
+        slots.release()
+        slots.release()
+        await asyncio.sleep(0)
+        assert not waiting[2].done()
+        slots.release()
+        await asyncio.sleep(0)
+        assert waiting[2].done()
+
+    asyncio.run(scenario())
