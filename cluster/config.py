@@ -129,6 +129,10 @@ class ServeConfig(BaseModel):
     ingress_replicas: int = Field(1, ge=1, description="Ingress (API) replicas; they share the task store.")
     api_keys: list[str] = Field(default_factory=list, description="Accepted keys (also $RAYDIANT_API_KEYS).")
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="Per-key rate limit.")
+    anonymous_rate_limit: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(requests_per_second=50, burst=500),
+        description="Per client address, for requests without a valid key: /healthz, the page, result "
+                    "files, wrong keys.")
     max_body_bytes: int = Field(12 * 1024 * 1024, description="Largest request body accepted.")
     max_image_bytes: int = Field(10 * 1024 * 1024, description="Largest input image (edit models).")
     fetch: FetchConfig = Field(default_factory=FetchConfig, description="Rules for image_url and callback_url.")

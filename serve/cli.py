@@ -46,7 +46,7 @@ def serve_command(
     import threading
 
     from serve.edge.auth import configured_keys, listens_beyond_loopback, weak_secrets
-    from serve.secrets import load_secret, new_signing_key, new_webhook_secret
+    from serve.secrets import resolve
 
     cfg = load(config)
     keys = configured_keys(cfg.serve.api_keys)
@@ -54,11 +54,8 @@ def serve_command(
         fail("no API keys configured: set RAYDIANT_API_KEYS=key1,key2 or serve.api_keys in the config")
     host, port = host or cfg.serve.host, port or cfg.serve.port
     if listens_beyond_loopback(host):  # refused before anything starts, with what to change
-        signing = load_secret("RAYDIANT_SIGNING_KEY", cfg.storage.signing_key, cfg.storage.signing_key_file,
-                              new_signing_key)
-        hooks = load_secret("RAYDIANT_WEBHOOK_SECRET", cfg.serve.webhooks.secret, cfg.serve.webhooks.secret_file,
-                            new_webhook_secret)
-        if weak := weak_secrets(keys, signing, hooks):
+        secrets = resolve(cfg)
+        if weak := weak_secrets(keys, secrets.signing_key, secrets.webhook_secret):
             fail(f"refusing to serve on {host} (reachable from other machines) with weak secrets: "
                  f"{'; '.join(weak)}. Use keys of 16+ random characters (openssl rand -hex 16), "
                  f"or serve on 127.0.0.1")
@@ -70,6 +67,7 @@ def serve_command(
     from cluster.local_ray import connect
     from cluster.placement import gpu_capacity, missing_gpus
     from serve.app import build_app
+    from serve.secrets import forget, publish
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,7 +86,10 @@ def serve_command(
         try:
             with console.status(f"deploying {', '.join(cfg.served_models())}"):
                 ray_serve.start(http_options={"host": host, "port": port}, proxy_location=proxy_location)
-                ray_serve.run(build_app({"config": str(config) if config else None, "batching": batching}),
+                token = publish(resolve(cfg))  # to replicas on every node, never in their arguments
+                stack.callback(forget, token)
+                ray_serve.run(build_app({"config": str(config) if config else None, "batching": batching,
+                                         "secrets_token": token}),
                               name="raydiant", route_prefix="/", blocking=False)
             console.print(f"raydiant is serving on http://{host}:{port}  "
                           f"(DashScope base: http://{host}:{port}/api/v1; Ctrl-C stops)")

@@ -8,7 +8,7 @@ import logging
 import time
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.schema import DeploymentStatus, ReplicaState
 
@@ -19,14 +19,14 @@ from serve.acedata import router as acedata_routes
 from serve.acedata.service import AceDataService
 from serve.dashscope import router as dashscope_routes
 from serve.dashscope.service import DashScopeService
-from serve.edge.auth import ApiKeys, configured_keys, listens_beyond_loopback, weak_secrets
+from serve.edge.auth import ApiKeys, listens_beyond_loopback, weak_secrets
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.files import router as files_router
 from serve.edge.http import Door, Gate
 from serve.edge.ratelimit import RateLimiter
 from serve.openai import router as openai_routes
 from serve.openai.service import OpenAIService
-from serve.secrets import load_secret, new_signing_key, new_webhook_secret
+from serve.secrets import for_replica
 from serve.tasks.capacity import ModelCapacity
 from serve.tasks.dispatch import Dispatcher
 from serve.tasks.factory import open_store
@@ -60,7 +60,23 @@ def create_app() -> FastAPI:
     app.mount("/web/static", static_files, name="web-static")
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_exception_handler(Exception, internal_error)
+    app.middleware("http")(limit_anonymous)
     return app
+
+
+async def limit_anonymous(request: Request, call_next) -> Response:
+    """Requests without a valid key spend their client address's budget (keyed ones spend the
+    key's, in `admit`): probes, page loads, result files and guessed keys alike. Over it: 429
+    with Retry-After, in the shape of the door of the path."""
+    gate: Gate | None = getattr(request.app.state, "gate", None)
+    limiter: RateLimiter | None = getattr(request.app.state, "anonymous_limiter", None)
+    if gate is None or limiter is None or gate.keys.identify(request.headers.get("authorization")) is not None:
+        return await call_next(request)
+    wait_s = await limiter.take(request.client.host if request.client else "unknown")
+    if wait_s:
+        return door_of(request.url.path).error_response(ServiceError(
+            ErrorKind.RATE_LIMITED, "Requests rate limit exceeded, please try again later.", retry_after_s=wait_s))
+    return await call_next(request)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -128,27 +144,27 @@ async def _running_replicas(models: list[str]) -> dict[str, int]:
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000, graceful_shutdown_timeout_s=30)
 @serve.ingress()
 class Ingress:
-    async def __init__(self, config: dict, models: dict):
+    async def __init__(self, config: dict, models: dict, secrets_token: str | None = None):
+        """`config` holds no secret (serve/secrets.py): they come from the secret holder by
+        `secrets_token`, or from this replica's environment, config and files."""
         cfg = RaydiantConfig.model_validate(config)
         settings = cfg.serve
-        keys = ApiKeys(configured_keys(settings.api_keys))
+        secrets = await asyncio.to_thread(for_replica, cfg, secrets_token)
+        keys = ApiKeys(list(secrets.api_keys))
         if not keys:
             raise RuntimeError("no API keys configured: set RAYDIANT_API_KEYS or serve.api_keys")
-        signing = load_secret("RAYDIANT_SIGNING_KEY", cfg.storage.signing_key, cfg.storage.signing_key_file,
-                              new_signing_key)
-        storage = Storage(cfg.storage.root, signing_key=signing.encode(), public_url=settings.public_url or "")
+        storage = Storage(cfg.storage.root, signing_key=secrets.signing_key.encode(),
+                          public_url=settings.public_url or "")
         capacities = {name: _capacity(cfg, name) for name in models}
-        store = open_store(cfg.tasks)
+        store = open_store(cfg.tasks, secrets.redis_url)
         self.dispatcher = Dispatcher(store, storage, models, settings, capacities,
                                      lambda: _running_replicas(list(models)))
         tasks = TaskService({name: cfg.spec(name) for name in models}, self.dispatcher, storage, settings)
         dashscope_service, acedata_service = DashScopeService(tasks), AceDataService(tasks)
-        webhook_secret = load_secret("RAYDIANT_WEBHOOK_SECRET", settings.webhooks.secret,
-                                     settings.webhooks.secret_file, new_webhook_secret)
         if listens_beyond_loopback(settings.host) and (
-                weak := weak_secrets(configured_keys(settings.api_keys), signing, webhook_secret)):
+                weak := weak_secrets(list(secrets.api_keys), secrets.signing_key, secrets.webhook_secret)):
             raise RuntimeError(f"refusing to serve on {settings.host} with weak secrets: {'; '.join(weak)}")
-        self.webhooks = Webhooks(store, settings.webhooks, webhook_secret, tasks.policy,
+        self.webhooks = Webhooks(store, settings.webhooks, secrets.webhook_secret, tasks.policy,
                                  {Api.DASHSCOPE: dashscope_service.task_body, Api.ACEDATA: acedata_service.final_body},
                                  owner=self.dispatcher.owner)
         self.dispatcher.on_end = self.webhooks.task_ended
@@ -156,7 +172,9 @@ class Ingress:
         self._scan = every(settings.lease_s / 2, self.webhooks.scan)
         self._fastapi = app = create_app()
         app.state.settings = settings
-        app.state.gate = Gate(keys, RateLimiter(settings.rate_limit, cfg.tasks), settings.max_body_bytes)
+        app.state.gate = Gate(keys, RateLimiter(settings.rate_limit, secrets.redis_url), settings.max_body_bytes)
+        app.state.anonymous_limiter = RateLimiter(settings.anonymous_rate_limit, secrets.redis_url,
+                                                  namespace="address")
         app.state.storage = storage
         app.state.handles = models
         app.state.dashscope = dashscope_service

@@ -1,4 +1,5 @@
-"""Per-key rate limits that hold across every ingress replica.
+"""Rate limits that hold across every ingress replica: per API key, and per client address for
+requests without a valid key (/healthz, the page, result files, wrong keys).
 
 A key may send `burst` requests in any window of `burst / requests_per_second` seconds (rounded
 to whole seconds, at least 1): the same budget as a token bucket of that rate and burst, counted
@@ -14,28 +15,27 @@ import math
 import time
 
 from limits import RateLimitItemPerSecond
-from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from cluster.config import RateLimitConfig, TaskStoreConfig
-from serve.tasks.factory import redis_url
+from cluster.config import RateLimitConfig
 
 
 class RateLimiter:
-    def __init__(self, config: RateLimitConfig, store: TaskStoreConfig):
+    def __init__(self, config: RateLimitConfig, redis_url: str = "", namespace: str = "raydiant"):
+        """`redis_url`: where the counts live ("" in this process: the embedded SQLite profile's
+        one ingress). `namespace` keeps budgets apart: "raydiant" counts API keys, "address"
+        client addresses."""
         window_s = max(1, round(config.burst / config.requests_per_second))
         self.item = RateLimitItemPerSecond(config.burst, window_s)
-        self._limiter = MovingWindowRateLimiter(_storage(store))
+        self.namespace = namespace
+        storage = (RedisStorage("async+" + redis_url, implementation="redispy", key_prefix="raydiant-rate")
+                   if redis_url else MemoryStorage())
+        self._limiter = MovingWindowRateLimiter(storage)
 
-    async def take(self, key_id: str) -> int:
+    async def take(self, identity: str) -> int:
         """0 when the request may proceed, else whole seconds until it could (Retry-After)."""
-        if await self._limiter.hit(self.item, "raydiant", key_id):
+        if await self._limiter.hit(self.item, self.namespace, identity):
             return 0
-        stats = await self._limiter.get_window_stats(self.item, "raydiant", key_id)
+        stats = await self._limiter.get_window_stats(self.item, self.namespace, identity)
         return max(1, math.ceil(stats.reset_time - time.time()))
-
-
-def _storage(store: TaskStoreConfig) -> Storage:
-    if store.backend == "redis":
-        return RedisStorage("async+" + redis_url(store), implementation="redispy", key_prefix="raydiant-rate")
-    return MemoryStorage()

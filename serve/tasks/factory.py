@@ -23,11 +23,13 @@ def redis_url(config: TaskStoreConfig) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
 
-def open_store(config: TaskStoreConfig) -> TaskStore:
+def open_store(config: TaskStoreConfig, url: str | None = None) -> TaskStore:
+    """`url`: the Redis URL with its password, when the caller has it (serve/secrets.py);
+    else the config's and the environment's."""
     if config.backend == "redis":
         from serve.tasks.redis import RedisTaskStore
 
-        return RedisTaskStore(redis_url(config))
+        return RedisTaskStore(url or redis_url(config))
     from serve.tasks.sqlite import SQLiteTaskStore
 
     return SQLiteTaskStore(config.path)

@@ -1,6 +1,7 @@
 """The online service on a real multi-node Ray cluster (tests/multinode.py), started the way a user
 types it: `RAYDIANT_API_KEYS=... raydiant serve --address CLUSTER`. The keys exist only in that
-command's environment, so a working service proves they reached replicas on other nodes.
+command's environment, so a working service proves they reached replicas on other nodes (through
+the secret holder: neither Serve's checkpoint nor its status holds them).
 
 - A model needing more GPUs than the cluster can ever have fails at deploy, naming the model.
 - Autoscaling: a model at 0 replicas holds a request (not refused) while a replica starts, scales
@@ -22,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from ray import serve
+from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
 
 from cluster.models import deployment_name
 from tests.multinode import local_cluster, wait_until
@@ -121,6 +123,9 @@ def test_keys_set_where_the_command_runs_reach_every_replica_unprinted(cluster, 
     assert KEY not in str(serve.status())
     logs = "".join(p.read_text(errors="replace") for p in Path(cluster.temp_dir).rglob("*.log") if p.is_file())
     assert KEY not in logs and KEY not in str(serve.status())
+    # Nor in Serve's checkpoint in the GCS (deployment arguments; Redis under GCS fault tolerance).
+    checkpoint = [_internal_kv_get(k, namespace=b"serve") or b"" for k in _internal_kv_list(b"", namespace=b"serve")]
+    assert checkpoint and not any(KEY.encode() in value for value in checkpoint)
 
 
 def test_autoscaling_from_zero_up_under_a_burst_and_back_to_zero(service, record_property):

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from cluster.config import RateLimitConfig, TaskStoreConfig
+from cluster.config import RateLimitConfig
 from serve.edge.ratelimit import RateLimiter
 from tests.servers import redis_server
 
@@ -26,11 +26,10 @@ async def spend(limiters: list[RateLimiter], key: str, count: int) -> list[int]:
 
 def test_two_replicas_share_one_budget_in_redis(redis_url):
     config = RateLimitConfig(requests_per_second=1, burst=10)  # 10 per 10 s
-    store = TaskStoreConfig(backend="redis", url=redis_url)
     key = f"key-{uuid.uuid4().hex[:8]}"
 
     async def scenario():
-        replicas = [RateLimiter(config, store), RateLimiter(config, store)]
+        replicas = [RateLimiter(config, redis_url), RateLimiter(config, redis_url)]
         waits = await spend(replicas, key, 11)
         other = await replicas[1].take(f"other-{key}")  # another key has its own budget
         return waits, other
@@ -43,7 +42,7 @@ def test_in_process_limiter_for_the_embedded_default():
     config = RateLimitConfig(requests_per_second=2, burst=4)  # 4 per 2 s
 
     async def scenario():
-        return await spend([RateLimiter(config, TaskStoreConfig())], "k", 5)
+        return await spend([RateLimiter(config)], "k", 5)
 
     waits = asyncio.run(scenario())
     assert waits[:4] == [0] * 4 and 1 <= waits[4] <= 2

@@ -77,3 +77,29 @@ def test_healthz_asks_the_serve_controller_at_most_once_a_second(monkeypatch):
     app.state.health = (app.state.health[0] - ingress.HEALTH_CACHE_S, *app.state.health[1:])  # a second later
     client.get("/healthz")
     assert len(calls) == 2
+
+
+def test_requests_without_a_valid_key_are_limited_per_client_address(monkeypatch):
+    import serve.ingress as ingress
+    from cluster.config import RateLimitConfig
+    from serve.edge.auth import ApiKeys
+    from serve.edge.http import Gate
+    from serve.edge.ratelimit import RateLimiter
+
+    async def controller(names):
+        return {"status": "ok", "models": names, "down": []}, 200
+
+    monkeypatch.setattr(ingress, "_health", controller)
+    app = create_app()
+    app.state.handles = {}
+    key = "a-valid-key-of-many-characters"
+    app.state.gate = Gate(ApiKeys([key]), RateLimiter(RateLimitConfig()), 1024)
+    app.state.anonymous_limiter = RateLimiter(RateLimitConfig(requests_per_second=1, burst=3), namespace="address")
+    client = TestClient(app)
+    assert [client.get("/healthz").status_code for _ in range(3)] == [200, 200, 200]
+    refused = client.get("/healthz")
+    assert refused.status_code == 429 and refused.headers["Retry-After"] and refused.json()["code"] == "Throttling.RateQuota"
+    guessed = client.get("/api/v1/tasks/x", headers={"authorization": "Bearer guessed"})
+    assert guessed.status_code == 429  # wrong keys spend the address's budget too: no free guessing
+    keyed = client.get("/healthz", headers={"authorization": f"Bearer {key}"})
+    assert keyed.status_code == 200  # a valid key spends its own budget, not the address's
