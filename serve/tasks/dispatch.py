@@ -56,6 +56,10 @@ class QueueFull(Exception):
         self.model, self.key = model, key
 
 
+class InputLost(Exception):
+    """A task's input image is not in storage (never written, or removed)."""
+
+
 class _Done(asyncio.Event):
     """Set when a task run by this dispatcher ends; carries its final record, so a waiting
     synchronous call needs no read of the store."""
@@ -116,8 +120,10 @@ class Dispatcher:
     def queue_depth(self, model: str) -> int:
         return self._queues[model].waiting
 
-    async def submit(self, record: TaskRecord) -> None:
-        """Store a new task and start it; raises QueueFull when the model's queue is full."""
+    async def submit(self, record: TaskRecord, write_files: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Store a new task and start it; raises QueueFull when the model's queue is full.
+        `write_files()` (the input image) runs once the record exists, so that no file is ever
+        without a record; when it fails, the record is taken back and the error raised."""
         queue = self._queues[record.model]
         if queue.waiting >= self.settings.max_queued_per_model:
             raise QueueFull(record.model)
@@ -125,6 +131,12 @@ class Dispatcher:
             raise QueueFull(record.model, record.key_id)
         record.owner, record.lease_until = self.owner, time.time() + self.settings.lease_s
         await self.store.create(record)
+        if write_files is not None:
+            try:
+                await write_files()
+            except BaseException:
+                await self.store.delete([record.task_id])
+                raise
         self._start(record)
 
     def _start(self, record: TaskRecord) -> None:
@@ -199,6 +211,10 @@ class Dispatcher:
             except asyncio.TimeoutError:
                 await self._fail(task_id, ErrorCode.TIMEOUT, "the task did not finish before its deadline")
                 return
+            except InputLost:  # its ingress died between storing the record and writing the input
+                await self._fail(task_id, ErrorCode.INTERNAL, "the input image was lost before the task started; "
+                                                              "submit the task again")
+                return
             except Exception as exc:  # noqa: BLE001 - a replica died or Serve refused
                 log.warning("task %s attempt %d failed: %s", task_id, record.attempts, exc)
                 if record.attempts >= self.settings.max_attempts:
@@ -219,7 +235,10 @@ class Dispatcher:
         """The task's results from a replica; None when the task was canceled meanwhile."""
         init_image = None
         if record.init_image_key:
-            init_image = await asyncio.to_thread(self.storage.read, record.init_image_key)
+            try:
+                init_image = await asyncio.to_thread(self.storage.read, record.init_image_key)
+            except FileNotFoundError:
+                raise InputLost() from None
         # The record holds the request as resolved at submission: the replica renders it as it is.
         request = dataclasses.replace(record.request, init_image=init_image, request_id=record.task_id)
         stream = self.handles[record.model].options(stream=True).render_events.remote(request)
@@ -324,5 +343,8 @@ class Dispatcher:
             self._start(record)
 
     async def _purge(self) -> None:
-        for task_id in await self.store.purge_expired(time.time()):
-            await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{task_id}")
+        async def remove_files(task_ids: list[str]) -> None:
+            for task_id in task_ids:
+                await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{task_id}")
+
+        await self.store.purge_expired(time.time(), remove_files=remove_files)

@@ -8,8 +8,9 @@ What this layer guarantees, whichever door is used:
   key's task id reads as unknown (NOT_FOUND), so ids cannot be probed.
 - Validation happens once, against the model's limits (`ModelSpec.resolve`), and the record
   keeps the resolved request whole (`ResolvedRequest`, with its seed chosen).
-- Input images are stored beside the results (the record stays small), and removed again when
-  the submission fails for any reason; they are fetched under the address rules of
+- Input images are stored beside the results (the record stays small), written only once the
+  record exists (so no file is ever without a record: purges remove a record's files before the
+  record), and removed again when the submission fails for any reason; they are fetched under the address rules of
   `serve/edge/fetch.py`; one of our own signed result URLs is read straight from
   storage, never over HTTP.
 - A callback URL is checked at submission (a clear 400 now beats a silent failure later) and
@@ -149,13 +150,15 @@ class TaskService:
             base_url=submission.base_url, trace_id=str(uuid.uuid4()),
             webhook=WebhookDelivery(url=submission.callback_url) if submission.callback_url else None,
             submit_time=now, deadline=now + self.settings.task_deadline_s, expires_at=now + self.settings.retention_s)
-        try:
-            if resolved.init_image is not None:
-                record.init_image_key = f"tasks/{record.task_id}/input"
+        write_input = None
+        if resolved.init_image is not None:
+            record.init_image_key = f"tasks/{record.task_id}/input"
+
+            async def write_input() -> None:  # once the record exists: no file without a record
                 await asyncio.to_thread(self.storage.write, record.init_image_key, resolved.init_image)
-            await self.dispatcher.submit(record)
+        try:
+            await self.dispatcher.submit(record, write_input)
         except QueueFull as full:
-            await self._discard(record)
             if full.key is not None:  # this key's share: others still get theirs
                 return ServiceError(ErrorKind.RATE_LIMITED, f"this key has {self.settings.max_queued_per_key} tasks "
                                     f"waiting for model {spec.name}; retry when one has started", retry_after_s=5)
@@ -167,6 +170,7 @@ class TaskService:
         return record
 
     async def _discard(self, record: TaskRecord) -> None:
+        """A part-written input of a submission that failed (its record was taken back)."""
         if record.init_image_key:
             await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{record.task_id}")
 

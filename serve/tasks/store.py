@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Awaitable, Callable, Iterable
 
 from serve.tasks.record import TERMINAL, DeliveryState, TaskRecord, TaskStatus
 
@@ -103,6 +103,10 @@ class TaskStore(abc.ABC):
     async def create(self, record: TaskRecord) -> None:
         await self._insert(record)
 
+    async def delete(self, task_ids: list[str]) -> None:
+        """Take records back (a submission that failed after its record was stored)."""
+        await self._delete(task_ids)
+
     async def get(self, task_id: str) -> TaskRecord | None:
         record = await self._load(task_id)
         if record is None or record.expires_at < time.time():
@@ -161,9 +165,14 @@ class TaskStore(abc.ABC):
                 and r.webhook.state == DeliveryState.PENDING and r.webhook.next_attempt_at <= now
                 and r.webhook.sending_until < now]
 
-    async def purge_expired(self, now: float, limit: int = PURGE_LIMIT) -> list[str]:
-        """Delete records past their retention; returns their ids (to delete their files)."""
+    async def purge_expired(self, now: float, limit: int = PURGE_LIMIT,
+                            remove_files: Callable[[list[str]], Awaitable[None]] | None = None) -> list[str]:
+        """Delete records past their retention, each only after `remove_files(ids)` removed
+        what they own: a crash in between leaves records to purge again, never files that no
+        record owns. Returns their ids."""
         expired = await self._expired(now, limit)
         if expired:
+            if remove_files is not None:
+                await remove_files(expired)
             await self._delete(expired)
         return expired

@@ -59,13 +59,19 @@ class FakeDispatcher:
     submitted: list[TaskRecord] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)  # tasks whose running render was told to stop
 
-    async def submit(self, record: TaskRecord) -> None:
+    async def submit(self, record: TaskRecord, write_files=None) -> None:
         if self.full:
             raise QueueFull(record.model)
         if self.broken:
             raise ConnectionError("the task store is unreachable")
         self.submitted.append(record)
         await self.store.create(record)
+        if write_files is not None:
+            try:
+                await write_files()
+            except BaseException:
+                await self.store.delete([record.task_id])
+                raise
         if self.hold:
             return
         now = time.time()

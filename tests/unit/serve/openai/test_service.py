@@ -131,4 +131,15 @@ def test_a_failed_edit_submission_leaves_no_input_file(door, failure):
         with pytest.raises(ConnectionError):
             edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
     left = [p for p in Path(door.storage.root).rglob("*") if p.is_file()]
-    assert left == []  # the input image, written before the record, was removed again
+    assert left == []  # the input image is written only once the record exists
+
+
+def test_an_input_that_cannot_be_written_takes_its_record_back(door, monkeypatch):
+    def broken_write(key, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(door.storage, "write", broken_write)
+    with pytest.raises(OSError):
+        edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
+    [record] = door.dispatcher.submitted
+    assert asyncio.run(door.dispatcher.store.get(record.task_id)) is None  # no record without its input

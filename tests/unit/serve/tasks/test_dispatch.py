@@ -159,6 +159,20 @@ def test_a_task_runs_to_success_through_running_with_progress(tmp_path):
     asyncio.run(scenario())
 
 
+def test_a_task_whose_input_was_never_written_fails_at_once_saying_so(tmp_path):
+    async def scenario():
+        handle = FakeHandle(finishes)
+        d = dispatcher(tmp_path, handle)
+        record = new_task()
+        record.init_image_key = f"tasks/{record.task_id}/input"  # its ingress died before writing it
+        await d.submit(record)
+        final = await d.wait(record.task_id, 10)
+        assert final.status == TaskStatus.FAILED and final.code == ErrorCode.INTERNAL
+        assert "input image was lost" in final.message and final.attempts == 1 and not handle.streams
+
+    asyncio.run(scenario())
+
+
 def test_a_replica_that_dies_is_retried_and_the_task_succeeds(tmp_path):
     async def scenario():
         handle = FakeHandle(dies, finishes)
