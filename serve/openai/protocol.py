@@ -14,9 +14,11 @@ from serve.edge.errors import ErrorKind, ServiceError
 
 RESPONSE_FORMATS = ("url", "b64_json")
 # Accepted and ignored: they choose among OpenAI's own models' options, which have no
-# counterpart here (the answer is always a PNG).
-IGNORED_FIELDS = frozenset({"quality", "style", "output_format", "output_compression", "user", "background",
-                            "moderation", "partial_images", "stream", "input_fidelity"})
+# counterpart here (the answer is always a PNG). Their types are still checked (a 400 names the
+# field), and nothing of them is kept beyond the bounded client body.
+IGNORED_FIELDS: dict[str, type] = {"quality": str, "style": str, "output_format": str, "output_compression": int,
+                                   "user": str, "background": str, "moderation": str, "partial_images": int,
+                                   "stream": bool, "input_fidelity": str}
 
 
 @dataclass(frozen=True)

@@ -99,9 +99,10 @@ class OpenAIService:
         response_format = fields.text(body, "response_format") or "url"
         if response_format not in RESPONSE_FORMATS:
             raise Invalid(f"response_format must be url or b64_json, got {response_format!r}", "response_format")
-        unknown = sorted(set(body) - KNOWN_FIELDS - IGNORED_FIELDS)
+        unknown = sorted(set(body) - KNOWN_FIELDS - set(IGNORED_FIELDS))
         if unknown:
             raise Invalid(f"unknown parameter {unknown[0]!r}", unknown[0])
+        _check_ignored(body, multipart=edit)
         n = fields.integer(body, "n", floats=True, strings=True)  # multipart sends text
         request = RenderRequest(model=spec.name, prompt=fields.text(body, "prompt") or "", width=width, height=height,
                                 n=1 if n is None else n, seed=fields.integer(body, "seed", floats=True, strings=True),
@@ -147,6 +148,17 @@ class OpenAIService:
         cards += [_card(alias, self.tasks.specs[target], target) for alias, target in aliases.items()
                   if target in self.tasks.specs]
         return ModelList(data=cards).model_dump()
+
+
+def _check_ignored(body: dict, multipart: bool) -> None:
+    """OpenAI's fields that do not apply here, type-checked all the same (multipart sends text)."""
+    for name, kind in IGNORED_FIELDS.items():
+        if kind is str:
+            fields.text(body, name)
+        elif kind is int:
+            fields.integer(body, name, strings=multipart)
+        elif not (multipart and body.get(name) in ("true", "false")):
+            fields.boolean(body, name)
 
 
 def _card(name: str, spec: ModelSpec, alias_of: str | None) -> ModelCard:

@@ -46,6 +46,11 @@ def edit(door, fields, images, mask=None):
     ({"prompt": "x", "steps": 1000}, ErrorKind.INVALID, "steps", "steps must be 1..100"),
     ({"prompt": "x", "colour": "red"}, ErrorKind.INVALID, "colour", "unknown parameter"),
     ({"prompt": "x", "image": "data:..."}, ErrorKind.INVALID, "image", "images go to /v1/images/edits"),
+    # Ignored fields are type-checked all the same.
+    ({"prompt": "x", "user": {"id": 1}}, ErrorKind.INVALID, "user", "user must be a string"),
+    ({"prompt": "x", "stream": "yes"}, ErrorKind.INVALID, "stream", "stream must be a boolean"),
+    ({"prompt": "x", "partial_images": 1.5}, ErrorKind.INVALID, "partial_images", "must be an integer"),
+    ({"prompt": "x", "style": ["vivid"]}, ErrorKind.INVALID, "style", "style must be a string"),
 ])
 def test_bad_generations_name_their_parameter(door, body, kind, param, words):
     error = generate(door, body)
