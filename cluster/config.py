@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cluster.loras import DEFAULT_SOURCES, LoraKind, LoraPolicy
 from cluster.models import CATALOGUE, ModelSpec
 from cluster.sim_engine import SimulatedTiming
 
@@ -40,6 +41,26 @@ class ModelConfig(BaseModel):
     warmup: bool | None = Field(None, description="Render once at load.")
     simulated: SimulatedTiming | None = Field(
         None, description="SIMULATED GPU timing for sim:<family> sources: {base_s, per_image_s}.")
+    max_loras: int | None = Field(None, ge=0, description="Most LoRA adapters per request (default 3; 0: none).")
+    lora_sources: list[LoraKind] | None = Field(
+        None, description="Kinds of LoRA path this model takes (default all: named, https, hub, local, fsspec; "
+                          "local and fsspec also need loras.local_root / loras.fsspec_prefixes).")
+    lora_slots: int | None = Field(None, ge=1, description="Adapter sets a replica keeps loaded (default 3).")
+
+
+class LoraConfig(BaseModel):
+    """LoRA adapters: the ones configured by name, where callers' paths may point, the node cache."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    named: dict[str, str] = Field(default_factory=dict, description="name -> location (hub id, URL, local "
+                                                                    "path or fsspec URI), e.g. ghibli: s3://b/g.safetensors.")
+    local_root: str | None = Field(None, description="Callers' local paths must be under this folder.")
+    fsspec_prefixes: list[str] = Field(default_factory=list, description="Callers' fsspec URIs must start with one.")
+    max_scale: float = Field(4.0, gt=0, description="Largest |scale| of an adapter.")
+    cache_dir: str | None = Field(None, description="Per-node disk cache (default $RAYDIANT_CACHE/loras).")
+    cache_bytes: int = Field(20 * 2**30, gt=0, description="Disk cache size; least recently used files go first.")
+    max_file_bytes: int = Field(2 * 2**30, gt=0, description="Largest adapter file fetched.")
 
 
 class AutoscalingConfig(BaseModel):
@@ -89,7 +110,7 @@ class RateLimitConfig(BaseModel):
 
 
 class FetchConfig(BaseModel):
-    """Server-side requests to client-given URLs (input images, webhooks); see serve/edge/fetch.py."""
+    """Server-side requests to client-given URLs (input images, webhooks); see cluster/fetch.py."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -192,6 +213,7 @@ class RaydiantConfig(BaseModel):
     serve: ServeConfig = Field(default_factory=ServeConfig, description="The online service.")
     tasks: TaskStoreConfig = Field(default_factory=TaskStoreConfig, description="Task records.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="Result files.")
+    loras: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapters per request.")
 
     def served_models(self) -> list[str]:
         return self.serve.models if self.serve.models is not None else list(self.models)
@@ -200,8 +222,12 @@ class RaydiantConfig(BaseModel):
         """The catalogue entry of `name` with this config's overrides applied."""
         entry = self.models[name]
         base = CATALOGUE[entry.like or name]
-        overrides = entry.model_dump(exclude_none=True, exclude={"like"})
-        return ModelSpec.model_validate(base.model_dump() | overrides | {"name": name})
+        overrides = entry.model_dump(exclude_none=True, exclude={"like", "max_loras", "lora_sources"})
+        policy = LoraPolicy(max=3 if entry.max_loras is None else entry.max_loras,
+                            sources=entry.lora_sources if entry.lora_sources is not None else DEFAULT_SOURCES,
+                            named=self.loras.named, local_root=self.loras.local_root,
+                            fsspec_prefixes=self.loras.fsspec_prefixes, max_scale=self.loras.max_scale)
+        return ModelSpec.model_validate(base.model_dump() | overrides | {"name": name, "loras": policy})
 
     def specs(self) -> dict[str, ModelSpec]:
         return {name: self.spec(name) for name in self.models}

@@ -23,11 +23,14 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from PIL import Image
 
+from cluster.adapters import PipelineAdapters
 from cluster.architectures import Family
 from cluster.batch_invariance import make_batch_invariant
 from cluster.batching import plan_batches
 from cluster.config import RaydiantConfig, load_config
 from cluster.imageio import ImageFormat, decode, encode, sampling_metadata
+from cluster.lora_cache import LocalLora, LoraCache, LoraUnavailable
+from cluster.loras import AppliedLora, Lora, adapter_set_id
 from cluster.models import ModelSpec, parse_size
 from cluster.progress import Canceled, StepProgress, StepReporter
 from cluster.errors import ErrorCode, RenderError, first_line
@@ -61,6 +64,7 @@ class Denoised:
     failed: list[RenderResult] | None = None
     elapsed_s: float = 0.0
     batch_size: int = 0  # images in the device batch (`batch` may be fewer: canceled ones dropped)
+    loras: tuple[AppliedLora, ...] = ()  # the adapters the batch was rendered with
 
 
 @dataclass(frozen=True)
@@ -82,13 +86,17 @@ def _batch_key(image: _Image) -> Hashable:
     """
     r = image.request
     init_size = image.init_image.size if image.init_image is not None else None
-    return (r.width, r.height, r.steps, r.guidance, r.negative_prompt is not None, init_size)
+    # One adapter set per batch: the pipeline applies one set to a whole call.
+    return (r.width, r.height, r.steps, r.guidance, r.negative_prompt is not None, init_size,
+            adapter_set_id(r.loras))
 
 
 class Renderer:
     """One model, loaded on one device, rendering batches of requests."""
 
-    def __init__(self, spec: ModelSpec, device: str | None = None):
+    def __init__(self, spec: ModelSpec, device: str | None = None, lora_cache: LoraCache | None = None):
+        """`lora_cache`: where adapter files come from (default: the node's cache, with the
+        strict address rules)."""
         self.spec = spec
         self.max_batch_size = spec.max_batch_size
         self.device = pick_device(device)
@@ -97,6 +105,8 @@ class Renderer:
         self.pipeline = load_pipeline(spec.name, spec.family, spec.source, self.dtype, self.device, spec.simulated)
         self._place_on_device()
         self.pipeline.set_progress_bar_config(disable=True)
+        self.lora_cache = lora_cache or LoraCache()
+        self.adapters = PipelineAdapters(self.pipeline, spec.lora_slots, after_load=self._after_adapter_load)
         self.load_s = time.perf_counter() - started
         log.info("loaded %s from %s on %s (%s) in %.1fs", spec.name, spec.source, self.device,
                  self.dtype, self.load_s)
@@ -122,6 +132,10 @@ class Renderer:
         self.pipeline.to(self.device)
         if self.device.type == "cpu":
             make_batch_invariant(self._modules())
+
+    def _after_adapter_load(self) -> None:
+        if self.device.type == "cpu":
+            make_batch_invariant(self._modules())  # the adapters' new layers too
 
     def warm_up(self) -> None:
         """Render one full batch at the default size with the fewest steps, so that a model that
@@ -194,14 +208,23 @@ class Renderer:
                 images.extend(prepared)
         return refused, plan_batches(images, _batch_key, self.max_batch_size)
 
+    @staticmethod
+    def refused(request: ResolvedRequest, error: RenderError, request_index: int = 0) -> RenderResult:
+        """The one result of a request refused outright."""
+        return RenderResult(request_id=request.request_id, request_index=request_index, index=0,
+                            seed=request.seed, width=request.width, height=request.height, error=error)
+
     def _prepare(self, request_index: int, request: ResolvedRequest) -> list[_Image] | RenderResult:
         def refuse(error: RenderError) -> RenderResult:
-            return RenderResult(request_id=request.request_id, request_index=request_index, index=0,
-                                seed=request.seed, width=request.width, height=request.height, error=error)
+            return self.refused(request, error, request_index)
 
         if request.model != self.spec.name:  # a caller routed it to the wrong replica
             return refuse(RenderError(ErrorCode.MODEL_NOT_FOUND,
                                       f"this renderer serves {self.spec.name}, not {request.model}"))
+        if request.loras:
+            problem = self.lora_problem(request.loras)
+            if problem is not None:
+                return refuse(problem)
         init_image = None
         if request.init_image is not None:
             try:
@@ -212,6 +235,22 @@ class Renderer:
             _Image(request_index, i, seed, request, init_image)
             for i, seed in enumerate(image_seeds(request.seed, request.n))
         ]
+
+    def fetch_loras(self, loras: tuple[Lora, ...]) -> dict[str, LocalLora]:
+        """The adapters' local files, by location (fetched on the node's first use); raises
+        `LoraUnavailable`. Callers on an event loop run this in a thread before `plan`."""
+        return {lora.location: self.lora_cache.get(lora) for lora in loras}
+
+    def lora_problem(self, loras: tuple[Lora, ...]) -> RenderError | None:
+        """Why these adapters cannot be applied here, or None (their files are then local)."""
+        if not self.adapters.supported:
+            return RenderError.invalid("loras", f"are not taken by model {self.spec.name} (its engine cannot "
+                                                f"load adapters)")
+        try:
+            self.fetch_loras(loras)
+        except LoraUnavailable as exc:
+            return exc.error
+        return None
 
     def _pipeline_kwargs(self, batch: list[_Image]) -> dict[str, Any]:
         first = batch[0].request
@@ -241,6 +280,11 @@ class Renderer:
         """
         started = time.perf_counter()
         kwargs = self._pipeline_kwargs(batch)
+        loras = batch[0].request.loras
+        try:
+            applied = self.adapters.activate(loras, self.fetch_loras(loras)) if self.adapters.supported else ()
+        except LoraUnavailable as exc:  # its file went between plan and now (evicted, removed)
+            return [Denoised(batch, failed=self._failed(batch, exc.error))]
         if on_step is not None or canceled is not None:
             kwargs["callback_on_step_end"] = StepReporter(batch[0].request.steps, on_step or (lambda _: None),
                                                           canceled or (lambda: False))
@@ -261,7 +305,8 @@ class Renderer:
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the caller
             log.exception("%s: batch of %d failed", self.spec.name, len(batch))
             return [Denoised(batch, failed=self._failed(batch, RenderError(ErrorCode.INTERNAL, f"rendering failed: {first_line(exc)}")))]
-        return [Denoised(batch, pictures, elapsed_s=time.perf_counter() - started, batch_size=len(batch))]
+        return [Denoised(batch, pictures, elapsed_s=time.perf_counter() - started, batch_size=len(batch),
+                         loras=applied)]
 
     def encode(self, denoised: Denoised, image_format: ImageFormat = "png") -> list[RenderResult]:
         """The CPU's work for one denoised batch: each picture encoded, with its sampling metadata
@@ -272,9 +317,10 @@ class Renderer:
             RenderResult(
                 request_id=image.request.request_id, request_index=image.request_index,
                 index=image.index, seed=image.seed, width=picture.width, height=picture.height,
-                image=encode(picture, image_format, sampling_metadata(image.request, image.seed)
+                image=encode(picture, image_format, sampling_metadata(image.request, image.seed, denoised.loras)
                              if image.request.add_sampling_metadata else None),
                 inference_s=denoised.elapsed_s, batch_size=denoised.batch_size or len(denoised.batch),
+                loras=denoised.loras,
             )
             for image, picture in zip(denoised.batch, denoised.pictures or [])
         ]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Literal
 
 from PIL import Image, PngImagePlugin
 
+from cluster.loras import AppliedLora
 from cluster.request import ResolvedRequest
 
 ImageFormat = Literal["png", "jpeg", "webp"]
@@ -16,9 +18,11 @@ ImageFormat = Literal["png", "jpeg", "webp"]
 PNG_COMPRESS_LEVEL = 1
 
 
-def sampling_metadata(request: ResolvedRequest, seed: int) -> dict[str, str]:
-    """The text chunks written into a PNG (all values as strings, as PNG tEXt requires)."""
-    return {
+def sampling_metadata(request: ResolvedRequest, seed: int, loras: tuple[AppliedLora, ...] = ()) -> dict[str, str]:
+    """The text chunks written into a PNG (all values as strings, as PNG tEXt requires); `loras`
+    (when any) as JSON: path, sha256 and scale of each adapter."""
+    extra = {"loras": json.dumps([lora.as_dict() for lora in loras])} if loras else {}
+    return extra | {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt or "",
         "seed": str(seed),

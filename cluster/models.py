@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cluster.architectures import Family
 from cluster.errors import ErrorCode, RenderError
+from cluster.loras import LoraPolicy, resolve_loras
 from cluster.request import RenderRequest, ResolvedRequest
 from cluster.seeding import MAX_SEED, draw_seed
 from cluster.sim_engine import SimulatedTiming
@@ -99,6 +100,8 @@ class ModelSpec(BaseModel):
     warmup: bool = Field(True, description="Render once at load so failures (OOM) show at boot.")
     simulated: SimulatedTiming | None = Field(
         None, description="Timing of a SIMULATED GPU (sim: sources only; default: H100 FLUX-schnell figures).")
+    loras: LoraPolicy = Field(default_factory=LoraPolicy, description="Which LoRA adapters requests may name.")
+    lora_slots: int = Field(3, ge=1, description="Adapter sets a replica keeps loaded (LRU).")
 
     @property
     def edit(self) -> bool:
@@ -133,6 +136,9 @@ class ModelSpec(BaseModel):
             return RenderError.invalid("n", f"must be 1..{self.max_n} for model {self.name}, got {req.n}")
         if req.seed is not None and not 0 <= req.seed <= MAX_SEED:
             return RenderError.invalid("seed", f"must be 0..{MAX_SEED}, got {req.seed}")
+        loras = resolve_loras(req.loras, self.loras, self.name)
+        if isinstance(loras, RenderError):
+            return loras
         return ResolvedRequest(
             model=self.name,
             prompt=self.truncate(prompt),
@@ -146,6 +152,7 @@ class ModelSpec(BaseModel):
             add_sampling_metadata=req.add_sampling_metadata,
             init_image=req.init_image,
             request_id=req.request_id,
+            loras=loras,
         )
 
     def size_for_aspect(self, ratio_w: int, ratio_h: int) -> tuple[int, int] | RenderError:

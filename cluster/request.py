@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from cluster.errors import RenderError
+from cluster.loras import AppliedLora, Lora, LoraRef
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class RenderRequest:
     add_sampling_metadata: bool = True
     init_image: bytes | None = field(default=None, repr=False)  # edit models only (encoded image)
     request_id: str = ""  # the caller's id, echoed in results
+    loras: tuple[LoraRef, ...] = ()  # adapters with their scales, in the order their deltas add
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class ResolvedRequest:
     add_sampling_metadata: bool
     init_image: bytes | None = field(default=None, repr=False)
     request_id: str = ""
+    loras: tuple[Lora, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class RenderResult:
     error: RenderError | None = None
     inference_s: float = 0.0  # wall time of the batch this image was rendered in
     batch_size: int = 0  # images in that batch
+    loras: tuple[AppliedLora, ...] = ()  # the adapters it was rendered with, by content hash
 
     @property
     def ok(self) -> bool:

@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.errors import ErrorCode, RenderError
+from cluster.loras import AppliedLora
 from cluster.storage import Storage
 from jobs.plan import ShardPlan
 from jobs.rows import WorkItem, sample_name
@@ -43,7 +44,8 @@ from jobs.rows import WorkItem, sample_name
 METADATA_SCHEMA = pa.schema([
     ("id", pa.string()), ("index", pa.int64()), ("key", pa.string()), ("prompt", pa.string()),
     ("negative_prompt", pa.string()), ("seed", pa.int64()), ("model", pa.string()), ("width", pa.int64()),
-    ("height", pa.int64()), ("steps", pa.int64()), ("guidance", pa.float64()), ("shard", pa.string()),
+    ("height", pa.int64()), ("steps", pa.int64()), ("guidance", pa.float64()), ("loras", pa.string()),
+    ("shard", pa.string()),
     ("path", pa.string()), ("sha256", pa.string()), ("error_code", pa.string()), ("error", pa.string()),
     ("render_s", pa.float64()),
 ])
@@ -159,10 +161,15 @@ class ShardWriter:
     def folder(self) -> str:
         return f"{FOLDERS[self.fmt]}/{self.plan.name}"
 
-    def add(self, item: WorkItem, image: bytes | None, error: RenderError | None, render_s: float | None) -> None:
+    def add(self, item: WorkItem, image: bytes | None, error: RenderError | None, render_s: float | None,
+            loras: tuple[AppliedLora, ...] = ()) -> None:
+        """`loras`: the adapters the image was rendered with (path, sha256, scale), shown in its
+        `loras` column as JSON instead of the ones its row asked for."""
         row = item.columns() | {"shard": self.plan.name, "render_s": render_s, "path": None, "sha256": None,
                                 "error_code": error.code.value if error else None,
                                 "error": error.text() if error else None}
+        if loras:
+            row["loras"] = json.dumps([lora.as_dict() for lora in loras])
         if image is not None:
             row["sha256"] = hashlib.sha256(image).hexdigest()
             row["path"] = self._write_image(item.sample, image, row)

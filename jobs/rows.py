@@ -4,7 +4,8 @@ A row's id is its `id` column (ids must be unique), or without one a hash of its
 its position in the input (file name and row number): a rerun over the same input sees the same
 ids, and two identical rows are two rows, each with its images. Image i of a row seeded s uses s + i; a row without a seed gets one derived from the
 job seed and its id. Anything wrong with a row becomes the `error` of its one work item: the job
-records it and goes on. Rows come from pyarrow (`to_pylist`): a missing value is None; a float
+records it and goes on. A `loras` column holds a row's adapters, as JSON text or a list of
+structs ({path, scale}). Rows come from pyarrow (`to_pylist`): a missing value is None; a float
 NaN (a float column's hole written by pandas) counts as missing too.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cluster.errors import ErrorCode, RenderError
+from cluster.loras import LoraRef
 from cluster.models import ModelSpec, parse_size
 from cluster.request import RenderRequest, ResolvedRequest
 from cluster.seeding import derive_seed, image_seeds
@@ -42,10 +44,11 @@ class WorkItem:
     def columns(self) -> dict[str, Any]:
         """The item's metadata columns (those an outcome adds are set by the writer)."""
         r = self.request
+        loras = json.dumps([{"path": lora.path, "scale": lora.scale} for lora in r.loras]) if r and r.loras else None
         return {"id": self.id, "index": self.index, "key": self.key, "prompt": self.prompt,
                 "negative_prompt": r.negative_prompt if r else None, "seed": r.seed if r else None,
                 "model": self.model, "width": r.width if r else None, "height": r.height if r else None,
-                "steps": r.steps if r else None, "guidance": r.guidance if r else None}
+                "steps": r.steps if r else None, "guidance": r.guidance if r else None, "loras": loras}
 
 
 def sample_name(key: str) -> str:
@@ -80,6 +83,9 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
     prompt = row.get("prompt")
     if not _present(prompt) or not isinstance(prompt, str):
         return RenderError(ErrorCode.EMPTY_PROMPT, "is missing", "prompt")
+    loras = lora_refs(row.get("loras")) if _present(row.get("loras")) else defaults.loras
+    if isinstance(loras, RenderError):
+        return loras
     seed = row.get("seed")
     try:
         return RenderRequest(
@@ -92,9 +98,34 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
             guidance=float(row["guidance"]) if _present(row.get("guidance")) else defaults.guidance,
             seed=int(seed) if _present(seed) else derive_seed(job_seed, rid),
             n=int(row["n"]) if _present(row.get("n")) else defaults.n,
+            loras=loras,
         )
     except (TypeError, ValueError) as exc:
         return RenderError(ErrorCode.INVALID_PARAMETER, f"bad value in row: {exc}")
+
+
+MAX_LORA_ITEMS = 16  # read at most this many from a row (the model's own limit is checked later)
+
+
+def lora_refs(value: Any) -> tuple[LoraRef, ...] | RenderError:
+    """A row's `loras`: JSON text or a list of structs, each {path, scale (default 1)}."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return RenderError.invalid("loras", "must be a JSON list of {path, scale}")
+    if not isinstance(value, list) or len(value) > MAX_LORA_ITEMS:
+        return RenderError.invalid("loras", f"must be a list of at most {MAX_LORA_ITEMS} {{path, scale}}")
+    refs = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
+            return RenderError.invalid("loras", f"item {i}: must be {{path, scale}} with a text path")
+        scale = item.get("scale")
+        scale = 1.0 if not _present(scale) else scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            return RenderError.invalid("loras", f"item {i}: scale must be a number, got {scale!r}")
+        refs.append(LoraRef(item["path"], float(scale)))
+    return tuple(refs)
 
 
 def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDefaults,

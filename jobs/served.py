@@ -31,6 +31,7 @@ from dataclasses import replace
 from typing import Iterator
 
 from cluster.errors import ErrorCode, RenderError, first_line
+from cluster.loras import adapter_set_id
 from cluster.models import deployment_name
 from cluster.request import RenderResult, ResolvedRequest, WorkClass
 
@@ -88,7 +89,9 @@ class ServedModel:
         for position, request in enumerate(requests):
             while not self._take_slot(wait=not in_flight):
                 yield self._result(*in_flight.popleft())
-            in_flight.append((position, request, self.handle.render.remote(request, WorkClass.BATCH)))
+            handle = self.handle.options(multiplexed_model_id=adapter_set_id(request.loras)) if request.loras \
+                else self.handle  # to a replica that holds its adapter set
+            in_flight.append((position, request, handle.render.remote(request, WorkClass.BATCH)))
         while in_flight:
             yield self._result(*in_flight.popleft())
 

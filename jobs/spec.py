@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cluster.loras import LoraRef
+
 OutputFormat = Literal["files", "webdataset", "parquet"]
 DEFAULT_SERVE_APP = "raydiant"  # what `raydiant serve` names its application
 
@@ -22,6 +24,7 @@ class RowDefaults(BaseModel):
     guidance: float | None = Field(None, description="Guidance (default: the model's).")
     n: int = Field(1, ge=1, description="Images per row.")
     negative_prompt: str | None = Field(None, description="Negative prompt.")
+    loras: tuple[LoraRef, ...] = Field((), description="LoRA adapters for rows without a `loras` column.")
 
 
 class JobSpec(BaseModel):

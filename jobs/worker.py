@@ -29,6 +29,7 @@ import torch
 
 from cluster.config import load_config
 from cluster.engine import Denoised, Renderer
+from cluster.lora_cache import cache_for
 from cluster.errors import ErrorCode, RenderError
 from cluster.request import RenderResult
 from cluster.storage import Storage
@@ -150,7 +151,7 @@ class ShardWorker:
     def _record(self, writer: ShardWriter, items: list[WorkItem], results: list[RenderResult]) -> None:
         for result in results:
             render_s = result.inference_s / result.batch_size if result.batch_size else None
-            writer.add(items[result.request_index], result.image, result.error, render_s)
+            writer.add(items[result.request_index], result.image, result.error, render_s, result.loras)
         failed = sum(r.error is not None for r in results)
         self._tell(len(results) - failed, failed)
 
@@ -170,7 +171,8 @@ class ShardWorker:
                                        self.config.serve.deployment(model).max_ongoing_requests,
                                        actors=self.pool_size)
         try:
-            return Renderer(self.config.spec(model).model_copy(update={"max_batch_size": self.batch_size}))
+            return Renderer(self.config.spec(model).model_copy(update={"max_batch_size": self.batch_size}),
+                            lora_cache=cache_for(self.config))
         except ModelLoadError as exc:  # retryable: a rerun after the source is fixed renders them
             return RenderError(ErrorCode.MODEL_LOAD_FAILED, str(exc))
 

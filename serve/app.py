@@ -46,6 +46,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
             autoscaling_config=deployment.autoscaling.serve_config(),
             ray_actor_options=deployment.ray_actor_options,
             max_ongoing_requests=deployment.max_ongoing_requests,
-        ).bind(config.spec(name).model_dump(mode="json"), batching, deployment.mixed_batches)
+        ).bind(config.spec(name).model_dump(mode="json"), batching, deployment.mixed_batches,
+               config.loras.model_dump(mode="json"), config.serve.fetch.model_dump(mode="json"))
     return Ingress.options(name="ingress", num_replicas=config.serve.ingress_replicas).bind(
         without_secrets(config).model_dump(mode="json"), models, token)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections import Counter
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
@@ -104,3 +106,41 @@ def chromium(profile_dir) -> Iterator["object"]:
         yield driver
     finally:
         driver.quit()
+
+
+@contextmanager
+def file_server(files: dict[str, bytes]) -> Iterator["FileServer"]:
+    """A loopback HTTP server in this process answering GET `path` with `files[path]` (404
+    otherwise), counting every request it gets by path."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hits: Counter = Counter()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits[self.path] += 1
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header("Content-Length", str(len(body or b"")))
+            self.end_headers()
+            self.wfile.write(body or b"")
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield FileServer(f"http://127.0.0.1:{httpd.server_address[1]}", hits, files)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@dataclass
+class FileServer:
+    url: str
+    hits: Counter
+    files: dict[str, bytes]

@@ -37,7 +37,8 @@ DEFAULT_MODEL = "flux-dev"
 # The core's parameter names as AceData bodies spell them.
 PARAM_NAMES = {"n": "count", "image": "image_url"}
 # What a task keeps of the client's body (retrieve returns it): the fields this door reads.
-CLIENT_FIELDS = frozenset({"action", "model", "prompt", "size", "count", "seed", "image_url", "callback_url", "async"})
+CLIENT_FIELDS = frozenset({"action", "model", "prompt", "size", "count", "seed", "image_url", "callback_url", "async",
+                           "loras"})
 # Where each kind of model is asked for (a model asked for with the other action is refused).
 SERVED_AT = {True: "use action edit", False: "use action generate"}
 
@@ -60,6 +61,7 @@ class ImagesBody(BaseModel):
     task_id: str
     trace_id: str
     data: list[Image]
+    loras: list[dict[str, Any]] | None = None  # an extension: the adapters applied (path, sha256, scale)
 
 
 class Accepted(BaseModel):
@@ -89,7 +91,7 @@ class TaskItem(BaseModel):
     created_at: float
     finished_at: float | None = None
     request: Any
-    response: ImagesBody | ErrorBody | None
+    response: dict[str, Any] | None  # `final_body`: an ImagesBody or an ErrorBody, as sent
     trace_id: str
     # Extensions while the task is live: place in the model's queue (PENDING), then denoising
     # steps done and seconds left (RUNNING).
@@ -97,6 +99,7 @@ class TaskItem(BaseModel):
     queue_position: int | None = None
     progress: StepCount | None = None
     eta_s: float | None = None
+    loras: list[dict[str, Any]] | None = None  # the adapters: path, scale, and sha256 once rendered
 
 
 class TaskBatch(BaseModel):

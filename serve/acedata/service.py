@@ -23,7 +23,7 @@ from serve.acedata.protocol import (
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.fields import Invalid
 from serve.edge.http import Caller
-from serve.tasks.record import Api, TaskRecord, TaskStatus
+from serve.tasks.record import Api, TaskRecord, TaskStatus, lora_view
 from serve.tasks.service import Submission, TaskService
 
 _RATIO = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
@@ -74,7 +74,8 @@ class AceDataService:
         callback = fields.text(body, "callback_url")
         asynchronous = fields.boolean(body, "async") or False
         request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height,
-                                n=1 if count is None else count, seed=fields.integer(body, "seed"), init_image=image)
+                                n=1 if count is None else count, seed=fields.integer(body, "seed"), init_image=image,
+                                loras=fields.loras(body, "loras"))
         submission = Submission(api=Api.ACEDATA, key_id=caller.key_id, request=request, base_url=caller.base_url,
                                 callback_url=callback, client_body={k: v for k, v in body.items() if k in CLIENT_FIELDS},
                                 sizes="render", param_names=PARAM_NAMES)
@@ -113,7 +114,7 @@ class AceDataService:
                         request=record.client_body, response=response, trace_id=record.trace_id,
                         status=record.status.value.lower(), queue_position=record.queue_position,
                         progress=progress.steps_only() if progress else None,
-                        eta_s=progress.eta_left(time.time()) if progress else None)
+                        eta_s=progress.eta_left(time.time()) if progress else None, loras=lora_view(record))
 
     def final_body(self, record: TaskRecord, base_url: str | None = None) -> dict:
         """A finished task's body: the synchronous answer, or the error body (also what its
@@ -122,7 +123,9 @@ class AceDataService:
                         seed=o.seed, timings={"inference": round(o.inference_s, 3)})
                   for o in record.results if o.key]
         if record.status == TaskStatus.SUCCEEDED and images:
-            return ImagesBody(task_id=record.task_id, trace_id=record.trace_id, data=images).model_dump()
+            loras = lora_view(record)
+            return ImagesBody(task_id=record.task_id, trace_id=record.trace_id, data=images,
+                              loras=loras).model_dump(exclude=None if loras else {"loras"})
         if record.status == TaskStatus.CANCELED:
             failure = ServiceError(ErrorKind.TASK_FAILED, "the task was canceled")
         else:

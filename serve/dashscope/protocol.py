@@ -61,7 +61,7 @@ def param_names(spec: ModelSpec) -> dict[str, str]:
     """The core's parameter names as DashScope bodies spell them (guidance is `scale` for SD)."""
     return {"prompt": "input.prompt", "negative_prompt": "input.negative_prompt", "image": "input.image_url",
             "size": "parameters.size", "steps": "parameters.steps", "n": "parameters.n", "seed": "parameters.seed",
-            "guidance": f"parameters.{spec.guidance_name}"}
+            "guidance": f"parameters.{spec.guidance_name}", "loras": "parameters.loras"}
 
 
 def error_body(error: ServiceError) -> dict:
@@ -83,6 +83,7 @@ class TaskOutput(BaseModel):
     queue_position: int | None = None
     progress: StepCount | None = None
     eta_s: float | None = None
+    loras: list[dict[str, Any]] | None = None  # the adapters: path, scale, and sha256 once rendered
 
 
 class TaskBody(BaseModel):

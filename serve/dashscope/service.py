@@ -16,7 +16,7 @@ from serve.dashscope.protocol import (
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.fields import Invalid
 from serve.edge.http import Caller
-from serve.tasks.record import Api, TaskRecord, TaskStatus
+from serve.tasks.record import Api, TaskRecord, TaskStatus, lora_view
 from serve.tasks.service import Submission, TaskService
 
 
@@ -85,6 +85,7 @@ class DashScopeService:
             add_sampling_metadata=True if metadata is None else metadata,
             # Not fetched for an empty prompt: the core refuses that first.
             init_image=await self._input_image(inputs) if spec.edit and prompt.strip() else None,
+            loras=fields.loras(params, "loras", "parameters"),  # an extension
         )
         # An extension: DashScope has no webhooks; `parameters.callback_url` adds one.
         callback = fields.text(params, "callback_url", "parameters")
@@ -140,7 +141,8 @@ class DashScopeService:
         output = TaskOutput(task_id=record.task_id, task_status=record.status.value,
                             submit_time=format_time(record.submit_time),
                             scheduled_time=format_time(record.scheduled_time),
-                            end_time=format_time(record.end_time), queue_position=record.queue_position)
+                            end_time=format_time(record.end_time), queue_position=record.queue_position,
+                            loras=lora_view(record))
         if record.progress is not None:
             output.progress = record.progress.steps_only()
             output.eta_s = record.progress.eta_left(time.time())

@@ -5,8 +5,10 @@ and catches `Invalid` once. They check kinds only; ranges are the core's (`Model
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from cluster.loras import LoraRef
 from cluster.models import parse_size
 from serve.edge.errors import ErrorKind, ServiceError
 
@@ -88,3 +90,35 @@ def size(value: str, name: str, forms: str) -> tuple[int, int]:
     if parsed is None:
         raise Invalid(f"{name} must be {forms}, got {value!r}", name.rsplit(".", 1)[-1])
     return parsed
+
+
+MAX_LORA_ITEMS = 16  # read at most this many (each model's own limit is checked by the core)
+
+
+def loras(container: dict, name: str, where: str | None = None, *, text_json: bool = False) -> tuple[LoraRef, ...]:
+    """`[{"path": ..., "scale": ...}, ...]` (scale defaults to 1). `text_json`: the list may come
+    as JSON text (multipart forms send every field as text)."""
+    value = container.get(name)
+    label = _label(name, where)
+    if value is None:
+        return ()
+    if text_json and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise Invalid(f"{label} must be a JSON list of {{path, scale}}", name) from None
+    if not isinstance(value, list) or len(value) > MAX_LORA_ITEMS:
+        raise Invalid(f"{label} must be a list of at most {MAX_LORA_ITEMS} {{path, scale}} objects", name)
+    refs = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise Invalid(f"{label} item {i} must be an object {{path, scale}}, got {item!r}", name)
+        unknown = sorted(set(item) - {"path", "scale"})
+        if unknown:
+            raise Invalid(f"{label} item {i} has an unknown field {unknown[0]!r} (fields: path, scale)", name)
+        path = text(item, "path", f"{label} item {i}")
+        if not path:
+            raise Invalid(f"{label} item {i} needs a path", name)
+        scale = number(item, "scale", f"{label} item {i}")
+        refs.append(LoraRef(path, 1.0 if scale is None else scale))
+    return tuple(refs)

@@ -7,6 +7,7 @@ answers and errors are modelled here. The SDK reads `body["error"]` of any error
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -59,6 +60,7 @@ class ImageData(BaseModel):
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
+    loras: list[dict[str, Any]] | None = None  # an extension: the adapters applied (path, sha256, scale)
 
 
 class ErrorDetail(BaseModel):
@@ -101,6 +103,8 @@ class ModelCard(BaseModel):
     min_guidance: float
     max_guidance: float
     default_guidance: float
+    max_loras: int = 0  # LoRA adapters a request may name (0: none)
+    max_lora_scale: float = 0.0
 
 
 class ModelList(BaseModel):

@@ -4,7 +4,8 @@ No web framework, no task logic; methods return bodies or `ServiceError`s.
 Vocabulary owned here: `model` (a served model or an alias; when absent, the first served model
 that generates, or edits, as the route needs), `size` as `WxH` (any size the model renders) or
 `auto`, `response_format` url | b64_json, and the extensions `seed`, `steps`, `guidance`,
-`negative_prompt` (the SDK sends them through `extra_body`). Calls are synchronous, and a retried
+`negative_prompt`, `loras` (the SDK sends them through `extra_body`; a multipart edit sends
+`loras` as JSON text). Calls are synchronous, and a retried
 call joins the task of the first (`TaskService.submit_once`).
 """
 
@@ -20,17 +21,17 @@ from cluster.models import ModelSpec
 from cluster.request import RenderRequest
 from serve.edge import fields
 from serve.edge.errors import ErrorKind, ServiceError
-from serve.edge.fetch import FetchError, check_image
+from cluster.fetch import FetchError, check_image
 from serve.edge.fields import Invalid
 from serve.edge.http import Caller
 from serve.openai.protocol import (
     IGNORED_FIELDS, RESPONSE_FORMATS, SERVED_AT, ImageData, ImagesResponse, ModelCard, ModelList,
 )
-from serve.tasks.record import Api, TaskRecord
+from serve.tasks.record import Api, TaskRecord, lora_view
 from serve.tasks.service import Submission, TaskService
 
 KNOWN_FIELDS = frozenset({"prompt", "model", "n", "size", "response_format", "seed", "steps", "guidance",
-                          "negative_prompt"})
+                          "negative_prompt", "loras"})
 IMAGE_FIELDS = ("image", "image[]", "mask")  # files, on the edits route only
 
 
@@ -108,7 +109,8 @@ class OpenAIService:
                                 n=1 if n is None else n, seed=fields.integer(body, "seed", floats=True, strings=True),
                                 steps=fields.integer(body, "steps", floats=True, strings=True),
                                 guidance=fields.number(body, "guidance", strings=True),
-                                negative_prompt=fields.text(body, "negative_prompt"), init_image=image)
+                                negative_prompt=fields.text(body, "negative_prompt"), init_image=image,
+                                loras=fields.loras(body, "loras", text_json=edit))
         client_body = {k: v for k, v in body.items() if k != "image"}
         return Submission(api=Api.OPENAI, key_id=caller.key_id, request=request, base_url=caller.base_url,
                           client_body=client_body, sizes="render"), response_format
@@ -138,7 +140,7 @@ class OpenAIService:
         revised = record.request.prompt if record.request.prompt != (record.client_body or {}).get("prompt") else None
         for item in data:
             item.revised_prompt = revised
-        return ImagesResponse(created=int(record.submit_time), data=data)
+        return ImagesResponse(created=int(record.submit_time), data=data, loras=lora_view(record))
 
     # --- GET /v1/models --------------------------------------------------------------------------
 
@@ -168,7 +170,8 @@ def _card(name: str, spec: ModelSpec, alias_of: str | None) -> ModelCard:
                      default_size=spec.default_size.replace("*", "x"), max_n=spec.max_n,
                      min_steps=spec.min_steps, max_steps=spec.max_steps, default_steps=spec.default_steps,
                      guidance_name=spec.guidance_name, min_guidance=spec.min_guidance, max_guidance=spec.max_guidance,
-                     default_guidance=spec.default_guidance)
+                     default_guidance=spec.default_guidance, max_loras=spec.loras.max,
+                     max_lora_scale=spec.loras.max_scale)
 
 
 def _fingerprint(route: str, body: dict, idempotency_key: str | None) -> str:

@@ -9,15 +9,20 @@ worker threads, so the replica's event loop keeps answering health checks and pi
 from __future__ import annotations
 
 import logging
+import asyncio
 from typing import AsyncIterator
 
 from ray import serve
 
+from cluster.config import FetchConfig, LoraConfig
 from cluster.engine import Renderer
+from cluster.fetch import FetchPolicy
+from cluster.lora_cache import LoraCache
+from cluster.loras import adapter_set_id
 from cluster.models import ModelSpec
 from cluster.request import RenderResult, ResolvedRequest, WorkClass
 from serve.replica.pipelined import PipelinedRenderer
-from serve.replica.render_events import RenderEvent
+from serve.replica.render_events import Finished, RenderEvent
 
 log = logging.getLogger(__name__)
 
@@ -25,21 +30,59 @@ log = logging.getLogger(__name__)
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8, health_check_period_s=5,
                   health_check_timeout_s=30, graceful_shutdown_timeout_s=60)
 class ModelServer:
-    def __init__(self, spec: dict, batching: bool = True, mixed_batches: bool = False):
+    def __init__(self, spec: dict, batching: bool = True, mixed_batches: bool = False,
+                 loras: dict | None = None, fetch: dict | None = None):
+        """`loras`, `fetch`: the config's `loras` section and `serve.fetch` (the node's adapter
+        cache and the address rules its downloads obey)."""
         self.spec = ModelSpec.model_validate(spec)
-        self.renderer = Renderer(self.spec)
+        cache, rules = LoraConfig.model_validate(loras or {}), FetchConfig.model_validate(fetch or {})
+        self.renderer = Renderer(self.spec, lora_cache=LoraCache(
+            cache.cache_dir, cache.cache_bytes, cache.max_file_bytes,
+            FetchPolicy(rules.allow_loopback, rules.allow_private, rules.max_redirects, rules.timeout_s)))
         self.pipelined = PipelinedRenderer(self.renderer, max_requests=self.spec.max_batch_size if batching else 1,
                                            mixed_batches=mixed_batches)
+        # Serve's model multiplexing, keyed by adapter set: it tells Serve's routers which sets
+        # this replica holds, so requests with a set go where it is warm (callers set
+        # `multiplexed_model_id`). The pipeline's own LRU (`Renderer.adapters`) has as many slots.
+        self._wanted: dict[str, tuple] = {}
+        self._hold_set = serve.multiplexed(max_num_models_per_replica=self.spec.lora_slots)(self._adapter_set)
+
+    async def _adapter_set(self, set_id: str) -> str:
+        # Fetched here, off the event loop; loaded into the pipeline on the device's thread
+        # right before the set's first batch.
+        await asyncio.to_thread(self.renderer.fetch_loras, self._wanted[set_id])
+        return set_id
+
+    async def _refusal(self, request: ResolvedRequest) -> RenderResult | None:
+        """A request whose adapters cannot be had, answered at once (its files are fetched here,
+        in a thread, never on the event loop that feeds the device)."""
+        if not request.loras:
+            return None
+        problem = await asyncio.to_thread(self.renderer.lora_problem, request.loras)
+        if problem is not None:
+            return self.renderer.refused(request, problem)
+        set_id = adapter_set_id(request.loras)
+        self._wanted[set_id] = request.loras
+        try:
+            await self._hold_set(set_id)
+        finally:
+            self._wanted.pop(set_id, None)
+        return None
 
     async def render(self, request: ResolvedRequest, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
         """`work`: BATCH for a batch job rendering through the service (it fills the gaps that
         interactive requests leave)."""
+        if (refused := await self._refusal(request)) is not None:
+            return [refused]
         return await self.pipelined.render(request, work)
 
     async def render_events(self, request: ResolvedRequest,
                             work: WorkClass = WorkClass.INTERACTIVE) -> AsyncIterator[RenderEvent]:
         """The request as a stream (`handle.options(stream=True)`): started, progress, finished.
         Canceling the call (Serve cancels this generator) cancels the render."""
+        if (refused := await self._refusal(request)) is not None:
+            yield Finished([refused])
+            return
         async for event in self.pipelined.stream(request, work):
             yield event
 

@@ -35,6 +35,7 @@ from ray.exceptions import TaskCancelledError
 
 from cluster.config import ServeConfig
 from cluster.errors import ErrorCode
+from cluster.loras import adapter_set_id
 from cluster.request import RenderResult
 from cluster.storage import Storage
 from serve import metrics
@@ -241,7 +242,10 @@ class Dispatcher:
                 raise InputLost() from None
         # The record holds the request as resolved at submission: the replica renders it as it is.
         request = dataclasses.replace(record.request, init_image=init_image, request_id=record.task_id)
-        stream = self.handles[record.model].options(stream=True).render_events.remote(request)
+        # Routed to a replica that holds the task's adapter set, when it has one (Serve's model
+        # multiplexing, keyed by the set).
+        options = {"multiplexed_model_id": adapter_set_id(request.loras)} if request.loras else {}
+        stream = self.handles[record.model].options(stream=True, **options).render_events.remote(request)
         self._streams[record.task_id] = stream
         finished = False
         try:
@@ -296,11 +300,12 @@ class Dispatcher:
                 metrics.images_failed.inc(tags={"model": record.model, "code": result.error.code.value})
         succeeded = any(o.key for o in outcomes)
         first_error = next((o for o in outcomes if o.code), None)
+        applied = next((list(r.loras) for r in results if r.loras), [])
         # From PENDING too: a request the replica refused outright never starts.
         ended = await self.store.transition(
             record.task_id, {TaskStatus.PENDING, TaskStatus.RUNNING},
             status=TaskStatus.SUCCEEDED if succeeded else TaskStatus.FAILED,
-            results=outcomes, end_time=time.time(),
+            results=outcomes, end_time=time.time(), loras=applied,
             code=None if succeeded else first_error.code, message=None if succeeded else first_error.message)
         if ended is None:  # canceled while its files were written: they must not outlive it
             for outcome in outcomes:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from cluster.errors import ErrorCode
+from cluster.loras import AppliedLora
 from cluster.request import ResolvedRequest
 
 
@@ -114,6 +115,7 @@ class TaskRecord(BaseModel):
     # record is read for a client (`TaskService`), never stored: it changes without a write.
     queue_position: int | None = Field(None, exclude=True)
     results: list[ImageOutcome] = Field(default_factory=list)
+    loras: list[AppliedLora] = Field(default_factory=list)  # adapters applied (by content hash), once rendered
     code: ErrorCode | None = None  # whole-task failure
     message: str | None = None
     attempts: int = 0
@@ -133,3 +135,13 @@ class TaskRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+def lora_view(record: TaskRecord) -> list[dict] | None:
+    """The adapters of a task as the doors show them: path, sha256 and scale once rendered,
+    path and scale before (None for a task without adapters)."""
+    if record.loras:
+        return [lora.as_dict() for lora in record.loras]
+    if record.request.loras:
+        return [{"path": lora.path, "scale": lora.scale} for lora in record.request.loras]
+    return None

@@ -24,7 +24,7 @@ import time
 import redis.asyncio as redis
 
 from serve.tasks.record import TaskRecord
-from serve.tasks.store import IndexEntry, TaskStore
+from serve.tasks.store import POSITION_CAP, IndexEntry, TaskStore
 
 _PURGE_GRACE_S = 3600  # a record outlives its retention this long in Redis, for the purge to unindex it
 _PURGE_BATCH = 200  # records unindexed per script call: short scripts keep Redis responsive
@@ -141,9 +141,9 @@ class RedisTaskStore(TaskStore):
     async def pending_ahead(self, record: TaskRecord) -> int:
         queue = f"{self._prefix}:pending:{record.model}"
         rank = await self._redis.zrank(queue, record.task_id)  # (submit_time, task_id) order: the queue's
-        if rank is not None:
-            return int(rank)
-        return int(await self._redis.zcount(queue, "-inf", f"({record.submit_time!r}"))
+        if rank is None:
+            rank = await self._redis.zcount(queue, "-inf", f"({record.submit_time!r}")
+        return min(int(rank), POSITION_CAP)  # the same answer as every backend's
 
     async def _ids(self, index: str, high: str, limit: int) -> list[str]:
         return [i.decode() for i in await self._redis.zrangebyscore(f"{self._prefix}:{index}", "-inf", high,

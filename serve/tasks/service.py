@@ -11,7 +11,7 @@ What this layer guarantees, whichever door is used:
 - Input images are stored beside the results (the record stays small), written only once the
   record exists (so no file is ever without a record: purges remove a record's files before the
   record), and removed again when the submission fails for any reason; they are fetched under the address rules of
-  `serve/edge/fetch.py`; one of our own signed result URLs is read straight from
+  `cluster/fetch.py`; one of our own signed result URLs is read straight from
   storage, never over HTTP.
 - A callback URL is checked at submission (a clear 400 now beats a silent failure later) and
   again at every delivery (DNS answers change).
@@ -33,7 +33,7 @@ from cluster.errors import RenderError
 from cluster.request import RenderRequest
 from cluster.storage import Storage, StorageError
 from serve.edge.errors import ErrorKind, ServiceError
-from serve.edge.fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
+from cluster.fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
 from serve.tasks.dispatch import Dispatcher, QueueFull
 from serve.tasks.fair_queue import cost_of
 from serve.tasks.record import Api, TaskRecord, TaskStatus, WebhookDelivery

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from serve.tasks.record import TaskRecord, TaskStatus
-from serve.tasks.store import IndexEntry, TaskStore
+from serve.tasks.store import POSITION_CAP, IndexEntry, TaskStore
 
 _INDEX_COLUMNS = {"key_id": "TEXT", "model": "TEXT", "status": "TEXT", "submit_time": "REAL",
                   "lease_due": "REAL", "webhook_due": "REAL"}
@@ -124,10 +124,10 @@ class SQLiteTaskStore(TaskStore):
 
     async def pending_ahead(self, record: TaskRecord) -> int:
         rows = await self._run(
-            "SELECT COUNT(*) FROM tasks WHERE model = ? AND status = ? AND expires_at >= ?"
-            " AND (submit_time < ? OR (submit_time = ? AND task_id < ?))",
+            "SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE model = ? AND status = ? AND expires_at >= ?"
+            " AND (submit_time < ? OR (submit_time = ? AND task_id < ?)) LIMIT ?)",
             (record.model, TaskStatus.PENDING.value, time.time(), record.submit_time, record.submit_time,
-             record.task_id))
+             record.task_id, POSITION_CAP))
         return int(rows[0][0])
 
     async def _lease_expired(self, now: float, limit: int) -> list[str]:

@@ -25,6 +25,7 @@ from serve.tasks.record import TERMINAL, DeliveryState, TaskRecord, TaskStatus
 Mutation = Callable[[TaskRecord], TaskRecord | None]  # None: leave the record as it is
 SCAN_LIMIT = 200  # tasks recovery or webhooks take per call (each is a load and a write)
 PURGE_LIMIT = 2000  # expired tasks deleted per call: above the rate at which many keys create them
+POSITION_CAP = 1000  # queue positions are exact up to this
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,9 @@ class TaskStore(abc.ABC):
 
     @abc.abstractmethod
     async def pending_ahead(self, record: TaskRecord) -> int:
-        """How many PENDING tasks of the record's model were submitted before it."""
+        """How many PENDING tasks of the record's model were submitted before it, counted up to
+        `POSITION_CAP` (a count in an index costs what it counts; a dispatcher's queue is far
+        shorter than the cap, so only a backlog no ingress could hold reads as the cap)."""
 
     @abc.abstractmethod
     async def _lease_expired(self, now: float, limit: int) -> list[str]:

@@ -32,7 +32,7 @@ from typing import Callable
 from standardwebhooks import Webhook
 
 from cluster.config import WebhookConfig
-from serve.edge.fetch import FetchError, FetchPolicy, Resolver, request, system_resolver
+from cluster.fetch import FetchError, FetchPolicy, Resolver, request, system_resolver
 from serve.tasks.record import Api, DeliveryState, TaskRecord, WebhookDelivery
 from serve.tasks.store import TaskStore
 

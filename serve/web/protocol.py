@@ -33,6 +33,7 @@ class TaskView(BaseModel):
     eta_s: float | None = None
     images: list[ImageView] = []
     error: str | None = None
+    loras: list[dict] | None = None  # path, scale, and sha256 once rendered
 
 
 class TaskPage(BaseModel):

@@ -7,7 +7,7 @@ import time
 
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.http import Caller
-from serve.tasks.record import TaskRecord
+from serve.tasks.record import TaskRecord, lora_view
 from serve.tasks.service import TaskService
 from serve.web.protocol import ImageView, TaskPage, TaskView
 
@@ -39,4 +39,4 @@ class WebService:
                         end_time=record.end_time, queue_position=record.queue_position,
                         progress=progress.steps_only() if progress else None,
                         eta_s=progress.eta_left(time.time()) if progress else None,
-                        images=images, error=record.message)
+                        images=images, error=record.message, loras=lora_view(record))

@@ -70,6 +70,34 @@ function fillModelOptions() {
   $("#n").replaceChildren(...Array.from({ length: card.max_n }, (_, i) => new Option(String(i + 1), String(i + 1))));
   Object.assign($("#steps"), { min: card.min_steps, max: card.max_steps, value: card.default_steps });
   Object.assign($("#guidance"), { min: card.min_guidance, max: card.max_guidance, value: card.default_guidance });
+  fillLoraRows(card);
+}
+
+// One row per adapter the model takes: its path and its scale.
+function fillLoraRows(card) {
+  const rows = Array.from({ length: card.max_loras || 0 }, (_, i) => {
+    const row = document.createElement("div");
+    row.className = "row lora";
+    const path = Object.assign(document.createElement("input"), { className: "lora-path", placeholder: `adapter ${i + 1}` });
+    const scale = Object.assign(document.createElement("input"), {
+      className: "lora-scale", type: "number", step: "0.05", value: "1",
+      min: -card.max_lora_scale, max: card.max_lora_scale });
+    const pathLabel = document.createElement("label");
+    pathLabel.append("Path ", path);
+    const scaleLabel = document.createElement("label");
+    scaleLabel.append("Scale ", scale);
+    row.append(pathLabel, scaleLabel);
+    return row;
+  });
+  const legend = $("#loras legend");
+  $("#loras").replaceChildren(legend, ...rows);
+  $("#loras").hidden = rows.length === 0;
+}
+
+function chosenLoras() {
+  return Array.from(document.querySelectorAll("#loras .lora"))
+    .map((row) => ({ path: $(".lora-path", row).value.trim(), scale: Number($(".lora-scale", row).value) }))
+    .filter((lora) => lora.path);
 }
 
 async function submit(event) {
@@ -78,6 +106,8 @@ async function submit(event) {
   const parameters = { size: $("#size").value, n: Number($("#n").value), steps: Number($("#steps").value) };
   parameters[card.guidance_name] = Number($("#guidance").value);
   if ($("#seed").value !== "") parameters.seed = Number($("#seed").value);
+  const loras = chosenLoras();
+  if (loras.length) parameters.loras = loras;
   const input = { prompt: $("#prompt").value };
   if ($("#negative-prompt").value.trim()) input.negative_prompt = $("#negative-prompt").value;
   $("#form-error").textContent = "";
@@ -127,8 +157,9 @@ function render(card, view) {
   $(".when", card).textContent = new Date(view.submit_time * 1000).toLocaleTimeString();
   $(".prompt", card).textContent = view.prompt;
   const negative = view.negative_prompt ? ` · not: ${view.negative_prompt}` : "";
+  const loras = (view.loras || []).map((lora) => ` · LoRA ${lora.path} × ${lora.scale}`).join("");
   $(".params", card).textContent =
-    `${view.size} · n ${view.n} · seed ${view.seed} · ${view.steps} steps · guidance ${view.guidance}${negative}`;
+    `${view.size} · n ${view.n} · seed ${view.seed} · ${view.steps} steps · guidance ${view.guidance}${negative}${loras}`;
   const live = LIVE.has(view.status);
   $(".live", card).hidden = !live;
   $(".cancel", card).hidden = !live;
@@ -203,6 +234,8 @@ function snippet(kind, view) {
   const base = location.origin;
   const card = state.models[view.model] || { guidance_name: "guidance" };
   const parameters = { size: view.size, n: view.n, seed: view.seed, steps: view.steps, [card.guidance_name]: view.guidance };
+  const loras = (view.loras || []).map((lora) => ({ path: lora.path, scale: lora.scale }));
+  if (loras.length) parameters.loras = loras;
   const input = { prompt: view.prompt };
   if (view.negative_prompt) input.negative_prompt = view.negative_prompt;
   const py = (value) => JSON.stringify(value);
@@ -230,6 +263,7 @@ function snippet(kind, view) {
   }
   const extraBody = { seed: view.seed, steps: view.steps, guidance: view.guidance };
   if (view.negative_prompt) extraBody.negative_prompt = view.negative_prompt;
+  if (loras.length) extraBody.loras = loras;
   return [
     "import os",
     "from openai import OpenAI",

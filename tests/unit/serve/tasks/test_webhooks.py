@@ -10,7 +10,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from cluster.config import WebhookConfig
-from serve.edge.fetch import FetchPolicy
+from cluster.fetch import FetchPolicy
 from serve.secrets import new_webhook_secret
 from serve.tasks.record import Api, DeliveryState, TaskStatus, WebhookDelivery
 from serve.tasks.sqlite import SQLiteTaskStore

@@ -1,4 +1,4 @@
-"""Address rules of server-side fetches (serve/edge/fetch.py), against a real HTTP server on loopback.
+"""Address rules of server-side fetches (cluster/fetch.py), against a real HTTP server on loopback.
 
 No test sends traffic beyond loopback: addresses outside it are refused before any connection,
 or reach only an in-process transport that records where it was asked to connect.
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from serve.edge.fetch import FetchError, FetchPolicy, fetch_image, refusal, request
+from cluster.fetch import FetchError, FetchPolicy, fetch_image, refusal, request
 
 CLUSTER = FetchPolicy()  # the cluster profile: loopback and private refused
 LOCAL = FetchPolicy(allow_loopback=True)  # the local profile

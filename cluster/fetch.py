@@ -1,4 +1,6 @@
-"""Server-side requests to client-given URLs (input images, webhooks) that cannot be turned inward.
+"""Server-side requests to client-given URLs (input images, webhooks, LoRA adapters) that cannot be
+turned inward. In the core, because both doors fetch: the service (images, webhooks, adapters in
+its replicas) and the batch job (adapters named by its rows).
 
 A client must not be able to make the service reach inside the cluster (metadata servers, the
 Redis, the dashboard, a sidecar on loopback). Each rule below exists for one reason:

@@ -1,0 +1,137 @@
+"""LoRA adapters in the render core, on the tiny FLUX and SDXL pipelines with tiny adapters made
+on the spot (PEFT, random non-zero weights, saved with the pipeline's `save_lora_weights`):
+
+- scale 0 renders the base model's pixels, bit for bit, and so does every request without
+  adapters after any set was applied (adapters are never fused);
+- a request with adapters is bit-identical alone and inside a batch of the same set, and a batch
+  of requests with two different sets is split into one device batch per set;
+- two adapters with their scales render what diffusers' own `set_adapters` renders;
+- the pipeline keeps `lora_slots` sets (LRU) and deletes adapters no kept set uses;
+- the PNG's sampling metadata names each adapter with its sha256 and scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import diffusers
+import numpy as np
+import pytest
+
+from cluster.architectures import PIPELINE_CLASS, Family
+from cluster.batch_invariance import make_batch_invariant
+from cluster.engine import Renderer
+from cluster.imageio import png_text
+from cluster.lora_cache import LoraCache
+from cluster.loras import LoraRef
+from cluster.request import RenderRequest
+from cluster.seeding import generator
+from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
+from cluster.tiny_lora import build_tiny_lora
+from tests.conftest import pixels
+
+MODELS = {"flux-schnell": Family.FLUX, "stable-diffusion-xl": Family.SDXL}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """Two tiny adapters per family: root/<family>/{a,b}/pytorch_lora_weights.safetensors."""
+    root = tmp_path_factory.mktemp("loras")
+    for family in set(MODELS.values()):
+        for name, seed in (("a", 1), ("b", 2)):
+            build_tiny_lora(family, root / family.value / name, seed=seed)
+    return root
+
+
+def renderer(local_config, root, model: str, slots: int = 3) -> Renderer:
+    spec = local_config.spec(model)
+    spec = spec.model_copy(update={"warmup": False, "lora_slots": slots,
+                                   "loras": spec.loras.model_copy(update={"local_root": str(root)})})
+    return Renderer(spec, device="cpu", lora_cache=LoraCache(root / "cache"))
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def engine(request, local_config, root):
+    return renderer(local_config, root, request.param)
+
+
+def ask(engine: Renderer, seed: int, *loras: tuple[str, float]) -> RenderRequest:
+    family = MODELS[engine.spec.name].value
+    return RenderRequest(model=engine.spec.name, prompt="a lighthouse", seed=seed, width=256, height=256, steps=2,
+                         loras=tuple(LoraRef(f"./{family}/{name}/pytorch_lora_weights.safetensors", scale)
+                                     for name, scale in loras))
+
+
+def images(engine: Renderer, *requests: RenderRequest) -> list[np.ndarray]:
+    results = engine.render(list(requests))
+    assert all(r.ok for r in results), [r.error for r in results]
+    return [pixels(r.image) for r in results]
+
+
+def test_scale_zero_and_no_adapters_render_the_base_model_exactly(engine):
+    [base] = images(engine, ask(engine, 1))
+    [zero] = images(engine, ask(engine, 1, ("a", 0.0)))
+    [styled] = images(engine, ask(engine, 1, ("a", 1.0)))
+    [after] = images(engine, ask(engine, 1))
+    assert np.array_equal(zero, base) and np.array_equal(after, base)
+    assert not np.array_equal(styled, base)  # the adapter does change the picture
+
+
+def test_an_adapter_request_is_the_same_alone_and_in_a_batch_of_its_set(engine):
+    [alone] = images(engine, ask(engine, 5, ("a", 0.8)))
+    batched = images(engine, ask(engine, 4, ("a", 0.8)), ask(engine, 5, ("a", 0.8)), ask(engine, 6, ("a", 0.8)))
+    assert np.array_equal(batched[1], alone)
+
+
+def test_two_sets_are_never_in_one_device_batch(engine):
+    requests = [ask(engine, 7, ("a", 1.0)), ask(engine, 7, ("b", 1.0)), ask(engine, 8, ("a", 1.0)), ask(engine, 8)]
+    resolved = [engine.resolve(r) for r in requests]
+    _, batches = engine.plan(resolved)
+    assert sorted(sorted(image.request_index for image in batch) for batch in batches) == [[0, 2], [1], [3]]
+    mixed = images(engine, *requests)
+    for request, picture in zip(requests, mixed):
+        assert np.array_equal(picture, images(engine, request)[0])
+
+
+def test_two_adapters_with_scales_equal_diffusers_own_set_adapters(engine, root):
+    family = MODELS[engine.spec.name]
+    [ours] = images(engine, ask(engine, 3, ("a", 0.7), ("b", -0.4)))
+    pipeline = getattr(diffusers, PIPELINE_CLASS[family]).from_pretrained(
+        build_tiny(family, tiny_cache_dir() / TINY_DIRS[family]))
+    pipeline.set_progress_bar_config(disable=True)
+    for name in ("a", "b"):
+        pipeline.load_lora_weights(str(root / family.value / name), adapter_name=name)
+    pipeline.set_adapters(["a", "b"], [0.7, -0.4])
+    # The same CPU kernels as every Renderer on a CPU (cluster/batch_invariance.py).
+    make_batch_invariant([c for c in pipeline.components.values() if hasattr(c, "modules")])
+    theirs = pipeline(prompt=["a lighthouse"], width=256, height=256, num_inference_steps=2,
+                      guidance_scale=engine.spec.default_guidance, generator=[generator(3, "cpu")]).images[0]
+    assert np.array_equal(ours, np.asarray(theirs.convert("RGB")))
+
+
+def test_sets_beyond_the_slots_are_evicted_and_unused_adapters_deleted(local_config, root):
+    engine = renderer(local_config, root, "flux-schnell", slots=2)
+    [base] = images(engine, ask(engine, 9))
+    images(engine, ask(engine, 9, ("a", 1.0)))
+    images(engine, ask(engine, 9, ("a", 0.5), ("b", 0.5)))
+    assert len(engine.adapters.kept_sets()) == 2 and len(engine.adapters.loaded()) == 2
+    images(engine, ask(engine, 9, ("b", 1.0)))  # the first set (a alone) goes; a stays for the second
+    assert len(engine.adapters.kept_sets()) == 2 and len(engine.adapters.loaded()) == 2
+    images(engine, ask(engine, 9, ("b", 0.3)))  # the second goes too: nothing holds a any more
+    a_name = "l" + hashlib.sha256((root / "flux/a/pytorch_lora_weights.safetensors").read_bytes()).hexdigest()[:16]
+    assert a_name not in engine.adapters.loaded() and len(engine.adapters.loaded()) == 1
+    assert np.array_equal(images(engine, ask(engine, 9))[0], base)
+    assert engine.adapters.loads == 2  # a and b, each once: sets share the adapters they have in common
+    images(engine, ask(engine, 9, ("a", 1.0)))
+    assert engine.adapters.loads == 3  # a was deleted: a set that needs it again loads it again
+
+
+def test_the_png_names_each_adapter_with_its_hash_and_scale(engine, root):
+    [result] = engine.render([ask(engine, 2, ("a", 0.6), ("b", 1.0))])
+    family = MODELS[engine.spec.name].value
+    expected = [{"path": f"./{family}/{name}/pytorch_lora_weights.safetensors",
+                 "sha256": hashlib.sha256((root / family / name / "pytorch_lora_weights.safetensors").read_bytes())
+                 .hexdigest(), "scale": scale} for name, scale in (("a", 0.6), ("b", 1.0))]
+    assert json.loads(png_text(result.image)["loras"]) == expected
+    assert [lora.as_dict() for lora in result.loras] == expected
