@@ -45,13 +45,14 @@ class ModelServer:
         # this replica holds, so requests with a set go where it is warm (callers set
         # `multiplexed_model_id`). The pipeline's own LRU (`Renderer.adapters`) has as many slots.
         self._wanted: dict[str, tuple] = {}
-        self._hold_set = serve.multiplexed(max_num_models_per_replica=self.spec.lora_slots)(self._adapter_set)
 
-    async def _adapter_set(self, set_id: str) -> str:
-        # Fetched here, off the event loop; loaded into the pipeline on the device's thread
-        # right before the set's first batch.
-        await asyncio.to_thread(self.renderer.fetch_loras, self._wanted[set_id])
-        return set_id
+        async def hold_set(set_id: str) -> str:
+            # Fetched here, off the event loop; loaded into the pipeline on the device's thread
+            # right before the set's first batch. (A plain function: Serve keeps its LRU on it.)
+            await asyncio.to_thread(self.renderer.fetch_loras, self._wanted[set_id])
+            return set_id
+
+        self._hold_set = serve.multiplexed(max_num_models_per_replica=self.spec.lora_slots)(hold_set)
 
     async def _refusal(self, request: ResolvedRequest) -> RenderResult | None:
         """A request whose adapters cannot be had, answered at once (its files are fetched here,

@@ -13,8 +13,8 @@ What this layer guarantees, whichever door is used:
   record), and removed again when the submission fails for any reason; they are fetched under the address rules of
   `cluster/fetch.py`; one of our own signed result URLs is read straight from
   storage, never over HTTP.
-- A callback URL is checked at submission (a clear 400 now beats a silent failure later) and
-  again at every delivery (DNS answers change).
+- A callback URL, and the URL of a LoRA adapter, is checked at submission (a clear 400 now
+  beats a silent failure later) and again when it is fetched (DNS answers change).
 """
 
 from __future__ import annotations
@@ -143,6 +143,11 @@ class TaskService:
             return ServiceError.invalid(f"callback_url is not taken on the {submission.api.value} API", "callback_url")
         if submission.callback_url and (problem := await self._check_callback(submission.callback_url)):
             return problem
+        loras_name = submission.param_names.get("loras", "loras")
+        for i, lora in enumerate(resolved.loras):
+            if lora.kind == "https" and (problem := await self._check_url(lora.location, f"{loras_name} item {i}: "
+                                                                                         f"path", loras_name)):
+                return problem
         now = time.time()
         record = TaskRecord(
             task_id=str(uuid.uuid4()), model=spec.name, key_id=submission.key_id, api=submission.api,
@@ -197,14 +202,19 @@ class TaskService:
         return record
 
     async def _check_callback(self, url: str) -> ServiceError | None:
+        return await self._check_url(url, "callback_url", "callback_url")
+
+    async def _check_url(self, url: str, label: str, param: str) -> ServiceError | None:
+        """A URL we will fetch later (a webhook, a LoRA adapter in a replica), checked now under
+        the address rules: a clear 400 now beats a failure later. Checked again when fetched."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            return ServiceError.invalid("callback_url must be an http(s):// URL", "callback_url")
+            return ServiceError.invalid(f"{label} must be an http(s):// URL", param)
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             await checked_address(parts.hostname, port, self.policy, self.resolver)
         except (FetchError, ValueError) as exc:
-            return ServiceError.invalid(f"callback_url: {exc}", "callback_url")
+            return ServiceError.invalid(f"{label}: {exc}", param)
         return None
 
     async def wait(self, record: TaskRecord, timeout_s: float | None = None) -> TaskRecord:

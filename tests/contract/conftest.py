@@ -22,10 +22,11 @@ PAGE_KEY = "page-key"  # the web page in a browser
 # Suites that poll fast have keys of their own, so their polling never spends another suite's budget.
 PROGRESS_KEY = "progress-key"
 CANCEL_KEY = "cancel-key"
+LORA_KEY = "lora-key"
 FLOOD_KEY = "flood-key"  # fills its share of a model's queue
 QUIET_KEY = "quiet-key"  # one request beside the flood
 KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY, OPENAI_KEY, OPENAI_LIMITED_KEY, PAGE_KEY,
-        PROGRESS_KEY, CANCEL_KEY, FLOOD_KEY, QUIET_KEY]
+        PROGRESS_KEY, CANCEL_KEY, FLOOD_KEY, QUIET_KEY, LORA_KEY]
 WEBHOOK_SECRET = new_webhook_secret()
 RATE_BURST = 200  # per key, in any window of 100 s: a test can spend it deterministically
 
@@ -51,6 +52,7 @@ serve:
     stable-diffusion-v1.5: {{max_ongoing_requests: 1}}
 tasks: {{path: "{work}/tasks.sqlite"}}
 storage: {{root: "{work}/results", signing_key_file: "{work}/signing.key"}}
+loras: {{local_root: "{work}/loras", cache_dir: "{work}/lora-cache"}}  # test_loras.py builds adapters there
 """
 
 

@@ -193,3 +193,35 @@ def test_a_broken_model_source_fixed_then_rerun_renders_every_image(tmp_path, in
     fixed = run_job(job(tmp_path, "out"))
     assert (fixed.rendered, fixed.failed, fixed.skipped, fixed.images) == (6, 0, 3, 9)  # the bad rows stay final
     assert sum(r["error_code"] is None for r in metadata(str(tmp_path / "out"))) == 6
+
+
+def test_a_loras_column_renders_each_rows_adapters_and_records_them(tmp_path, local_config):
+    import hashlib
+
+    from cluster.lora_cache import LoraCache
+    from cluster.loras import LoraRef
+    from cluster.tiny_lora import build_tiny_lora
+
+    adapter = build_tiny_lora("flux", tmp_path / "loras" / "a", seed=3)
+    config = tmp_path / "loras.yaml"
+    config.write_text(f"models:\n  flux-schnell: {{source: 'tiny:flux', warmup: false}}\n"
+                      f"loras: {{local_root: '{tmp_path / 'loras'}', cache_dir: '{tmp_path / 'cache'}'}}\n")
+    lora_type = pa.list_(pa.struct([("path", pa.string()), ("scale", pa.float64())]))
+    styled = [{"path": "./a/pytorch_lora_weights.safetensors", "scale": 0.8}]
+    pq.write_table(pa.table({"id": ["r1", "r2", "r3"], "prompt": ["a fox", "a fox", "a cat"], "seed": [4, 4, 5],
+                             "loras": pa.array([styled, None, styled], type=lora_type)}), tmp_path / "in.parquet")
+    run_job(JobSpec(input=str(tmp_path / "in.parquet"), output=str(tmp_path / "out"), config=str(config),
+                    defaults={"width": 256, "height": 256, "steps": 2}, batch_size=4))
+    rows = {r["id"]: r for r in metadata(str(tmp_path / "out"))}
+    applied = [{"path": styled[0]["path"], "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(), "scale": 0.8}]
+    assert json.loads(rows["r1"]["loras"]) == json.loads(rows["r3"]["loras"]) == applied and rows["r2"]["loras"] is None
+    spec = local_config.spec("flux-schnell")
+    spec = spec.model_copy(update={"warmup": False, "loras": spec.loras.model_copy(
+        update={"local_root": str(tmp_path / "loras")})})
+    single = Renderer(spec, device="cpu", lora_cache=LoraCache(tmp_path / "cache"))
+    for rid, loras in (("r1", (LoraRef(styled[0]["path"], 0.8),)), ("r2", ())):
+        [expected] = single.render([RenderRequest(model="flux-schnell", prompt="a fox", seed=4, width=256, height=256,
+                                                  steps=2, loras=loras)])
+        assert np.array_equal(pixels((tmp_path / "out" / rows[rid]["path"]).read_bytes()), pixels(expected.image))
+    assert not np.array_equal(pixels((tmp_path / "out" / rows["r1"]["path"]).read_bytes()),
+                              pixels((tmp_path / "out" / rows["r2"]["path"]).read_bytes()))
