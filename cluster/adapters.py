@@ -40,6 +40,7 @@ class PipelineAdapters:
         self._active: str | None = ""  # the set the pipeline applies now ("" none; None unknown)
         self.loads = 0  # adapter files loaded (a cold set costs one per adapter)
         self.load_s = 0.0
+        self.hits = self.misses = 0  # device batches whose set was kept loaded, or not
 
     @property
     def supported(self) -> bool:
@@ -64,7 +65,9 @@ class PipelineAdapters:
     def _load(self, set_id: str, locals_: list[LocalLora]) -> tuple[str, ...]:
         if set_id in self._sets:
             self._sets.move_to_end(set_id)
+            self.hits += 1
             return self._sets[set_id]
+        self.misses += 1
         loaded = set(self.loaded())
         names = tuple(adapter_name(local) for local in locals_)
         fresh = [(name, local) for name, local in zip(names, locals_) if name not in loaded]
@@ -103,3 +106,7 @@ class PipelineAdapters:
 
     def kept_sets(self) -> list[str]:
         return list(self._sets)
+
+    def stats(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses, "loads": self.loads, "load_s": round(self.load_s, 3),
+                "kept_sets": len(self._sets)}

@@ -94,6 +94,11 @@ class ModelServer:
             return None
         return {"batches": list(gpu.batches), "busy_s": gpu.busy_s, "busy_now": gpu.busy_now}
 
+    def adapter_stats(self) -> dict:
+        """This replica's LoRA figures: device batches whose adapter set was warm or not,
+        adapter files loaded and the seconds that took (bench/lora.py reads them)."""
+        return self.renderer.adapters.stats() | {"replica": serve.get_replica_context().replica_id.unique_id}
+
     async def ping(self) -> str:
         """Answers while a render runs (the render is in another thread)."""
         return self.spec.name
