@@ -34,7 +34,7 @@ errors = Console(stderr=True)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Config YAML (default: configs/local.yaml).")
 # The core's parameter names as `generate` spells them, for its error messages.
-_FLAGS = {"prompt": "PROMPT", "negative_prompt": "--negative", "size": "--size", "steps": "--steps",
+_FLAGS = {"prompt": "PROMPT", "negative_prompt": "--negative", "size": "--size", "steps": "--steps", "loras": "--lora",
           "guidance": "--guidance", "n": "--n", "seed": "--seed", "image": "--image"}
 
 
@@ -84,6 +84,8 @@ def generate(
     guidance: Optional[float] = typer.Option(None, "--guidance", "--scale", help="Guidance (default: the model's)."),
     negative: Optional[str] = typer.Option(None, "--negative", help="Negative prompt."),
     image: Optional[Path] = typer.Option(None, "--image", help="Input image (edit models)."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", help="A LoRA adapter, PATH or PATH@SCALE (repeat for "
+                                                                 "several): a configured name, URL, hub id or path."),
     metadata: bool = typer.Option(True, "--metadata/--no-metadata", help="Write sampling parameters into the PNG."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Output directory."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cpu, ... (default: cuda if present)."),
@@ -91,6 +93,7 @@ def generate(
 ) -> None:
     """Render images in this process (no Ray): the quickest way to check a model's weights."""
     from cluster.errors import RenderError
+    from cluster.loras import parse_lora_flag
     from cluster.request import RenderRequest
 
     cfg = load(config)
@@ -110,19 +113,22 @@ def generate(
             fail(f"cannot read --image {image}: {exc.strerror}")
     request = RenderRequest(model=model, prompt=prompt, negative_prompt=negative, width=width,
                             height=height, steps=steps, guidance=guidance, seed=seed, n=n,
-                            add_sampling_metadata=metadata, init_image=init_image)
+                            add_sampling_metadata=metadata, init_image=init_image,
+                            loras=tuple(parse_lora_flag(value) for value in lora or ()))
     spec = cfg.spec(model)
     resolved = spec.resolve(request)
     if isinstance(resolved, RenderError):
         fail(resolved.text(_FLAGS.get(resolved.param or "")))
 
     from cluster.engine import Renderer  # torch and diffusers: only for a request that can render
+    from cluster.lora_cache import cache_for
     from cluster.weights import ModelLoadError
 
     quiet_libraries()
     try:
         with console.status(f"loading {model} from {spec.source}"):
-            renderer = Renderer(spec.model_copy(update={"warmup": False}), device=device)
+            renderer = Renderer(spec.model_copy(update={"warmup": False}), device=device,
+                                lora_cache=cache_for(cfg))
         with console.status(f"rendering {n} image(s)"):
             results = renderer.render([resolved])
     except ModelLoadError as exc:

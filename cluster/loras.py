@@ -179,3 +179,14 @@ def _local(path: str, policy: LoraPolicy, trusted: bool) -> tuple[str, str] | st
     if os.path.commonpath([full, root]) != root:
         return "leaves loras.local_root"
     return "local", full
+
+
+def parse_lora_flag(value: str) -> LoraRef:
+    """`PATH` or `PATH@SCALE` as a command line gives it (`@`: URLs and paths hold `:`)."""
+    path, at, scale = value.rpartition("@")
+    if at:
+        try:
+            return LoraRef(path, float(scale))
+        except ValueError:
+            pass
+    return LoraRef(value, 1.0)

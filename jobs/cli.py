@@ -66,6 +66,8 @@ def render_command(
     size: Optional[str] = typer.Option(None, "--size", help="W*H for rows without a size."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Steps for rows without steps."),
     n: int = typer.Option(1, "--n", help="Images per row without an `n` column."),
+    lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA adapter for rows without a `loras` column: "
+                                                                 "PATH or PATH@SCALE (repeat for several)."),
     seed: int = typer.Option(0, "--seed", help="Job seed (rows without a seed derive theirs from it)."),
     max_errors: float = typer.Option(0.1, "--max-errors", help="Failed images allowed: count, or fraction < 1."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)."),
@@ -80,6 +82,7 @@ def render_command(
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
+    from cluster.loras import parse_lora_flag
     from jobs.render import JobError, prepare, run_job
     from jobs.spec import JobSpec
     from jobs.terminal import job_log_path, others_to
@@ -102,7 +105,8 @@ def render_command(
                        batch_size=batch_size, shard_size=shard_size, concurrency=pool, gpus_per_worker=gpus_per_worker, limit=limit,
                        seed=seed, max_errors=max_errors, address=address,
                        via_serve=serve_app if via_serve else None,
-                       defaults={"model": model, "width": width, "height": height, "steps": steps, "n": n})
+                       defaults={"model": model, "width": width, "height": height, "steps": steps, "n": n,
+                                 "loras": tuple(parse_lora_flag(value) for value in lora or ())})
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     try:
