@@ -35,6 +35,7 @@ errors = Console(stderr=True)
 ConfigOption = typer.Option(None, "--config", "-c", help="Config YAML (default: configs/local.yaml).")
 # The core's parameter names as `generate` spells them, for its error messages.
 _FLAGS = {"prompt": "PROMPT", "negative_prompt": "--negative", "size": "--size", "steps": "--steps", "loras": "--lora",
+          "quality": "--quality",
           "guidance": "--guidance", "n": "--n", "seed": "--seed", "image": "--image"}
 
 
@@ -86,6 +87,7 @@ def generate(
     image: Optional[Path] = typer.Option(None, "--image", help="Input image (edit models)."),
     lora: Optional[list[str]] = typer.Option(None, "--lora", help="A LoRA adapter, PATH or PATH@SCALE (repeat for "
                                                                  "several): a configured name, URL, hub id or path."),
+    quality: Optional[str] = typer.Option(None, "--quality", help="lossless (default) or fast (a step cache)."),
     metadata: bool = typer.Option(True, "--metadata/--no-metadata", help="Write sampling parameters into the PNG."),
     out: Path = typer.Option(Path("."), "--out", "-o", help="Output directory."),
     device: Optional[str] = typer.Option(None, "--device", help="cuda, cpu, ... (default: cuda if present)."),
@@ -114,7 +116,7 @@ def generate(
     request = RenderRequest(model=model, prompt=prompt, negative_prompt=negative, width=width,
                             height=height, steps=steps, guidance=guidance, seed=seed, n=n,
                             add_sampling_metadata=metadata, init_image=init_image,
-                            loras=tuple(parse_lora_flag(value) for value in lora or ()))
+                            loras=tuple(parse_lora_flag(value) for value in lora or ()), quality=quality)
     spec = cfg.spec(model)
     resolved = spec.resolve(request)
     if isinstance(resolved, RenderError):

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cluster.loras import DEFAULT_SOURCES, LoraKind, LoraPolicy
 from cluster.models import CATALOGUE, ModelSpec
+from cluster.speed import FastSettings, Quantization
 from cluster.sim_engine import SimulatedTiming
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -46,6 +47,11 @@ class ModelConfig(BaseModel):
         None, description="Kinds of LoRA path this model takes (default all: named, https, hub, local, fsspec; "
                           "local and fsspec also need loras.local_root / loras.fsspec_prefixes).")
     lora_slots: int | None = Field(None, ge=1, description="Adapter sets a replica keeps loaded (default 3).")
+    fast: FastSettings | None = Field(None, description="What quality 'fast' means: {method: taylorseer | "
+                                                        "first_block | none, ...} (default: the catalogue's).")
+    compile: bool | None = Field(None, description="Regional compile of the denoiser, warmed up at load.")
+    compile_sizes: list[str] | None = Field(None, description="W*H sizes warmed up when compiled.")
+    quantize: Quantization | None = Field(None, description="none, int8_weight_only or fp8 (Ada/Hopper GPUs).")
 
 
 class LoraConfig(BaseModel):

@@ -36,6 +36,7 @@ from cluster.progress import Canceled, StepProgress, StepReporter
 from cluster.errors import ErrorCode, RenderError, first_line
 from cluster.request import RenderRequest, RenderResult, ResolvedRequest
 from cluster.seeding import generator, image_seeds
+from cluster.speed import FastSettings, StepCache, compile_regions, quantize_weights
 from cluster.weights import load_pipeline
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def _batch_key(image: _Image) -> Hashable:
     init_size = image.init_image.size if image.init_image is not None else None
     # One adapter set per batch: the pipeline applies one set to a whole call.
     return (r.width, r.height, r.steps, r.guidance, r.negative_prompt is not None, init_size,
-            adapter_set_id(r.loras))
+            adapter_set_id(r.loras), r.quality)
 
 
 class Renderer:
@@ -103,15 +104,22 @@ class Renderer:
         self.dtype = pick_dtype(spec.dtype, self.device)
         started = time.perf_counter()
         self.pipeline = load_pipeline(spec.name, spec.family, spec.source, self.dtype, self.device, spec.simulated)
+        if spec.quantize != "none":
+            quantize_weights(self.pipeline, spec.quantize, self.device)
         self._place_on_device()
         self.pipeline.set_progress_bar_config(disable=True)
         self.lora_cache = lora_cache or LoraCache()
         self.adapters = PipelineAdapters(self.pipeline, spec.lora_slots, after_load=self._after_adapter_load)
+        self.step_cache = StepCache(self.pipeline, spec.fast if spec.step_cache else FastSettings())
+        if spec.compile:
+            compile_regions(self.pipeline)
         self.load_s = time.perf_counter() - started
         log.info("loaded %s from %s on %s (%s) in %.1fs", spec.name, spec.source, self.device,
                  self.dtype, self.load_s)
         if spec.warmup:
             self.warm_up()
+        if spec.compile:
+            self.warm_up_compiled()
 
     @classmethod
     def from_config(cls, model: str, config: RaydiantConfig | None = None, device: str | None = None) -> "Renderer":
@@ -152,6 +160,25 @@ class Renderer:
             raise RuntimeError(f"warm-up of {self.spec.name} failed: {failed[0].message}")
         log.info("warmed up %s (batch %d) in %.1fs", self.spec.name, self.max_batch_size,
                  time.perf_counter() - started)
+
+    def warm_up_compiled(self) -> None:
+        """Compile at every configured size, at batch sizes 1 and the largest (dynamic shapes:
+        the sizes and batch sizes between run on that code), lossless and fast, so that no
+        request pays a compile."""
+        sizes = [parse_size(s) for s in (self.spec.compile_sizes or [self.spec.default_size])]
+        started = time.perf_counter()
+        for width, height in sizes:  # type: ignore[misc]
+            for batch in sorted({1, 2, self.max_batch_size}):
+                for quality in ("lossless", "fast") if self.step_cache.available else ("lossless",):
+                    init = encode(Image.new("RGB", (width, height), "gray")) if self.spec.edit else None
+                    request = RenderRequest(model=self.spec.name, prompt="warm-up", width=width, height=height,
+                                            steps=max(self.spec.min_steps, 2), seed=0, n=batch, init_image=init,
+                                            add_sampling_metadata=False, quality=quality)
+                    failed = [r.error for r in self.render([request]) if r.error]
+                    if failed:
+                        raise RuntimeError(f"compiled warm-up of {self.spec.name} failed: {failed[0].message}")
+        log.info("compiled %s and warmed it up at %s in %.1fs", self.spec.name,
+                 ", ".join(self.spec.compile_sizes or [self.spec.default_size]), time.perf_counter() - started)
 
     def check_health(self) -> None:
         """Raise if the device cannot compute: a small computation on it, synchronised."""
@@ -206,7 +233,14 @@ class Renderer:
                 refused.append(prepared)
             else:
                 images.extend(prepared)
-        return refused, plan_batches(images, _batch_key, self.max_batch_size)
+        return refused, plan_batches(images, self._batch_key, self.max_batch_size)
+
+    def _batch_key(self, image: _Image) -> Hashable:
+        # A step cache that decides from a batch's content (First Block Cache) renders its
+        # requests one image a batch, so each is the same alone or among others.
+        if image.request.quality == "fast" and not self.spec.fast.batch_invariant:
+            return (_batch_key(image), image.request_index, image.index)
+        return _batch_key(image)
 
     @staticmethod
     def refused(request: ResolvedRequest, error: RenderError, request_index: int = 0) -> RenderResult:
@@ -285,6 +319,7 @@ class Renderer:
             applied = self.adapters.activate(loras, self.fetch_loras(loras)) if self.adapters.supported else ()
         except LoraUnavailable as exc:  # its file went between plan and now (evicted, removed)
             return [Denoised(batch, failed=self._failed(batch, exc.error))]
+        self.step_cache.apply(batch[0].request.quality)  # one quality per batch
         if on_step is not None or canceled is not None:
             kwargs["callback_on_step_end"] = StepReporter(batch[0].request.steps, on_step or (lambda _: None),
                                                           canceled or (lambda: False))

@@ -31,6 +31,7 @@ def sampling_metadata(request: ResolvedRequest, seed: int, loras: tuple[AppliedL
         "model": request.model,
         "width": str(request.width),
         "height": str(request.height),
+        "quality": request.quality,
         "software": "raydiant",
     }
 

@@ -23,6 +23,7 @@ from cluster.loras import LoraPolicy, resolve_loras
 from cluster.request import RenderRequest, ResolvedRequest
 from cluster.seeding import MAX_SEED, draw_seed
 from cluster.sim_engine import SimulatedTiming
+from cluster.speed import QUALITIES, FastSettings, Quantization
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[*xX]\s*(\d+)\s*$")
 
@@ -102,6 +103,18 @@ class ModelSpec(BaseModel):
         None, description="Timing of a SIMULATED GPU (sim: sources only; default: H100 FLUX-schnell figures).")
     loras: LoraPolicy = Field(default_factory=LoraPolicy, description="Which LoRA adapters requests may name.")
     lora_slots: int = Field(3, ge=1, description="Adapter sets a replica keeps loaded (LRU).")
+    fast: FastSettings = Field(default_factory=FastSettings, description="What quality 'fast' means (step cache).")
+    compile: bool = Field(False, description="Regional compile of the denoiser, warmed up at load.")
+    compile_sizes: list[str] = Field(default_factory=list, description="W*H sizes warmed up at load when compiled "
+                                                                        "(default: the default size).")
+    quantize: Quantization = Field("none", description="Denoiser weights: none, int8_weight_only, or fp8 (Ada/Hopper).")
+
+    @property
+    def step_cache(self) -> bool:
+        """Whether `fast` requests get a step cache here. Not on compiled models: the cache
+        hooks keep per-step state that torch.compile guards on, so they would recompile at
+        every step."""
+        return self.fast.method != "none" and not self.compile
 
     @property
     def edit(self) -> bool:
@@ -139,6 +152,11 @@ class ModelSpec(BaseModel):
         loras = resolve_loras(req.loras, self.loras, self.name)
         if isinstance(loras, RenderError):
             return loras
+        quality = req.quality or "lossless"
+        if quality not in QUALITIES:
+            return RenderError.invalid("quality", f"must be {' or '.join(QUALITIES)}, got {quality!r}")
+        if not self.step_cache:
+            quality = "lossless"  # a model without a step cache renders every request lossless
         return ResolvedRequest(
             model=self.name,
             prompt=self.truncate(prompt),
@@ -153,6 +171,7 @@ class ModelSpec(BaseModel):
             init_image=req.init_image,
             request_id=req.request_id,
             loras=loras,
+            quality=quality,
         )
 
     def size_for_aspect(self, ratio_w: int, ratio_h: int) -> tuple[int, int] | RenderError:
@@ -196,6 +215,8 @@ def _flux(name: str, source: str, steps: int, family: Family = Family.FLUX) -> M
         default_steps=steps, max_steps=100,
         guidance_name="guidance", default_guidance=3.5, min_guidance=0.0, max_guidance=20.0,
         prompt_limit=500, prompt_unit="chars",
+        # Many-step models gain from a step cache; a distilled few-step one (schnell) does not.
+        fast=FastSettings(method="taylorseer" if steps >= 20 else "none"),
     )
 
 

@@ -32,6 +32,7 @@ class RenderRequest:
     init_image: bytes | None = field(default=None, repr=False)  # edit models only (encoded image)
     request_id: str = ""  # the caller's id, echoed in results
     loras: tuple[LoraRef, ...] = ()  # adapters with their scales, in the order their deltas add
+    quality: str | None = None  # "lossless" (default) or "fast" (cluster/speed.py)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ResolvedRequest:
     init_image: bytes | None = field(default=None, repr=False)
     request_id: str = ""
     loras: tuple[Lora, ...] = ()
+    quality: str = "lossless"  # what renders it: "fast" only where the model has a step cache
 
 
 @dataclass(frozen=True)

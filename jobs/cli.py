@@ -68,6 +68,9 @@ def render_command(
     n: int = typer.Option(1, "--n", help="Images per row without an `n` column."),
     lora: Optional[list[str]] = typer.Option(None, "--lora", help="LoRA adapter for rows without a `loras` column: "
                                                                  "PATH or PATH@SCALE (repeat for several)."),
+    quality: Optional[str] = typer.Option(None, "--quality", help="lossless (default) or fast (a step cache, on "
+                                                                  "models that have one), for rows without a "
+                                                                  "`quality` column."),
     seed: int = typer.Option(0, "--seed", help="Job seed (rows without a seed derive theirs from it)."),
     max_errors: float = typer.Option(0.1, "--max-errors", help="Failed images allowed: count, or fraction < 1."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: local)."),
@@ -106,7 +109,8 @@ def render_command(
                        seed=seed, max_errors=max_errors, address=address,
                        via_serve=serve_app if via_serve else None,
                        defaults={"model": model, "width": width, "height": height, "steps": steps, "n": n,
-                                 "loras": tuple(parse_lora_flag(value) for value in lora or ())})
+                                 "loras": tuple(parse_lora_flag(value) for value in lora or ()),
+                                 "quality": quality})
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
     try:

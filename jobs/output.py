@@ -44,7 +44,7 @@ from jobs.rows import WorkItem, sample_name
 METADATA_SCHEMA = pa.schema([
     ("id", pa.string()), ("index", pa.int64()), ("key", pa.string()), ("prompt", pa.string()),
     ("negative_prompt", pa.string()), ("seed", pa.int64()), ("model", pa.string()), ("width", pa.int64()),
-    ("height", pa.int64()), ("steps", pa.int64()), ("guidance", pa.float64()), ("loras", pa.string()),
+    ("height", pa.int64()), ("steps", pa.int64()), ("guidance", pa.float64()), ("loras", pa.string()), ("quality", pa.string()),
     ("shard", pa.string()),
     ("path", pa.string()), ("sha256", pa.string()), ("error_code", pa.string()), ("error", pa.string()),
     ("render_s", pa.float64()),

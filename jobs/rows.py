@@ -48,7 +48,8 @@ class WorkItem:
         return {"id": self.id, "index": self.index, "key": self.key, "prompt": self.prompt,
                 "negative_prompt": r.negative_prompt if r else None, "seed": r.seed if r else None,
                 "model": self.model, "width": r.width if r else None, "height": r.height if r else None,
-                "steps": r.steps if r else None, "guidance": r.guidance if r else None, "loras": loras}
+                "steps": r.steps if r else None, "guidance": r.guidance if r else None, "loras": loras,
+                "quality": r.quality if r else None}
 
 
 def sample_name(key: str) -> str:
@@ -99,6 +100,7 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
             seed=int(seed) if _present(seed) else derive_seed(job_seed, rid),
             n=int(row["n"]) if _present(row.get("n")) else defaults.n,
             loras=loras,
+            quality=str(row["quality"]) if _present(row.get("quality")) else defaults.quality,
         )
     except (TypeError, ValueError) as exc:
         return RenderError(ErrorCode.INVALID_PARAMETER, f"bad value in row: {exc}")

@@ -25,6 +25,7 @@ class RowDefaults(BaseModel):
     n: int = Field(1, ge=1, description="Images per row.")
     negative_prompt: str | None = Field(None, description="Negative prompt.")
     loras: tuple[LoraRef, ...] = Field((), description="LoRA adapters for rows without a `loras` column.")
+    quality: str | None = Field(None, description="lossless (default) or fast, for rows without a `quality` column.")
 
 
 class JobSpec(BaseModel):

@@ -38,7 +38,7 @@ DEFAULT_MODEL = "flux-dev"
 PARAM_NAMES = {"n": "count", "image": "image_url"}
 # What a task keeps of the client's body (retrieve returns it): the fields this door reads.
 CLIENT_FIELDS = frozenset({"action", "model", "prompt", "size", "count", "seed", "image_url", "callback_url", "async",
-                           "loras"})
+                           "loras", "quality"})
 # Where each kind of model is asked for (a model asked for with the other action is refused).
 SERVED_AT = {True: "use action edit", False: "use action generate"}
 

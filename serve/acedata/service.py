@@ -75,7 +75,7 @@ class AceDataService:
         asynchronous = fields.boolean(body, "async") or False
         request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height,
                                 n=1 if count is None else count, seed=fields.integer(body, "seed"), init_image=image,
-                                loras=fields.loras(body, "loras"))
+                                loras=fields.loras(body, "loras"), quality=fields.text(body, "quality"))
         submission = Submission(api=Api.ACEDATA, key_id=caller.key_id, request=request, base_url=caller.base_url,
                                 callback_url=callback, client_body={k: v for k, v in body.items() if k in CLIENT_FIELDS},
                                 sizes="render", param_names=PARAM_NAMES)

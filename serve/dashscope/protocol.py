@@ -61,7 +61,8 @@ def param_names(spec: ModelSpec) -> dict[str, str]:
     """The core's parameter names as DashScope bodies spell them (guidance is `scale` for SD)."""
     return {"prompt": "input.prompt", "negative_prompt": "input.negative_prompt", "image": "input.image_url",
             "size": "parameters.size", "steps": "parameters.steps", "n": "parameters.n", "seed": "parameters.seed",
-            "guidance": f"parameters.{spec.guidance_name}", "loras": "parameters.loras"}
+            "guidance": f"parameters.{spec.guidance_name}", "loras": "parameters.loras",
+            "quality": "parameters.quality"}
 
 
 def error_body(error: ServiceError) -> dict:

@@ -85,7 +85,8 @@ class DashScopeService:
             add_sampling_metadata=True if metadata is None else metadata,
             # Not fetched for an empty prompt: the core refuses that first.
             init_image=await self._input_image(inputs) if spec.edit and prompt.strip() else None,
-            loras=fields.loras(params, "loras", "parameters"),  # an extension
+            loras=fields.loras(params, "loras", "parameters"),  # extensions
+            quality=fields.text(params, "quality", "parameters"),
         )
         # An extension: DashScope has no webhooks; `parameters.callback_url` adds one.
         callback = fields.text(params, "callback_url", "parameters")

@@ -14,10 +14,13 @@ from pydantic import BaseModel
 from serve.edge.errors import ErrorKind, ServiceError
 
 RESPONSE_FORMATS = ("url", "b64_json")
+# OpenAI's own `quality` values choose among its models' options: taken, and rendered lossless.
+# Ours ("lossless", "fast": cluster/speed.py) share the field.
+OPENAI_QUALITIES = frozenset({"standard", "hd", "low", "medium", "high", "auto"})
 # Accepted and ignored: they choose among OpenAI's own models' options, which have no
 # counterpart here (the answer is always a PNG). Their types are still checked (a 400 names the
 # field), and nothing of them is kept beyond the bounded client body.
-IGNORED_FIELDS: dict[str, type] = {"quality": str, "style": str, "output_format": str, "output_compression": int,
+IGNORED_FIELDS: dict[str, type] = {"style": str, "output_format": str, "output_compression": int,
                                    "user": str, "background": str, "moderation": str, "partial_images": int,
                                    "stream": bool, "input_fidelity": str}
 
@@ -104,6 +107,7 @@ class ModelCard(BaseModel):
     max_guidance: float
     default_guidance: float
     max_loras: int = 0  # LoRA adapters a request may name (0: none)
+    fast: bool = False  # whether quality "fast" (a step cache) renders faster than lossless here
     max_lora_scale: float = 0.0
 
 

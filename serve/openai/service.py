@@ -5,7 +5,8 @@ Vocabulary owned here: `model` (a served model or an alias; when absent, the fir
 that generates, or edits, as the route needs), `size` as `WxH` (any size the model renders) or
 `auto`, `response_format` url | b64_json, and the extensions `seed`, `steps`, `guidance`,
 `negative_prompt`, `loras` (the SDK sends them through `extra_body`; a multipart edit sends
-`loras` as JSON text). Calls are synchronous, and a retried
+`loras` as JSON text), and `quality`: ours (`lossless`, `fast`) or OpenAI's own values (taken,
+rendered lossless). Calls are synchronous, and a retried
 call joins the task of the first (`TaskService.submit_once`).
 """
 
@@ -25,13 +26,13 @@ from cluster.fetch import FetchError, check_image
 from serve.edge.fields import Invalid
 from serve.edge.http import Caller
 from serve.openai.protocol import (
-    IGNORED_FIELDS, RESPONSE_FORMATS, SERVED_AT, ImageData, ImagesResponse, ModelCard, ModelList,
+    IGNORED_FIELDS, OPENAI_QUALITIES, RESPONSE_FORMATS, SERVED_AT, ImageData, ImagesResponse, ModelCard, ModelList,
 )
 from serve.tasks.record import Api, TaskRecord, lora_view
 from serve.tasks.service import Submission, TaskService
 
 KNOWN_FIELDS = frozenset({"prompt", "model", "n", "size", "response_format", "seed", "steps", "guidance",
-                          "negative_prompt", "loras"})
+                          "negative_prompt", "loras", "quality"})
 IMAGE_FIELDS = ("image", "image[]", "mask")  # files, on the edits route only
 
 
@@ -110,7 +111,7 @@ class OpenAIService:
                                 steps=fields.integer(body, "steps", floats=True, strings=True),
                                 guidance=fields.number(body, "guidance", strings=True),
                                 negative_prompt=fields.text(body, "negative_prompt"), init_image=image,
-                                loras=fields.loras(body, "loras", text_json=edit))
+                                loras=fields.loras(body, "loras", text_json=edit), quality=_quality(body))
         client_body = {k: v for k, v in body.items() if k != "image"}
         return Submission(api=Api.OPENAI, key_id=caller.key_id, request=request, base_url=caller.base_url,
                           client_body=client_body, sizes="render"), response_format
@@ -152,6 +153,12 @@ class OpenAIService:
         return ModelList(data=cards).model_dump()
 
 
+def _quality(body: dict) -> str | None:
+    """Ours (lossless, fast), or None for OpenAI's own values (standard, hd, ...: lossless here)."""
+    quality = fields.text(body, "quality")
+    return None if quality in OPENAI_QUALITIES else quality
+
+
 def _check_ignored(body: dict, multipart: bool) -> None:
     """OpenAI's fields that do not apply here, type-checked all the same (multipart sends text)."""
     for name, kind in IGNORED_FIELDS.items():
@@ -170,7 +177,7 @@ def _card(name: str, spec: ModelSpec, alias_of: str | None) -> ModelCard:
                      default_size=spec.default_size.replace("*", "x"), max_n=spec.max_n,
                      min_steps=spec.min_steps, max_steps=spec.max_steps, default_steps=spec.default_steps,
                      guidance_name=spec.guidance_name, min_guidance=spec.min_guidance, max_guidance=spec.max_guidance,
-                     default_guidance=spec.default_guidance, max_loras=spec.loras.max,
+                     default_guidance=spec.default_guidance, max_loras=spec.loras.max, fast=spec.step_cache,
                      max_lora_scale=spec.loras.max_scale)
 
 

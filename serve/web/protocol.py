@@ -34,6 +34,7 @@ class TaskView(BaseModel):
     images: list[ImageView] = []
     error: str | None = None
     loras: list[dict] | None = None  # path, scale, and sha256 once rendered
+    quality: str = "lossless"
 
 
 class TaskPage(BaseModel):

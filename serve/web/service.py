@@ -39,4 +39,5 @@ class WebService:
                         end_time=record.end_time, queue_position=record.queue_position,
                         progress=progress.steps_only() if progress else None,
                         eta_s=progress.eta_left(time.time()) if progress else None,
-                        images=images, error=record.message, loras=lora_view(record))
+                        images=images, error=record.message, loras=lora_view(record),
+                        quality=request.quality)

@@ -71,6 +71,8 @@ function fillModelOptions() {
   Object.assign($("#steps"), { min: card.min_steps, max: card.max_steps, value: card.default_steps });
   Object.assign($("#guidance"), { min: card.min_guidance, max: card.max_guidance, value: card.default_guidance });
   fillLoraRows(card);
+  $("#quality-label").hidden = !card.fast;  // a model without a step cache renders every request lossless
+  $("#quality").value = "lossless";
 }
 
 // One row per adapter the model takes: its path and its scale.
@@ -108,6 +110,7 @@ async function submit(event) {
   if ($("#seed").value !== "") parameters.seed = Number($("#seed").value);
   const loras = chosenLoras();
   if (loras.length) parameters.loras = loras;
+  if (card.fast && $("#quality").value === "fast") parameters.quality = "fast";
   const input = { prompt: $("#prompt").value };
   if ($("#negative-prompt").value.trim()) input.negative_prompt = $("#negative-prompt").value;
   $("#form-error").textContent = "";
@@ -158,8 +161,9 @@ function render(card, view) {
   $(".prompt", card).textContent = view.prompt;
   const negative = view.negative_prompt ? ` · not: ${view.negative_prompt}` : "";
   const loras = (view.loras || []).map((lora) => ` · LoRA ${lora.path} × ${lora.scale}`).join("");
+  const quality = view.quality === "fast" ? " · fast" : "";
   $(".params", card).textContent =
-    `${view.size} · n ${view.n} · seed ${view.seed} · ${view.steps} steps · guidance ${view.guidance}${negative}${loras}`;
+    `${view.size} · n ${view.n} · seed ${view.seed} · ${view.steps} steps · guidance ${view.guidance}${negative}${loras}${quality}`;
   const live = LIVE.has(view.status);
   $(".live", card).hidden = !live;
   $(".cancel", card).hidden = !live;
@@ -236,6 +240,7 @@ function snippet(kind, view) {
   const parameters = { size: view.size, n: view.n, seed: view.seed, steps: view.steps, [card.guidance_name]: view.guidance };
   const loras = (view.loras || []).map((lora) => ({ path: lora.path, scale: lora.scale }));
   if (loras.length) parameters.loras = loras;
+  if (view.quality === "fast") parameters.quality = "fast";
   const input = { prompt: view.prompt };
   if (view.negative_prompt) input.negative_prompt = view.negative_prompt;
   const py = (value) => JSON.stringify(value);
@@ -264,6 +269,7 @@ function snippet(kind, view) {
   const extraBody = { seed: view.seed, steps: view.steps, guidance: view.guidance };
   if (view.negative_prompt) extraBody.negative_prompt = view.negative_prompt;
   if (loras.length) extraBody.loras = loras;
+  if (view.quality === "fast") extraBody.quality = "fast";
   return [
     "import os",
     "from openai import OpenAI",
