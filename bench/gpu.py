@@ -1,0 +1,135 @@
+"""The GPU check, prepared: per-image latency at 1024*1024 on one H100/H200 with full-size random
+weights (`random:` sources: no download), raydiant's Renderer eager / compiled / fp8 / step-cached
+beside a bare diffusers loop in the same run, and peak memory.
+
+    .venv/bin/python -m bench.gpu [--runs 3] [--models flux-schnell,flux-dev,stable-diffusion-xl]
+
+Models and settings (one image per call, 1024*1024, bf16):
+- flux-schnell, 4 steps: bare, eager, compiled, fp8 (+ compiled)
+- flux-dev, 28 steps:    bare, eager, compiled, fp8 (+ compiled), fast (TaylorSeer, eager)
+- stable-diffusion-xl, 30 steps: bare, eager, compiled, fp8 (+ compiled)
+
+Each setting builds its pipeline afresh (random weights materialised on the GPU, a few seconds),
+warms up once (the compile happens there, and is reported), then times `--runs` renders and
+prints the median, the ratio to the bare loop and `torch.cuda.max_memory_allocated`. It prints
+each line as it is measured, so a run cut short still tells what it measured. Planned to finish
+in under 8 minutes on an H100 with the defaults; `--runs 1` halves it.
+
+Not run on this project's machines (no GPU has been lent): `tests/unit/bench/test_gpu_plan.py`
+checks its plan on the CPU (every setting a valid model entry; fast only where a step cache is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from dataclasses import dataclass
+
+SIZE = 1024
+PLAN = {  # model -> (steps, settings)
+    "flux-schnell": (4, ["bare", "eager", "compiled", "fp8"]),
+    "flux-dev": (28, ["bare", "eager", "compiled", "fp8", "fast"]),
+    "stable-diffusion-xl": (30, ["bare", "eager", "compiled", "fp8"]),
+}
+FAMILY = {"flux-schnell": "flux", "flux-dev": "flux", "stable-diffusion-xl": "sdxl"}
+
+
+@dataclass
+class Measured:
+    model: str
+    setting: str
+    median_s: float
+    warmup_s: float
+    peak_gib: float
+
+
+def spec_for(model: str, setting: str):
+    """The model entry a setting renders with: full-size random weights, one image a batch."""
+    from cluster.config import load_config
+    from cluster.models import ModelSpec
+
+    return ModelSpec.model_validate(load_config().spec(model).model_dump() | {
+        "source": f"random:{FAMILY[model]}", "warmup": False, "dtype": "bfloat16", "max_batch_size": 1,
+        "compile": setting in ("compiled", "fp8"), "compile_sizes": [f"{SIZE}*{SIZE}"],
+        "quantize": "fp8" if setting == "fp8" else "none"})
+
+
+def renderer_for(model: str, setting: str):
+    from cluster.engine import Renderer
+
+    return Renderer(spec_for(model, setting), device="cuda")
+
+
+def measure(model: str, setting: str, steps: int, runs: int) -> Measured:
+    import torch
+
+    from cluster.request import RenderRequest
+
+    torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    if setting == "bare":
+        from cluster.random_weights import build_random_pipeline
+        from cluster.seeding import generator
+
+        pipeline = build_random_pipeline(FAMILY[model], torch.device("cuda"), torch.bfloat16)
+        pipeline.set_progress_bar_config(disable=True)
+
+        def once(seed: int) -> None:
+            pipeline(prompt=["a lighthouse on a cliff"], width=SIZE, height=SIZE, num_inference_steps=steps,
+                     generator=[generator(seed, "cpu")], output_type="pil")
+    else:
+        engine = renderer_for(model, setting)
+        quality = "fast" if setting == "fast" else "lossless"
+
+        def once(seed: int) -> None:
+            [result] = engine.render([RenderRequest(model=model, prompt="a lighthouse on a cliff", width=SIZE,
+                                                    height=SIZE, steps=steps, seed=seed, quality=quality)])
+            assert result.ok, result.error
+    once(0)  # builds, compiles (compiled settings), warms the kernels
+    torch.cuda.synchronize()
+    warmup_s = time.perf_counter() - started
+    times = []
+    for seed in range(1, runs + 1):
+        begun = time.perf_counter()
+        once(seed)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - begun)
+    measured = Measured(model, setting, statistics.median(times), warmup_s,
+                        torch.cuda.max_memory_allocated() / 2**30)
+    del once
+    gc.collect()
+    torch.cuda.empty_cache()
+    return measured
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--models", default=",".join(PLAN))
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("bench/gpu.py needs a CUDA GPU (bench/speed.py is the CPU counterpart)")
+    print(f"{torch.cuda.get_device_name()} (capability {torch.cuda.get_device_capability()}), torch "
+          f"{torch.__version__}; {SIZE}*{SIZE}, bf16, random full-size weights, {args.runs} timed runs each", flush=True)
+    print(f"{'model':>20} {'setting':>9} | {'s/image':>8} | {'vs bare':>7} | {'warm-up s':>9} | {'peak GiB':>8}", flush=True)
+    for model in args.models.split(","):
+        steps, settings = PLAN[model]
+        bare = None
+        for setting in settings:
+            try:
+                m = measure(model, setting, steps, args.runs)
+            except Exception as exc:  # noqa: BLE001 - one setting's failure must not hide the others
+                print(f"{model:>20} {setting:>9} | failed: {str(exc).splitlines()[0][:100]}", flush=True)
+                continue
+            bare = m.median_s if setting == "bare" else bare
+            ratio = f"{m.median_s / bare:7.2f}" if bare else "      -"
+            print(f"{model:>20} {setting:>9} | {m.median_s:8.3f} | {ratio} | {m.warmup_s:9.1f} | {m.peak_gib:8.1f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""bench/gpu.py's plan, checked where no GPU is: every setting is a valid model entry, and the
+step-cached setting is planned only where the model has a step cache."""
+
+from __future__ import annotations
+
+from bench.gpu import PLAN, spec_for
+
+
+def test_every_planned_setting_is_a_valid_model_entry():
+    for model, (steps, settings) in PLAN.items():
+        for setting in settings:
+            if setting == "bare":
+                continue
+            spec = spec_for(model, setting)
+            assert spec.source.startswith("random:") and spec.min_steps <= steps <= spec.max_steps
+            assert spec.compile == (setting in ("compiled", "fp8"))
+            assert spec.quantize == ("fp8" if setting == "fp8" else "none")
+            if setting == "fast":
+                assert spec.step_cache, model
