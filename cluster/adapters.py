@@ -5,7 +5,13 @@ Through diffusers' own PEFT integration: each adapter file is loaded once as a n
 device batch activates its set with `set_adapters(names, scales)`, or `disable_lora()` for a
 batch without adapters. Weights are never fused: fusing changes the base weights' last bits, and
 a request must render the same pixels alone or in any batch, before or after any other set.
-Up to `slots` sets stay loaded (LRU); an adapter no kept set uses is deleted from the pipeline,
+Up to `slots` sets stay loaded, in LRU order with an admission filter: a set that is not kept
+is loaded for its batch and kept only when it was used lately at least as often as the set it
+would evict (`RecentUses`; counted per device batch). Plain LRU lets every one-off set push out
+a popular one. Measured through the service (bench/lora.py: 2 replicas of 3 slots, 20 sets
+drawn by a Zipf law of exponent 2): 0.94 of device batches warm with the filter, 0.82 with plain
+LRU; 0.93 is the 6 most popular sets' share, what a perfect static placement would get.
+An adapter that neither a kept set nor the current batch uses is deleted from the pipeline,
 which leaves the base model exactly as it was.
 
 All of this runs on the device's thread, between two batches (`activate`), never during one.
@@ -17,10 +23,11 @@ import logging
 import time
 import warnings
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from cluster.lora_cache import LocalLora
 from cluster.loras import AppliedLora, Lora, adapter_set_id
+from cluster.recent_uses import RecentUses
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,8 @@ class PipelineAdapters:
         self.slots = slots
         self.after_load = after_load
         self._sets: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # set id -> adapter names, LRU order
+        self._passing: tuple[str, tuple[str, ...]] | None = None  # a set loaded for its batch, not kept
+        self.recent = RecentUses(window=20 * slots)  # ~20 batches per slot: enough to rank, quick to fade
         self._active: str | None = ""  # the set the pipeline applies now ("" none; None unknown)
         self.loads = 0  # adapter files loaded (a cold set costs one per adapter)
         self.load_s = 0.0
@@ -63,41 +72,70 @@ class PipelineAdapters:
         return tuple(AppliedLora(lora.path, files[lora.location].sha256, lora.scale) for lora in loras)
 
     def _load(self, set_id: str, locals_: list[LocalLora]) -> tuple[str, ...]:
+        self.recent.note(set_id)
         if set_id in self._sets:
             self._sets.move_to_end(set_id)
             self.hits += 1
             return self._sets[set_id]
+        if self._passing is not None and self._passing[0] == set_id:
+            self.hits += 1  # the same set as a batch before: still loaded
+            names = self._passing[1]
+            if self._admits(set_id):  # asked often enough by now to be kept
+                self._keep(set_id, names)
+                self._delete_unused(names)
+            return names
         self.misses += 1
-        loaded = set(self.loaded())
         names = tuple(adapter_name(local) for local in locals_)
-        fresh = [(name, local) for name, local in zip(names, locals_) if name not in loaded]
-        if fresh:
-            from safetensors.torch import load_file
-
-            started = time.perf_counter()
-            for name, local in fresh:
-                # A state dict read by safetensors: no pickle is ever unpickled. Several named
-                # adapters in one model is the point here: PEFT's warning about it is not news.
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                    self.pipeline.load_lora_weights(load_file(str(local.file)), adapter_name=name)
-            self.after_load()
-            self.loads += len(fresh)
-            self.load_s += time.perf_counter() - started
-            log.info("loaded %d LoRA adapter(s) in %.2fs", len(fresh), time.perf_counter() - started)
-        self._sets[set_id] = names
-        self._evict()
+        if self._admits(set_id):
+            self._keep(set_id, names)
+        else:
+            self._passing = (set_id, names)
+        self._delete_unused(names)  # before loading: at most `slots` + 1 sets in memory
+        try:
+            self._load_files(names, locals_)
+        except BaseException:
+            self._sets.pop(set_id, None)
+            self._passing = None
+            raise
         return names
 
-    def _evict(self) -> None:
+    def _keep(self, set_id: str, names: tuple[str, ...]) -> None:
+        self._sets[set_id] = names
         while len(self._sets) > self.slots:
-            evicted_id, evicted = self._sets.popitem(last=False)
-            kept = {name for names in self._sets.values() for name in names}
-            unused = [name for name in evicted if name not in kept]
-            if unused:
-                self.pipeline.delete_adapters(unused)
-            if self._active == evicted_id:
-                self._active = None  # what the pipeline applies is not a kept set any more
+            self._sets.popitem(last=False)
+        self._passing = None
+
+    def _admits(self, set_id: str) -> bool:
+        if len(self._sets) < self.slots:
+            return True
+        victim = next(iter(self._sets))
+        return self.recent.count(set_id) >= self.recent.count(victim)
+
+    def _delete_unused(self, current: tuple[str, ...]) -> None:
+        needed = set(current) | {name for names in self._sets.values() for name in names}
+        unused = [name for name in self.loaded() if name not in needed]
+        if unused:
+            self.pipeline.delete_adapters(unused)
+            self._active = None  # the pipeline's active adapters changed under us
+
+    def _load_files(self, names: tuple[str, ...], locals_: list[LocalLora]) -> None:
+        loaded = set(self.loaded())
+        fresh = [(name, local) for name, local in zip(names, locals_) if name not in loaded]
+        if not fresh:
+            return
+        from safetensors.torch import load_file
+
+        started = time.perf_counter()
+        for name, local in fresh:
+            # A state dict read by safetensors: no pickle is ever unpickled. Several named
+            # adapters in one model is the point here: PEFT's warning about it is not news.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                self.pipeline.load_lora_weights(load_file(str(local.file)), adapter_name=name)
+        self.after_load()
+        self.loads += len(fresh)
+        self.load_s += time.perf_counter() - started
+        log.info("loaded %d LoRA adapter(s) in %.2fs", len(fresh), time.perf_counter() - started)
 
     def loaded(self) -> list[str]:
         """Names of the adapters in the pipeline now."""

@@ -229,7 +229,8 @@ class RaydiantConfig(BaseModel):
         entry = self.models[name]
         base = CATALOGUE[entry.like or name]
         overrides = entry.model_dump(exclude_none=True, exclude={"like", "max_loras", "lora_sources"})
-        policy = LoraPolicy(max=3 if entry.max_loras is None else entry.max_loras,
+        compiled = overrides.get("compile", base.compile)
+        policy = LoraPolicy(max=(0 if compiled else 3) if entry.max_loras is None else entry.max_loras,
                             sources=entry.lora_sources if entry.lora_sources is not None else DEFAULT_SOURCES,
                             named=self.loras.named, local_root=self.loras.local_root,
                             fsspec_prefixes=self.loras.fsspec_prefixes, max_scale=self.loras.max_scale)
@@ -252,6 +253,10 @@ class RaydiantConfig(BaseModel):
                 hint = f"'like: {entry.like}' is not" if entry.like else "it is not"
                 raise ConfigError(f"models.{name}: {hint} a catalogue model ({known}); "
                                   f"set 'like:' to one of them")
+            if entry.max_loras and (entry.compile if entry.compile is not None else CATALOGUE[base].compile):
+                # Loading an adapter changes the compiled modules: every new set would recompile.
+                raise ConfigError(f"models.{name}: max_loras {entry.max_loras} with compile: true; a compiled "
+                                  f"model takes no LoRA adapters (serve them from a model entry without compile)")
 
 
 def load_config(path: str | Path | None = None) -> RaydiantConfig:

@@ -8,9 +8,9 @@ worker threads, so the replica's event loop keeps answering health checks and pi
 
 from __future__ import annotations
 
-import logging
 import asyncio
-from typing import AsyncIterator
+import logging
+from collections.abc import AsyncIterator
 
 from ray import serve
 
@@ -18,7 +18,6 @@ from cluster.config import FetchConfig, LoraConfig
 from cluster.engine import Renderer
 from cluster.fetch import FetchPolicy
 from cluster.lora_cache import LoraCache
-from cluster.loras import adapter_set_id
 from cluster.models import ModelSpec
 from cluster.request import RenderResult, ResolvedRequest, WorkClass
 from serve.replica.pipelined import PipelinedRenderer
@@ -43,14 +42,11 @@ class ModelServer:
                                            mixed_batches=mixed_batches)
         # Serve's model multiplexing, keyed by adapter set: it tells Serve's routers which sets
         # this replica holds, so requests with a set go where it is warm (callers set
-        # `multiplexed_model_id`). The pipeline's own LRU (`Renderer.adapters`) has as many slots.
-        self._wanted: dict[str, tuple] = {}
-
+        # `multiplexed_model_id`). The pipeline decides what it keeps (`Renderer.adapters`: LRU
+        # with an admission filter); after each batch with adapters, Serve's list (an LRU of as
+        # many slots) is brought to the same sets (`_report_kept_sets`).
         async def hold_set(set_id: str) -> str:
-            # Fetched here, off the event loop; loaded into the pipeline on the device's thread
-            # right before the set's first batch. (A plain function: Serve keeps its LRU on it.)
-            await asyncio.to_thread(self.renderer.fetch_loras, self._wanted[set_id])
-            return set_id
+            return set_id  # the files are on the node already (`_refusal` fetched them)
 
         self._hold_set = serve.multiplexed(max_num_models_per_replica=self.spec.lora_slots)(hold_set)
 
@@ -62,20 +58,24 @@ class ModelServer:
         problem = await asyncio.to_thread(self.renderer.lora_problem, request.loras)
         if problem is not None:
             return self.renderer.refused(request, problem)
-        set_id = adapter_set_id(request.loras)
-        self._wanted[set_id] = request.loras
-        try:
-            await self._hold_set(set_id)
-        finally:
-            self._wanted.pop(set_id, None)
         return None
+
+    async def _report_kept_sets(self) -> None:
+        """Touch the kept sets in their LRU order: Serve's LRU then holds exactly them (a set it
+        lacks goes in and pushes out the least recent, which by then is one no longer kept)."""
+        for set_id in self.renderer.adapters.kept_sets():
+            await self._hold_set(set_id)
 
     async def render(self, request: ResolvedRequest, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
         """`work`: BATCH for a batch job rendering through the service (it fills the gaps that
         interactive requests leave)."""
         if (refused := await self._refusal(request)) is not None:
             return [refused]
-        return await self.pipelined.render(request, work)
+        try:
+            return await self.pipelined.render(request, work)
+        finally:
+            if request.loras:
+                await self._report_kept_sets()
 
     async def render_events(self, request: ResolvedRequest,
                             work: WorkClass = WorkClass.INTERACTIVE) -> AsyncIterator[RenderEvent]:
@@ -84,8 +84,12 @@ class ModelServer:
         if (refused := await self._refusal(request)) is not None:
             yield Finished([refused])
             return
-        async for event in self.pipelined.stream(request, work):
-            yield event
+        try:
+            async for event in self.pipelined.stream(request, work):
+                yield event
+        finally:
+            if request.loras:
+                await self._report_kept_sets()
 
     def simulated_gpu(self) -> dict | None:
         """A SIMULATED GPU's record (batch sizes, busy seconds); None for real engines."""

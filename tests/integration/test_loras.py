@@ -6,7 +6,8 @@ on the spot (PEFT, random non-zero weights, saved with the pipeline's `save_lora
 - a request with adapters is bit-identical alone and inside a batch of the same set, and a batch
   of requests with two different sets is split into one device batch per set;
 - two adapters with their scales render what diffusers' own `set_adapters` renders;
-- the pipeline keeps `lora_slots` sets (LRU) and deletes adapters no kept set uses;
+- the pipeline keeps `lora_slots` sets (LRU) and deletes adapters no kept set uses; a set used
+  once does not push out one used more often lately (it renders, then goes);
 - the PNG's sampling metadata names each adapter with its sha256 and scale.
 """
 
@@ -125,6 +126,21 @@ def test_sets_beyond_the_slots_are_evicted_and_unused_adapters_deleted(local_con
     assert engine.adapters.loads == 2  # a and b, each once: sets share the adapters they have in common
     images(engine, ask(engine, 9, ("a", 1.0)))
     assert engine.adapters.loads == 3  # a was deleted: a set that needs it again loads it again
+
+
+def test_a_one_off_set_renders_but_does_not_push_out_a_popular_one(local_config, root):
+    engine = renderer(local_config, root, "flux-schnell", slots=1)
+    popular = ask(engine, 9, ("a", 1.0))
+    for _ in range(3):
+        images(engine, popular)
+    [kept] = engine.adapters.kept_sets()
+    [one_off] = images(engine, ask(engine, 9, ("b", 1.0)))
+    assert engine.adapters.kept_sets() == [kept] and len(engine.adapters.loaded()) == 2
+    assert not np.array_equal(one_off, images(engine, popular)[0])  # b was applied, then a again
+    assert (engine.adapters.hits, engine.adapters.misses, engine.adapters.loads) == (3, 2, 2)
+    for _ in range(4):  # b, asked again and again, earns its place
+        images(engine, ask(engine, 9, ("b", 1.0)))
+    assert engine.adapters.kept_sets() != [kept] and len(engine.adapters.loaded()) == 1
 
 
 def test_the_png_names_each_adapter_with_its_hash_and_scale(engine, root):

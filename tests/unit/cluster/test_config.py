@@ -50,3 +50,10 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "models: [unclosed\n"))
+
+
+def test_a_compiled_model_takes_no_adapters(tmp_path):
+    config = load_config(write(tmp_path, "models:\n  flux-schnell: {source: 'tiny:flux', compile: true}\n"))
+    assert config.spec("flux-schnell").loras.max == 0
+    with pytest.raises(ConfigError, match="models.flux-schnell: max_loras 2 with compile: true"):
+        load_config(write(tmp_path, "models:\n  flux-schnell: {source: 'tiny:flux', compile: true, max_loras: 2}\n"))
