@@ -152,6 +152,11 @@ def generate(
 
 def quiet_libraries() -> None:
     """Library progress bars and advice are noise in a CLI."""
+    # torchao (the `quantize:` option), imported with the pipelines, announces the kernels this
+    # machine cannot load (CUDA builds, Triton) and registers enums torch now warns about:
+    # notes for its developers, not for someone running a command.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     import diffusers
     import transformers
 

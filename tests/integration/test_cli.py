@@ -31,6 +31,7 @@ def test_generate_writes_seeded_files(tmp_path):
     out = run("generate", "a red fox", "--n", "2", "--seed", "42", "--size", "512*512", "--steps", "2",
               "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
+    assert out.stderr.strip() == "", out.stderr  # no library's advice (torchao's kernels, torch's notes)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["flux-schnell-42.png", "flux-schnell-43.png"]
     meta = png_text((tmp_path / "flux-schnell-43.png").read_bytes())
