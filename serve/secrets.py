@@ -12,10 +12,10 @@ runtime_env (`serve status` and the dashboard show it). `build_app` resolves the
 application is built (`raydiant serve`'s process, or Serve's controller for `serve deploy`)
 and hands them by a method call to a small named actor that keeps them in memory only
 (`SecretHolder`), under a random token; the ingress gets the token (no secret) and asks the
-holder at start. Its limit: a holder that restarts (its node
-lost) is empty until the application is built again, and replicas that start meanwhile read
-their own environment, config and files, which on Kubernetes carry the same values (the
-Secret is in every Ray pod's environment).
+holder at start. Its limit: a holder that restarts (its node lost) is empty until the
+application is built again, and replicas that start meanwhile read their own environment,
+config and files, which on Kubernetes carry the same values (the Secret is in every Ray pod's
+environment).
 """
 
 from __future__ import annotations

@@ -35,5 +35,5 @@ class ModelCapacity:
         """Dispatch slots of one ingress while `running` replicas run (None: not known yet, the
         deployment's minimum is assumed)."""
         running = self.min_replicas if running is None else running
-        replicas = min(running + 1, self.max_replicas) if running < self.max_replicas else self.max_replicas
+        replicas = min(running + 1, self.max_replicas)
         return max(1, math.ceil(max(replicas, 1) * self.per_replica / self.ingresses))

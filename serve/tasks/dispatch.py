@@ -4,8 +4,9 @@
   (`max_queued_per_key`): a task waits PENDING for a slot, given in fair order across keys
   weighted by cost (`fair_queue.py`), then is sent to the model deployment as a stream of
   events. The slots follow the replicas that run (`capacity.py`: what keeps them busy, and one
-  replica's worth more while the deployment can grow), recounted every few seconds. It stays PENDING while it waits inside a replica and becomes RUNNING only when the
-  replica starts it (`Started`); its progress is written as it comes (a few times a second).
+  replica's worth more while the deployment can grow), recounted every few seconds. A task
+  stays PENDING while it waits inside a replica and becomes RUNNING only when the replica
+  starts it (`Started`); its progress is written as it comes (a few times a second).
   A full queue refuses new tasks (503), a key's full share refuses that key's (429).
 - A task canceled while it runs (on this ingress or another) has its replica call canceled: the
   replica drops its images from a shared batch or stops a batch of its own at the next step,
@@ -75,6 +76,19 @@ class _ModelQueue:
     waiting_by_key: Counter = dataclasses.field(default_factory=Counter)
 
 
+async def create_with_files(store: TaskStore, record: TaskRecord,
+                            write_files: Callable[[], Awaitable[None]] | None) -> None:
+    """Store `record`, then run `write_files()`; when that fails, take the record back and raise:
+    no file is ever without a record, and no record waits for a file that was never written."""
+    await store.create(record)
+    if write_files is not None:
+        try:
+            await write_files()
+        except BaseException:
+            await store.delete([record.task_id])
+            raise
+
+
 RECOUNT_S = 2.0  # how often the running replicas are counted to size the slots
 
 
@@ -131,13 +145,7 @@ class Dispatcher:
         if queue.waiting_by_key[record.key_id] >= self.settings.max_queued_per_key:
             raise QueueFull(record.model, record.key_id)
         record.owner, record.lease_until = self.owner, time.time() + self.settings.lease_s
-        await self.store.create(record)
-        if write_files is not None:
-            try:
-                await write_files()
-            except BaseException:
-                await self.store.delete([record.task_id])
-                raise
+        await create_with_files(self.store, record, write_files)
         self._start(record)
 
     def _start(self, record: TaskRecord) -> None:

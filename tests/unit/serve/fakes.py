@@ -16,7 +16,7 @@ from serve.acedata.service import AceDataService
 from serve.dashscope.service import DashScopeService
 from serve.edge.http import Caller
 from serve.openai.service import OpenAIService
-from serve.tasks.dispatch import QueueFull
+from serve.tasks.dispatch import QueueFull, create_with_files
 from serve.tasks.record import ImageOutcome, TaskRecord, TaskStatus
 from serve.tasks.service import TaskService
 from serve.tasks.sqlite import SQLiteTaskStore
@@ -65,13 +65,7 @@ class FakeDispatcher:
         if self.broken:
             raise ConnectionError("the task store is unreachable")
         self.submitted.append(record)
-        await self.store.create(record)
-        if write_files is not None:
-            try:
-                await write_files()
-            except BaseException:
-                await self.store.delete([record.task_id])
-                raise
+        await create_with_files(self.store, record, write_files)
         if self.hold:
             return
         now = time.time()
