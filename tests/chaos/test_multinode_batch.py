@@ -52,18 +52,20 @@ def spec(prompts: Path, output: Path, fmt: str) -> JobSpec:
 
 
 def images_as_read(storage: Storage, fmt: str) -> list[str]:
-    """Every image key as the format's own reader sees it: files, tar samples, parquet rows."""
+    """Every image key as the format's own reader sees it: files, tar samples, parquet rows.
+    Readers take `shards/*.tar` and `data/*.parquet`, so neither does this: a node killed while
+    writing leaves its hidden staging file (`.000003.tar.<uuid>.tmp`), which no glob matches."""
     if fmt == "files":  # images/<shard>/<sample>.png, beside each folder's metadata.parquet
         return sorted(p.rsplit("/", 1)[1][:-len(".png")].replace("_", "/", 1)
                       for p in storage.fs.find(storage.path("images")) if p.endswith(".png"))
     if fmt == "webdataset":
         keys = []
-        for shard in storage.fs.ls(storage.path("shards"), detail=False):
+        for shard in storage.fs.glob(storage.path("shards") + "/*.tar"):
             with tarfile.open(fileobj=io.BytesIO(storage.fs.cat_file(shard))) as tar:
                 keys += [m.name[:-len(".png")] for m in tar.getmembers() if m.name.endswith(".png")]
         return sorted(k.replace("_", "/") for k in keys)
     keys = []
-    for part in storage.fs.ls(storage.path("data"), detail=False):
+    for part in storage.fs.glob(storage.path("data") + "/*.parquet"):
         keys += pq.read_table(io.BytesIO(storage.fs.cat_file(part)), columns=["key"]).column("key").to_pylist()
     return sorted(keys)
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 from PIL import Image
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
 
 from cluster.storage import Storage
 from jobs.gallery import write_gallery
@@ -77,6 +78,9 @@ def test_gallery_page_in_chromium(tmp_path, browser):
                          capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0 and "5 images, 1 errors on 2 page(s)" in ran.stdout, ran.stderr
     browser.get(f"file://{output}/index.html")
+    # Thumbnails load lazily, after the page's load event: wait until each has loaded or failed.
+    WebDriverWait(browser, 30, poll_frequency=0.05).until(
+        lambda driver: driver.execute_script("return [...document.images].every(i => i.complete)"))
     loaded = browser.execute_script(
         "return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
     assert loaded == [True] * 4
