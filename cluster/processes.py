@@ -9,6 +9,7 @@ tests' servers. Only the standard library: the watchdog starts in a few tens of 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,12 +23,26 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# Ports this module hands out come from here: below Linux's ephemeral range (32768-60999), where
+# the kernel puts every bind to port 0 (Ray's worker and gRPC servers, outgoing connections), and
+# above Ray's default worker ports (10002-19999). A port picked from the ephemeral range could be
+# taken by another process's port-0 bind between our pick and our server's bind.
+CHOSEN_PORTS = range(20000, 32768)
+
+
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all held open while they are chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
+    """`count` distinct free loopback ports from CHOSEN_PORTS (all held open while they are chosen)."""
+    pick = random.SystemRandom()
+    sockets: list[socket.socket] = []
     try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
+        while len(sockets) < count:
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", pick.choice(CHOSEN_PORTS)))
+            except OSError:  # in use (or just held by us): another pick
+                sock.close()
+                continue
+            sockets.append(sock)
         return [sock.getsockname()[1] for sock in sockets]
     finally:
         for sock in sockets:

@@ -6,6 +6,7 @@ sends SIGTERM (Serve drains), then SIGKILL to whatever of that session is left.
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
 import sys
@@ -68,8 +69,11 @@ def _wait_healthy(base: str, process: subprocess.Popen, timeout_s: float, log_pa
             with urllib.request.urlopen(f"{base}/healthz", timeout=5) as answer:
                 if answer.status == 200:
                     return
-        except OSError:
+        except OSError:  # not listening yet, or Serve's proxy up before the app (an HTTP error)
             pass
+        except http.client.HTTPException as error:  # something listens there, but speaks no HTTP
+            raise RuntimeError(f"{base} answers, but not with HTTP ({error!r}): another server holds "
+                               f"that port; see {log_path}") from error
         if time.monotonic() > deadline:
             raise TimeoutError(f"service not healthy after {timeout_s}s; see {log_path}")
         time.sleep(1)
