@@ -5,7 +5,8 @@ beside a bare diffusers loop in the same run, and peak memory.
     .venv/bin/python -m bench.gpu [--runs 3] [--models flux-schnell,flux-dev,stable-diffusion-xl]
 
 Models and settings (one image per call, 1024*1024, bf16):
-- flux-schnell, 4 steps: bare, eager, compiled, fp8 (+ compiled)
+- flux-schnell, 4 steps: bare, eager, compiled, fp8 (+ compiled), lora-slot (compiled with an
+  adapter slot of rank 64, rendering without adapters: what the slot costs every request)
 - flux-dev, 28 steps:    bare, eager, compiled, fp8 (+ compiled), fast (TaylorSeer, eager)
 - stable-diffusion-xl, 30 steps: bare, eager, compiled, fp8 (+ compiled)
 
@@ -29,10 +30,11 @@ from dataclasses import dataclass
 
 SIZE = 1024
 PLAN = {  # model -> (steps, settings)
-    "flux-schnell": (4, ["bare", "eager", "compiled", "fp8"]),
+    "flux-schnell": (4, ["bare", "eager", "compiled", "fp8", "lora-slot"]),
     "flux-dev": (28, ["bare", "eager", "compiled", "fp8", "fast"]),
     "stable-diffusion-xl": (30, ["bare", "eager", "compiled", "fp8"]),
 }
+COMPILED = ("compiled", "fp8", "lora-slot")
 FAMILY = {"flux-schnell": "flux", "flux-dev": "flux", "stable-diffusion-xl": "sdxl"}
 
 
@@ -50,10 +52,12 @@ def spec_for(model: str, setting: str):
     from cluster.config import load_config
     from cluster.models import ModelSpec
 
-    return ModelSpec.model_validate(load_config().spec(model).model_dump() | {
+    spec = load_config().spec(model)
+    return ModelSpec.model_validate(spec.model_dump() | {
         "source": f"random:{FAMILY[model]}", "warmup": False, "dtype": "bfloat16", "max_batch_size": 1,
-        "compile": setting in ("compiled", "fp8"), "compile_sizes": [f"{SIZE}*{SIZE}"],
-        "quantize": "fp8" if setting == "fp8" else "none"})
+        "compile": setting in COMPILED, "compile_sizes": [f"{SIZE}*{SIZE}"],
+        "quantize": "fp8" if setting == "fp8" else "none", "lora_rank": 64,
+        "loras": {**spec.loras.model_dump(), "max": 3 if setting == "lora-slot" else 0}})
 
 
 def renderer_for(model: str, setting: str):

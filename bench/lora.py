@@ -1,7 +1,7 @@
 """LoRA adapters per request: what a new adapter costs, what switching costs, how often Serve's
 routing finds a replica that holds a request's set, and throughput with and without adapters.
 
-    .venv/bin/python -m bench.lora [--requests 240] [--zipf 1.5,2.0]
+    .venv/bin/python -m bench.lora [--requests 240] [--zipf 1.5,2.0] [--parts core,compiled,service]
 
 On this machine's CPU with the tiny FLUX pipeline and tiny adapters made on the spot (rank 4):
 the load and switch figures are the plumbing's (PEFT injection, `set_adapters`), not a GPU's
@@ -10,7 +10,10 @@ copy of real adapter weights. Measured in one run:
 1. In the render core (one `Renderer`): the first batch with a new adapter (fetch from the
    local root + load) against a batch of a set already loaded, and a switch between two kept
    sets, each against the same batch without adapters (medians of 10).
-2. Through the service (real Serve, 2 replicas of tiny FLUX, 3 adapter-set slots each, DashScope
+2. On a compiled model (torch.compile on this CPU; cluster/hotswap.py's one adapter slot of
+   rank 16): the same batches, beside the same compiled model without a slot (what the slot
+   costs a request without adapters), with dynamo's recompiles made errors throughout.
+3. Through the service (real Serve, 2 replicas of tiny FLUX, 3 adapter-set slots each, DashScope
    sync creates from 4 clients): requests whose single adapter is drawn from 20 by a Zipf law
    of exponent s; the warm-hit rate is the share of device batches whose set their replica
    held already (each replica's own count), after a warm-up of the first quarter, beside the
@@ -89,7 +92,51 @@ def core_figures(root: Path, work: Path) -> dict:
             "switch_ms": switch * 1000}
 
 
-# --- 2. through the service ----------------------------------------------------------------------
+# --- 2. on a compiled model -----------------------------------------------------------------------
+
+
+def compiled_figures(root: Path, work: Path) -> dict:
+    import torch
+
+    from cluster.config import load_config
+    from cluster.engine import Renderer
+    from cluster.lora_cache import LoraCache
+    from cluster.loras import LoraRef
+    from cluster.request import RenderRequest
+
+    def compiled(max_loras: int) -> Renderer:
+        spec = load_config().spec("flux-schnell")
+        spec = spec.model_copy(update={
+            "warmup": False, "compile": True, "compile_sizes": ["256*256"], "max_batch_size": 1, "lora_rank": 16,
+            "lora_slots": 32, "loras": spec.loras.model_copy(update={"local_root": str(root), "max": max_loras})})
+        return Renderer(spec, device="cpu", lora_cache=LoraCache(work / "compiled-cache"))
+
+    bare, slotted = compiled(0), compiled(3)
+
+    def batch(renderer: Renderer, *loras) -> float:
+        request = RenderRequest(model="flux-schnell", prompt="a lighthouse", seed=1, width=256, height=256, steps=1,
+                                loras=tuple(LoraRef(adapter_path(i), scale) for i, scale in loras))
+        started = time.perf_counter()
+        [result] = renderer.render([request])
+        assert result.ok, result.error
+        return time.perf_counter() - started
+
+    torch._dynamo.config.error_on_recompile = True  # a recompile fails the bench
+    try:
+        batch(bare), batch(slotted)
+        bare_ms = statistics.median(batch(bare) for _ in range(10))
+        plain = statistics.median(batch(slotted) for _ in range(10))
+        new = statistics.median(batch(slotted, (i, 1.0)) for i in range(10))
+        warm = statistics.median(batch(slotted, (0, 1.0)) for _ in range(10))
+        switch = statistics.median(batch(slotted, (i % 2, 1.0)) for i in range(10))
+        pair = statistics.median(batch(slotted, (i % 3, 0.7), (3 + i % 2, 0.5)) for i in range(10))
+    finally:
+        torch._dynamo.config.error_on_recompile = False
+    return {"bare_ms": bare_ms * 1000, "plain_ms": plain * 1000, "new_adapter_ms": new * 1000,
+            "warm_set_ms": warm * 1000, "switch_ms": switch * 1000, "pair_ms": pair * 1000}
+
+
+# --- 3. through the service ----------------------------------------------------------------------
 
 
 def zipf_choices(count: int, s: float, seed: int) -> list[int]:
@@ -185,15 +232,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=240, help="Requests per workload through the service.")
     parser.add_argument("--zipf", default="1.5,2.0", help="Zipf exponents of the adapter mix.")
+    parser.add_argument("--parts", default="core,compiled,service", help="Which parts to run.")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     work = Path(tempfile.mkdtemp(prefix="raydiant-lora-"))
     root = work / "loras"
     build_adapters(root)
-    core = core_figures(root, work)
-    print("render core (tiny FLUX, 256*256, 1 step, batch of 1, CPU; medians of 10):")
-    print(f"  no adapter {core['plain_ms']:.1f} ms | a new adapter (fetch + load) {core['new_adapter_ms']:.1f} ms | "
-          f"a kept set {core['warm_set_ms']:.1f} ms | switching between two kept sets {core['switch_ms']:.1f} ms",
-          flush=True)
+    if "core" in parts:
+        core = core_figures(root, work)
+        print("render core (tiny FLUX, 256*256, 1 step, batch of 1, CPU; medians of 10):")
+        print(f"  no adapter {core['plain_ms']:.1f} ms | a new adapter (fetch + load) {core['new_adapter_ms']:.1f} ms | "
+              f"a kept set {core['warm_set_ms']:.1f} ms | switching between two kept sets {core['switch_ms']:.1f} ms",
+              flush=True)
+    if "compiled" in parts:
+        c = compiled_figures(root, work)
+        print("compiled (same batches; one slot of rank 16; no recompile in any of them):")
+        print(f"  compiled without a slot {c['bare_ms']:.1f} ms | with the slot: no adapter {c['plain_ms']:.1f} ms "
+              f"({c['plain_ms'] / c['bare_ms']:.2f}x) | a new adapter {c['new_adapter_ms']:.1f} ms | a kept set "
+              f"{c['warm_set_ms']:.1f} ms | switching between two kept sets {c['switch_ms']:.1f} ms | "
+              f"two adapters, switching {c['pair_ms']:.1f} ms", flush=True)
+    if "service" in parts:
+        service_report(root, work, args)
+
+
+def service_report(root: Path, work: Path, args) -> None:
     figures = service_figures(root, work, args.requests, [float(s) for s in args.zipf.split(",")])
     print(f"\nthrough the service ({REPLICAS} replicas x {SLOTS} slots, {ADAPTERS} adapters, 512*1024, 1 step, "
           f"4 clients, {args.requests} requests, first quarter as warm-up):")

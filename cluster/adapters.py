@@ -71,6 +71,9 @@ class PipelineAdapters:
             self._active = set_id
         return tuple(AppliedLora(lora.path, files[lora.location].sha256, lora.scale) for lora in loras)
 
+    def problem(self, loras: tuple[Lora, ...], files: dict[str, LocalLora]) -> None:
+        """Any set of adapter files goes here: PEFT adds their layers (`SlotAdapters` may refuse)."""
+
     def _load(self, set_id: str, locals_: list[LocalLora]) -> tuple[str, ...]:
         self.recent.note(set_id)
         if set_id in self._sets:

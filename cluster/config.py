@@ -47,6 +47,8 @@ class ModelConfig(BaseModel):
         None, description="Kinds of LoRA path this model takes (default all: named, https, hub, local, fsspec; "
                           "local and fsspec also need loras.local_root / loras.fsspec_prefixes).")
     lora_slots: int | None = Field(None, ge=1, description="Adapter sets a replica keeps loaded (default 3).")
+    lora_rank: int | None = Field(None, ge=1, le=1024, description="Compiled models with max_loras: the rank of "
+                                                                    "their one adapter slot (default 64).")
     fast: FastSettings | None = Field(None, description="What quality 'fast' means: {method: taylorseer | "
                                                         "first_block | none, ...} (default: the catalogue's).")
     compile: bool | None = Field(None, description="Regional compile of the denoiser, warmed up at load.")
@@ -229,6 +231,8 @@ class RaydiantConfig(BaseModel):
         entry = self.models[name]
         base = CATALOGUE[entry.like or name]
         overrides = entry.model_dump(exclude_none=True, exclude={"like", "max_loras", "lora_sources"})
+        # A compiled model takes adapters only when asked (max_loras): its adapter slot costs
+        # memory and time on every request (cluster/hotswap.py).
         compiled = overrides.get("compile", base.compile)
         policy = LoraPolicy(max=(0 if compiled else 3) if entry.max_loras is None else entry.max_loras,
                             sources=entry.lora_sources if entry.lora_sources is not None else DEFAULT_SOURCES,
@@ -253,10 +257,6 @@ class RaydiantConfig(BaseModel):
                 hint = f"'like: {entry.like}' is not" if entry.like else "it is not"
                 raise ConfigError(f"models.{name}: {hint} a catalogue model ({known}); "
                                   f"set 'like:' to one of them")
-            if entry.max_loras and (entry.compile if entry.compile is not None else CATALOGUE[base].compile):
-                # Loading an adapter changes the compiled modules: every new set would recompile.
-                raise ConfigError(f"models.{name}: max_loras {entry.max_loras} with compile: true; a compiled "
-                                  f"model takes no LoRA adapters (serve them from a model entry without compile)")
 
 
 def load_config(path: str | Path | None = None) -> RaydiantConfig:

@@ -34,6 +34,7 @@ from cluster.loras import AppliedLora, Lora, adapter_set_id
 from cluster.models import ModelSpec, parse_size
 from cluster.progress import Canceled, StepProgress, StepReporter
 from cluster.errors import ErrorCode, RenderError, first_line
+from cluster.hotswap import SlotAdapters
 from cluster.request import RenderRequest, RenderResult, ResolvedRequest
 from cluster.seeding import generator, image_seeds
 from cluster.speed import FastSettings, StepCache, compile_regions, quantize_weights
@@ -109,7 +110,7 @@ class Renderer:
         self._place_on_device()
         self.pipeline.set_progress_bar_config(disable=True)
         self.lora_cache = lora_cache or LoraCache()
-        self.adapters = PipelineAdapters(self.pipeline, spec.lora_slots, after_load=self._after_adapter_load)
+        self.adapters = self._adapters()
         self.step_cache = StepCache(self.pipeline, spec.fast if spec.step_cache else FastSettings())
         if spec.compile:
             compile_regions(self.pipeline)
@@ -140,6 +141,13 @@ class Renderer:
         self.pipeline.to(self.device)
         if self.device.type == "cpu":
             make_batch_invariant(self._modules())
+
+    def _adapters(self) -> PipelineAdapters | SlotAdapters:
+        """A compiled model that takes adapters gets one slot, added before the compile."""
+        if self.spec.compile and self.spec.loras.max:
+            return SlotAdapters(self.pipeline, self.spec.lora_slots, self.spec.lora_rank, self.spec.name,
+                                after_load=self._after_adapter_load)
+        return PipelineAdapters(self.pipeline, self.spec.lora_slots, after_load=self._after_adapter_load)
 
     def _after_adapter_load(self) -> None:
         if self.device.type == "cpu":
@@ -281,10 +289,9 @@ class Renderer:
             return RenderError.invalid("loras", f"are not taken by model {self.spec.name} (its engine cannot "
                                                 f"load adapters)")
         try:
-            self.fetch_loras(loras)
+            return self.adapters.problem(loras, self.fetch_loras(loras))
         except LoraUnavailable as exc:
             return exc.error
-        return None
 
     def _pipeline_kwargs(self, batch: list[_Image]) -> dict[str, Any]:
         first = batch[0].request
@@ -317,7 +324,7 @@ class Renderer:
         loras = batch[0].request.loras
         try:
             applied = self.adapters.activate(loras, self.fetch_loras(loras)) if self.adapters.supported else ()
-        except LoraUnavailable as exc:  # its file went between plan and now (evicted, removed)
+        except LoraUnavailable as exc:  # its file went between plan and now (evicted, removed), or a slot refused it
             return [Denoised(batch, failed=self._failed(batch, exc.error))]
         self.step_cache.apply(batch[0].request.quality)  # one quality per batch
         if on_step is not None or canceled is not None:

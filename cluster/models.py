@@ -103,6 +103,8 @@ class ModelSpec(BaseModel):
         None, description="Timing of a SIMULATED GPU (sim: sources only; default: H100 FLUX-schnell figures).")
     loras: LoraPolicy = Field(default_factory=LoraPolicy, description="Which LoRA adapters requests may name.")
     lora_slots: int = Field(3, ge=1, description="Adapter sets a replica keeps loaded (LRU).")
+    lora_rank: int = Field(64, ge=1, le=1024, description="Compiled models: the rank of the one adapter slot, "
+                                                           "the most a request's adapters may add up to.")
     fast: FastSettings = Field(default_factory=FastSettings, description="What quality 'fast' means (step cache).")
     compile: bool = Field(False, description="Regional compile of the denoiser, warmed up at load.")
     compile_sizes: list[str] = Field(default_factory=list, description="W*H sizes warmed up at load when compiled "

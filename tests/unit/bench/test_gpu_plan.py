@@ -13,7 +13,8 @@ def test_every_planned_setting_is_a_valid_model_entry():
                 continue
             spec = spec_for(model, setting)
             assert spec.source.startswith("random:") and spec.min_steps <= steps <= spec.max_steps
-            assert spec.compile == (setting in ("compiled", "fp8"))
+            assert spec.compile == (setting in ("compiled", "fp8", "lora-slot"))
+            assert spec.loras.max == (3 if setting == "lora-slot" else 0)
             assert spec.quantize == ("fp8" if setting == "fp8" else "none")
             if setting == "fast":
                 assert spec.step_cache, model

@@ -52,8 +52,11 @@ def test_missing_and_invalid_files(tmp_path):
         load_config(write(tmp_path, "models: [unclosed\n"))
 
 
-def test_a_compiled_model_takes_no_adapters(tmp_path):
+def test_a_compiled_model_takes_adapters_only_when_asked_into_a_slot_of_its_lora_rank(tmp_path):
     config = load_config(write(tmp_path, "models:\n  flux-schnell: {source: 'tiny:flux', compile: true}\n"))
-    assert config.spec("flux-schnell").loras.max == 0
-    with pytest.raises(ConfigError, match="models.flux-schnell: max_loras 2 with compile: true"):
-        load_config(write(tmp_path, "models:\n  flux-schnell: {source: 'tiny:flux', compile: true, max_loras: 2}\n"))
+    assert config.spec("flux-schnell").loras.max == 0  # the slot costs every request: opt in
+    config = load_config(write(tmp_path, "models:\n  flux-schnell: {source: 'tiny:flux', compile: true, "
+                                         "max_loras: 2, lora_rank: 16}\n"))
+    assert (config.spec("flux-schnell").loras.max, config.spec("flux-schnell").lora_rank) == (2, 16)
+    with pytest.raises(ConfigError, match="lora_rank"):
+        load_config(write(tmp_path, "models:\n  flux-schnell: {source: 'tiny:flux', lora_rank: 0}\n"))

@@ -1,4 +1,5 @@
 import socket
+from pathlib import Path
 
 from cluster.processes import CHOSEN_PORTS, free_ports
 
@@ -6,7 +7,7 @@ from cluster.processes import CHOSEN_PORTS, free_ports
 def test_free_ports_are_distinct_bindable_and_outside_the_kernels_ephemeral_range():
     # A port from the ephemeral range can be taken by any process's bind to port 0 (a Ray
     # worker's gRPC server) before our server binds it; these ports never are.
-    low, high = (int(n) for n in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    low, high = (int(n) for n in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     ports = free_ports(20)
     assert len(set(ports)) == 20
     assert all(port in CHOSEN_PORTS and not low <= port <= high for port in ports)
