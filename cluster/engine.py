@@ -176,7 +176,7 @@ class Renderer:
         sizes = [parse_size(s) for s in (self.spec.compile_sizes or [self.spec.default_size])]
         started = time.perf_counter()
         for width, height in sizes:  # type: ignore[misc]
-            for batch in sorted({1, 2, self.max_batch_size}):
+            for batch in sorted({1, min(2, self.max_batch_size), self.max_batch_size}):
                 for quality in ("lossless", "fast") if self.step_cache.available else ("lossless",):
                     init = encode(Image.new("RGB", (width, height), "gray")) if self.spec.edit else None
                     request = RenderRequest(model=self.spec.name, prompt="warm-up", width=width, height=height,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class SlotAdapters:
                         if isinstance(layer, torch.nn.Linear)}
         self._sets: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()  # set id -> slot weights
         self._parsed: OrderedDict[str, SlotAdapter] = OrderedDict()  # sha256 -> adapter, LRU
+        self._parsed_lock = threading.Lock()
         self._active = ""  # the set the slot holds ("" none: all zeros)
         self.loads = 0
         self.load_s = 0.0
@@ -160,16 +162,22 @@ class SlotAdapters:
         return None
 
     def _adapter(self, local: LocalLora) -> SlotAdapter:
-        if local.sha256 in self._parsed:
-            self._parsed.move_to_end(local.sha256)
-            return self._parsed[local.sha256]
+        # Two threads ask: the replica's admission check (`problem`) and the device's `activate`.
+        # The file is read outside the lock, so a large one never holds up the other thread.
+        with self._parsed_lock:
+            if local.sha256 in self._parsed:
+                self._parsed.move_to_end(local.sha256)
+                return self._parsed[local.sha256]
         started = time.perf_counter()
         adapter = self._read(local)
-        self.loads += 1
-        self.load_s += time.perf_counter() - started
-        self._parsed[local.sha256] = adapter
-        while len(self._parsed) > 4 * self.slots:
-            self._parsed.popitem(last=False)
+        log.info("read LoRA adapter %s (rank %d, %d layers) in %.2fs", local.lora.path, adapter.rank,
+                 len(adapter.layers), time.perf_counter() - started)
+        with self._parsed_lock:
+            self.loads += 1
+            self.load_s += time.perf_counter() - started
+            self._parsed[local.sha256] = adapter
+            while len(self._parsed) > 4 * self.slots:
+                self._parsed.popitem(last=False)
         return adapter
 
     def _read(self, local: LocalLora) -> SlotAdapter:

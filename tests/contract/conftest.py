@@ -37,6 +37,9 @@ models:
   stable-diffusion-xl: {{source: "tiny:sdxl"}}
   stable-diffusion-v1.5: {{source: "tiny:sd15", warmup: false}}
   flux-kontext: {{source: "tiny:flux-kontext", max_batch_size: 2}}
+  # Compiled at start (about 20 s here), with an adapter slot: LoRA requests swap into it.
+  flux-compiled: {{source: "tiny:flux", like: flux-schnell, compile: true, compile_sizes: ["512*1024"],
+                  max_batch_size: 1, warmup: false, max_loras: 2, lora_rank: 8}}
   # SIMULATED GPUs, one image at a time: 2 s per image whatever the steps (0.1 s a step at 20
   # steps), and 0.4 s per image for queues that must move.
   sim-steps: {{source: "sim:flux", like: flux-schnell, max_batch_size: 1, simulated: {{base_s: 0, per_image_s: 2.0}}}}

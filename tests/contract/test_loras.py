@@ -112,3 +112,25 @@ def test_a_file_that_is_not_safetensors_fails_its_task_and_is_never_loaded(servi
     assert answer.output.task_status == "FAILED" and answer.output.code == "InvalidParameter", answer
     assert "not a safetensors file" in answer.output.message
     assert adapters["server"].hits["/disguised.safetensors"] == 1  # fetched, checked, refused: never loaded
+
+
+def test_a_compiled_model_swaps_adapters_into_its_slot_through_the_sdk(service, base_url, adapters):
+    """flux-compiled: torch.compile'd at start, one adapter slot of rank 8 (cluster/hotswap.py)."""
+    dashscope.base_http_api_url = base_url
+    wide = build_tiny_lora("flux", service.work / "loras" / "wide", seed=13, rank=8)
+    common = dict(api_key=LORA_KEY, model="flux-compiled", prompt="a lighthouse", n=1, seed=5, size="512*1024",
+                  steps=2)
+    plain = ImageSynthesis.call(**common)
+    styled = ImageSynthesis.call(**common, loras=[{"path": LOCAL, "scale": 1.5}])
+    again = ImageSynthesis.call(**common)
+    for answer in (plain, styled, again):
+        assert answer.status_code == 200 and answer.output.task_status == "SUCCEEDED", answer
+    assert styled.output["loras"] == [{"path": LOCAL, "sha256": sha(adapters["local"]), "scale": 1.5}]
+    plain_pixels, styled_pixels, again_pixels = (pixels(a.output.results[0].url) for a in (plain, styled, again))
+    assert not np.array_equal(styled_pixels, plain_pixels) and np.array_equal(again_pixels, plain_pixels)
+    # Rank 4 + rank 8 is over the slot's 8: its task fails before any batch, naming the field
+    # (as every refusal that needs the adapter's file does).
+    over = ImageSynthesis.call(**common, loras=[{"path": LOCAL, "scale": 1.0},
+                                                {"path": f"./{wide.parent.name}/{wide.name}", "scale": 1.0}])
+    assert over.output.task_status == "FAILED" and over.output.code == "InvalidParameter", over
+    assert "loras" in over.output.message and "adding up to 12" in over.output.message, over.output.message
