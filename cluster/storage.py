@@ -96,6 +96,22 @@ class Storage:
             if os.path.exists(staging):
                 os.remove(staging)
 
+    def remove_staging(self, folder: str = "") -> int:
+        """Remove the hidden staging files (`.NAME.<uuid>.tmp`) that writers killed mid-write left
+        directly in `folder` ("" the root); returns how many. Lists that one folder. Call it only
+        when no writer of that folder can be running: a live writer's staging file looks the same.
+        Object stores stage nothing (an upload appears whole or not at all)."""
+        if not self.is_local:
+            return 0
+        path = self.path(folder) if folder else self._root
+        if not self.fs.isdir(path):
+            return 0
+        stale = [entry for entry in self.fs.ls(path, detail=False)
+                 if posixpath.basename(entry).startswith(".") and entry.endswith(".tmp")]
+        for entry in stale:
+            self.fs.rm(entry)
+        return len(stale)
+
     def read(self, key: str) -> bytes:
         return self.fs.cat_file(self.path(key))
 

@@ -92,6 +92,14 @@ class ShardStats:
         return self.failed - self.kept_failed
 
 
+def remove_staging(storage: Storage, fmt: str) -> int:
+    """After the last shard committed: the staging files killed writers left in the flat folders
+    (shard data files, metadata, stats, the root's manifest and summary); each shard of the
+    `files` format sweeps its own folder when it commits. Lists O(shards) names, never images."""
+    folders = ["", "metadata", "stats"] + ([FOLDERS[fmt]] if fmt != "files" else [])
+    return sum(storage.remove_staging(folder) for folder in folders)
+
+
 def stats_key(name: str) -> str:
     return f"stats/{name}.json"
 
@@ -241,6 +249,9 @@ class ShardWriter:
 
     def _close_data(self) -> str | None:
         if self.fmt == "files":
+            # An earlier attempt of this shard, killed mid-image, left its staging file here; no
+            # other attempt of this shard runs now (Ray re-runs a shard once its actor is dead).
+            self.storage.remove_staging(self.folder)
             rendered = [{"file_name": r["path"].rsplit("/", 1)[-1], **r} for r in self.rows if r["path"]]
             if not rendered:
                 return None

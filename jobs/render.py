@@ -27,7 +27,7 @@ from cluster.placement import ActorPool, gpu_capacity, plan_actor_pool, unschedu
 from cluster.storage import Storage
 from jobs import manifest
 from jobs.counter import ImageCounter
-from jobs.output import ShardStats, read_stats
+from jobs.output import ShardStats, read_stats, remove_staging
 from jobs.plan import InputError, ShardPlan, describe_inputs, input_files, plan_shards
 from jobs.spec import DEFAULT_SERVE_APP, JobSpec
 
@@ -197,6 +197,7 @@ def run_job(spec: JobSpec | PreparedJob, on_progress: Callable[[Progress], None]
             on_progress(progress)
         progress.images_done, progress.images_failed = rendered, failed  # exact, whatever Ray re-ran
         on_progress(progress)
+        remove_staging(storage, spec.format)  # every shard is in: no writer runs any more
     elapsed = time.monotonic() - progress.started
 
     images = sum(s.images for s in finished.values())

@@ -52,9 +52,8 @@ def spec(prompts: Path, output: Path, fmt: str) -> JobSpec:
 
 
 def images_as_read(storage: Storage, fmt: str) -> list[str]:
-    """Every image key as the format's own reader sees it: files, tar samples, parquet rows.
-    Readers take `shards/*.tar` and `data/*.parquet`, so neither does this: a node killed while
-    writing leaves its hidden staging file (`.000003.tar.<uuid>.tmp`), which no glob matches."""
+    """Every image key as the format's own reader sees it: files, tar samples, parquet rows
+    (`shards/*.tar` and `data/*.parquet`, as readers glob them)."""
     if fmt == "files":  # images/<shard>/<sample>.png, beside each folder's metadata.parquet
         return sorted(p.rsplit("/", 1)[1][:-len(".png")].replace("_", "/", 1)
                       for p in storage.fs.find(storage.path("images")) if p.endswith(".png"))
@@ -113,6 +112,9 @@ def assert_exactly_once(output: Path, fmt: str) -> None:
     for row in metadata.to_pylist():  # no dangling path, no orphan file (images_as_read saw them all)
         assert storage.exists(row["path"].split("#")[0])
     assert sorted(read_stats(storage)) == [f"{i:06d}" for i in range(ROWS // SHARD_SIZE)]  # each shard once
+    # The killed node's writer left a hidden staging file (`.000003.tar.<uuid>.tmp`) mid-write;
+    # the run removed it once every shard was in.
+    assert not [p for p in storage.fs.find(storage.root) if p.rsplit("/", 1)[1].startswith(".")]
 
 
 def test_render_actors_on_gpu_nodes_only(cluster, prompts, tmp_path):

@@ -48,3 +48,14 @@ def test_signed_url_round_trip_and_expiry(tmp_path):
     assert not storage.verify("../tasks/t/0.png", int(query["expires"]), query["signature"])
     past = int(time.time()) - 1
     assert not storage.verify("tasks/t/0.png", past, storage._signature("tasks/t/0.png", past))
+
+
+def test_remove_staging_takes_hidden_staging_files_of_one_folder_only(tmp_path):
+    storage = Storage(str(tmp_path))
+    for name in ("a/.x.png.1234.tmp", "a/x.png", "a/.hidden", "a/plain.tmp", "a/b/.y.png.99.tmp", ".m.json.7.tmp"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert storage.remove_staging("a") == 1
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [".hidden", "b", "plain.tmp", "x.png"]
+    assert (tmp_path / "a/b/.y.png.99.tmp").exists()  # one folder, not its subfolders
+    assert storage.remove_staging() == 1 and storage.remove_staging("nowhere") == 0

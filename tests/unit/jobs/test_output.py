@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cluster.storage import Storage
-from jobs.output import read_metadata, read_stats
+from jobs.output import read_metadata, read_stats, remove_staging
 from jobs.plan import ShardPlan
 from jobs.spec import RowDefaults
 from jobs.worker import ShardWorker
@@ -110,3 +110,20 @@ def test_a_shard_rendered_again_rewrites_the_same_files(tmp_path, fmt):
     write_output(tmp_path, fmt)  # every shard again: a retried task, or a rerun without stats
     assert files_of(storage) == names and images_of(storage) == images  # the same names, the same images
     assert len(images) == 6
+
+
+@pytest.mark.parametrize("fmt", ["files", "webdataset", "parquet"])
+def test_staging_files_of_writers_killed_mid_write_are_removed(tmp_path, fmt):
+    """A SIGKILLed writer leaves its hidden staging file; the shard's next commit (files) or the
+    end of the run (the flat folders) removes it, and nothing else."""
+    storage = write_output(tmp_path, fmt)
+    names = files_of(storage)
+    stale = {"files": ["images/000001/.r4_0-0.png.0badc0de.tmp"],
+             "webdataset": ["shards/.000001.tar.0badc0de.tmp"],
+             "parquet": ["data/.000001.parquet.0badc0de.tmp"]}[fmt]
+    stale += ["metadata/.000001.parquet.0badc0de.tmp", "stats/.000001.json.0badc0de.tmp", ".manifest.json.0badc0de.tmp"]
+    for key in stale:
+        (tmp_path / fmt / key).write_bytes(b"half a file")
+    write_output(tmp_path, fmt)  # the run again: each shard commits, then the run ends
+    assert remove_staging(storage, fmt) == len(stale) - (fmt == "files")
+    assert files_of(storage) == names
