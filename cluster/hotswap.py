@@ -89,8 +89,9 @@ class SlotAdapters:
         self.module.enable_lora_hotswap(target_rank=self.rank)
         zeros = {}
         for name, layer in self.targets.items():
-            zeros[f"{name}.lora_A.weight"] = torch.zeros(self.rank, layer.in_features)
-            zeros[f"{name}.lora_B.weight"] = torch.zeros(layer.out_features, self.rank)
+            dtype = layer.weight.dtype if layer.weight.is_floating_point() else torch.float32
+            zeros[f"{name}.lora_A.weight"] = torch.zeros(self.rank, layer.in_features, dtype=dtype)
+            zeros[f"{name}.lora_B.weight"] = torch.zeros(layer.out_features, self.rank, dtype=dtype)
         self.module.load_lora_adapter(zeros, adapter_name=SLOT, prefix=None)
         self._parameters = [p for name, p in self.module.named_parameters() if f".{SLOT}." in name]
 
@@ -126,11 +127,9 @@ class SlotAdapters:
 
     def _merge(self, parts: list[tuple[SlotAdapter, float]]) -> dict[str, torch.Tensor]:
         """One adapter of rank `self.rank` doing what the parts do together."""
-        total = sum(adapter.rank for adapter, _ in parts)
-        if total > self.rank:
-            raise LoraUnavailable(RenderError.invalid(
-                "loras", f"have ranks adding up to {total}; compiled model {self.model} takes at most "
-                         f"{self.rank} in all (its lora_rank)"))
+        too_wide = self._over_rank(sum(adapter.rank for adapter, _ in parts))
+        if too_wide is not None:
+            raise LoraUnavailable(too_wide)
         parameter = self._parameters[0]
         weights: dict[str, torch.Tensor] = {}
         for name in sorted({name for adapter, _ in parts for name in adapter.layers}):
@@ -153,13 +152,15 @@ class SlotAdapters:
     def problem(self, loras: tuple[Lora, ...], files: dict[str, LocalLora]) -> RenderError | None:
         """Why the slot cannot take this set, or None (checked when a request comes in)."""
         try:
-            total = sum(self._adapter(files[lora.location]).rank for lora in loras)
+            return self._over_rank(sum(self._adapter(files[lora.location]).rank for lora in loras))
         except LoraUnavailable as exc:
             return exc.error
-        if total > self.rank:
-            return RenderError.invalid("loras", f"have ranks adding up to {total}; compiled model {self.model} "
-                                                f"takes at most {self.rank} in all (its lora_rank)")
-        return None
+
+    def _over_rank(self, total: int) -> RenderError | None:
+        if total <= self.rank:
+            return None
+        return RenderError.invalid("loras", f"have ranks adding up to {total}; compiled model {self.model} takes "
+                                            f"at most {self.rank} in all (its lora_rank)")
 
     def _adapter(self, local: LocalLora) -> SlotAdapter:
         # Two threads ask: the replica's admission check (`problem`) and the device's `activate`.
