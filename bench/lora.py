@@ -60,6 +60,19 @@ def build_adapters(root: Path) -> None:
         build_tiny_lora("flux", root / str(i), seed=i)
 
 
+def timed_batch(renderer, *loras: tuple[int, float]) -> float:
+    """Seconds of one 256*256 one-step render with adapters `loras` (index, scale)."""
+    from cluster.loras import LoraRef
+    from cluster.request import RenderRequest
+
+    request = RenderRequest(model="flux-schnell", prompt="a lighthouse", seed=1, width=256, height=256, steps=1,
+                            loras=tuple(LoraRef(adapter_path(i), scale) for i, scale in loras))
+    started = time.perf_counter()
+    [result] = renderer.render([request])
+    assert result.ok, result.error
+    return time.perf_counter() - started
+
+
 # --- 1. in the render core -----------------------------------------------------------------------
 
 
@@ -67,8 +80,6 @@ def core_figures(root: Path, work: Path) -> dict:
     from cluster.config import load_config
     from cluster.engine import Renderer
     from cluster.lora_cache import LoraCache
-    from cluster.loras import LoraRef
-    from cluster.request import RenderRequest
 
     spec = load_config().spec("flux-schnell")
     spec = spec.model_copy(update={"warmup": False, "lora_slots": 32,
@@ -76,12 +87,7 @@ def core_figures(root: Path, work: Path) -> dict:
     renderer = Renderer(spec, device="cpu", lora_cache=LoraCache(work / "core-cache"))
 
     def batch(*loras) -> float:
-        request = RenderRequest(model="flux-schnell", prompt="a lighthouse", seed=1, width=256, height=256, steps=1,
-                                loras=tuple(LoraRef(adapter_path(i), scale) for i, scale in loras))
-        started = time.perf_counter()
-        [result] = renderer.render([request])
-        assert result.ok, result.error
-        return time.perf_counter() - started
+        return timed_batch(renderer, *loras)
 
     batch()  # the first call pays torch's own warm-up
     plain = statistics.median(batch() for _ in range(10))
@@ -101,8 +107,6 @@ def compiled_figures(root: Path, work: Path) -> dict:
     from cluster.config import load_config
     from cluster.engine import Renderer
     from cluster.lora_cache import LoraCache
-    from cluster.loras import LoraRef
-    from cluster.request import RenderRequest
 
     def compiled(max_loras: int) -> Renderer:
         spec = load_config().spec("flux-schnell")
@@ -113,23 +117,15 @@ def compiled_figures(root: Path, work: Path) -> dict:
 
     bare, slotted = compiled(0), compiled(3)
 
-    def batch(renderer: Renderer, *loras) -> float:
-        request = RenderRequest(model="flux-schnell", prompt="a lighthouse", seed=1, width=256, height=256, steps=1,
-                                loras=tuple(LoraRef(adapter_path(i), scale) for i, scale in loras))
-        started = time.perf_counter()
-        [result] = renderer.render([request])
-        assert result.ok, result.error
-        return time.perf_counter() - started
-
     torch._dynamo.config.error_on_recompile = True  # a recompile fails the bench
     try:
-        batch(bare), batch(slotted)
-        bare_ms = statistics.median(batch(bare) for _ in range(10))
-        plain = statistics.median(batch(slotted) for _ in range(10))
-        new = statistics.median(batch(slotted, (i, 1.0)) for i in range(10))
-        warm = statistics.median(batch(slotted, (0, 1.0)) for _ in range(10))
-        switch = statistics.median(batch(slotted, (i % 2, 1.0)) for i in range(10))
-        pair = statistics.median(batch(slotted, (i % 3, 0.7), (3 + i % 2, 0.5)) for i in range(10))
+        timed_batch(bare), timed_batch(slotted)
+        bare_ms = statistics.median(timed_batch(bare) for _ in range(10))
+        plain = statistics.median(timed_batch(slotted) for _ in range(10))
+        new = statistics.median(timed_batch(slotted, (i, 1.0)) for i in range(10))
+        warm = statistics.median(timed_batch(slotted, (0, 1.0)) for _ in range(10))
+        switch = statistics.median(timed_batch(slotted, (i % 2, 1.0)) for i in range(10))
+        pair = statistics.median(timed_batch(slotted, (i % 3, 0.7), (3 + i % 2, 0.5)) for i in range(10))
     finally:
         torch._dynamo.config.error_on_recompile = False
     return {"bare_ms": bare_ms * 1000, "plain_ms": plain * 1000, "new_adapter_ms": new * 1000,
