@@ -168,9 +168,11 @@ class ServeConfig(BaseModel):
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Task-end webhooks.")
     model_aliases: dict[str, str] = Field(
         default_factory=dict, description="Provider model names -> configured models (flux-pro: flux-dev).")
-    max_queued_per_model: int = Field(64, ge=1, description="Waiting tasks per model before 503.")
+    max_queued_per_model: int = Field(64, ge=1, description="Waiting tasks per model before 503 (split "
+                                                            "between the ingress replicas).")
     max_queued_per_key: int = Field(16, ge=1, description="Waiting tasks per API key and model before 429: no key "
-                                                          "fills a model's queue.")
+                                                          "fills a model's queue (split between the ingress "
+                                                          "replicas).")
     max_request_cost: float = Field(512.0, gt=0, description="Largest request, in megapixel-steps (n x steps x "
                                                              "W x H / 2^20; 1024*1024, 50 steps, n 4 is 200; "
                                                              "2048*2048 at 100 steps is 1600).")

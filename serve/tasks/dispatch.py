@@ -1,7 +1,7 @@
 """`Dispatcher`: runs tasks on the model deployments and makes sure none is lost or stuck.
 
 - Each model has a bounded queue, and each API key a bounded share of it
-  (`max_queued_per_key`): a task waits PENDING for a slot, given in fair order across keys
+  (`max_queued_per_key`), split between the ingress replicas as the slots are: a task waits PENDING for a slot, given in fair order across keys
   weighted by cost (`fair_queue.py`), then is sent to the model deployment as a stream of
   events. The slots follow the replicas that run (`capacity.py`: what keeps them busy, and one
   replica's worth more while the deployment can grow), recounted every few seconds. A task
@@ -26,6 +26,7 @@ import asyncio
 import contextvars
 import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -105,6 +106,12 @@ class Dispatcher:
         self.owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
         self.capacities = capacities
         self.running_replicas = running_replicas
+        # Each ingress replica's dispatcher keeps its part of the queue bounds, as of the slots:
+        # Serve spreads requests over the ingress replicas, so the service as a whole holds about
+        # what the config says (a key's requests all on one ingress are refused at its part).
+        ingresses = settings.ingress_replicas
+        self.max_waiting = math.ceil(settings.max_queued_per_model / ingresses)
+        self.max_waiting_per_key = math.ceil(settings.max_queued_per_key / ingresses)
         self._queues = {m: _ModelQueue(FairSlots(capacities[m].slots())) for m in handles}
         self._owned: set[str] = set()
         self._done: dict[str, _Done] = {}
@@ -140,9 +147,9 @@ class Dispatcher:
         `write_files()` (the input image) runs once the record exists, so that no file is ever
         without a record; when it fails, the record is taken back and the error raised."""
         queue = self._queues[record.model]
-        if queue.waiting >= self.settings.max_queued_per_model:
+        if queue.waiting >= self.max_waiting:
             raise QueueFull(record.model)
-        if queue.waiting_by_key[record.key_id] >= self.settings.max_queued_per_key:
+        if queue.waiting_by_key[record.key_id] >= self.max_waiting_per_key:
             raise QueueFull(record.model, record.key_id)
         record.owner, record.lease_until = self.owner, time.time() + self.settings.lease_s
         await create_with_files(self.store, record, write_files)

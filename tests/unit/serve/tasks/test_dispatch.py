@@ -276,6 +276,23 @@ def test_a_full_queue_refuses_before_storing(tmp_path):
     asyncio.run(scenario())
 
 
+def test_each_ingress_replica_keeps_its_part_of_the_queue_bounds(tmp_path):
+    async def scenario():
+        d = dispatcher(tmp_path, FakeHandle(hangs), max_queued_per_key=5, max_queued_per_model=7, ingress_replicas=2)
+        d._queues["flux-schnell"].slots = FairSlots(0)  # nothing starts
+        for _ in range(3):  # ceil(5 / 2) for one key on this ingress
+            await d.submit(task_record(key_id="flood", request=resolved_request()))
+        with pytest.raises(QueueFull) as refused:
+            await d.submit(task_record(key_id="flood", request=resolved_request()))
+        assert refused.value.key == "flood"
+        await d.submit(new_task())  # ceil(7 / 2) = 4 in all on this ingress
+        with pytest.raises(QueueFull) as full:
+            await d.submit(task_record(key_id="other", request=resolved_request()))
+        assert full.value.key is None
+
+    asyncio.run(scenario())
+
+
 def test_one_key_has_a_bounded_share_of_the_queue_and_others_go_first(tmp_path):
     async def scenario():
         handle = FakeHandle(finishes)
