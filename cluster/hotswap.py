@@ -14,7 +14,8 @@ B matrices side by side, each B multiplied by its scale x alpha / rank, zero-pad
 `lora_rank`, so the slot's own scaling stays 1 and the layer adds sum_i scale_i alpha_i / r_i
 B_i A_i x, what PEFT computes with `set_adapters` (up to rounding order: close, not bit-equal).
 
-What a compiled model refuses, with a 400 naming `loras`: a set whose ranks add up to more than
+What a compiled model refuses (`InvalidParameter` naming `loras`, as for any adapter file that
+fails a check; the request's task fails before any batch): a set whose ranks add up to more than
 `lora_rank`, and adapters with anything but LoRA A/B matrices on the denoiser's linear layers
 (text-encoder layers, convolutions, DoRA, biases). Adapter files in other trainers' layouts are
 first converted by the pipeline's own `lora_state_dict`.
@@ -206,7 +207,7 @@ class SlotAdapters:
             if key.endswith(".lora_B.weight"):
                 continue
             if not key.endswith(".lora_A.weight"):
-                raise refuse(f"has {key.rsplit('.', 2)[-2]} weights")
+                raise refuse(f"has {key}, not a LoRA A or B matrix")
             name = key.removesuffix(".lora_A.weight")
             up = state_dict.get(f"{name}.lora_B.weight")
             if name not in self.targets or up is None or down.ndim != 2 or up.shape[1] != down.shape[0]:

@@ -7,8 +7,8 @@ real (torch.compile on this CPU, about 20 s) with tiny adapters made on the spot
 - the slot renders what PEFT's `set_adapters` renders on the eager model, within one level of 255
   (merged matrices: the same sum, another rounding order);
 - a request is the same alone and inside a batch of its set;
-- a set whose ranks add up to more than `lora_rank`, and an adapter with text-encoder layers,
-  get a 400 naming `loras`, before any batch.
+- a set whose ranks add up to more than `lora_rank`, an adapter with text-encoder layers and a
+  DoRA adapter are refused naming `loras`, before any batch.
 """
 
 from __future__ import annotations
@@ -40,6 +40,10 @@ def root(tmp_path_factory):
     layers["text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_B.weight"] = torch.ones(32, 4)
     (root / "te").mkdir()
     save_file(layers, root / "te" / "pytorch_lora_weights.safetensors")
+    layers = load_file(root / "a" / "pytorch_lora_weights.safetensors")  # DoRA: a magnitude per layer
+    layers["transformer.transformer_blocks.0.attn.to_q.lora_magnitude_vector"] = torch.ones(32)
+    (root / "dora").mkdir()
+    save_file(layers, root / "dora" / "pytorch_lora_weights.safetensors")
     return root
 
 
@@ -115,3 +119,5 @@ def test_sets_the_slot_cannot_take_are_refused_naming_loras(compiled):
     [text_encoder] = compiled.render([ask(1, ("te", 1.0))])
     assert text_encoder.error.code == ErrorCode.INVALID_PARAMETER and text_encoder.error.param == "loras"
     assert "text_encoder" in text_encoder.error.message
+    [dora] = compiled.render([ask(1, ("dora", 1.0))])
+    assert dora.error.param == "loras" and "lora_magnitude_vector, not a LoRA A or B matrix" in dora.error.message
