@@ -3,8 +3,13 @@
 A record is a JSON body beside the columns its indexes need (`IndexEntry`), written in the same
 statement, so an index never disagrees with its record. A file written by an older version
 (body only) gets the columns and their values on first open. The indexes cover their queries
-(expiry included), so a count reads index entries only; SQLite counts a range entry by entry,
-so a list total or a queue position costs time in what it counts (Redis: a rank lookup).
+(expiry included), so a count reads index entries only.
+
+SQLite counts a range entry by entry, so a list's `total` comes from `task_counts` instead:
+records per (key, model, status), kept by triggers in the statement that changes a record (so
+never out of step with it), less the key's records already expired but not yet purged (an
+index range of at most a purge interval's records). A list between two submit times still
+counts its range. A queue position counts at most POSITION_CAP entries (Redis: a rank lookup).
 """
 
 from __future__ import annotations
@@ -40,7 +45,26 @@ CREATE INDEX IF NOT EXISTS tasks_pending ON tasks (model, status, submit_time, t
 CREATE INDEX IF NOT EXISTS tasks_by_lease ON tasks (lease_due) WHERE lease_due IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_by_webhook ON tasks (webhook_due) WHERE webhook_due IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_by_expiry ON tasks (expires_at);
+CREATE INDEX IF NOT EXISTS tasks_by_key_expiry ON tasks (key_id, expires_at, model, status);
 CREATE INDEX IF NOT EXISTS fingerprints_by_expiry ON fingerprints (expires_at)"""
+
+
+# Records per (key, model, status), kept by triggers. NULL columns (a file of an older version)
+# count as ''. One statement an item: they run inside one transaction.
+_KEY = "COALESCE({row}.key_id, ''), COALESCE({row}.model, ''), COALESCE({row}.status, '')"
+_ADD = ("INSERT INTO task_counts VALUES (" + _KEY.format(row="NEW") + ", 1) "
+        "ON CONFLICT (key_id, model, status) DO UPDATE SET n = n + 1;")
+_TAKE = ("UPDATE task_counts SET n = n - 1 WHERE (key_id, model, status) = (" + _KEY.format(row="OLD") + ");")
+_COUNTS = [
+    "CREATE TABLE task_counts (key_id TEXT NOT NULL, model TEXT NOT NULL, status TEXT NOT NULL, "
+    "n INTEGER NOT NULL, PRIMARY KEY (key_id, model, status)) WITHOUT ROWID",
+    "INSERT INTO task_counts SELECT COALESCE(key_id, ''), COALESCE(model, ''), COALESCE(status, ''), COUNT(*) "
+    "FROM tasks GROUP BY 1, 2, 3",
+    f"CREATE TRIGGER count_inserted AFTER INSERT ON tasks BEGIN {_ADD} END",
+    f"CREATE TRIGGER count_deleted AFTER DELETE ON tasks BEGIN {_TAKE} END",
+    "CREATE TRIGGER count_moved AFTER UPDATE OF key_id, model, status ON tasks WHEN OLD.key_id IS NOT NEW.key_id "
+    f"OR OLD.model IS NOT NEW.model OR OLD.status IS NOT NEW.status BEGIN {_TAKE} {_ADD} END",
+]
 
 
 def _columns(record: TaskRecord) -> tuple:
@@ -61,7 +85,21 @@ class SQLiteTaskStore(TaskStore):
         self._db.executescript(_SCHEMA)
         self._migrate()
         self._db.executescript(_INDEXES)
+        self._add_counts()
         self._lock = threading.Lock()
+
+    def _add_counts(self) -> None:
+        """Create `task_counts`, counted from the records there (once; in one transaction, so
+        another process opening the file at the same time finds it whole or makes it)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if not self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'task_counts'").fetchall():
+                for statement in _COUNTS:
+                    self._db.execute(statement)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
         """Give a file of an older version the index columns, filled from each body (once)."""
@@ -110,17 +148,38 @@ class SQLiteTaskStore(TaskStore):
     async def list(self, *, key_id: str, status: str | None = None, model: str | None = None,
                    start: float | None = None, end: float | None = None, page_no: int = 1,
                    page_size: int = 10) -> tuple[list[TaskRecord], int]:
-        where, params = ["key_id = ?", "expires_at >= ?"], [key_id, time.time()]
+        # `+expires_at`: a filter, not an index range, or the planner takes the key's expiry index
+        # and sorts all of the key's records for a page.
+        where, params = ["key_id = ?", "+expires_at >= ?"], [key_id, time.time()]
         for clause, value in (("status = ?", status), ("model = ?", model), ("submit_time >= ?", start),
                               ("submit_time <= ?", end)):
             if value is not None:
                 where.append(clause)
                 params.append(value)
         condition = " AND ".join(where)
-        [(total,)] = await self._run(f"SELECT COUNT(*) FROM tasks WHERE {condition}", tuple(params))
+        if start is None and end is None:
+            total = await self._counted(key_id, status, model)
+        else:  # a time range: its entries are counted
+            [(total,)] = await self._run(f"SELECT COUNT(*) FROM tasks WHERE {condition}", tuple(params))
         rows = await self._run(f"SELECT body FROM tasks WHERE {condition} ORDER BY submit_time DESC LIMIT ? OFFSET ?",
                                (*params, page_size, (page_no - 1) * page_size))
         return [TaskRecord.model_validate_json(body) for (body,) in rows], int(total)
+
+    async def _counted(self, key_id: str, status: str | None, model: str | None) -> int:
+        """The key's live records (of `status`, of `model`): its counts, less those expired and
+        not yet purged."""
+        where, params = ["key_id = ?"], [key_id]
+        for clause, value in (("status = ?", status), ("model = ?", model)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        condition = " AND ".join(where)
+        [(counted,)] = await self._run(f"SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE {condition}",
+                                       tuple(params))
+        # By key and expiry: the other key indexes would read every record of the key.
+        [(expired,)] = await self._run(f"SELECT COUNT(*) FROM tasks INDEXED BY tasks_by_key_expiry "
+                                       f"WHERE {condition} AND expires_at < ?", (*params, time.time()))
+        return int(counted) - int(expired)
 
     async def pending_ahead(self, record: TaskRecord) -> int:
         rows = await self._run(

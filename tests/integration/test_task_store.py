@@ -97,6 +97,48 @@ def test_list_filters_and_pages(store, run):
     assert total == 2
 
 
+def test_list_totals_follow_transitions_expiry_and_purge(store, run):
+    now = time.time()
+    live = [record(model="flux-schnell") for _ in range(4)] + [record(model="stable-diffusion-xl")]
+    gone = record(expires_at=now - 1)  # expired, not purged yet
+    for r in [*live, gone, record(key_id="someone-else")]:
+        run(store.create(r))
+    run(store.transition(live[0].task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING))
+    run(store.transition(live[1].task_id, {TaskStatus.PENDING}, status=TaskStatus.CANCELED))
+
+    def total(**filters) -> int:
+        return run(store.list(key_id="k1", **filters))[1]
+
+    # The record past its retention: SQLite leaves it out at once; Redis' totals count it until
+    # the purge (a minute at most), its pages never show it.
+    late = 1 if isinstance(store, RedisTaskStore) else 0
+    assert (total(), total(status="PENDING"), total(model="flux-schnell", status="PENDING"),
+            total(status="CANCELED"), total(model="stable-diffusion-xl")) == (5 + late, 3 + late, 2 + late, 1, 1)
+    assert total(start=now - 60) == 5 + late  # a time range counts its entries: the same answer
+    assert gone.task_id not in {r.task_id for r in run(store.list(key_id="k1", page_size=50))[0]}
+    run(store.purge_expired(time.time()))
+    assert total() == 5 and run(store.get(gone.task_id)) is None
+    run(store.delete([live[4].task_id]))
+    assert (total(), total(model="stable-diffusion-xl")) == (4, 0)
+
+
+def test_sqlite_counts_a_file_made_before_its_counts(tmp_path, run):
+    """A file of the version before `task_counts`: its records are counted on open."""
+    path = tmp_path / "old.sqlite"
+    first = SQLiteTaskStore(path)
+    for status in (TaskStatus.PENDING, TaskStatus.PENDING, TaskStatus.SUCCEEDED):
+        run(first.create(record(status=status)))
+    for name in ("count_inserted", "count_deleted", "count_moved"):
+        first._db.execute(f"DROP TRIGGER {name}")
+    first._db.execute("DROP TABLE task_counts")
+    run(first.close())
+    reopened = SQLiteTaskStore(path)
+    assert run(reopened.list(key_id="k1"))[1] == 3 and run(reopened.list(key_id="k1", status="PENDING"))[1] == 2
+    run(reopened.create(record()))
+    assert run(reopened.list(key_id="k1"))[1] == 4
+    run(reopened.close())
+
+
 def test_expired_lease_is_claimed_once(store, run):
     now = time.time()
     stale = record(owner="dead", lease_until=now - 1, status=TaskStatus.RUNNING)
