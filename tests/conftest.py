@@ -87,6 +87,13 @@ def pixels(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
 
+def images(engine, *requests) -> list[np.ndarray]:
+    """The pixels `engine` (a Renderer) renders for `requests`, every result asserted ok."""
+    results = engine.render(list(requests))
+    assert all(r.ok for r in results), [r.error for r in results]
+    return [pixels(r.image) for r in results]
+
+
 @pytest.fixture(scope="session")
 def tiny_sd15_dir() -> Path:
     """The tiny SD 1.5 pipeline directory (built on first use)."""

@@ -25,7 +25,7 @@ from cluster.lora_cache import LoraCache
 from cluster.loras import LoraRef
 from cluster.request import RenderRequest
 from cluster.tiny_lora import build_tiny_lora
-from tests.conftest import pixels
+from tests.conftest import images
 
 RANKS = {"a": 4, "b": 8, "c": 8}  # a + b fit the slot's rank of 16; a + b + c do not
 
@@ -66,12 +66,6 @@ def ask(seed: int, *loras: tuple[str, float]) -> RenderRequest:
     return RenderRequest(model="flux-schnell", prompt="a lighthouse", seed=seed, width=256, height=256, steps=2,
                          loras=tuple(LoraRef(f"./{name}/pytorch_lora_weights.safetensors", scale)
                                      for name, scale in loras))
-
-
-def images(engine: Renderer, *requests: RenderRequest) -> list[np.ndarray]:
-    results = engine.render(list(requests))
-    assert all(r.ok for r in results), [r.error for r in results]
-    return [pixels(r.image) for r in results]
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from cluster.request import RenderRequest
 from cluster.seeding import generator
 from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
 from cluster.tiny_lora import build_tiny_lora
-from tests.conftest import pixels
+from tests.conftest import images
 
 MODELS = {"flux-schnell": Family.FLUX, "stable-diffusion-xl": Family.SDXL}
 
@@ -62,12 +62,6 @@ def ask(engine: Renderer, seed: int, *loras: tuple[str, float]) -> RenderRequest
     return RenderRequest(model=engine.spec.name, prompt="a lighthouse", seed=seed, width=256, height=256, steps=2,
                          loras=tuple(LoraRef(f"./{family}/{name}/pytorch_lora_weights.safetensors", scale)
                                      for name, scale in loras))
-
-
-def images(engine: Renderer, *requests: RenderRequest) -> list[np.ndarray]:
-    results = engine.render(list(requests))
-    assert all(r.ok for r in results), [r.error for r in results]
-    return [pixels(r.image) for r in results]
 
 
 def test_scale_zero_and_no_adapters_render_the_base_model_exactly(engine):

@@ -20,7 +20,7 @@ from cluster.engine import Renderer
 from cluster.imageio import png_text
 from cluster.request import RenderRequest
 from cluster.speed import FastSettings
-from tests.conftest import pixels
+from tests.conftest import images
 
 
 def renderer(local_config, model: str = "flux-dev", **changes) -> Renderer:
@@ -36,12 +36,6 @@ def dev(local_config) -> Renderer:
 def ask(seed: int, quality: str | None = None, model: str = "flux-dev", size: int = 256) -> RenderRequest:
     return RenderRequest(model=model, prompt="a lighthouse", seed=seed, width=size, height=size, steps=12,
                          quality=quality)
-
-
-def images(engine: Renderer, *requests: RenderRequest) -> list[np.ndarray]:
-    results = engine.render(list(requests))
-    assert all(r.ok for r in results), [r.error for r in results]
-    return [pixels(r.image) for r in results]
 
 
 def test_lossless_is_bit_identical_to_a_model_without_a_step_cache(dev, local_config):
