@@ -229,9 +229,6 @@ class SlotAdapters:
 
     # --- what the replica reports -----------------------------------------------------------
 
-    def loaded(self) -> list[str]:
-        return [SLOT]
-
     def kept_sets(self) -> list[str]:
         return list(self._sets)
 

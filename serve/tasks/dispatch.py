@@ -1,10 +1,11 @@
 """`Dispatcher`: runs tasks on the model deployments and makes sure none is lost or stuck.
 
 - Each model has a bounded queue, and each API key a bounded share of it
-  (`max_queued_per_key`), split between the ingress replicas as the slots are: a task waits PENDING for a slot, given in fair order across keys
-  weighted by cost (`fair_queue.py`), then is sent to the model deployment as a stream of
-  events. The slots follow the replicas that run (`capacity.py`: what keeps them busy, and one
-  replica's worth more while the deployment can grow), recounted every few seconds. A task
+  (`max_queued_per_key`), both split between the ingress replicas as the slots are: a task
+  waits PENDING for a slot, given in fair order across keys weighted by cost
+  (`fair_queue.py`), then is sent to the model deployment as a stream of events. The slots
+  follow the replicas that run (`capacity.py`: what keeps them busy, and one replica's worth
+  more while the deployment can grow), recounted every few seconds. A task
   stays PENDING while it waits inside a replica and becomes RUNNING only when the replica
   starts it (`Started`); its progress is written as it comes (a few times a second).
   A full queue refuses new tasks (503), a key's full share refuses that key's (429).
@@ -106,7 +107,7 @@ class Dispatcher:
         self.owner = f"dispatcher-{uuid.uuid4().hex[:12]}"
         self.capacities = capacities
         self.running_replicas = running_replicas
-        # Each ingress replica's dispatcher keeps its part of the queue bounds, as of the slots:
+        # Each ingress replica's dispatcher keeps its part of the queue bounds, as with the slots:
         # Serve spreads requests over the ingress replicas, so the service as a whole holds about
         # what the config says (a key's requests all on one ingress are refused at its part).
         ingresses = settings.ingress_replicas

@@ -67,6 +67,12 @@ _COUNTS = [
 ]
 
 
+def _where(*clauses: tuple[str, object]) -> tuple[str, list]:
+    """The AND of the clauses whose value is given, and those values."""
+    given = [(clause, value) for clause, value in clauses if value is not None]
+    return " AND ".join(clause for clause, _ in given), [value for _, value in given]
+
+
 def _columns(record: TaskRecord) -> tuple:
     entry = IndexEntry.of(record)
     return (entry.key_id, entry.model, entry.status, entry.submit_time, entry.lease_due, entry.webhook_due)
@@ -150,13 +156,8 @@ class SQLiteTaskStore(TaskStore):
                    page_size: int = 10) -> tuple[list[TaskRecord], int]:
         # `+expires_at`: a filter, not an index range, or the planner takes the key's expiry index
         # and sorts all of the key's records for a page.
-        where, params = ["key_id = ?", "+expires_at >= ?"], [key_id, time.time()]
-        for clause, value in (("status = ?", status), ("model = ?", model), ("submit_time >= ?", start),
-                              ("submit_time <= ?", end)):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        condition = " AND ".join(where)
+        condition, params = _where(("key_id = ?", key_id), ("+expires_at >= ?", time.time()), ("status = ?", status),
+                                   ("model = ?", model), ("submit_time >= ?", start), ("submit_time <= ?", end))
         if start is None and end is None:
             total = await self._counted(key_id, status, model)
         else:  # a time range: its entries are counted
@@ -167,19 +168,13 @@ class SQLiteTaskStore(TaskStore):
 
     async def _counted(self, key_id: str, status: str | None, model: str | None) -> int:
         """The key's live records (of `status`, of `model`): its counts, less those expired and
-        not yet purged."""
-        where, params = ["key_id = ?"], [key_id]
-        for clause, value in (("status = ?", status), ("model = ?", model)):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        condition = " AND ".join(where)
-        [(counted,)] = await self._run(f"SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE {condition}",
-                                       tuple(params))
-        # By key and expiry: the other key indexes would read every record of the key.
-        [(expired,)] = await self._run(f"SELECT COUNT(*) FROM tasks INDEXED BY tasks_by_key_expiry "
-                                       f"WHERE {condition} AND expires_at < ?", (*params, time.time()))
-        return int(counted) - int(expired)
+        not yet purged (by key and expiry: the other key indexes would read all of the key's)."""
+        condition, params = _where(("key_id = ?", key_id), ("status = ?", status), ("model = ?", model))
+        [(total,)] = await self._run(
+            f"SELECT (SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE {condition}) - (SELECT COUNT(*) FROM "
+            f"tasks INDEXED BY tasks_by_key_expiry WHERE {condition} AND expires_at < ?)",
+            (*params, *params, time.time()))
+        return int(total)
 
     async def pending_ahead(self, record: TaskRecord) -> int:
         rows = await self._run(
