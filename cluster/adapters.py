@@ -1,9 +1,14 @@
 """LoRA adapters inside one loaded pipeline: loaded on demand, kept warm, switched per batch.
 
-Through diffusers' own PEFT integration: each adapter file is loaded once as a named adapter
-(`load_lora_weights(state_dict, adapter_name=...)`, the name fixed by the file's sha256), and a
-device batch activates its set with `set_adapters(names, scales)`, or `disable_lora()` for a
-batch without adapters. Weights are never fused: fusing changes the base weights' last bits, and
+Through diffusers' own PEFT integration, on the denoiser alone: each adapter file, once checked
+(cluster/adapter_file.py: only LoRA matrices on the denoiser's linear layers, of their exact
+shapes), is loaded once as a named adapter (`load_lora_adapter(layers, adapter_name=...)`, the
+name fixed by the file's sha256), and a device batch activates its set with
+`set_adapters(names, scales)`, or `disable_lora()` for a batch without adapters. The
+pipeline-wide `load_lora_weights` is never used: it writes a Control LoRA's norms into the base
+model and swaps a layer for a wider one when a file asks, and neither is undone by deleting an
+adapter. The adapters of a set are applied in the order of their files' sha256 (their deltas
+add in that order), so a set renders the same pixels in whatever order a request lists it. Weights are never fused: fusing changes the base weights' last bits, and
 a request must render the same pixels alone or in any batch, before or after any other set.
 Up to `slots` sets stay loaded, in LRU order with an admission filter: a set that is not kept
 is loaded for its batch and kept only when it was used lately at least as often as the set it
@@ -25,9 +30,12 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 
-from cluster.lora_cache import LocalLora
+from cluster.adapter_file import AdapterChecker, CheckedAdapter
+from cluster.errors import RenderError
+from cluster.lora_cache import LocalLora, LoraUnavailable
 from cluster.loras import AppliedLora, Lora, adapter_set_id
 from cluster.recent_uses import RecentUses
+from cluster.speed import denoiser
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +45,15 @@ def adapter_name(local: LocalLora) -> str:
 
 
 class PipelineAdapters:
-    def __init__(self, pipeline, slots: int, after_load: Callable[[], None] = lambda: None):
+    def __init__(self, pipeline, slots: int, model: str = "", max_rank: int = 256,
+                 after_load: Callable[[], None] = lambda: None):
         """`after_load`: run once new adapter layers are in the pipeline (the CPU's batch
         invariance patches the new layers)."""
         self.pipeline = pipeline
+        self.module = denoiser(pipeline)
+        self.checker = (AdapterChecker(pipeline, self.module, model, max_rank)
+                        if self.module is not None and hasattr(self.module, "load_lora_adapter") else None)
+        self._checked: OrderedDict[str, CheckedAdapter] = OrderedDict()  # sha256 -> adapter, LRU
         self.slots = slots
         self.after_load = after_load
         self._sets: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # set id -> adapter names, LRU order
@@ -53,26 +66,45 @@ class PipelineAdapters:
 
     @property
     def supported(self) -> bool:
-        return hasattr(self.pipeline, "load_lora_weights")
+        return self.checker is not None
 
     def activate(self, loras: tuple[Lora, ...], files: dict[str, LocalLora]) -> tuple[AppliedLora, ...]:
         """Make the pipeline apply `loras` (their files in `files`, by location) to the next
-        batch; returns what was applied, for records and metadata."""
+        batch; returns what was applied, for records and metadata. Raises `LoraUnavailable`
+        for a file that fails its check; the pipeline is then as it was."""
         set_id = adapter_set_id(loras)
+        loras = in_canonical_order(loras, files)
         if not loras:
             if self._active != "":
-                self.pipeline.disable_lora()
+                self.module.disable_lora()
                 self._active = ""
             return ()
         names = self._load(set_id, [files[lora.location] for lora in loras])
         if self._active != set_id:
-            self.pipeline.enable_lora()
-            self.pipeline.set_adapters(list(names), [lora.scale for lora in loras])
+            self.module.enable_lora()
+            self.module.set_adapters(list(names), [lora.scale for lora in loras])
             self._active = set_id
         return tuple(AppliedLora(lora.path, files[lora.location].sha256, lora.scale) for lora in loras)
 
-    def problem(self, loras: tuple[Lora, ...], files: dict[str, LocalLora]) -> None:
-        """Any set of adapter files goes here: PEFT adds their layers (`SlotAdapters` may refuse)."""
+    def problem(self, loras: tuple[Lora, ...], files: dict[str, LocalLora]) -> RenderError | None:
+        """Why these files cannot be loaded here (one that fails its check), or None."""
+        try:
+            for lora in loras:
+                self._adapter(files[lora.location])
+        except LoraUnavailable as exc:
+            return exc.error
+        return None
+
+    def _adapter(self, local: LocalLora) -> CheckedAdapter:
+        """The checked adapter of a file (kept for the adapters loaded lately: the admission
+        check reads a file, the device's load takes it from here)."""
+        known = self._checked.get(local.sha256)
+        if known is None:
+            known = self.checker.read(local)
+            self._checked[local.sha256] = known
+            while len(self._checked) > 4 * self.slots:
+                self._checked.popitem(last=False)
+        return known
 
     def _load(self, set_id: str, locals_: list[LocalLora]) -> tuple[str, ...]:
         self.recent.note(set_id)
@@ -99,6 +131,7 @@ class PipelineAdapters:
         except BaseException:
             self._sets.pop(set_id, None)
             self._passing = None
+            self._delete_unused(())  # what the failed set loaded goes; kept sets stay
             raise
         return names
 
@@ -118,7 +151,7 @@ class PipelineAdapters:
         needed = set(current) | {name for names in self._sets.values() for name in names}
         unused = [name for name in self.loaded() if name not in needed]
         if unused:
-            self.pipeline.delete_adapters(unused)
+            self.module.delete_adapters(unused)
             self._active = None  # the pipeline's active adapters changed under us
 
     def _load_files(self, names: tuple[str, ...], locals_: list[LocalLora]) -> None:
@@ -126,15 +159,14 @@ class PipelineAdapters:
         fresh = [(name, local) for name, local in zip(names, locals_) if name not in loaded]
         if not fresh:
             return
-        from safetensors.torch import load_file
-
         started = time.perf_counter()
+        parameter = next(self.module.parameters())
         for name, local in fresh:
-            # A state dict read by safetensors: no pickle is ever unpickled. Several named
-            # adapters in one model is the point here: PEFT's warning about it is not news.
+            weights = self._adapter(local).peft_state_dict(parameter.device, parameter.dtype)
+            # Several named adapters in one model is the point here: PEFT's warning is not news.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
-                self.pipeline.load_lora_weights(load_file(str(local.file)), adapter_name=name)
+                self.module.load_lora_adapter(weights, adapter_name=name, prefix=None)
         self.after_load()
         self.loads += len(fresh)
         self.load_s += time.perf_counter() - started
@@ -142,8 +174,7 @@ class PipelineAdapters:
 
     def loaded(self) -> list[str]:
         """Names of the adapters in the pipeline now."""
-        listed = self.pipeline.get_list_adapters() if self.supported else {}
-        return sorted({name for names in listed.values() for name in names})
+        return sorted(getattr(self.module, "peft_config", {}) or {}) if self.supported else []
 
     def kept_sets(self) -> list[str]:
         return list(self._sets)
@@ -151,3 +182,9 @@ class PipelineAdapters:
     def stats(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "loads": self.loads, "load_s": round(self.load_s, 3),
                 "kept_sets": len(self._sets)}
+
+
+def in_canonical_order(loras: tuple[Lora, ...], files: dict[str, LocalLora]) -> tuple[Lora, ...]:
+    """A set's adapters in the order of their files' content hashes (then scales): the order in
+    which their deltas add, the same whatever order a request named them in."""
+    return tuple(sorted(loras, key=lambda lora: (files[lora.location].sha256, lora.scale)))

@@ -25,6 +25,7 @@ from PIL import Image
 
 from cluster.adapters import PipelineAdapters
 from cluster.architectures import Family
+from cluster.base_weights import BaseWeights
 from cluster.batch_invariance import make_batch_invariant
 from cluster.batching import plan_batches
 from cluster.config import RaydiantConfig, load_config
@@ -109,6 +110,8 @@ class Renderer:
             quantize_weights(self.pipeline, spec.quantize, self.device)
         self._place_on_device()
         self.pipeline.set_progress_bar_config(disable=True)
+        self.base = BaseWeights({name: c for name, c in self.pipeline.components.items()
+                                 if isinstance(c, torch.nn.Module)}, fixed_storage=not spec.offload)
         self.lora_cache = lora_cache or LoraCache()
         self.adapters = self._adapters()
         self.step_cache = StepCache(self.pipeline, spec.fast if spec.step_cache else FastSettings())
@@ -147,7 +150,8 @@ class Renderer:
         if self.spec.compile and self.spec.loras.max:
             return SlotAdapters(self.pipeline, self.spec.lora_slots, self.spec.lora_rank, self.spec.name,
                                 after_load=self._after_adapter_load)
-        return PipelineAdapters(self.pipeline, self.spec.lora_slots, after_load=self._after_adapter_load)
+        return PipelineAdapters(self.pipeline, self.spec.lora_slots, self.spec.name, self.spec.loras.max_rank,
+                                after_load=self._after_adapter_load)
 
     def _after_adapter_load(self) -> None:
         if self.device.type == "cpu":
@@ -189,12 +193,16 @@ class Renderer:
                  ", ".join(self.spec.compile_sizes or [self.spec.default_size]), time.perf_counter() - started)
 
     def check_health(self) -> None:
-        """Raise if the device cannot compute: a small computation on it, synchronised."""
+        """Raise if the device cannot compute (a small computation on it, synchronised) or the
+        base model is no longer the one loaded (`BaseWeights`: nothing a request brought may
+        change it; a replica whose model changed must be replaced, not go on serving)."""
         probe = torch.arange(8, device=self.device, dtype=torch.float32)
         if float((probe * 2).sum().item()) != 56.0:
             raise RuntimeError(f"health check failed: wrong arithmetic on {self.device}")
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        if (changed := self.base.problem()) is not None:
+            raise RuntimeError(f"health check failed: the base weights of {self.spec.name} changed: {changed}")
 
     # --- rendering ----------------------------------------------------------------------------
 
@@ -292,6 +300,10 @@ class Renderer:
             return self.adapters.problem(loras, self.fetch_loras(loras))
         except LoraUnavailable as exc:
             return exc.error
+        except Exception as exc:  # noqa: BLE001 - whatever a file does to a reader fails its own request
+            log.warning("%s: adapters %s could not be checked: %s", self.spec.name,
+                        [lora.path for lora in loras], first_line(exc))
+            return RenderError.invalid("loras", f"could not be read as LoRA adapters ({type(exc).__name__})")
 
     def _pipeline_kwargs(self, batch: list[_Image]) -> dict[str, Any]:
         first = batch[0].request
@@ -326,6 +338,10 @@ class Renderer:
             applied = self.adapters.activate(loras, self.fetch_loras(loras)) if self.adapters.supported else ()
         except LoraUnavailable as exc:  # its file went between plan and now (evicted, removed), or a slot refused it
             return [Denoised(batch, failed=self._failed(batch, exc.error))]
+        except Exception as exc:  # noqa: BLE001 - a batch holds one set: only its requests fail
+            log.exception("%s: adapters of a batch of %d could not be applied", self.spec.name, len(batch))
+            return [Denoised(batch, failed=self._failed(batch, RenderError(
+                ErrorCode.INTERNAL, f"the adapters could not be applied: {first_line(exc)}")))]
         self.step_cache.apply(batch[0].request.quality)  # one quality per batch
         if on_step is not None or canceled is not None:
             kwargs["callback_on_step_end"] = StepReporter(batch[0].request.steps, on_step or (lambda _: None),

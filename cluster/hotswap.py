@@ -14,11 +14,10 @@ B matrices side by side, each B multiplied by its scale x alpha / rank, zero-pad
 `lora_rank`, so the slot's own scaling stays 1 and the layer adds sum_i scale_i alpha_i / r_i
 B_i A_i x, what PEFT computes with `set_adapters` (up to rounding order: close, not bit-equal).
 
-What a compiled model refuses (`InvalidParameter` naming `loras`, as for any adapter file that
-fails a check; the request's task fails before any batch): a set whose ranks add up to more than
-`lora_rank`, and adapters with anything but LoRA A/B matrices on the denoiser's linear layers
-(text-encoder layers, convolutions, DoRA, biases). Adapter files in other trainers' layouts are
-first converted by the pipeline's own `lora_state_dict`.
+What a compiled model refuses (`InvalidParameter` naming `loras`; the request's task fails
+before any batch): a set whose ranks add up to more than `lora_rank`, and any file that fails
+the checks of cluster/adapter_file.py (anything but LoRA A/B matrices of the exact shapes on the
+denoiser's linear layers).
 
 Costs, stated: the slot is there for every request (rank `lora_rank` on every linear layer:
 memory and time per step grow by about lora_rank / hidden size); a switch between sets is a copy
@@ -27,7 +26,6 @@ of the slot's tensors. Up to `slots` prepared sets stay in memory, least recentl
 
 from __future__ import annotations
 
-import inspect
 import logging
 import threading
 import time
@@ -37,6 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cluster.adapter_file import AdapterChecker
+from cluster.adapters import in_canonical_order
 from cluster.errors import RenderError
 from cluster.lora_cache import LocalLora, LoraUnavailable
 from cluster.loras import AppliedLora, Lora, adapter_set_id
@@ -74,6 +74,7 @@ class SlotAdapters:
         self.model = model
         self.targets = {name: layer for name, layer in self.module.named_modules()
                         if isinstance(layer, torch.nn.Linear)}
+        self.checker = AdapterChecker(pipeline, self.module, model, max_rank=rank)
         self._sets: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()  # set id -> slot weights
         self._parsed: OrderedDict[str, SlotAdapter] = OrderedDict()  # sha256 -> adapter, LRU
         self._parsed_lock = threading.Lock()
@@ -102,6 +103,7 @@ class SlotAdapters:
         """Write `loras` into the slot for the next batch (raises `LoraUnavailable` for a set
         the slot cannot take); returns what was applied."""
         set_id = adapter_set_id(loras)
+        loras = in_canonical_order(loras, files)
         if set_id != self._active:
             if loras:
                 weights = self._prepared(set_id, loras, files)
@@ -183,49 +185,9 @@ class SlotAdapters:
         return adapter
 
     def _read(self, local: LocalLora) -> SlotAdapter:
-        from diffusers.utils import convert_unet_state_dict_to_peft
-        from safetensors.torch import load_file
-
-        def refuse(why: str) -> LoraUnavailable:
-            return LoraUnavailable(RenderError.invalid(
-                "loras", f"{local.lora.path}: {why}; compiled model {self.model} takes LoRA matrices on its "
-                         f"denoiser's linear layers only"))
-
-        state_dict, alphas = self._converted(load_file(str(local.file)))
-        prefix = self.pipeline.transformer_name if hasattr(self.pipeline, "transformer") else self.pipeline.unet_name
-        others = sorted({key.split(".")[0] for key in state_dict if not key.startswith(f"{prefix}.")})
-        if others:
-            raise refuse(f"has layers of {', '.join(others)}")
-        state_dict = {key.removeprefix(f"{prefix}."): value for key, value in state_dict.items()}
-        if state_dict and "lora_A" not in next(iter(state_dict)):
-            state_dict = convert_unet_state_dict_to_peft(state_dict)
-        alphas = {key.removeprefix(f"{prefix}.").removesuffix(".alpha"): float(value)
-                  for key, value in (alphas or {}).items()}
-        layers: dict[str, SlotLayer] = {}
-        ranks = set()
-        for key, down in state_dict.items():
-            if key.endswith(".lora_B.weight"):
-                continue
-            if not key.endswith(".lora_A.weight"):
-                raise refuse(f"has {key}, not a LoRA A or B matrix")
-            name = key.removesuffix(".lora_A.weight")
-            up = state_dict.get(f"{name}.lora_B.weight")
-            if name not in self.targets or up is None or down.ndim != 2 or up.shape[1] != down.shape[0]:
-                raise refuse(f"targets {name}, not a linear layer with A and B matrices")
-            rank = down.shape[0]
-            scaling = alphas.get(name, rank) / rank
-            layers[name] = SlotLayer(down.float(), up.float() * scaling)
-            ranks.add(rank)
-        if not layers:
-            raise refuse("has no LoRA layers")
-        return SlotAdapter(max(ranks), layers)
-
-    def _converted(self, state_dict: dict[str, torch.Tensor]) -> tuple[dict, dict | None]:
-        """The pipeline's own conversion of other trainers' layouts: (state dict, alphas)."""
-        read = type(self.pipeline).lora_state_dict
-        if "return_alphas" in inspect.signature(read).parameters:  # FLUX family
-            return read(state_dict, return_alphas=True)
-        return read(state_dict)  # SD family: always (state dict, alphas)
+        checked = self.checker.read(local)  # raises LoraUnavailable naming what is refused
+        return SlotAdapter(checked.rank, {name: SlotLayer(layer.down, layer.up)
+                                          for name, layer in checked.layers.items()})
 
     # --- what the replica reports -----------------------------------------------------------
 

@@ -52,6 +52,7 @@ class LoraPolicy(BaseModel):
     fsspec_prefixes: list[str] = Field(default_factory=list,
                                        description="fsspec URIs must start with one of these (none: refused).")
     max_scale: float = Field(4.0, gt=0, description="Largest |scale|.")
+    max_rank: int = Field(256, ge=1, le=4096, description="Largest rank of an adapter's layer.")
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,9 @@ class AppliedLora:
 
 
 def adapter_set_id(loras: tuple[Lora, ...]) -> str:
-    """The identity of a set of adapters with their scales, in order (the order in which their
-    deltas are added is part of the pixels): one device batch holds one set, and Serve routes a
-    request to a replica that holds its set by this id."""
+    """The identity of a set of adapters with their scales (`resolve_loras` puts them in one
+    order): one device batch holds one set, and Serve routes a request to a replica that holds
+    its set by this id."""
     if not loras:
         return ""
     canonical = json.dumps([[lora.location, lora.scale] for lora in loras])
@@ -109,7 +110,9 @@ def resolve_loras(refs: tuple[LoraRef, ...], policy: LoraPolicy, model: str) -> 
             return RenderError.invalid("loras", f"item {i}: path names an adapter already in the list; give it once "
                                                 f"with the sum of the scales")
         resolved.append(lora)
-    return tuple(resolved)
+    # A set is a set: the same adapters in any order are one set (one batch key, one cache
+    # entry); the engine adds their deltas in the order of their files' hashes.
+    return tuple(sorted(resolved, key=lambda lora: (lora.location, lora.scale)))
 
 
 def _resolve_one(ref: LoraRef, policy: LoraPolicy) -> Lora | str:

@@ -30,7 +30,7 @@ from cluster.request import RenderRequest
 from cluster.seeding import generator
 from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
 from cluster.tiny_lora import build_tiny_lora
-from tests.conftest import images
+from tests.conftest import images, pixels
 
 MODELS = {"flux-schnell": Family.FLUX, "stable-diffusion-xl": Family.SDXL}
 
@@ -97,12 +97,18 @@ def test_two_adapters_with_scales_equal_diffusers_own_set_adapters(engine, root)
     pipeline.set_progress_bar_config(disable=True)
     for name in ("a", "b"):
         pipeline.load_lora_weights(str(root / family.value / name), adapter_name=name)
-    pipeline.set_adapters(["a", "b"], [0.7, -0.4])
+    # Their deltas add in the order of the files' hashes, whatever order the request names them in.
+    scales = dict(sorted({"a": 0.7, "b": -0.4}.items(), key=lambda item: _sha256(root, family, item[0])))
+    pipeline.set_adapters(list(scales), list(scales.values()))
     # The same CPU kernels as every Renderer on a CPU (cluster/batch_invariance.py).
     make_batch_invariant([c for c in pipeline.components.values() if hasattr(c, "modules")])
     theirs = pipeline(prompt=["a lighthouse"], width=256, height=256, num_inference_steps=2,
                       guidance_scale=engine.spec.default_guidance, generator=[generator(3, "cpu")]).images[0]
     assert np.array_equal(ours, np.asarray(theirs.convert("RGB")))
+
+
+def _sha256(root, family: Family, name: str) -> str:
+    return hashlib.sha256((root / family.value / name / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()
 
 
 def test_sets_beyond_the_slots_are_evicted_and_unused_adapters_deleted(local_config, root):
@@ -143,5 +149,35 @@ def test_the_png_names_each_adapter_with_its_hash_and_scale(engine, root):
     expected = [{"path": f"./{family}/{name}/pytorch_lora_weights.safetensors",
                  "sha256": hashlib.sha256((root / family / name / "pytorch_lora_weights.safetensors").read_bytes())
                  .hexdigest(), "scale": scale} for name, scale in (("a", 0.6), ("b", 1.0))]
+    expected.sort(key=lambda lora: lora["sha256"])  # a set's canonical order: by content hash
     assert json.loads(png_text(result.image)["loras"]) == expected
     assert [lora.as_dict() for lora in result.loras] == expected
+
+
+def test_a_set_renders_the_same_in_any_order(engine):
+    forward = ask(engine, 12, ("a", 0.7), ("b", 0.5))
+    backward = ask(engine, 12, ("b", 0.5), ("a", 0.7))
+    assert engine.resolve(forward).loras == engine.resolve(backward).loras  # one set, one batch key
+    assert np.array_equal(images(engine, forward)[0], images(engine, backward)[0])
+
+
+def test_a_hostile_adapter_fails_only_its_own_request_in_a_batch(local_config, root):
+    """A Control LoRA's norms, a wide layer and a garbage file, each in one round with two clean
+    requests: the clean ones render what they render alone, the base model is unchanged."""
+    from tests import hostile_adapters
+
+    engine = renderer(local_config, root, "flux-schnell")
+    hostile = {"norms": hostile_adapters.with_norms(root / "hostile", engine),
+               "wide": hostile_adapters.wide(root / "hostile", engine),
+               "garbage": hostile_adapters.garbage(root / "hostile")}
+    plain, styled = ask(engine, 14), ask(engine, 15, ("a", 0.9))
+    [plain_alone], [styled_alone] = images(engine, plain), images(engine, styled)
+    for name, path in hostile.items():
+        bad = RenderRequest(model="flux-schnell", prompt="x", seed=1, width=256, height=256, steps=2,
+                            loras=(LoraRef(f"./hostile/{path.name}", 1.0),))
+        results = engine.render([plain, bad, styled])
+        assert results[1].error is not None and results[1].error.param == "loras", (name, results[1].error)
+        assert results[1].error.code.value == "invalid_parameter"
+        assert np.array_equal(pixels(results[0].image), plain_alone), name
+        assert np.array_equal(pixels(results[2].image), styled_alone), name
+    engine.check_health()  # the base weights are the ones loaded
