@@ -31,6 +31,11 @@ class ErrorCode(StrEnum):
     def retryable(self) -> bool:
         return self in _RETRYABLE
 
+    @property
+    def callers(self) -> bool:
+        """The caller's to fix (a value they sent): a door answers it as its 4xx, never as ours."""
+        return self in _CALLERS
+
     @classmethod
     def _missing_(cls, value: object) -> "ErrorCode | None":
         # Task records and batch metadata written before this enum carried DashScope's codes.
@@ -39,6 +44,7 @@ class ErrorCode(StrEnum):
 
 _RETRYABLE = frozenset({ErrorCode.MODEL_UNAVAILABLE, ErrorCode.MODEL_LOAD_FAILED, ErrorCode.OUT_OF_MEMORY,
                         ErrorCode.TIMEOUT, ErrorCode.INTERNAL})
+_CALLERS = frozenset({ErrorCode.INVALID_PARAMETER, ErrorCode.EMPTY_PROMPT, ErrorCode.MODEL_NOT_FOUND})
 _LEGACY = {
     "InvalidParameter": ErrorCode.INVALID_PARAMETER, "BadRequest.EmptyInput": ErrorCode.EMPTY_PROMPT,
     "ModelNotFound": ErrorCode.MODEL_NOT_FOUND, "ModelLoadError": ErrorCode.MODEL_LOAD_FAILED,

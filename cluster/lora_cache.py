@@ -101,13 +101,17 @@ class LoraCache:
 
     def _download(self, lora: Lora) -> bytes:
         if lora.kind == "https":
+            # One answer for every way a URL fails (refused address, no answer, an HTTP error, over
+            # the cap): which one it was would tell a caller what listens where behind us. The
+            # URL is the caller's: theirs to fix, not a failure of ours to retry.
             try:
                 answer = asyncio.run(request("GET", lora.location, self.policy, max_bytes=self.max_file_bytes))
-            except FetchError as exc:  # the address rules or the caps refused it: the caller's to change
-                raise LoraUnavailable(RenderError.invalid("loras", f"{lora.path}: {exc}")) from None
-            if answer.status != 200:
-                raise LoraUnavailable(RenderError(ErrorCode.MODEL_LOAD_FAILED,
-                                                  f"LoRA {lora.path}: its URL answered HTTP {answer.status}"))
+            except FetchError:
+                answer = None
+            if answer is None or answer.status != 200:
+                raise LoraUnavailable(RenderError.invalid(
+                    "loras", f"{lora.path}: could not be fetched (a public http(s) URL answering 200 with a "
+                             f"safetensors file of at most {self.max_file_bytes} bytes)"))
             return answer.body
         import fsspec
 
@@ -129,11 +133,25 @@ class LoraCache:
     def _from_hub(self, lora: Lora) -> Path:
         org, name, *rest = lora.location.split("/")
         repo, filename = f"{org}/{name}", "/".join(rest)
-        try:
-            from huggingface_hub import hf_hub_download
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.errors import EntryNotFoundError, GatedRepoError, RepositoryNotFoundError
 
-            return Path(hf_hub_download(repo, filename, cache_dir=str(self.directory / "hub")))
-        except Exception as exc:  # noqa: BLE001 - unreachable hub, unknown repo, gated file
+        # A caller's adapter is fetched anonymously: the operator's token must not make its
+        # private or gated repositories readable (nor tell a caller they exist). Only adapters
+        # the operator configured (`loras.named`) are fetched with it.
+        token = None if lora.trusted else False
+        try:
+            size = get_hf_file_metadata(hf_hub_url(repo, filename), token=token, timeout=self.policy.timeout_s).size
+            if size is not None and size > self.max_file_bytes:
+                raise LoraUnavailable(RenderError.invalid("loras", f"{lora.path}: the file is larger than "
+                                                                   f"{self.max_file_bytes} bytes"))
+            return Path(hf_hub_download(repo, filename, cache_dir=str(self.directory / "hub"), token=token,
+                                        etag_timeout=self.policy.timeout_s))
+        except LoraUnavailable:
+            raise
+        except (RepositoryNotFoundError, EntryNotFoundError, GatedRepoError):  # the caller's to fix
+            raise LoraUnavailable(RenderError.invalid("loras", f"{lora.path}: no such public file on the hub")) from None
+        except Exception as exc:  # noqa: BLE001 - an unreachable hub: a later try may succeed
             raise LoraUnavailable(RenderError(ErrorCode.MODEL_LOAD_FAILED,
                                               f"LoRA {lora.path} could not be downloaded from the hub: "
                                               f"{first_line(exc)}")) from None

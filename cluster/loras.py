@@ -25,6 +25,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,6 +72,7 @@ class Lora:
     kind: Literal["https", "hub", "local", "fsspec"]  # of `location` (a configured name resolved)
     location: str  # URL, hub id (org/repo/file.safetensors), absolute local path or fsspec URI
     scale: float
+    trusted: bool = False  # configured by the operator (`loras.named`): fetched with the service's credentials
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ def _resolve_one(ref: LoraRef, policy: LoraPolicy) -> Lora | str:
         if isinstance(located, str):
             return f"path {path!r}: its configured location is wrong: {located}"
         kind, location = located
-        return Lora(path=path, kind=kind, location=location, scale=float(ref.scale))
+        return Lora(path=path, kind=kind, location=location, scale=float(ref.scale), trusted=True)
     located = _classify(path, policy, trusted=False)
     if isinstance(located, str):
         return f"path {located}"
@@ -149,22 +151,44 @@ def _classify(path: str, policy: LoraPolicy, trusted: bool) -> tuple[str, str] |
     lowered = path.lower().split("?", 1)[0]
     if lowered.endswith(_PICKLES):
         return "names a pickle file: only .safetensors adapters are loaded"
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "holds control characters"
     if lowered.startswith(("http://", "https://")):
         if not lowered.endswith(".safetensors"):
             return "must be the URL of a .safetensors file"
+        if "@" in urlsplit(path).netloc:  # records and logs keep the path: no credentials in it
+            return "must not carry credentials (user:password@)"
         return "https", path
     if "://" in path:
         if not lowered.endswith(".safetensors"):
             return "must name a .safetensors file"
-        if not trusted and not any(path.startswith(prefix) for prefix in policy.fsspec_prefixes):
-            return "is a storage URI outside the configured loras.fsspec_prefixes"
+        if not trusted and (problem := _outside_prefixes(path, policy.fsspec_prefixes)):
+            return problem
         return "fsspec", path
     if path.startswith(("/", "./", "../", "~")):
         return _local(path, policy, trusted)
+    if ".." in path.split("/"):
+        return "must not hold a '..' segment"
     if _HUB.match(path) and not path.split("/")[1].lower().endswith(".safetensors"):
         return "hub", path if lowered.endswith(".safetensors") else f"{path}/{HUB_FILE}"
     return (f"is not a configured name, an http(s) URL, a hub id (org/repo or org/repo/file.safetensors) "
             f"or a local path (starting with / or ./): {path!r}")
+
+
+def _outside_prefixes(uri: str, prefixes: list[str]) -> str | None:
+    """Why a caller's storage URI is not under one of the configured prefixes, or None. Matched
+    as paths, not as text: `s3://bucket/loras` does not cover `s3://bucket/loras-private/`, and
+    no `..` segment or `::` chain (fsspec's way of reading one URL through another) is taken."""
+    if "::" in uri:
+        return "is a chained storage URI (::), which is not taken"
+    scheme, _, rest = uri.partition("://")
+    if any(segment in ("..", ".") for segment in rest.split("/")):
+        return "must not hold '.' or '..' segments"
+    for prefix in prefixes:
+        base = prefix.rstrip("/")
+        if uri.startswith(base + "/") and base.partition("://")[0] == scheme:
+            return None
+    return "is a storage URI outside the configured loras.fsspec_prefixes"
 
 
 def _local(path: str, policy: LoraPolicy, trusted: bool) -> tuple[str, str] | str:

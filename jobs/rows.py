@@ -102,8 +102,8 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
             loras=loras,
             quality=str(row["quality"]) if _present(row.get("quality")) else defaults.quality,
         )
-    except (TypeError, ValueError) as exc:
-        return RenderError(ErrorCode.INVALID_PARAMETER, f"bad value in row: {exc}")
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
+        return RenderError(ErrorCode.INVALID_PARAMETER, f"bad value in row: {str(exc)[:200]}")
 
 
 MAX_LORA_ITEMS = 16  # read at most this many from a row (the model's own limit is checked later)
@@ -114,7 +114,7 @@ def lora_refs(value: Any) -> tuple[LoraRef, ...] | RenderError:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
             return RenderError.invalid("loras", "must be a JSON list of {path, scale}")
     if not isinstance(value, list) or len(value) > MAX_LORA_ITEMS:
         return RenderError.invalid("loras", f"must be a list of at most {MAX_LORA_ITEMS} {{path, scale}}")
@@ -125,8 +125,11 @@ def lora_refs(value: Any) -> tuple[LoraRef, ...] | RenderError:
         scale = item.get("scale")
         scale = 1.0 if not _present(scale) else scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            return RenderError.invalid("loras", f"item {i}: scale must be a number, got {scale!r}")
-        refs.append(LoraRef(item["path"], float(scale)))
+            return RenderError.invalid("loras", f"item {i}: scale must be a number, got {str(scale)[:40]!r}")
+        try:
+            refs.append(LoraRef(item["path"], float(scale)))
+        except OverflowError:  # an integer of hundreds of digits
+            return RenderError.invalid("loras", f"item {i}: scale must be a number in range")
     return tuple(refs)
 
 

@@ -46,7 +46,7 @@ class AceDataService:
             return record
         if answer_now:
             return Accepted(task_id=record.task_id, trace_id=record.trace_id).model_dump()
-        finished = await self.tasks.wait_for_images(record, "retrieve it with POST /flux/tasks")
+        finished = await self.tasks.wait_for_images(record, "retrieve it with POST /flux/tasks", PARAM_NAMES)
         return finished if isinstance(finished, ServiceError) else self.final_body(finished, caller.base_url)
 
     async def _parse(self, caller: Caller) -> tuple[Submission, bool]:
@@ -129,8 +129,10 @@ class AceDataService:
         if record.status == TaskStatus.CANCELED:
             failure = ServiceError(ErrorKind.TASK_FAILED, "the task was canceled")
         else:
-            code = f" ({record.code.value})" if record.code else ""
-            failure = ServiceError(ErrorKind.TASK_FAILED, f"{record.message}{code}")
+            error = record.error()
+            failure = (ServiceError.refused(error, PARAM_NAMES) if error and error.code.callers
+                       else ServiceError(ErrorKind.TASK_FAILED, f"{error.text()} ({error.code.value})" if error
+                                         else "rendering failed"))
         return error_body(failure, record.task_id)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from cluster.errors import RenderError
 from cluster.request import RenderRequest
 from serve.edge import fields
 from serve.dashscope.protocol import (
@@ -49,7 +50,11 @@ class DashScopeService:
         if not sync:
             return {"request_id": request_id(),
                     "output": {"task_id": record.task_id, "task_status": TaskStatus.PENDING.value}}
-        return self.task_body(await self.tasks.wait(record), caller.base_url)
+        finished = await self.tasks.wait(record)
+        error = finished.error() if finished.status == TaskStatus.FAILED else None
+        if error is not None and error.code.callers:  # the caller's to fix: a 400, as at submission
+            return ServiceError.refused(error, submission.param_names)
+        return self.task_body(finished, caller.base_url)
 
     async def _parse(self, caller: Caller, edit_route: bool) -> Submission:
         """Kinds are checked here, naming DashScope's fields; values by the core, once."""
@@ -151,7 +156,8 @@ class DashScopeService:
         if record.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and record.results:
             output.results = [
                 {"url": self.tasks.result_url(record, o.key, base_url), "seed": o.seed} if o.key
-                else {"code": RESULT_CODES[o.code] if o.code else None, "message": o.message, "seed": o.seed}
+                else {"code": RESULT_CODES[o.code] if o.code else None, "message": self._text(record, o.error()),
+                      "seed": o.seed}
                 for o in record.results]
             succeeded = sum(1 for o in record.results if o.key)
             output.task_metrics = {"TOTAL": len(record.results), "SUCCEEDED": succeeded,
@@ -159,8 +165,15 @@ class DashScopeService:
             usage = {"image_count": succeeded}
         if record.status == TaskStatus.FAILED:
             output.code = RESULT_CODES[record.code] if record.code else None
-            output.message = record.message
+            output.message = self._text(record, record.error()) if record.code else None
         return TaskBody(request_id=request_id(), output=output, usage=usage).model_dump(exclude_none=True)
+
+    def _text(self, record: TaskRecord, error: RenderError | None) -> str | None:
+        """An error's message, naming its parameter as DashScope bodies spell it."""
+        if error is None:
+            return None
+        spec = self.tasks.specs.get(record.model)
+        return error.text(param_names(spec).get(error.param) if spec and error.param else None)
 
 
 def _parse_compact_time(value: str | None) -> float | None:

@@ -83,7 +83,7 @@ class OpenAIService:
         record = await self.tasks.submit_once(submission, fingerprint, explicit)
         if isinstance(record, ServiceError):
             return record
-        finished = await self.tasks.wait_for_images(record, "retry to keep waiting")
+        finished = await self.tasks.wait_for_images(record, "retry to keep waiting", submission.param_names)
         if isinstance(finished, ServiceError):
             return finished
         return (await self._answer(finished, response_format, caller.base_url)).model_dump(exclude_none=True)

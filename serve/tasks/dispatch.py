@@ -312,7 +312,7 @@ class Dispatcher:
                 metrics.images_rendered.inc(tags={"model": record.model})
             else:
                 outcomes.append(ImageOutcome(index=result.index, seed=result.seed, code=result.error.code,
-                                             message=result.error.text()))
+                                             message=result.error.message, param=result.error.param))
                 metrics.images_failed.inc(tags={"model": record.model, "code": result.error.code.value})
         succeeded = any(o.key for o in outcomes)
         first_error = next((o for o in outcomes if o.code), None)
@@ -322,7 +322,8 @@ class Dispatcher:
             record.task_id, {TaskStatus.PENDING, TaskStatus.RUNNING},
             status=TaskStatus.SUCCEEDED if succeeded else TaskStatus.FAILED,
             results=outcomes, end_time=time.time(), loras=applied,
-            code=None if succeeded else first_error.code, message=None if succeeded else first_error.message)
+            code=None if succeeded else first_error.code, message=None if succeeded else first_error.message,
+            param=None if succeeded else first_error.param)
         if ended is None:  # canceled while its files were written: they must not outlive it
             for outcome in outcomes:
                 if outcome.key:

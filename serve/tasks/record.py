@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from cluster.errors import ErrorCode
+from cluster.errors import ErrorCode, RenderError
 from cluster.loras import AppliedLora
 from cluster.request import ResolvedRequest
 
@@ -45,8 +45,12 @@ class ImageOutcome(BaseModel):
     seed: int
     key: str | None = None  # storage key of the PNG
     code: ErrorCode | None = None
-    message: str | None = None
+    message: str | None = None  # with `param`: what follows the parameter's name (`RenderError`)
+    param: str | None = None  # the core's name of the parameter at fault, when one is
     inference_s: float = 0.0  # wall time of the batch the image was rendered in
+
+    def error(self) -> RenderError | None:
+        return RenderError(self.code, self.message or "", self.param) if self.code else None
 
 
 class StepCount(BaseModel):
@@ -116,8 +120,9 @@ class TaskRecord(BaseModel):
     queue_position: int | None = Field(None, exclude=True)
     results: list[ImageOutcome] = Field(default_factory=list)
     loras: list[AppliedLora] = Field(default_factory=list)  # adapters applied (by content hash), once rendered
-    code: ErrorCode | None = None  # whole-task failure
+    code: ErrorCode | None = None  # whole-task failure: the core's `RenderError`, kept whole
     message: str | None = None
+    param: str | None = None
     attempts: int = 0
     owner: str | None = None  # dispatcher holding the lease
     lease_until: float = 0.0
@@ -135,6 +140,12 @@ class TaskRecord(BaseModel):
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+    def error(self) -> RenderError | None:
+        """Why it failed: the task's own error, else its first failed image's."""
+        if self.code is not None:
+            return RenderError(self.code, self.message or "", self.param)
+        return next((o.error() for o in self.results if o.code), None)
 
 
 def lora_view(record: TaskRecord) -> list[dict] | None:

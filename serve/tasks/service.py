@@ -222,9 +222,13 @@ class TaskService:
         finished = await self.dispatcher.wait(record.task_id, timeout_s or self.settings.sync_timeout_s)
         return finished or record
 
-    async def wait_for_images(self, record: TaskRecord, still_running: str) -> TaskRecord | ServiceError:
+    async def wait_for_images(self, record: TaskRecord, still_running: str,
+                              names: Mapping[str, str] | None = None) -> TaskRecord | ServiceError:
         """For a call that answers with images: the record once it SUCCEEDED, else the error to
-        answer with (`still_running` tells the client what to do when the wait ran out)."""
+        answer with (`still_running` tells the client what to do when the wait ran out). A task
+        that failed for the caller's reason (an adapter file they named, an input image) answers
+        as that refusal would have at submission, naming the field as `names` spells it; only
+        our own failures are TASK_FAILED."""
         finished = await self.wait(record)
         if not finished.terminal:
             return ServiceError(ErrorKind.TIMEOUT, f"task {record.task_id} did not finish within "
@@ -233,6 +237,9 @@ class TaskService:
             return ServiceError(ErrorKind.TASK_CANCELED, f"task {record.task_id} was canceled before its images "
                                                          f"were ready")
         if finished.status == TaskStatus.FAILED or not any(o.key for o in finished.results):
+            error = finished.error()
+            if error is not None and error.code.callers:
+                return ServiceError.refused(error, names or {})
             return ServiceError(ErrorKind.TASK_FAILED, _why_no_image(finished))
         return finished
 
@@ -290,12 +297,8 @@ def _still_answers(record: TaskRecord, window_s: float) -> bool:
 
 def _why_no_image(record: TaskRecord) -> str:
     """The task's own error, else its first image's, with the core's code."""
-    code, message = record.code, record.message
-    if code is None:
-        failed = next((o for o in record.results if o.code), None)
-        code, message = (failed.code, failed.message) if failed else (None, None)
-    text = message or "rendering failed"
-    return f"{text} ({code.value})" if code else text
+    error = record.error()
+    return f"{error.text() or 'rendering failed'} ({error.code.value})" if error else "rendering failed"
 
 
 def _compact(value: Any) -> Any:

@@ -31,7 +31,7 @@ class WebService:
     def view(self, record: TaskRecord, base_url: str) -> TaskView:
         request, progress = record.request, record.progress
         images = [ImageView(seed=o.seed, url=self.tasks.result_url(record, o.key, base_url) if o.key else None,
-                            error=o.message) for o in record.results]
+                            error=o.error().text() if o.code else None) for o in record.results]
         return TaskView(task_id=record.task_id, api=record.api, model=record.model, status=record.status.value,
                         prompt=request.prompt, negative_prompt=request.negative_prompt,
                         size=f"{request.width}*{request.height}", n=request.n, seed=request.seed,
@@ -39,5 +39,5 @@ class WebService:
                         end_time=record.end_time, queue_position=record.queue_position,
                         progress=progress.steps_only() if progress else None,
                         eta_s=progress.eta_left(time.time()) if progress else None,
-                        images=images, error=record.message, loras=lora_view(record),
+                        images=images, error=record.error().text() if record.code else None, loras=lora_view(record),
                         quality=request.quality)

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from cluster.config import load_config
-from cluster.errors import ErrorCode
+from cluster.errors import ErrorCode, RenderError
 from cluster.loras import Lora, LoraPolicy, LoraRef, adapter_set_id, resolve_loras
 from cluster.request import RenderRequest
 
@@ -97,6 +97,32 @@ loras: {{named: {{house: "org/house-style"}}, local_root: "{tmp_path}"}}
     schnell, dev = loaded.spec("flux-schnell"), loaded.spec("flux-dev")
     assert (schnell.loras.max, schnell.loras.sources) == (1, ["named", "local"]) and dev.loras.max == 3
     resolved = schnell.resolve(RenderRequest(model="flux-schnell", prompt="x", loras=(LoraRef("house", 0.8),)))
-    assert resolved.loras == (Lora("house", "hub", "org/house-style/pytorch_lora_weights.safetensors", 0.8),)
+    # The operator's own adapter: fetched with the service's credentials (a caller's never is).
+    assert resolved.loras == (Lora("house", "hub", "org/house-style/pytorch_lora_weights.safetensors", 0.8,
+                                   trusted=True),)
     refused = schnell.resolve(RenderRequest(model="flux-schnell", prompt="x", loras=(LoraRef("org/other"),)))
     assert refused.param == "loras" and "hub adapters are not taken" in refused.text()
+
+
+@pytest.mark.parametrize(("path", "words"), [
+    ("s3://bucket/loras/../private/x.safetensors", "'..' segments"),
+    ("s3://bucket/loras-private/x.safetensors", "outside the configured loras.fsspec_prefixes"),
+    ("gs://bucket/loras/x.safetensors", "outside the configured loras.fsspec_prefixes"),
+    ("simplecache::s3://bucket/loras/x.safetensors", "chained storage URI"),
+    ("org/../x.safetensors", "'..' segment"),
+    ("https://user:secret@cdn.example.com/x.safetensors", "must not carry credentials"),
+    ("./a\x00b.safetensors", "control characters"),
+])
+def test_caller_paths_that_leave_their_limits_are_refused(path, words):
+    policy = LoraPolicy(fsspec_prefixes=["s3://bucket/loras"], local_root="/tmp")
+    refused = resolve_loras((LoraRef(path),), policy, "flux-schnell")
+    assert isinstance(refused, RenderError) and refused.param == "loras" and words in refused.message, refused
+
+
+def test_a_set_is_one_set_in_any_order():
+    policy = LoraPolicy()
+    a, b = LoraRef("org/a", 0.7), LoraRef("org/b", 0.5)
+    assert resolve_loras((a, b), policy, "m") == resolve_loras((b, a), policy, "m")
+    inside = resolve_loras((LoraRef("s3://bucket/loras/x/y.safetensors"),),
+                           LoraPolicy(fsspec_prefixes=["s3://bucket/loras/"]), "m")
+    assert inside[0].kind == "fsspec"
