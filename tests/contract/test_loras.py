@@ -21,7 +21,8 @@ from dashscope import ImageSynthesis
 from PIL import Image
 
 from cluster.tiny_lora import build_tiny_lora
-from tests.contract.conftest import LORA_KEY
+from tests import hostile_adapters
+from tests.contract.conftest import LORA_KEY, OTHER_KEY
 from tests.servers import file_server
 
 LOCAL = "./style/pytorch_lora_weights.safetensors"
@@ -134,3 +135,49 @@ def test_a_compiled_model_swaps_adapters_into_its_slot_through_the_sdk(service, 
                                                 {"path": f"./{wide.parent.name}/{wide.name}", "scale": 1.0}])
     assert over.output.task_status == "FAILED" and over.output.code == "InvalidParameter", over
     assert "loras" in over.output.message and "adding up to 12" in over.output.message, over.output.message
+
+
+def test_hostile_adapters_never_touch_another_keys_pixels_and_the_replica_stays_healthy(
+        service, base_url, flux_renderer):
+    """A Control LoRA's norm values and an A matrix wider than its layer (each would change the
+    shared base model through diffusers' pipeline-wide loader): each fails its own task naming
+    `loras` and the key; another key's identical request renders the same pixels before and after."""
+    dashscope.base_http_api_url = base_url
+    hostile = service.work / "loras" / "hostile"
+    norms, wide = hostile_adapters.with_norms(hostile, flux_renderer), hostile_adapters.wide(hostile, flux_renderer)
+    plain = dict(api_key=OTHER_KEY, model="flux-schnell", prompt="a harbour", n=1, seed=8, size="512*1024", steps=2)
+    before = ImageSynthesis.call(**plain)
+    for path, words in ((norms, "norm_k.weight, not a LoRA A or B matrix"), (wide, "x_embedder of shapes A")):
+        for scale in (0.0, 1.0):
+            answer = ImageSynthesis.call(api_key=LORA_KEY, model="flux-schnell", prompt="a harbour", n=1, seed=8,
+                                         size="512*1024", steps=2,
+                                         loras=[{"path": f"./hostile/{path.name}", "scale": scale}])
+            assert answer.output.task_status == "FAILED" and answer.output.code == "InvalidParameter", answer
+            assert "parameters.loras" in answer.output.message and words in answer.output.message
+    after = ImageSynthesis.call(**plain)
+    assert np.array_equal(pixels(before.output.results[0].url), pixels(after.output.results[0].url))
+    assert httpx.get(f"{service.url}/healthz", timeout=30).status_code == 200
+
+
+MISSING = "./nowhere/pytorch_lora_weights.safetensors"
+
+
+def test_a_callers_adapter_error_is_a_4xx_on_every_synchronous_door(service, base_url):
+    """Found in the replica (the file is not there), yet the caller's to fix: never a 5xx that
+    an SDK would retry."""
+    client = openai.OpenAI(api_key=LORA_KEY, base_url=f"{service.url}/v1", max_retries=0, timeout=120)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(model="flux-schnell", prompt="a fox", size="512x1024",
+                               extra_body={"steps": 2, "loras": [{"path": MISSING}]})
+    assert refused.value.status_code == 400 and refused.value.body["param"] == "loras", refused.value.body
+    assert "no such file" in refused.value.body["message"]
+    headers = {"Authorization": f"Bearer {LORA_KEY}"}
+    dashscope_sync = httpx.post(f"{base_url}/services/aigc/text2image/image-synthesis", headers=headers, timeout=120,
+                                json={"model": "flux-schnell", "input": {"prompt": "x"},
+                                      "parameters": {"steps": 2, "size": "512*1024", "loras": [{"path": MISSING}]}})
+    assert dashscope_sync.status_code == 400 and dashscope_sync.json()["code"] == "InvalidParameter", dashscope_sync.text
+    assert dashscope_sync.json()["message"].startswith("parameters.loras ")
+    acedata_sync = httpx.post(f"{service.url}/flux/images", headers=headers, timeout=120,
+                              json={"action": "generate", "prompt": "x", "model": "flux-schnell", "size": "512x1024",
+                                    "loras": [{"path": MISSING}]})
+    assert acedata_sync.status_code == 400 and acedata_sync.json()["error"]["code"] == "bad_request", acedata_sync.text
