@@ -150,10 +150,13 @@ async def request(method: str, url: str, policy: FetchPolicy, *, max_bytes: int,
 
 async def _one_hop(client: httpx.AsyncClient, method: str, url: str, policy: FetchPolicy, max_bytes: int,
                    content: bytes | None, headers: dict[str, str], resolver: Resolver) -> Answer:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:  # a port out of range, a broken IPv6 literal
+        raise FetchError("URL is not a valid http(s) URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError("URL must be http(s)://")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
     address = await checked_address(parts.hostname, port, policy, resolver)
     literal = f"[{address}]" if ":" in address else address
     pinned = urlunsplit((parts.scheme, f"{literal}:{port}", parts.path or "/", parts.query, ""))

@@ -26,7 +26,7 @@ from serve.edge.http import Caller
 from serve.tasks.record import Api, TaskRecord, TaskStatus, lora_view
 from serve.tasks.service import Submission, TaskService
 
-_RATIO = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+_RATIO = re.compile(r"^\s*(\d{1,6})\s*:\s*(\d{1,6})\s*$")  # longer sides are no aspect ratio anyone means
 MAX_BATCH_IDS = 100
 
 

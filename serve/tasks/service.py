@@ -113,7 +113,10 @@ class TaskService:
         is what proves it is ours), else None."""
         if not self.storage.is_local:
             return None
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return None
         if parts.scheme not in ("http", "https") or not parts.path.startswith("/files/"):
             return None
         query = parse_qs(parts.query)
@@ -207,10 +210,10 @@ class TaskService:
     async def _check_url(self, url: str, label: str, param: str) -> ServiceError | None:
         """A URL we will fetch later (a webhook, a LoRA adapter in a replica), checked now under
         the address rules: a clear 400 now beats a failure later. Checked again when fetched."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            return ServiceError.invalid(f"{label} must be an http(s):// URL", param)
         try:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                return ServiceError.invalid(f"{label} must be an http(s):// URL", param)
             port = parts.port or (443 if parts.scheme == "https" else 80)
             await checked_address(parts.hostname, port, self.policy, self.resolver)
         except (FetchError, ValueError) as exc:

@@ -52,6 +52,13 @@ def retrieve(door, body, key_id="key-a"):
      ErrorKind.INVALID, "non-public address"),
     ({"action": "edit", "prompt": "x", "model": "flux-kontext-pro", "image_url": "data:image/png;base64,AAAA"},
      ErrorKind.INVALID, "not a PNG, JPEG or WebP"),
+    # Three inputs that were answered 500.
+    ({"action": "generate", "prompt": "x", "size": "1" * 400 + ":1"}, ErrorKind.INVALID, "size must be WxH"),
+    ({"action": "edit", "prompt": "x", "model": "flux-kontext-pro", "image_url": "http://example.com:99999/a.png"},
+     ErrorKind.INVALID, "image_url: URL is not a valid http(s) URL"),
+    ({"action": "generate", "prompt": "x", "callback_url": "http://["}, ErrorKind.INVALID, "callback_url"),
+    ({"action": "generate", "prompt": "x", "loras": [{"path": "./a\x00b.safetensors"}]}, ErrorKind.INVALID,
+     "control characters"),
 ])
 def test_invalid_requests_name_the_problem(door, body, kind, words):
     error = images(door, body)
