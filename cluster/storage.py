@@ -142,6 +142,8 @@ class Storage:
 
     def verify(self, key: str, expires: int, signature: str) -> bool:
         """True when `signature` was made by `url()` for `key` and has not expired."""
+        if not signature.isascii():  # compare_digest takes ASCII text only: anything else is no signature of ours
+            return False
         try:
             expected = self._signature(safe_key(key), expires)
         except StorageError:

@@ -21,6 +21,9 @@ from serve.tasks.record import Api, TaskRecord, TaskStatus, lora_view
 from serve.tasks.service import Submission, TaskService
 
 
+MAX_PAGE_NO = 1_000_000  # a store's offset must stay a 64-bit integer
+
+
 def format_time(ts: float | None) -> str | None:
     if ts is None:
         return None
@@ -129,8 +132,8 @@ class DashScopeService:
             end = _parse_compact_time(query.get("end_time"))
         except ValueError as exc:
             return ServiceError.invalid(str(exc))
-        if page_no < 1 or not 1 <= page_size <= 100:
-            return ServiceError.invalid("page_no must be >= 1 and page_size 1..100")
+        if not 1 <= page_no <= MAX_PAGE_NO or not 1 <= page_size <= 100:
+            return ServiceError.invalid(f"page_no must be 1..{MAX_PAGE_NO} and page_size 1..100")
         records, total = await self.tasks.list(
             caller.key_id, status=query.get("status") or None, model=query.get("model_name") or None,
             start=start, end=end, page_no=page_no, page_size=page_size)

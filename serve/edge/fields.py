@@ -5,11 +5,11 @@ and catches `Invalid` once. They check kinds only; ranges are the core's (`Model
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from cluster.loras import LoraRef
 from cluster.models import parse_size
+from serve.edge import strict_json
 from serve.edge.errors import ErrorKind, ServiceError
 
 
@@ -104,8 +104,8 @@ def loras(container: dict, name: str, where: str | None = None, *, text_json: bo
         return ()
     if text_json and isinstance(value, str):
         try:
-            value = json.loads(value)
-        except ValueError:
+            value = strict_json.parse(value.encode())  # bounded as a JSON body is: depth, numbers, sizes
+        except (strict_json.MalformedJson, UnicodeEncodeError):
             raise Invalid(f"{label} must be a JSON list of {{path, scale}}", name) from None
     if not isinstance(value, list) or len(value) > MAX_LORA_ITEMS:
         raise Invalid(f"{label} must be a list of at most {MAX_LORA_ITEMS} {{path, scale}} objects", name)

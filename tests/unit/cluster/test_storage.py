@@ -46,6 +46,7 @@ def test_signed_url_round_trip_and_expiry(tmp_path):
     assert not storage.verify("tasks/t/1.png", int(query["expires"]), query["signature"])
     assert not storage.verify("tasks/t/0.png", int(query["expires"]) + 1, query["signature"])
     assert not storage.verify("../tasks/t/0.png", int(query["expires"]), query["signature"])
+    assert not storage.verify("tasks/t/0.png", int(query["expires"]), "é" + query["signature"][1:])  # was a 500
     past = int(time.time()) - 1
     assert not storage.verify("tasks/t/0.png", past, storage._signature("tasks/t/0.png", past))
 

@@ -107,6 +107,8 @@ def test_an_ended_task_cannot_be_canceled(door):
 def test_list_rejects_bad_paging(door):
     assert asyncio.run(door.dashscope.list(caller(), {"page_size": "500"})).kind == ErrorKind.INVALID
     assert asyncio.run(door.dashscope.list(caller(), {"start_time": "yesterday"})).kind == ErrorKind.INVALID
+    for huge in ("9" * 30, "9" * 5000):  # were 500s: an offset past 64 bits, a number past int()'s digits
+        assert asyncio.run(door.dashscope.list(caller(), {"page_no": huge})).kind == ErrorKind.INVALID
 
 
 def test_record_keeps_the_resolved_request_whole(door):

@@ -118,6 +118,10 @@ def test_edits(door):
     assert edit(door, {"prompt": "x"}, [b"not an image"]).param == "image"
     assert edit(door, {"prompt": "x"}, [png()], mask=png()).param == "mask"
     assert "use /v1/images/generations" in edit(door, {"prompt": "x", "model": "flux-dev"}, [png()]).message
+    # The multipart `loras` field is JSON text, read with the body's own bounds (a deep one was a 500).
+    for hostile in ("[" * 100_000, '[{"path": "a", "scale": 1' + "0" * 400 + "}]", "\ud800"):
+        refused = edit(door, {"prompt": "x", "model": "flux-kontext-pro", "loras": hostile}, [png()])
+        assert refused.kind == ErrorKind.INVALID and refused.param == "loras", refused
 
 
 def test_models_list_offers_each_models_options(door):
