@@ -37,7 +37,7 @@ import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, BinaryIO, Callable
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
@@ -126,15 +126,16 @@ async def checked_address(host: str, port: int, policy: FetchPolicy, resolver: R
 
 async def request(method: str, url: str, policy: FetchPolicy, *, max_bytes: int, content: bytes | None = None,
                   headers: dict[str, str] | None = None, resolver: Resolver = system_resolver,
-                  transport: httpx.AsyncBaseTransport | None = None) -> Answer:
-    """One request under `policy`, following redirects (GET only) hop by hop."""
+                  transport: httpx.AsyncBaseTransport | None = None, sink: BinaryIO | None = None) -> Answer:
+    """One request under `policy`, following redirects (GET only) hop by hop. With `sink`, a 200
+    answer's body is written there as it arrives (under the same cap) instead of held in memory."""
     try:
         # trust_env=False: no proxy from the environment (it would connect where we did not check).
         async with asyncio.timeout(policy.timeout_s), \
                 httpx.AsyncClient(follow_redirects=False, transport=transport, timeout=policy.timeout_s,
                                   trust_env=False) as client:
             for _ in range(policy.max_redirects + 1):
-                answer = await _one_hop(client, method, url, policy, max_bytes, content, headers or {}, resolver)
+                answer = await _one_hop(client, method, url, policy, max_bytes, content, headers or {}, resolver, sink)
                 location = answer.headers.get("location")
                 if method != "GET" or answer.status not in REDIRECTS or not location:
                     return answer
@@ -149,7 +150,8 @@ async def request(method: str, url: str, policy: FetchPolicy, *, max_bytes: int,
 
 
 async def _one_hop(client: httpx.AsyncClient, method: str, url: str, policy: FetchPolicy, max_bytes: int,
-                   content: bytes | None, headers: dict[str, str], resolver: Resolver) -> Answer:
+                   content: bytes | None, headers: dict[str, str], resolver: Resolver,
+                   sink: BinaryIO | None = None) -> Answer:
     try:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -168,11 +170,16 @@ async def _one_hop(client: httpx.AsyncClient, method: str, url: str, policy: Fet
     try:
         if response.headers.get("content-encoding", "identity").lower() != "identity":
             raise FetchError("compressed answers are refused (asked for identity encoding)")
-        body = bytearray()
+        body, received = bytearray(), 0
+        streamed = sink is not None and response.status_code == 200
         async for chunk in response.aiter_raw():  # the bytes as they arrive: the cap counts them
-            body += chunk
-            if len(body) > max_bytes:
+            received += len(chunk)
+            if received > max_bytes:
                 raise FetchError(f"answer is larger than {max_bytes} bytes")
+            if streamed:
+                sink.write(chunk)
+            else:
+                body += chunk
         return Answer(response.status_code, response.headers, bytes(body))
     finally:
         await response.aclose()

@@ -14,6 +14,7 @@ anyone loads it: a pickle, or anything else, is refused with the request's error
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -89,30 +90,42 @@ class LoraCache:
     def _fetch(self, lora: Lora) -> LocalLora:
         if lora.kind == "local":
             return self._checked(lora, Path(lora.location))
-        if lora.kind == "hub":
-            return self._checked(lora, self._from_hub(lora))
         target = self.files / (hashlib.sha256(lora.location.encode()).hexdigest()[:32] + ".safetensors")
         if not target.exists():
-            data = self._download(lora)
-            _write_atomically(target, data)
-            self._evict(keep=target)
+            # One download per file on this node, however many requests (threads, replicas,
+            # workers) want it at once: the others wait for the lock, then find the file.
+            with _file_lock(target):
+                if not target.exists():
+                    self._download(lora, target)
+                    self._evict(keep=target)
         _touch(target)
         return self._checked(lora, target)
 
-    def _download(self, lora: Lora) -> bytes:
-        if lora.kind == "https":
-            # One answer for every way a URL fails (refused address, no answer, an HTTP error, over
-            # the cap): which one it was would tell a caller what listens where behind us. The
-            # URL is the caller's: theirs to fix, not a failure of ours to retry.
-            try:
-                answer = asyncio.run(request("GET", lora.location, self.policy, max_bytes=self.max_file_bytes))
-            except FetchError:
-                answer = None
-            if answer is None or answer.status != 200:
-                raise LoraUnavailable(RenderError.invalid(
-                    "loras", f"{lora.path}: could not be fetched (a public http(s) URL answering 200 with a "
-                             f"safetensors file of at most {self.max_file_bytes} bytes)"))
-            return answer.body
+    def _download(self, lora: Lora, target: Path) -> None:
+        """The adapter's bytes into `target`, streamed to disk under the size cap (never held
+        whole in memory), written under a staging name and renamed: no reader sees a part."""
+        with _staging(target) as (staging, sink):
+            if lora.kind == "https":
+                self._from_url(lora, sink)
+            elif lora.kind == "hub":
+                self._from_hub(lora, staging)
+            else:
+                self._from_storage(lora, sink)
+
+    def _from_url(self, lora: Lora, sink) -> None:
+        # One answer for every way a URL fails (refused address, no answer, an HTTP error, over
+        # the cap): which one it was would tell a caller what listens where behind us. The URL
+        # is the caller's: theirs to fix, not a failure of ours to retry.
+        try:
+            answer = asyncio.run(request("GET", lora.location, self.policy, max_bytes=self.max_file_bytes, sink=sink))
+        except FetchError:
+            answer = None
+        if answer is None or answer.status != 200:
+            raise LoraUnavailable(RenderError.invalid(
+                "loras", f"{lora.path}: could not be fetched (a public http(s) URL answering 200 with a "
+                         f"safetensors file of at most {self.max_file_bytes} bytes)"))
+
+    def _from_storage(self, lora: Lora, sink) -> None:
         import fsspec
 
         try:
@@ -121,7 +134,14 @@ class LoraCache:
             if size > self.max_file_bytes:
                 raise LoraUnavailable(RenderError.invalid("loras", f"{lora.path}: the file is larger than "
                                                                    f"{self.max_file_bytes} bytes"))
-            return fs.cat_file(path)
+            with fs.open(path, "rb") as source:
+                copied = 0
+                for chunk in iter(lambda: source.read(1 << 20), b""):
+                    copied += len(chunk)
+                    if copied > self.max_file_bytes:  # it grew since `info`
+                        raise LoraUnavailable(RenderError.invalid(
+                            "loras", f"{lora.path}: the file is larger than {self.max_file_bytes} bytes"))
+                    sink.write(chunk)
         except LoraUnavailable:
             raise
         except FileNotFoundError:
@@ -130,7 +150,8 @@ class LoraCache:
             raise LoraUnavailable(RenderError(ErrorCode.MODEL_LOAD_FAILED,
                                               f"LoRA {lora.path} could not be read: {first_line(exc)}")) from None
 
-    def _from_hub(self, lora: Lora) -> Path:
+    def _from_hub(self, lora: Lora, staging: Path) -> None:
+        """A hub file, fetched into this cache (its LRU and its byte cap), not the hub's own cache."""
         org, name, *rest = lora.location.split("/")
         repo, filename = f"{org}/{name}", "/".join(rest)
         from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
@@ -145,8 +166,10 @@ class LoraCache:
             if size is not None and size > self.max_file_bytes:
                 raise LoraUnavailable(RenderError.invalid("loras", f"{lora.path}: the file is larger than "
                                                                    f"{self.max_file_bytes} bytes"))
-            return Path(hf_hub_download(repo, filename, cache_dir=str(self.directory / "hub"), token=token,
-                                        etag_timeout=self.policy.timeout_s))
+            with tempfile.TemporaryDirectory(dir=self.files, prefix=".hub-") as folder:
+                downloaded = hf_hub_download(repo, filename, local_dir=folder, token=token,
+                                             etag_timeout=self.policy.timeout_s)
+                os.replace(downloaded, staging)
         except LoraUnavailable:
             raise
         except (RepositoryNotFoundError, EntryNotFoundError, GatedRepoError):  # the caller's to fix
@@ -190,6 +213,7 @@ class LoraCache:
                 if path != keep:
                     path.unlink(missing_ok=True)
                     Path(f"{path}.sha256").unlink(missing_ok=True)
+                    Path(f"{path}.lock").unlink(missing_ok=True)
                     total -= size
 
     def cached_bytes(self) -> int:
@@ -223,6 +247,26 @@ def _sha256(file: Path) -> str:
     except OSError:
         pass  # a read-only folder (local adapters): computed again next time
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _file_lock(target: Path):
+    """An exclusive lock for fetching `target`, across the node's processes and threads."""
+    with open(f"{target}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+@contextlib.contextmanager
+def _staging(target: Path):
+    """(staging path, its open file): renamed to `target` if the block completes, else removed."""
+    fd, staging = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as sink:
+            yield Path(staging), sink
+        os.replace(staging, target)
+    finally:
+        Path(staging).unlink(missing_ok=True)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:

@@ -109,9 +109,10 @@ def chromium(profile_dir) -> Iterator["object"]:
 
 
 @contextmanager
-def file_server(files: dict[str, bytes]) -> Iterator["FileServer"]:
+def file_server(files: dict[str, bytes], hold=None) -> Iterator["FileServer"]:
     """A loopback HTTP server in this process answering GET `path` with `files[path]` (404
-    otherwise), counting every request it gets by path."""
+    otherwise), counting every request it gets by path. `hold(path)`, when given, runs before
+    each answer (a test holds a download in flight with it)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -120,6 +121,8 @@ def file_server(files: dict[str, bytes]) -> Iterator["FileServer"]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
             hits[self.path] += 1
+            if hold is not None:
+                hold(self.path)
             body = files.get(self.path)
             self.send_response(200 if body is not None else 404)
             self.send_header("Content-Length", str(len(body or b"")))

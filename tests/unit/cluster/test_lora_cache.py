@@ -94,3 +94,45 @@ def test_the_disk_cache_keeps_the_most_recently_used_within_its_bytes(tmp_path):
         assert server.hits["/2.safetensors"] == 1  # still on disk: no second download
         cache.get(loras[0])
         assert server.hits["/0.safetensors"] == 2  # evicted earlier: fetched again
+
+
+def test_many_first_uses_at_once_make_one_download(tmp_path):
+    """Four requests want the same new adapter at the same moment: while the first download is
+    held in flight, a second request reaching the server would be a duplicate (the hold ends at
+    once then, and the count shows it); with the node's lock the others wait and find the file."""
+    import threading
+    import time
+
+    data = adapter(tmp_path / "a.safetensors", 1)
+    hits_seen = threading.Event()
+
+    def hold(path: str) -> None:
+        deadline = time.monotonic() + 1.0  # bounded: a duplicate shows up within it, or none comes
+        while time.monotonic() < deadline and server.hits[path] < 2:
+            hits_seen.wait(0.01)
+
+    with file_server({"/a.safetensors": data}, hold=hold) as server:
+        lora = Lora("style", "https", f"{server.url}/a.safetensors", 1.0)
+        start = threading.Barrier(4)
+        found = []
+
+        def first_use() -> None:
+            cache = LoraCache(tmp_path / "cache", fetch_policy=FetchPolicy(allow_loopback=True))  # a replica each
+            start.wait()
+            found.append(cache.get(lora).sha256)
+
+        threads = [threading.Thread(target=first_use) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert server.hits["/a.safetensors"] == 1 and len(found) == 4 and len(set(found)) == 1
+
+
+def test_an_oversized_download_is_cut_at_the_cap_and_leaves_nothing(tmp_path):
+    big = adapter(tmp_path / "big.safetensors", 2, size=4096)
+    with file_server({"/big.safetensors": big}) as server:
+        cache = LoraCache(tmp_path / "cache", max_file_bytes=1000, fetch_policy=FetchPolicy(allow_loopback=True))
+        with pytest.raises(LoraUnavailable, match="could not be fetched"):
+            cache.get(Lora("big", "https", f"{server.url}/big.safetensors", 1.0))
+    assert not [p for p in (tmp_path / "cache" / "files").iterdir() if not p.name.endswith(".lock")]
