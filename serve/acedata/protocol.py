@@ -26,6 +26,7 @@ ERRORS: dict[ErrorKind, WireError] = {
     ErrorKind.QUEUE_FULL: WireError(503, "service_unavailable"),
     ErrorKind.NOT_FOUND: WireError(404, "not_found"),
     ErrorKind.NOT_CANCELABLE: WireError(400, "bad_request"),
+    ErrorKind.CONFLICT: WireError(409, "conflict"),
     ErrorKind.TASK_FAILED: WireError(500, "api_error"),
     ErrorKind.TASK_CANCELED: WireError(400, "bad_request"),
     ErrorKind.TIMEOUT: WireError(500, "api_error"),

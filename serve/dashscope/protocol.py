@@ -37,6 +37,7 @@ ERRORS: dict[ErrorKind, WireError] = {
     ErrorKind.QUEUE_FULL: WireError(503, "ServiceUnavailable"),
     ErrorKind.NOT_FOUND: WireError(404, "InvalidParameter"),
     ErrorKind.NOT_CANCELABLE: WireError(400, "UnsupportedOperation"),
+    ErrorKind.CONFLICT: WireError(409, "Conflict"),
     ErrorKind.TASK_FAILED: WireError(500, "InternalError"),
     ErrorKind.TASK_CANCELED: WireError(400, "TaskCanceled"),
     ErrorKind.TIMEOUT: WireError(500, "InternalError.Timeout"),

@@ -26,6 +26,7 @@ class ErrorKind(StrEnum):
     QUEUE_FULL = "queue_full"  # the model's queue is at capacity; carries retry_after_s
     NOT_FOUND = "not_found"  # unknown task, expired task, or another key's task
     NOT_CANCELABLE = "not_cancelable"  # the task is past the point where it can be canceled
+    CONFLICT = "conflict"  # an Idempotency-Key reused with another request body
     TASK_FAILED = "task_failed"  # a synchronous call whose task ended FAILED
     TASK_CANCELED = "task_canceled"  # a synchronous call whose task was canceled meanwhile
     TIMEOUT = "timeout"  # a synchronous call whose task did not finish in time

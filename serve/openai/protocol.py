@@ -44,6 +44,7 @@ ERRORS: dict[ErrorKind, OpenAIError] = {
     ErrorKind.QUEUE_FULL: OpenAIError(503, "server_error", "overloaded"),
     ErrorKind.NOT_FOUND: OpenAIError(404, "invalid_request_error"),
     ErrorKind.NOT_CANCELABLE: OpenAIError(400, "invalid_request_error"),
+    ErrorKind.CONFLICT: OpenAIError(409, "invalid_request_error", "idempotency_key_reused"),
     ErrorKind.TASK_FAILED: OpenAIError(500, "server_error"),
     # Not 5xx: the SDK would retry, and a canceled request must not render again.
     ErrorKind.TASK_CANCELED: OpenAIError(400, "invalid_request_error", "canceled"),

@@ -56,7 +56,8 @@ class OpenAIService:
         if not isinstance(body, dict):
             return ServiceError(ErrorKind.MALFORMED, "request body must be a JSON object")
         fingerprint = _fingerprint("generations", body, idempotency_key)
-        return await self._create(caller, body, None, fingerprint, idempotency_key is not None)
+        return await self._create(caller, body, None, fingerprint, idempotency_key is not None,
+                                  _digest("generations", body))
 
     async def edit(self, caller: Caller, upload: EditUpload, idempotency_key: str | None) -> dict | ServiceError:
         if upload.mask is not None:
@@ -72,15 +73,15 @@ class OpenAIService:
         digest = hashlib.sha256(upload.images[0]).hexdigest()
         fingerprint = _fingerprint("edits", {**upload.fields, "image": digest}, idempotency_key)
         return await self._create(caller, dict(upload.fields), upload.images[0], fingerprint,
-                                  idempotency_key is not None)
+                                  idempotency_key is not None, _digest("edits", {**upload.fields, "image": digest}))
 
     async def _create(self, caller: Caller, body: dict, image: bytes | None, fingerprint: str,
-                      explicit: bool) -> dict | ServiceError:
+                      explicit: bool, body_digest: str) -> dict | ServiceError:
         try:
             submission, response_format = self._parse(caller, body, image)
         except Invalid as invalid:
             return invalid.error
-        record = await self.tasks.submit_once(submission, fingerprint, explicit)
+        record = await self.tasks.submit_once(submission, fingerprint, explicit, body_digest)
         if isinstance(record, ServiceError):
             return record
         finished = await self.tasks.wait_for_images(record, "retry to keep waiting", submission.param_names)
@@ -184,6 +185,10 @@ def _card(name: str, spec: ModelSpec, alias_of: str | None) -> ModelCard:
 def _fingerprint(route: str, body: dict, idempotency_key: str | None) -> str:
     """What identifies a repeat of this request: the client's key, else the body itself."""
     if idempotency_key is not None:
-        return f"key:{hashlib.sha256(idempotency_key.encode()).hexdigest()}"
+        return f"key:{hashlib.sha256(idempotency_key.encode('utf-8', 'replace')).hexdigest()}"
+    return f"body:{_digest(route, body)}"
+
+
+def _digest(route: str, body: dict) -> str:
     canonical = json.dumps({"route": route, "body": body}, sort_keys=True, default=str)
-    return f"body:{hashlib.sha256(canonical.encode()).hexdigest()}"
+    return hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()

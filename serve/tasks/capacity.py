@@ -1,9 +1,11 @@
-"""How many of a model's tasks an ingress sends to its replicas at once (its dispatch slots).
+"""How many of a model's images an ingress sends to its replicas at once (its dispatch slots).
 
 Work that waits should wait in the dispatcher, where keys take turns by cost
 (`fair_queue.py`), not in a replica's first-come queue or in Serve's router. So an ingress keeps
-in flight just what the running replicas need to stay busy: two device batches per replica (one
-on the device, the next waiting), never more than a replica's `max_ongoing_requests`. While the
+in flight just what the running replicas need to stay busy: two device batches of images per
+replica (one on the device, the next waiting), counted in images whatever the tasks' `n` (a task
+holds a slot per image), and never more tasks than a replica's `max_ongoing_requests` (each task
+has an image at least, so capping the images caps the tasks). While the
 deployment can still grow, one replica's worth more, so that Serve's autoscaler, which counts the
 requests at and queued for the replicas, sees demand beyond what runs; at 0 replicas that one
 replica's worth is what wakes the deployment. Ingress replicas share the total.

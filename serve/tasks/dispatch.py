@@ -168,7 +168,8 @@ class Dispatcher:
         # A fresh context: created inside an HTTP request, the task would otherwise carry Serve's
         # request context, and Serve cancels a request's downstream calls when its client
         # disconnects, so a client that gave up (or an SDK about to retry) would kill the render.
-        task = asyncio.create_task(self._run(task_id, model, record.key_id, cost_of(record.request)),
+        task = asyncio.create_task(self._run(task_id, model, record.key_id, cost_of(record.request),
+                                             record.request.n),
                                    context=contextvars.Context())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -187,19 +188,18 @@ class Dispatcher:
 
     # --- running ------------------------------------------------------------------------------
 
-    async def _run(self, task_id: str, model: str, key_id: str, cost: float) -> None:
+    async def _run(self, task_id: str, model: str, key_id: str, cost: float, images: int) -> None:
         queue = self._queues[model]
-        slot = False
+        slot = 0  # slots held: one per image
         try:
-            await queue.slots.acquire(key_id, cost)
-            slot = True
+            slot = await queue.slots.acquire(key_id, cost, images)
             queue.waiting -= 1
             queue.waiting_by_key[key_id] -= 1
             metrics.queue_depth.set(queue.waiting, tags={"model": model})
             await self._attempt(task_id, model)
         finally:
             if slot:
-                queue.slots.release()
+                queue.slots.release(slot)
             else:  # canceled while it waited for a slot
                 queue.waiting -= 1
                 queue.waiting_by_key[key_id] -= 1

@@ -182,7 +182,8 @@ class TaskService:
         if record.init_image_key:
             await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{record.task_id}")
 
-    async def submit_once(self, submission: Submission, fingerprint: str, explicit: bool) -> TaskRecord | ServiceError:
+    async def submit_once(self, submission: Submission, fingerprint: str, explicit: bool,
+                          body_digest: str = "") -> TaskRecord | ServiceError:
         """Submit, unless an earlier request with the same fingerprint (from the same key) made a
         task that still answers it. Clients retry on timeouts and 5xx without a key of their own,
         and a retry must not render twice.
@@ -191,17 +192,24 @@ class TaskService:
         whatever its state. Otherwise (an identical body): the earlier task while it is PENDING or
         RUNNING, or up to `duplicate_window_s` after it SUCCEEDED; a failed one is tried afresh.
         Two identical requests that arrive at the same instant may both render (no lock is taken).
+        An explicit key reused with another body (`body_digest`) is refused (CONFLICT): the
+        client's retry logic is wrong, and answering with the first task would hide it.
         """
         fingerprint = f"{submission.key_id}:{fingerprint}"
-        known = await self.store.recall(fingerprint)
-        earlier = await self.get(known, submission.key_id) if known else None
+        known = await self.store.recall(fingerprint)  # "task_id" or "task_id#body digest"
+        known_id, _, known_digest = (known or "").partition("#")
+        earlier = await self.get(known_id, submission.key_id) if known_id else None
+        if earlier is not None and explicit and known_digest and known_digest != body_digest:
+            return ServiceError(ErrorKind.CONFLICT, "this Idempotency-Key was used with another request body; "
+                                                    "use a new key for a new request", param="Idempotency-Key")
         if earlier is not None and (explicit or _still_answers(earlier, self.settings.duplicate_window_s)):
             return earlier
         record = await self.submit(submission)
         if not isinstance(record, ServiceError):
             remember_for = self.settings.retention_s if explicit else (
                 self.settings.task_deadline_s + self.settings.duplicate_window_s)
-            await self.store.remember(fingerprint, record.task_id, time.time() + remember_for)
+            remembered = f"{record.task_id}#{body_digest}" if explicit else record.task_id
+            await self.store.remember(fingerprint, remembered, time.time() + remember_for)
         return record
 
     async def _check_callback(self, url: str) -> ServiceError | None:

@@ -25,8 +25,10 @@ CANCEL_KEY = "cancel-key"
 LORA_KEY = "lora-key"
 FLOOD_KEY = "flood-key"  # fills its share of a model's queue
 QUIET_KEY = "quiet-key"  # one request beside the flood
+FLOOD_IMAGES_KEY = "flood-images-key"  # floods with 1- and 4-image tasks
+QUIET_IMAGES_KEY = "quiet-images-key"
 KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY, OPENAI_KEY, OPENAI_LIMITED_KEY, PAGE_KEY,
-        PROGRESS_KEY, CANCEL_KEY, FLOOD_KEY, QUIET_KEY, LORA_KEY]
+        PROGRESS_KEY, CANCEL_KEY, FLOOD_KEY, QUIET_KEY, LORA_KEY, FLOOD_IMAGES_KEY, QUIET_IMAGES_KEY]
 WEBHOOK_SECRET = new_webhook_secret()
 RATE_BURST = 200  # per key, in any window of 100 s: a test can spend it deterministically
 
@@ -44,6 +46,8 @@ models:
   # steps), and 0.4 s per image for queues that must move.
   sim-steps: {{source: "sim:flux", like: flux-schnell, max_batch_size: 1, simulated: {{base_s: 0, per_image_s: 2.0}}}}
   sim-queue: {{source: "sim:flux", like: flux-schnell, max_batch_size: 1, simulated: {{base_s: 0, per_image_s: 0.4}}}}
+  # Device batches of 4 at 0.45 s: fair shares counted in images, whatever a task's n.
+  sim-batch4: {{source: "sim:flux", like: flux-schnell, max_batch_size: 4, simulated: {{base_s: 0.25, per_image_s: 0.05}}}}
 serve:
   rate_limit: {{requests_per_second: 2, burst: {burst}}}
   model_aliases: {{flux-pro: flux-dev, flux-kontext-pro: flux-kontext, flux-kontext-max: flux-kontext,

@@ -11,7 +11,9 @@ import time
 import httpx
 
 from cluster.sim_engine import read_busy_intervals
-from tests.contract.conftest import FLOOD_KEY, QUIET_KEY
+import pytest
+
+from tests.contract.conftest import FLOOD_IMAGES_KEY, FLOOD_KEY, QUIET_IMAGES_KEY, QUIET_KEY
 
 FLOOD = 24  # more than a key's share of the queue (max_queued_per_key: 16)
 
@@ -64,3 +66,44 @@ def test_a_flooding_key_fills_its_share_and_a_quiet_key_goes_first(service, base
     while status(accepted[-1]) in ("PENDING", "RUNNING") and time.monotonic() < deadline:
         time.sleep(1)
     assert [status(task_id) for task_id in accepted] == ["SUCCEEDED"] * len(accepted)
+
+
+def create_images(base_url: str, key: str, prompt: str, n: int, asynchronous: bool) -> httpx.Response:
+    return httpx.post(f"{base_url}/services/aigc/text2image/image-synthesis", timeout=120,
+                      headers={"Authorization": f"Bearer {key}"} | ({"X-DashScope-Async": "enable"} if asynchronous else {}),
+                      json={"model": "sim-batch4", "input": {"prompt": prompt}, "parameters": {"size": "1024*1024", "n": n}})
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_shares_are_counted_in_images_whatever_the_flooders_n(service, base_url, record_property, n):
+    """sim-batch4: one replica, device batches of 4 images at 0.45 s, so 8 dispatch slots. A flood
+    of 16 tasks of `n` images holds two device batches in flight whether n is 1 or 4 (before,
+    slots counted tasks: 8 tasks of 4 images were 8 batches ahead of a quiet key)."""
+    run = time.time_ns()
+    answers = [create_images(base_url, FLOOD_IMAGES_KEY, f"flood{n} {run} {i}", n, asynchronous=True)
+               for i in range(16)]
+    accepted = [a.json()["output"]["task_id"] for a in answers if a.status_code == 200]
+    assert len(accepted) == 16, [a.text for a in answers if a.status_code != 200]
+    sent, started = time.time(), time.perf_counter()
+    quiet = create_images(base_url, QUIET_IMAGES_KEY, f"quiet{n} {run}", 1, asynchronous=False)
+    beside_s = time.perf_counter() - started
+    assert quiet.status_code == 200 and quiet.json()["output"]["task_status"] == "SUCCEEDED", quiet.text
+
+    batches = sorted((b for record in read_busy_intervals(service.sim_dir).values() for b in record),
+                     key=lambda b: b["start"])
+    [own] = [b for b in batches if f"quiet{n} {run}" in b["prompts"]]
+    flood_before = [b for b in batches if sent < b["start"] < own["start"]
+                    and all(p.startswith(f"flood{n} {run}") for p in b["prompts"])]
+    # Ahead of it at most: the batch on the device, the next one at the replica, one more that
+    # may start during its hop through the ingress.
+    assert len(flood_before) <= 3, [len(b["prompts"]) for b in flood_before]
+    figures = {"n": n, "quiet_beside_flood_s": round(beside_s, 2), "flood_batches_before_it": len(flood_before),
+               "device_batch_s": 0.45}
+    record_property(f"fairness_images_n{n}", figures)
+    print(f"\nfair shares in images: {figures}")
+
+    headers = {"Authorization": f"Bearer {FLOOD_IMAGES_KEY}"}
+    deadline = time.monotonic() + 120  # the flood drains before the next case (polled once a second)
+    while time.monotonic() < deadline and httpx.get(f"{base_url}/tasks/{accepted[-1]}", headers=headers,
+                                                    timeout=30).json()["output"]["task_status"] in ("PENDING", "RUNNING"):
+        time.sleep(1)

@@ -115,6 +115,11 @@ def test_idempotency_key_returns_the_same_images(client, service):
     again = client.images.generate(model="flux-schnell", prompt=prompt, size="512x512",
                                    extra_body={"steps": 2}, extra_headers={"Idempotency-Key": "k-1"})
     assert again.data[0].url == first.data[0].url and _tasks_with_prompt(service, prompt) == 1
+    # The same key with another body is the client's bug: a 409, not the first task's images.
+    with pytest.raises(openai.ConflictError) as reused:
+        client.images.generate(model="flux-schnell", prompt=f"{prompt} and more", size="512x512",
+                               extra_body={"steps": 2}, extra_headers={"Idempotency-Key": "k-1"})
+    assert reused.value.body["code"] == "idempotency_key_reused" and reused.value.body["param"] == "Idempotency-Key"
 
 
 def _tasks_with_prompt(service, prompt: str) -> int:

@@ -152,3 +152,12 @@ def test_an_input_that_cannot_be_written_takes_its_record_back(door, monkeypatch
         edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
     [record] = door.dispatcher.submitted
     assert asyncio.run(door.dispatcher.store.get(record.task_id)) is None  # no record without its input
+
+
+def test_an_idempotency_key_reused_with_another_body_is_a_conflict(door):
+    first = generate(door, {"prompt": "a fox", "model": "flux-schnell"}, key="k-7")
+    again = generate(door, {"prompt": "a fox", "model": "flux-schnell"}, key="k-7")
+    assert first["data"][0]["url"] == again["data"][0]["url"] and len(door.dispatcher.submitted) == 1
+    other = generate(door, {"prompt": "a wolf", "model": "flux-schnell"}, key="k-7")
+    assert isinstance(other, ServiceError) and other.kind == ErrorKind.CONFLICT and other.param == "Idempotency-Key"
+    assert len(door.dispatcher.submitted) == 1

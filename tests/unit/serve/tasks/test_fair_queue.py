@@ -81,3 +81,59 @@ def test_resizing_starts_waiters_when_it_grows_and_holds_them_back_when_it_shrin
         assert waiting[2].done()
 
     asyncio.run(scenario())
+
+
+def test_slots_count_images_so_a_flood_of_four_image_tasks_holds_two_batches_not_eight():
+    """Eight slots (two device batches of 4 per replica): a flood of n=4 tasks gets two in
+    flight (eight images), not eight (32 images); a quiet key's task is next when one frees."""
+
+    async def run() -> tuple[int, list[str]]:
+        slots = FairSlots(8)
+        started: list[str] = []
+
+        async def task(name: str, key: str, images: int) -> int:
+            taken = await slots.acquire(key, cost=images, units=images)
+            started.append(name)
+            return taken
+
+        flood = [asyncio.create_task(task(f"flood{i}", "flood", 4)) for i in range(8)]
+        await asyncio.sleep(0)
+        in_flight = len(started)
+        quiet = asyncio.create_task(task("quiet", "quiet", 1))
+        await asyncio.sleep(0)
+        slots.release(4)  # the first flood task ends
+        await asyncio.sleep(0)
+        order = list(started)
+        for _ in range(7):
+            slots.release(4)
+            await asyncio.sleep(0)
+        await asyncio.gather(quiet, *flood)
+        return in_flight, order
+
+    in_flight, order = asyncio.run(run())
+    assert in_flight == 2
+    assert order[2] == "quiet"  # before the flood's third task
+
+
+def test_a_task_larger_than_all_slots_takes_them_all_and_is_not_passed_over():
+    async def run() -> list[str]:
+        slots = FairSlots(2)
+        assert await slots.acquire("a", 1.0, units=1) == 1
+        started: list[str] = []
+
+        async def task(name: str, units: int) -> None:
+            taken = await slots.acquire(name, 1.0, units=units)
+            started.append(f"{name}:{taken}")
+
+        big = asyncio.create_task(task("big", 4))  # waits for both slots
+        await asyncio.sleep(0)
+        small = asyncio.create_task(task("small", 1))  # fits now, but the big one is ahead
+        await asyncio.sleep(0)
+        assert started == []
+        slots.release(1)
+        await asyncio.gather(big)
+        slots.release(2)
+        await small
+        return started
+
+    assert asyncio.run(run()) == ["big:2", "small:1"]
