@@ -64,7 +64,7 @@ class Webhooks:
         self.resolver = resolver
         self._slots = asyncio.Semaphore(config.max_concurrent)
         self._key_slots: dict[str, _KeySlots] = {}  # only keys with a delivery in flight or waiting
-        self._running: set[asyncio.Task] = set()
+        self._running: dict[str, asyncio.Task] = {}  # task id -> its delivery here (one at most)
 
     # --- scheduling -----------------------------------------------------------------------------
 
@@ -74,9 +74,17 @@ class Webhooks:
             self._spawn(record.task_id, delay_s=0.0)
 
     def _spawn(self, task_id: str, delay_s: float) -> None:
-        task = asyncio.create_task(self._deliver_after(task_id, delay_s))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        """Deliver a task's webhook from here, unless this ingress has its delivery running or
+        waiting for a slot already (a scan sees such a delivery as due and unclaimed)."""
+        if task_id in self._running:
+            return
+        task = asyncio.create_task(self._deliver(task_id, delay_s))
+        self._running[task_id] = task
+        task.add_done_callback(lambda _: self._running.pop(task_id, None))
+
+    def in_flight(self) -> int:
+        """Deliveries this ingress runs or holds waiting (one per task at most)."""
+        return len(self._running)
 
     async def scan(self) -> None:
         """Pick up deliveries that are due and held by nobody (their ingress died, or a retry
@@ -87,16 +95,21 @@ class Webhooks:
 
     # --- one attempt ----------------------------------------------------------------------------
 
-    async def _deliver_after(self, task_id: str, delay_s: float) -> None:
+    async def _deliver(self, task_id: str, delay_s: float) -> None:
+        """Attempts until the delivery ends here: delivered, given up, or not ours to send."""
         try:
-            if delay_s:
-                await asyncio.sleep(delay_s)
-            await self.attempt(task_id)
+            while True:
+                if delay_s:
+                    await asyncio.sleep(delay_s)
+                delivery = await self.attempt(task_id)
+                if delivery is None or delivery.state != DeliveryState.PENDING:
+                    return
+                delay_s = max(0.0, delivery.next_attempt_at - time.time())
         except Exception:  # noqa: BLE001 - a delivery failure must never reach the task
             log.exception("webhook delivery for task %s failed", task_id)
 
     async def attempt(self, task_id: str) -> WebhookDelivery | None:
-        """Claim, send once, record the outcome; schedules the next attempt when it failed.
+        """Claim, send once, record the outcome (with the next attempt's time when it failed).
         Returns the delivery state after the attempt (None when not ours to send now)."""
         record = await self.store.get(task_id)
         if record is None or record.webhook is None:
@@ -107,10 +120,7 @@ class Webhooks:
                 return None
             status, error = await self._send(claimed)
         after = await self.store.update(task_id, lambda r: self._outcome(r, status, error))
-        delivery = after.webhook if after else None
-        if delivery is not None and delivery.state == DeliveryState.PENDING:
-            self._spawn(task_id, delay_s=max(0.0, delivery.next_attempt_at - time.time()))
-        return delivery
+        return after.webhook if after else None
 
     @contextlib.asynccontextmanager
     async def _key_slot(self, key_id: str):
