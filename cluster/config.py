@@ -138,6 +138,9 @@ class WebhookConfig(BaseModel):
     secret: str | None = Field(None, description="whsec_... signing secret (default: $RAYDIANT_WEBHOOK_SECRET, "
                                                  "else secret_file).")
     secret_file: str = Field("var/webhook.secret", description="Generated once when no secret is given.")
+    previous_secret: str | None = Field(None, description="While rotating: the secret before `secret` "
+                                                          "(default: $RAYDIANT_WEBHOOK_PREVIOUS_SECRET); "
+                                                          "deliveries are signed with both.")
     first_retry_s: float = Field(1.0, gt=0, description="Wait before the first retry; doubles each time.")
     max_retry_s: float = Field(300.0, gt=0, description="Longest wait between two attempts.")
     give_up_after_s: float = Field(86400.0, gt=0, description="No attempt starts later than this after the task ended.")

@@ -33,6 +33,7 @@ from serve.tasks.factory import open_store
 from serve.tasks.periodic import every
 from serve.tasks.record import Api
 from serve.tasks.service import TaskService
+from serve.tasks.webhook_secrets import TenantSecrets
 from serve.tasks.webhooks import Webhooks
 from serve.web import router as web_routes
 from serve.web.router import static_files
@@ -164,7 +165,8 @@ class Ingress:
         if listens_beyond_loopback(settings.host) and (
                 weak := weak_secrets(list(secrets.api_keys), secrets.signing_key, secrets.webhook_secret)):
             raise RuntimeError(f"refusing to serve on {settings.host} with weak secrets: {'; '.join(weak)}")
-        self.webhooks = Webhooks(store, settings.webhooks, secrets.webhook_secret, tasks.policy,
+        tasks.webhook_secrets = TenantSecrets(secrets.webhook_secret, secrets.webhook_previous_secret)
+        self.webhooks = Webhooks(store, settings.webhooks, tasks.webhook_secrets, tasks.policy,
                                  {Api.DASHSCOPE: dashscope_service.task_body, Api.ACEDATA: acedata_service.final_body},
                                  owner=self.dispatcher.owner)
         self.dispatcher.on_end = self.webhooks.task_ended

@@ -63,6 +63,7 @@ class ServiceSecrets:
     signing_key: str
     webhook_secret: str
     redis_url: str  # the task store's (and rate limits') Redis, password included; "" with SQLite
+    webhook_previous_secret: str | None = None  # while rotating
 
     def __repr__(self) -> str:  # never in a log line or a traceback
         return f"ServiceSecrets({len(self.api_keys)} API keys, signing key, webhook secret, Redis URL)"
@@ -76,7 +77,9 @@ def resolve(config: RaydiantConfig) -> ServiceSecrets:
                                 config.storage.signing_key_file, new_signing_key),
         webhook_secret=load_secret("RAYDIANT_WEBHOOK_SECRET", config.serve.webhooks.secret,
                                    config.serve.webhooks.secret_file, new_webhook_secret),
-        redis_url=redis_url(config.tasks) if config.tasks.backend == "redis" else "")
+        redis_url=redis_url(config.tasks) if config.tasks.backend == "redis" else "",
+        webhook_previous_secret=(os.environ.get("RAYDIANT_WEBHOOK_PREVIOUS_SECRET")
+                                 or config.serve.webhooks.previous_secret))
 
 
 def without_secrets(config: RaydiantConfig) -> RaydiantConfig:
@@ -85,6 +88,7 @@ def without_secrets(config: RaydiantConfig) -> RaydiantConfig:
     stripped.serve.api_keys = []
     stripped.storage.signing_key = None
     stripped.serve.webhooks.secret = None
+    stripped.serve.webhooks.previous_secret = None
     stripped.tasks.url = ""  # it may hold the Redis password
     return stripped
 

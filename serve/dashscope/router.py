@@ -39,3 +39,9 @@ async def cancel_task(service: DashScopeService, caller: Caller, request: Reques
 @door.route(router, "GET", "/tasks", trailing_slash=True)
 async def list_tasks(service: DashScopeService, caller: Caller, request: Request):
     return await service.list(caller, dict(request.query_params))
+
+
+@door.route(router, "GET", "/webhooks/secret", trailing_slash=True)
+async def webhook_secret(service: DashScopeService, caller: Caller, request: Request):
+    """The caller's own webhook signing secret (every door's webhooks are signed with it)."""
+    return service.tasks.webhook_secret(caller.key_id)

@@ -55,18 +55,24 @@ def listens_beyond_loopback(host: str) -> bool:
 
 
 def weak_secrets(api_keys: list[str], signing_key: str, webhook_secret: str) -> list[str]:
-    """Why these secrets are not fit for a service others can reach (the secrets never appear)."""
+    """Why these secrets are not fit for a service others can reach (the secrets never appear).
+    The webhook secret is judged by the key it decodes to, not by its length as text."""
+    from serve.tasks.webhook_secrets import secret_problem
+
     problems = []
     for position, key in enumerate(api_keys, 1):
         if len(key) < MIN_KEY_LENGTH:
             problems.append(f"API key {position} is shorter than {MIN_KEY_LENGTH} characters")
         elif _placeholder(key):
             problems.append(f"API key {position} is a placeholder")
-    for name, value in (("the signing key", signing_key), ("the webhook secret", webhook_secret)):
-        if len(value) < MIN_SIGNING_KEY_LENGTH:
-            problems.append(f"{name} is shorter than {MIN_SIGNING_KEY_LENGTH} characters")
-        elif _placeholder(value):
-            problems.append(f"{name} is a placeholder")
+    if len(signing_key) < MIN_SIGNING_KEY_LENGTH:
+        problems.append(f"the signing key is shorter than {MIN_SIGNING_KEY_LENGTH} characters")
+    elif _placeholder(signing_key):
+        problems.append("the signing key is a placeholder")
+    if _placeholder(webhook_secret):
+        problems.append("the webhook secret is a placeholder")
+    elif problem := secret_problem(webhook_secret):
+        problems.append(f"the webhook secret {problem}")
     return problems
 
 

@@ -37,6 +37,7 @@ from cluster.fetch import FetchError, FetchPolicy, Resolver, checked_address, fe
 from serve.tasks.dispatch import Dispatcher, QueueFull
 from serve.tasks.fair_queue import cost_of
 from serve.tasks.record import Api, TaskRecord, TaskStatus, WebhookDelivery
+from serve.tasks.webhook_secrets import TenantSecrets
 
 CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
 CLIENT_BODY_BUDGET = 8192  # characters of a stored client body in all
@@ -71,6 +72,7 @@ class TaskService:
         self.policy = FetchPolicy(settings.fetch.allow_loopback, settings.fetch.allow_private,
                                   settings.fetch.max_redirects, settings.fetch.timeout_s)
         self.resolver = resolver
+        self.webhook_secrets: TenantSecrets | None = None  # set where webhooks are sent (the ingress)
 
     # --- models ---------------------------------------------------------------------------------
 
@@ -290,6 +292,15 @@ class TaskService:
         records, total = await self.store.list(key_id=key_id, status=status, model=model, start=start, end=end,
                                                page_no=page_no, page_size=page_size)
         return [await self.with_queue_position(r) for r in records], total
+
+    # --- webhooks -------------------------------------------------------------------------------
+
+    def webhook_secret(self, key_id: str) -> dict | ServiceError:
+        """The caller's own webhook signing secrets (current, and previous while rotating)."""
+        if self.webhook_secrets is None:
+            return ServiceError(ErrorKind.NOT_FOUND, "this service sends no webhooks")
+        current, *previous = self.webhook_secrets.for_key(key_id)
+        return {"secret": current, "previous_secret": previous[0] if previous else None}
 
     # --- results --------------------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 Guarantees:
 
 - Signed with the `standardwebhooks` library (`webhook-id`, `webhook-timestamp`,
-  `webhook-signature`: HMAC-SHA256 over id.timestamp.body with the configured secret). The id
-  is fixed per task (`msg_<task id>`), so a receiver can drop a repeated delivery.
+  `webhook-signature`: HMAC-SHA256 over id.timestamp.body) with the task's API key's own secret
+  (`webhook_secrets.py`: no tenant can sign what another's receiver accepts), and during a
+  rotation with the previous one too. The id is fixed per task (`msg_<task id>`), so a
+  receiver can drop a repeated delivery.
 - Delivered at least once while the retry window is open: attempts back off exponentially
   (first_retry_s, doubling, capped at max_retry_s) until `give_up_after_s` after the task
   ended; then the delivery is GAVE_UP. Attempts, last status and outcome are on the record.
@@ -35,6 +37,7 @@ from cluster.config import WebhookConfig
 from cluster.fetch import FetchError, FetchPolicy, Resolver, request, system_resolver
 from serve.tasks.record import Api, DeliveryState, TaskRecord, WebhookDelivery
 from serve.tasks.store import TaskStore
+from serve.tasks.webhook_secrets import TenantSecrets
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +52,14 @@ class _KeySlots:
 
 
 class Webhooks:
-    def __init__(self, store: TaskStore, config: WebhookConfig, secret: str, policy: FetchPolicy,
+    def __init__(self, store: TaskStore, config: WebhookConfig, secrets: TenantSecrets, policy: FetchPolicy,
                  renderers: dict[Api, BodyRenderer], owner: str, resolver: Resolver = system_resolver):
         # Checked at start, not at the first delivery: a door that takes callbacks needs a body.
         if missing := [api.value for api in Api if api.takes_callbacks and api not in renderers]:
             raise ValueError(f"no webhook body registered for the {', '.join(missing)} API")
         self.store = store
         self.config = config
-        self.signer = Webhook(secret)
+        self.secrets = secrets
         # A webhook is a POST: redirects are not followed (3xx counts as a failed attempt).
         self.policy = replace(policy, max_redirects=0)
         self.renderers = renderers
@@ -156,7 +159,8 @@ class Webhooks:
             "content-type": "application/json",
             "webhook-id": message_id,
             "webhook-timestamp": str(int(moment.timestamp())),
-            "webhook-signature": self.signer.sign(message_id, moment, body),
+            "webhook-signature": " ".join(Webhook(secret).sign(message_id, moment, body)
+                                          for secret in self.secrets.for_key(record.key_id)),
         }
         try:
             answer = await request("POST", record.webhook.url, self.policy, max_bytes=MAX_ANSWER_BYTES,

@@ -3,12 +3,14 @@ bodies drawn by hypothesis from each door's own fields, every value of any JSON 
 strings (huge numbers, broken URLs, control characters, deep nesting) among them. Whatever a
 caller sends, the answer is a body or a `ServiceError` of a caller's kind (4xx, or 429/503 for
 limits): never an exception (a 500) and never TASK_FAILED/INTERNAL for what the caller sent.
+Bodies go through the routers' JSON parser first, as on the wire.
 
 Bounded: EXAMPLES bodies per door, no deadline per example (the machine is shared with Ray)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,7 @@ from hypothesis import strategies as st
 
 from serve.acedata.protocol import ERRORS as ACEDATA_ERRORS
 from serve.dashscope.protocol import ERRORS as DASHSCOPE_ERRORS
+from serve.edge import strict_json
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.openai.protocol import ERRORS as OPENAI_ERRORS
 from tests.unit.serve.fakes import caller, doors
@@ -70,6 +73,15 @@ def door(tmp_path_factory):
     return doors(tmp_path_factory.mktemp("fuzz"))
 
 
+def as_sent(value):
+    """The body as a router hands it on: JSON text through the same bounded parser (a body it
+    refuses is a 400 MALFORMED, answered before any door sees it), else None."""
+    try:
+        return strict_json.parse(json.dumps(value).encode("utf-8", "surrogatepass"))
+    except strict_json.MalformedJson:
+        return None
+
+
 def answered(error_table, result) -> None:
     if isinstance(result, ServiceError):
         assert result.kind not in OURS, result
@@ -78,7 +90,9 @@ def answered(error_table, result) -> None:
         assert isinstance(result, dict), result
 
 
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
+# Derandomized: `make test` runs the same bodies every time (a new find is a new test, not a
+# random red run); change the seed here to explore further.
+FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                                        HealthCheck.data_too_large])
 
@@ -86,16 +100,19 @@ FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
 @FUZZ
 @given(sent=DASHSCOPE)
 def test_dashscope_create(door, sent):
-    answered(DASHSCOPE_ERRORS, asyncio.run(door.dashscope.create(caller(sent), sync=False, edit_route=False)))
+    if (body := as_sent(sent)) is not None:
+        answered(DASHSCOPE_ERRORS, asyncio.run(door.dashscope.create(caller(body), sync=False, edit_route=False)))
 
 
 @FUZZ
 @given(sent=ACEDATA)
 def test_acedata_images(door, sent):
-    answered(ACEDATA_ERRORS, asyncio.run(door.acedata.images(caller(sent))))
+    if (body := as_sent(sent)) is not None:
+        answered(ACEDATA_ERRORS, asyncio.run(door.acedata.images(caller(body))))
 
 
 @FUZZ
 @given(sent=OPENAI)
 def test_openai_generate(door, sent):
-    answered(OPENAI_ERRORS, asyncio.run(door.openai.generate(caller(sent), idempotency_key=None)))
+    if (body := as_sent(sent)) is not None:
+        answered(OPENAI_ERRORS, asyncio.run(door.openai.generate(caller(body), idempotency_key=None)))

@@ -43,7 +43,17 @@ def test_a_service_others_can_reach_refuses_short_or_placeholder_secrets():
                             "64 random hex characters", "whsec_...")
     assert problems == ["API key 1 is shorter than 16 characters", "API key 2 is a placeholder",
                         "API key 3 is a placeholder", "the signing key is shorter than 32 characters",
-                        "the webhook secret is shorter than 32 characters"]
+                        "the webhook secret is a placeholder"]
+    # Judged by the key it decodes to: 40 characters of text that are a 3-byte key are weak.
+    import base64
+
+    three_bytes = "whsec_" + base64.b64encode(b"k3y").decode() + "=" * 0
+    assert weak_secrets(strong, new_signing_key(), three_bytes) == [
+        "the webhook secret decodes to a 3-byte key (at least 24 random bytes)"]
+    assert weak_secrets(strong, new_signing_key(), "whsec_" + "QUJD" * 10) == [
+        "the webhook secret decodes to a key of repeated bytes"]
+    assert weak_secrets(strong, new_signing_key(), "whsec_not base64!" + "x" * 30) == [
+        "the webhook secret is not whsec_ followed by base64"]
     assert not any("short-key" in p or "key-for-app" in p for p in problems)  # never the secret itself
     assert listens_beyond_loopback("0.0.0.0") and listens_beyond_loopback("10.0.0.5")
     assert listens_beyond_loopback("raydiant.internal")

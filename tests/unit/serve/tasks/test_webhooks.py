@@ -14,6 +14,7 @@ from cluster.fetch import FetchPolicy
 from serve.secrets import new_webhook_secret
 from serve.tasks.record import Api, DeliveryState, TaskStatus, WebhookDelivery
 from serve.tasks.sqlite import SQLiteTaskStore
+from serve.tasks.webhook_secrets import TenantSecrets
 from serve.tasks.webhooks import Webhooks
 from tests.factories import task_record
 from tests.receiver import webhook_receiver
@@ -33,13 +34,13 @@ def body_of(record) -> dict:
 
 def sender(store, owner="ingress-1", timeout_s: float = 1.0, **config) -> Webhooks:
     settings = WebhookConfig(**({"first_retry_s": 0.1, "max_retry_s": 0.4, "give_up_after_s": 1.5} | config))
-    return Webhooks(store, settings, SECRET, FetchPolicy(allow_loopback=True, timeout_s=timeout_s),
+    return Webhooks(store, settings, TenantSecrets(SECRET), FetchPolicy(allow_loopback=True, timeout_s=timeout_s),
                     {Api.DASHSCOPE: body_of, Api.ACEDATA: body_of}, owner=owner)
 
 
 def test_a_door_that_takes_callbacks_without_a_body_fails_at_start(tmp_path):
     with pytest.raises(ValueError, match="no webhook body registered for the acedata API"):
-        Webhooks(SQLiteTaskStore(tmp_path / "t.sqlite"), WebhookConfig(), SECRET, FetchPolicy(),
+        Webhooks(SQLiteTaskStore(tmp_path / "t.sqlite"), WebhookConfig(), TenantSecrets(SECRET), FetchPolicy(),
                  {Api.DASHSCOPE: body_of}, owner="ingress-1")
 
 
@@ -69,11 +70,15 @@ def test_delivered_signed_body(tmp_path, receiver):
 
     record, hook = asyncio.run(scenario())
     (delivery,) = receiver.received("/ok")
-    assert Webhook(SECRET).verify(delivery.body, delivery.headers) == body_of(record)
+    [own] = TenantSecrets(SECRET).for_key(record.key_id)
+    assert Webhook(own).verify(delivery.body, delivery.headers) == body_of(record)
     assert delivery.headers["webhook-id"] == f"msg_{record.task_id}"
     assert (hook.state, hook.attempts, hook.last_status) == (DeliveryState.DELIVERED, 1, 200)
     with pytest.raises(Exception):
         Webhook(new_webhook_secret()).verify(delivery.body, delivery.headers)  # another secret does not verify
+    for other in (SECRET, TenantSecrets(SECRET).for_key("another-key")[0]):  # the service's, another tenant's
+        with pytest.raises(Exception):
+            Webhook(other).verify(delivery.body, delivery.headers)
 
 
 def test_retried_after_receiver_errors(tmp_path, receiver):
@@ -203,3 +208,21 @@ def test_scans_never_start_a_second_delivery_of_one_task(tmp_path, receiver):
 
     deliveries, coroutines = asyncio.run(scenario())
     assert deliveries == 40 and coroutines <= 40
+
+
+def test_during_a_rotation_both_secrets_verify(tmp_path, receiver):
+    previous = new_webhook_secret()
+
+    async def scenario():
+        store = SQLiteTaskStore(tmp_path / "t.sqlite")
+        record = await ended_task(store, receiver.to("/rotating"))
+        hooks = Webhooks(store, WebhookConfig(), TenantSecrets(SECRET, previous), FetchPolicy(allow_loopback=True),
+                         {Api.DASHSCOPE: body_of, Api.ACEDATA: body_of}, owner="ingress-1")
+        hooks.task_ended(record)
+        await settle(store, record.task_id)
+        return record
+
+    record = asyncio.run(scenario())
+    (delivery,) = receiver.received("/rotating")
+    current, old = TenantSecrets(SECRET, previous).for_key(record.key_id)
+    assert Webhook(current).verify(delivery.body, delivery.headers) == Webhook(old).verify(delivery.body, delivery.headers)
