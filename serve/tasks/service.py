@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from serve.tasks.record import Api, TaskRecord, TaskStatus, WebhookDelivery
 from serve.tasks.webhook_secrets import TenantSecrets
 
 CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
-CLIENT_BODY_BUDGET = 8192  # characters of a stored client body in all
+CLIENT_BODY_BUDGET = 8192  # bytes of a stored client body in all, as JSON (keys, numbers and brackets count)
 CLIENT_BODY_DEPTH = 4
 CLIENT_KEY_LIMIT = 64
 
@@ -325,18 +326,24 @@ def _why_no_image(record: TaskRecord) -> str:
 
 def _compact(value: Any) -> Any:
     """The client's body as stored, bounded: long strings (data: URIs) replaced by a note of
-    their size, and at most CLIENT_BODY_BUDGET characters in all (each value costs its length,
-    at least 1) at most CLIENT_BODY_DEPTH deep; what is past the budget is dropped with a note.
-    A record stays a few KiB whatever the client sent."""
+    their size, and about CLIENT_BODY_BUDGET bytes in all as stored (each value, key and bracket
+    costs its JSON bytes) at most CLIENT_BODY_DEPTH deep; what is past the budget is dropped with
+    a note. A record stays a few KiB whatever the client sent (at most the budget, one value
+    past it and the notes)."""
     return _bounded(value, [CLIENT_BODY_BUDGET], 0)
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
 
 
 def _bounded(value: Any, budget: list[int], depth: int) -> Any:
     if isinstance(value, str) and len(value) > CLIENT_TEXT_LIMIT:
         value = f"<{len(value)} characters omitted>"
-    budget[0] -= max(1, len(value)) if isinstance(value, str) else 1
     if not isinstance(value, (dict, list)):
+        budget[0] -= _json_bytes(value)
         return value
+    budget[0] -= 2
     if depth >= CLIENT_BODY_DEPTH:
         return "<nested too deep: omitted>"
     items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
@@ -344,7 +351,10 @@ def _bounded(value: Any, budget: list[int], depth: int) -> Any:
     for name, item in items:
         if budget[0] <= 0:
             break
-        kept.append((str(name)[:CLIENT_KEY_LIMIT], _bounded(item, budget, depth + 1)))
+        key = str(name)[:CLIENT_KEY_LIMIT]
+        if isinstance(value, dict):
+            budget[0] -= _json_bytes(key) + 2  # the key, its colon and the comma
+        kept.append((key, _bounded(item, budget, depth + 1)))
     if isinstance(value, list):
         return [item for _, item in kept] + ([f"<{len(items) - len(kept)} more omitted>"] if len(kept) < len(items) else [])
     return dict(kept) | ({"<omitted>": f"{len(items) - len(kept)} more fields"} if len(kept) < len(items) else {})

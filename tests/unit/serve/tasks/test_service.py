@@ -22,3 +22,13 @@ def test_a_body_of_junk_is_stored_in_a_few_kib():
 def test_a_small_body_is_kept_as_sent_but_for_long_strings():
     body = {"model": "m", "input": {"prompt": "p", "image_url": "data:image/png;base64," + "A" * 5000}}
     assert _compact(body) == {"model": "m", "input": {"prompt": "p", "image_url": "<5022 characters omitted>"}}
+
+
+def test_keys_and_long_numbers_are_charged_as_stored():
+    """Keys and numbers cost their bytes: before, 64-character keys and 19-digit numbers cost one
+    unit each, and such a body was stored at over 500 KiB."""
+    keys = {f"{i:064d}": 10**18 + i for i in range(20_000)}
+    numbers = [[1.2345678901234567e300] * 50 for _ in range(2000)]
+    for body in (keys, {"list": numbers}, {"é" * 64: "€" * 1000 for _ in range(1)} | keys):
+        stored = json.dumps(_compact(body), ensure_ascii=False).encode()
+        assert len(stored) < CLIENT_BODY_BUDGET + 8 * 1024, len(stored)  # the budget, one value past it, notes
