@@ -6,6 +6,7 @@ config file / KubeRay `serveConfigV2` with `import_path: serve.app:build_app`.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -13,9 +14,13 @@ from ray.serve import Application
 
 from cluster.config import RaydiantConfig, load_config
 from cluster.models import deployment_name
+from serve.edge.auth import listens_beyond_loopback
 from serve.replica.deployment import ModelServer
 from serve.ingress import Ingress
 from serve.secrets import publish, resolve, without_secrets
+
+
+log = logging.getLogger(__name__)
 
 
 def _absolute_paths(config: RaydiantConfig) -> RaydiantConfig:
@@ -29,13 +34,28 @@ def _absolute_paths(config: RaydiantConfig) -> RaydiantConfig:
     return config
 
 
+def reachable_rules(config: RaydiantConfig) -> RaydiantConfig:
+    """Loopback targets are a developer's convenience (a webhook receiver on their own machine):
+    once the service is bound beyond loopback, a caller's URL must not reach this host's loopback
+    services (the Ray dashboard, a Redis, a sidecar) whatever the profile allows."""
+    if listens_beyond_loopback(config.serve.host) and config.serve.fetch.allow_loopback:
+        log.warning("serving on %s: loopback fetch targets refused (serve.fetch.allow_loopback is for a "
+                    "service bound to loopback only)", config.serve.host)
+        config.serve.fetch.allow_loopback = False
+    return config
+
+
 def build_app(args: dict[str, Any] | None = None) -> Application:
     """args: `config` (path; default the embedded local config), `batching` (default true),
-    `secrets_token` (secrets its caller handed to the secret holder already). Otherwise the
-    secrets are resolved here and handed to the holder (serve/secrets.py); they are never put in
-    the deployments' arguments: the ingress gets their token."""
+    `host` (the address the HTTP proxy binds, when not the config's), `secrets_token` (secrets
+    its caller handed to the secret holder already). Otherwise the secrets are resolved here and
+    handed to the holder (serve/secrets.py); they are never put in the deployments' arguments:
+    the ingress gets their token."""
     args = args or {}
     config = _absolute_paths(load_config(args.get("config")))
+    if args.get("host"):
+        config.serve.host = str(args["host"])
+    config = reachable_rules(config)
     token = args.get("secrets_token") or publish(resolve(config))
     batching = str(args.get("batching", "true")).lower() != "false"
     models = {}

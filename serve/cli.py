@@ -89,7 +89,7 @@ def serve_command(
                 token = publish(resolve(cfg))  # to replicas on every node, never in their arguments
                 stack.callback(forget, token)
                 ray_serve.run(build_app({"config": str(config) if config else None, "batching": batching,
-                                         "secrets_token": token}),
+                                         "host": host, "secrets_token": token}),
                               name="raydiant", route_prefix="/", blocking=False)
             console.print(f"raydiant is serving on http://{host}:{port}  "
                           f"(DashScope base: http://{host}:{port}/api/v1; Ctrl-C stops)")
