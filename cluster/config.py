@@ -7,12 +7,13 @@ Every model forbids unknown keys, so a typo fails at load with the key named. A 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cluster.loras import DEFAULT_SOURCES, LoraKind, LoraPolicy
 from cluster.models import CATALOGUE, ModelSpec
@@ -161,6 +162,11 @@ class ServeConfig(BaseModel):
     ingress_replicas: int = Field(1, ge=1, description="Ingress (API) replicas; they share the task store.")
     api_keys: list[str] = Field(default_factory=list, description="Accepted keys (also $RAYDIANT_API_KEYS).")
     rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="Per-key rate limit.")
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="Addresses or networks (CIDR) of the load balancers in front of the service: only a "
+                    "request from one of them has its client address taken from X-Forwarded-For (the "
+                    "nearest address not itself a trusted proxy). Default none: the peer address counts.")
     anonymous_rate_limit: RateLimitConfig = Field(
         default_factory=lambda: RateLimitConfig(requests_per_second=50, burst=500),
         description="Per client address, for requests without a valid key: /healthz, the page, result "
@@ -190,6 +196,16 @@ class ServeConfig(BaseModel):
         "Idempotency-Key) joins that task while it runs, or up to this long after it succeeded.")
     deployments: dict[str, DeploymentConfig] = Field(
         default_factory=dict, description="Per-model deployment settings; key 'default' applies to all.")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, proxies: list[str]) -> list[str]:
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{proxy!r} is not an address or a network (CIDR)") from None
+        return proxies
 
     def deployment(self, model: str) -> DeploymentConfig:
         return self.deployments.get(model) or self.deployments.get("default") or DeploymentConfig()

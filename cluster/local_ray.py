@@ -65,7 +65,10 @@ def private_head(num_cpus: int | None = None, num_gpus: int | None = None, metri
     temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir="/tmp")
     gcs_port = free_port()
     ensure_auth_token()
-    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0",
+    # FORWARDED_ALLOW_IPS empty: Serve's HTTP proxy (uvicorn) must not take a client address from
+    # X-Forwarded-For on its own (by default it trusts any loopback peer); the ingress decides,
+    # from `serve.trusted_proxies` (serve/edge/client_address.py).
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "FORWARDED_ALLOW_IPS": "",
                         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     log = open(log_path or Path(temp_dir) / "head.log", "ab")

@@ -20,6 +20,7 @@ from serve.acedata.service import AceDataService
 from serve.dashscope import router as dashscope_routes
 from serve.dashscope.service import DashScopeService
 from serve.edge.auth import ApiKeys, listens_beyond_loopback, weak_secrets
+from serve.edge.client_address import client_address, trusted_networks
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.files import router as files_router
 from serve.edge.http import Door, Gate
@@ -73,7 +74,10 @@ async def limit_anonymous(request: Request, call_next) -> Response:
     limiter: RateLimiter | None = getattr(request.app.state, "anonymous_limiter", None)
     if gate is None or limiter is None or gate.keys.identify(request.headers.get("authorization")) is not None:
         return await call_next(request)
-    wait_s = await limiter.take(request.client.host if request.client else "unknown")
+    address = client_address(request.client.host if request.client else None,
+                             request.headers.get("x-forwarded-for"),
+                             getattr(request.app.state, "trusted_proxies", []))
+    wait_s = await limiter.take(address)
     if wait_s:
         return door_of(request.url.path).error_response(ServiceError(
             ErrorKind.RATE_LIMITED, "Requests rate limit exceeded, please try again later.", retry_after_s=wait_s))
@@ -175,6 +179,7 @@ class Ingress:
         self._fastapi = app = create_app()
         app.state.settings = settings
         app.state.gate = Gate(keys, RateLimiter(settings.rate_limit, secrets.redis_url), settings.max_body_bytes)
+        app.state.trusted_proxies = trusted_networks(settings.trusted_proxies)
         app.state.anonymous_limiter = RateLimiter(settings.anonymous_rate_limit, secrets.redis_url,
                                                   namespace="address")
         app.state.storage = storage

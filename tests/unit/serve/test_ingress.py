@@ -101,5 +101,7 @@ def test_requests_without_a_valid_key_are_limited_per_client_address(monkeypatch
     assert refused.status_code == 429 and refused.headers["Retry-After"] and refused.json()["code"] == "Throttling.RateQuota"
     guessed = client.get("/api/v1/tasks/x", headers={"authorization": "Bearer guessed"})
     assert guessed.status_code == 429  # wrong keys spend the address's budget too: no free guessing
+    for forged in ("198.51.100.7", "203.0.113.1, 198.51.100.8"):  # no trusted proxies: the header is ignored
+        assert client.get("/healthz", headers={"x-forwarded-for": forged}).status_code == 429
     keyed = client.get("/healthz", headers={"authorization": f"Bearer {key}"})
     assert keyed.status_code == 200  # a valid key spends its own budget, not the address's
