@@ -124,3 +124,24 @@ def test_hostile_files_leave_the_renderer_healthy_and_its_pixels_alone(flux_rend
     flux_renderer.check_health()
     [after] = images(flux_renderer, request)
     assert np.array_equal(before, after)
+
+
+def test_another_trainers_layout_is_converted_then_checked_the_same(sdxl_renderer, tmp_path):
+    """A kohya-style file (lora_unet_*, lora_down/lora_up, alpha) of the same adapter reads as the
+    very same layers as diffusers' own layout: converted by the pipeline's loader, not refused."""
+    from cluster.tiny_lora import build_tiny_lora
+
+    diffusers_file = build_tiny_lora("sdxl", tmp_path / "a", seed=1)
+    kohya = {}
+    for key, value in load_file(str(diffusers_file)).items():
+        name = "lora_unet_" + key.removeprefix("unet.").rsplit(".lora_", 1)[0].replace(".", "_")
+        kohya[f"{name}.lora_down.weight" if ".lora_A." in key else f"{name}.lora_up.weight"] = value
+        if ".lora_A." in key:
+            kohya[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))
+    kohya_file = tmp_path / "kohya.safetensors"
+    save_file(kohya, str(kohya_file))
+    checker = AdapterChecker(sdxl_renderer.pipeline, denoiser(sdxl_renderer.pipeline), "stable-diffusion-xl", 8)
+    ours, theirs = checker.read(local(diffusers_file)), checker.read(local(kohya_file))
+    assert ours.layers.keys() == theirs.layers.keys() and len(ours.layers) == 32
+    assert all(torch.equal(ours.layers[n].down, theirs.layers[n].down) and torch.equal(ours.layers[n].up, theirs.layers[n].up)
+               for n in ours.layers)
