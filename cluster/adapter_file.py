@@ -28,6 +28,7 @@ import inspect
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,20 +80,21 @@ class AdapterChecker:
 
     def read(self, local: LocalLora) -> CheckedAdapter:
         """The adapter in `local`, checked; raises `LoraUnavailable` naming what is wrong."""
-        header = self._header(local)
+        header, metadata = self._header(local)
         if _in_diffusers_layout(header):  # checked whole before a tensor is read
             self._check_layout(local, self._own_layers(local, {key: shape for key, (_, shape) in header.items()}))
+            scaling = self._saved_scaling(local, metadata)
             tensors = _load(local.file)
             return self._assembled(local, self._own_layers(local, tensors),
-                                   self._alphas({k: v for k, v in tensors.items() if k.endswith(".alpha")}))
+                                   self._alphas({k: v for k, v in tensors.items() if k.endswith(".alpha")}), scaling)
         state_dict, alphas = self._converted(local)
         self._check_layout(local, {key: tuple(value.shape) for key, value in state_dict.items()})
         return self._assembled(local, state_dict, self._alphas(alphas))
 
     # --- 1. the header ------------------------------------------------------------------------
 
-    def _header(self, local: LocalLora) -> dict[str, tuple[str, tuple[int, ...]]]:
-        """key -> (dtype, shape), read from the file's header only."""
+    def _header(self, local: LocalLora) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict]:
+        """(key -> (dtype, shape), the file's text metadata), read from the header only."""
         try:
             with open(local.file, "rb") as f:
                 (length,) = struct.unpack("<Q", f.read(8))
@@ -105,7 +107,7 @@ class AdapterChecker:
             raise self._refuse(local, "is not a readable safetensors file") from None
         if not isinstance(parsed, dict):
             raise self._refuse(local, "is not a readable safetensors file")
-        header = {}
+        header, metadata = {}, parsed.get("__metadata__")
         for key, entry in parsed.items():
             if key == "__metadata__":
                 continue
@@ -120,7 +122,35 @@ class AdapterChecker:
             header[key] = (dtype, shape)
         if not header:
             raise self._refuse(local, "holds no tensors")
-        return header
+        return header, metadata if isinstance(metadata, dict) else {}
+
+    def _saved_scaling(self, local: LocalLora, metadata: dict) -> "Callable[[int], float] | None":
+        """The scaling that diffusers' `save_lora_weights` recorded for the denoiser (its
+        `lora_adapter_metadata`: lora_alpha, rslora), as a function of a layer's rank; None when
+        the file records none. Settings that change what the matrices mean (DoRA, per-layer
+        patterns) are refused: rendering without them would be another adapter."""
+        raw = metadata.get("lora_adapter_metadata")
+        if not raw:
+            return None
+        try:
+            saved = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise self._refuse(local, "has lora_adapter_metadata that is not JSON") from None
+        if not isinstance(saved, dict):
+            raise self._refuse(local, "has lora_adapter_metadata that is not a JSON object")
+        ours = {key.removeprefix(f"{self.prefix}."): value for key, value in saved.items()
+                if key.startswith(f"{self.prefix}.") or "." not in key}
+        for setting in ("use_dora", "alpha_pattern", "rank_pattern"):
+            if ours.get(setting):
+                raise self._refuse(local, f"has {setting} in its lora_adapter_metadata, which is not taken")
+        alpha = ours.get("lora_alpha")
+        if alpha is None:
+            return None
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+            raise self._refuse(local, f"has a lora_alpha of {str(alpha)[:40]!r} in its metadata, not a number")
+        if ours.get("use_rslora"):
+            return lambda rank: alpha / math.sqrt(rank)
+        return lambda rank: alpha / rank
 
     # --- 2. the layout ------------------------------------------------------------------------
 
@@ -183,7 +213,8 @@ class AdapterChecker:
     # --- 3. the tensors -----------------------------------------------------------------------
 
     def _assembled(self, local: LocalLora, state_dict: dict[str, torch.Tensor],
-                   alphas: dict[str, torch.Tensor | float]) -> CheckedAdapter:
+                   alphas: dict[str, torch.Tensor | float],
+                   saved_scaling: "Callable[[int], float] | None" = None) -> CheckedAdapter:
         layers: dict[str, AdapterLayer] = {}
         for key, down in state_dict.items():
             if not key.endswith(_A):
@@ -196,7 +227,8 @@ class AdapterChecker:
             alpha = float(alpha)
             if not (torch.isfinite(down).all() and torch.isfinite(up).all() and math.isfinite(alpha)):
                 raise self._refuse(local, f"has values that are not finite numbers in {name}")
-            layers[name] = AdapterLayer(down.contiguous(), (up * (alpha / down.shape[0])).contiguous())
+            scaling = saved_scaling(down.shape[0]) if saved_scaling and name not in alphas else alpha / down.shape[0]
+            layers[name] = AdapterLayer(down.contiguous(), (up * scaling).contiguous())
         if not layers:
             raise self._refuse(local, "has no LoRA layers")
         return CheckedAdapter(local.sha256, max(layer.down.shape[0] for layer in layers.values()), layers)

@@ -145,3 +145,24 @@ def test_another_trainers_layout_is_converted_then_checked_the_same(sdxl_rendere
     assert ours.layers.keys() == theirs.layers.keys() and len(ours.layers) == 32
     assert all(torch.equal(ours.layers[n].down, theirs.layers[n].down) and torch.equal(ours.layers[n].up, theirs.layers[n].up)
                for n in ours.layers)
+
+
+def test_the_alpha_diffusers_saved_in_the_metadata_is_applied_and_dora_refused(flux_renderer, checker, tmp_path):
+    """`save_lora_weights(..., transformer_lora_adapter_metadata=...)` records lora_alpha in the
+    file's metadata; diffusers scales by it, and so do we. DoRA there is refused, not ignored."""
+    import json
+
+    plain_file = hostile_adapters.clean(tmp_path)
+    tensors = load_file(str(plain_file))
+    for name, metadata, words in (("alpha", {"transformer.lora_alpha": 2, "transformer.r": 4}, None),
+                                  ("rs", {"transformer.lora_alpha": 2, "transformer.use_rslora": True}, None),
+                                  ("dora", {"transformer.lora_alpha": 4, "transformer.use_dora": True}, "use_dora")):
+        path = tmp_path / f"{name}.safetensors"
+        save_file(tensors, str(path), metadata={"format": "pt", "lora_adapter_metadata": json.dumps(metadata)})
+        if words:
+            assert words in refusal(checker, path)
+            continue
+        plain, saved = checker.read(local(plain_file)), checker.read(local(path))
+        layer = next(iter(plain.layers))
+        factor = 0.5 if name == "alpha" else 2 / 4 ** 0.5  # alpha / r, or alpha / sqrt(r) with rsLoRA
+        assert torch.allclose(saved.layers[layer].up, plain.layers[layer].up * factor)
