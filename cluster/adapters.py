@@ -8,8 +8,9 @@ name fixed by the file's sha256), and a device batch activates its set with
 pipeline-wide `load_lora_weights` is never used: it writes a Control LoRA's norms into the base
 model and swaps a layer for a wider one when a file asks, and neither is undone by deleting an
 adapter. The adapters of a set are applied in the order of their files' sha256 (their deltas
-add in that order), so a set renders the same pixels in whatever order a request lists it. Weights are never fused: fusing changes the base weights' last bits, and
-a request must render the same pixels alone or in any batch, before or after any other set.
+add in that order), so a set renders the same pixels in whatever order a request lists it.
+Weights are never fused: fusing changes the base weights' last bits, and a request must render
+the same pixels alone or in any batch, before or after any other set.
 Up to `slots` sets stay loaded, in LRU order with an admission filter: a set that is not kept
 is loaded for its batch and kept only when it was used lately at least as often as the set it
 would evict (`RecentUses`; counted per device batch). Plain LRU lets every one-off set push out
@@ -25,6 +26,7 @@ All of this runs on the device's thread, between two batches (`activate`), never
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import warnings
 from collections import OrderedDict
@@ -53,7 +55,12 @@ class PipelineAdapters:
         self.module = denoiser(pipeline)
         self.checker = (AdapterChecker(pipeline, self.module, model, max_rank)
                         if self.module is not None and hasattr(self.module, "load_lora_adapter") else None)
+        # Files checked when their request came in, their tensors kept until the device loads
+        # them; and the hashes of files that passed (tiny), so a known file is not read again
+        # for every request. Two threads use them: a replica's admission check and the device.
         self._checked: OrderedDict[str, CheckedAdapter] = OrderedDict()  # sha256 -> adapter, LRU
+        self._passed: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
         self.slots = slots
         self.after_load = after_load
         self._sets: OrderedDict[str, tuple[str, ...]] = OrderedDict()  # set id -> adapter names, LRU order
@@ -90,21 +97,33 @@ class PipelineAdapters:
         """Why these files cannot be loaded here (one that fails its check), or None."""
         try:
             for lora in loras:
-                self._adapter(files[lora.location])
+                local = files[lora.location]
+                with self._lock:
+                    passed = local.sha256 in self._passed
+                if not passed:
+                    self._check(local)
         except LoraUnavailable as exc:
             return exc.error
         return None
 
-    def _adapter(self, local: LocalLora) -> CheckedAdapter:
-        """The checked adapter of a file (kept for the adapters loaded lately: the admission
-        check reads a file, the device's load takes it from here)."""
-        known = self._checked.get(local.sha256)
-        if known is None:
-            known = self.checker.read(local)
-            self._checked[local.sha256] = known
+    def _check(self, local: LocalLora) -> CheckedAdapter:
+        """The file read and checked (outside the lock: a large file holds up no other thread),
+        kept until the device loads it."""
+        checked = self.checker.read(local)
+        with self._lock:
+            self._checked[local.sha256] = checked
             while len(self._checked) > 4 * self.slots:
                 self._checked.popitem(last=False)
-        return known
+            self._passed[local.sha256] = None
+            while len(self._passed) > 1024:
+                self._passed.popitem(last=False)
+        return checked
+
+    def _take(self, local: LocalLora) -> CheckedAdapter:
+        """A checked adapter for the device to load (read again if it was let go meanwhile)."""
+        with self._lock:
+            checked = self._checked.pop(local.sha256, None)
+        return checked if checked is not None else self.checker.read(local)
 
     def _load(self, set_id: str, locals_: list[LocalLora]) -> tuple[str, ...]:
         self.recent.note(set_id)
@@ -162,7 +181,7 @@ class PipelineAdapters:
         started = time.perf_counter()
         parameter = next(self.module.parameters())
         for name, local in fresh:
-            weights = self._adapter(local).peft_state_dict(parameter.device, parameter.dtype)
+            weights = self._take(local).peft_state_dict(parameter.device, parameter.dtype)
             # Several named adapters in one model is the point here: PEFT's warning is not news.
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
