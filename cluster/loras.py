@@ -156,7 +156,12 @@ def _classify(path: str, policy: LoraPolicy, trusted: bool) -> tuple[str, str] |
     if lowered.startswith(("http://", "https://")):
         if not lowered.endswith(".safetensors"):
             return "must be the URL of a .safetensors file"
-        if "@" in urlsplit(path).netloc:  # records and logs keep the path: no credentials in it
+        try:
+            parts = urlsplit(path)
+            parts.port  # noqa: B018 - raises for a port out of range
+        except ValueError:
+            return "is not a valid http(s) URL"
+        if "@" in parts.netloc:  # records and logs keep the path: no credentials in it
             return "must not carry credentials (user:password@)"
         return "https", path
     if "://" in path:

@@ -112,6 +112,8 @@ loras: {{named: {{house: "org/house-style"}}, local_root: "{tmp_path}"}}
     ("org/../x.safetensors", "'..' segment"),
     ("https://user:secret@cdn.example.com/x.safetensors", "must not carry credentials"),
     ("./a\x00b.safetensors", "control characters"),
+    ("http://[x.safetensors", "not a valid http(s) URL"),
+    ("https://cdn.example.com:99999/x.safetensors", "not a valid http(s) URL"),
 ])
 def test_caller_paths_that_leave_their_limits_are_refused(path, words):
     policy = LoraPolicy(fsspec_prefixes=["s3://bucket/loras"], local_root="/tmp")

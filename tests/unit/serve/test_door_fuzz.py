@@ -31,6 +31,7 @@ HOSTILE_TEXT = st.sampled_from([
     "http://[", "http://example.com:99999/a.png", "http://10.0.0.1/a.png", "ftp://x/y", "data:image/png;base64,AAAA",
     "./a\x00b.safetensors", "../../etc/passwd.safetensors", "s3://b/../x.safetensors", "org/../x",
     "simplecache::s3://b/x.safetensors", "https://u:p@example.com/x.safetensors", "\ud800", "é" * 3000,
+    "http://[x.safetensors", "https://cdn.example.com:99999/x.safetensors",
 ])
 SCALARS = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
                     st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30), HOSTILE_TEXT)
