@@ -199,7 +199,9 @@ async def fetch_image(url: str, policy: FetchPolicy, max_bytes: int, max_pixels:
     else:
         answer = await request("GET", url, policy, max_bytes=max_bytes, resolver=resolver, transport=transport)
         if answer.status != 200:
-            raise FetchError(f"image URL answered HTTP {answer.status}")
+            # The same words as a URL that cannot be reached: "answered HTTP 404" against "could not
+            # be fetched" would tell a caller which ports answer behind us.
+            raise FetchError("the URL could not be fetched")
         data = answer.body
     check_image(data, max_pixels)
     return data

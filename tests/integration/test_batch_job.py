@@ -202,17 +202,24 @@ def test_a_loras_column_renders_each_rows_adapters_and_records_them(tmp_path, lo
     from cluster.loras import LoraRef
     from cluster.tiny_lora import build_tiny_lora
 
+    from tests import hostile_adapters
+
     adapter = build_tiny_lora("flux", tmp_path / "loras" / "a", seed=3)
+    hostile_adapters.garbage(tmp_path / "loras")  # a row naming it fails alone; its shard commits the others
     config = tmp_path / "loras.yaml"
     config.write_text(f"models:\n  flux-schnell: {{source: 'tiny:flux', warmup: false}}\n"
                       f"loras: {{local_root: '{tmp_path / 'loras'}', cache_dir: '{tmp_path / 'cache'}'}}\n")
     lora_type = pa.list_(pa.struct([("path", pa.string()), ("scale", pa.float64())]))
     styled = [{"path": "./a/pytorch_lora_weights.safetensors", "scale": 0.8}]
-    pq.write_table(pa.table({"id": ["r1", "r2", "r3"], "prompt": ["a fox", "a fox", "a cat"], "seed": [4, 4, 5],
-                             "loras": pa.array([styled, None, styled], type=lora_type)}), tmp_path / "in.parquet")
+    garbage = [{"path": "./garbage.safetensors", "scale": 1.0}]
+    pq.write_table(pa.table({"id": ["r1", "r2", "r3", "r4"], "prompt": ["a fox", "a fox", "a cat", "a fox"],
+                             "seed": [4, 4, 5, 4], "loras": pa.array([styled, None, styled, garbage], type=lora_type)}),
+                   tmp_path / "in.parquet")
     run_job(JobSpec(input=str(tmp_path / "in.parquet"), output=str(tmp_path / "out"), config=str(config),
                     defaults={"width": 256, "height": 256, "steps": 2}, batch_size=4))
     rows = {r["id"]: r for r in metadata(str(tmp_path / "out"))}
+    assert rows["r4"]["error_code"] == "invalid_parameter" and "garbage.safetensors" in rows["r4"]["error"]
+    assert all(rows[rid]["error_code"] is None for rid in ("r1", "r2", "r3"))
     applied = [{"path": styled[0]["path"], "sha256": hashlib.sha256(adapter.read_bytes()).hexdigest(), "scale": 0.8}]
     assert json.loads(rows["r1"]["loras"]) == json.loads(rows["r3"]["loras"]) == applied and rows["r2"]["loras"] is None
     spec = local_config.spec("flux-schnell")
