@@ -44,9 +44,11 @@ services:
 	fi
 
 # Two workers: most tests wait on Ray, servers and polling more than on the CPU. Each module
-# runs on one worker (tests/conftest.py groups them), the contract tests all on one.
+# runs on one worker (tests/conftest.py groups them), the contract tests all on one. A worker
+# that dies ends the run at once (--max-worker-restart 0): with test groups, xdist's replacement
+# worker can wait forever for the dead one's group, and a hung run says less than a failed one.
 test: $(STAMP) services
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2 --dist loadgroup --max-worker-restart 0
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

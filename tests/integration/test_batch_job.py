@@ -216,7 +216,7 @@ def test_a_loras_column_renders_each_rows_adapters_and_records_them(tmp_path, lo
                              "seed": [4, 4, 5, 4], "loras": pa.array([styled, None, styled, garbage], type=lora_type)}),
                    tmp_path / "in.parquet")
     run_job(JobSpec(input=str(tmp_path / "in.parquet"), output=str(tmp_path / "out"), config=str(config),
-                    defaults={"width": 256, "height": 256, "steps": 2}, batch_size=4))
+                    defaults={"width": 256, "height": 256, "steps": 2}, batch_size=4, max_errors=1))
     rows = {r["id"]: r for r in metadata(str(tmp_path / "out"))}
     assert rows["r4"]["error_code"] == "invalid_parameter" and "garbage.safetensors" in rows["r4"]["error"]
     assert all(rows[rid]["error_code"] is None for rid in ("r1", "r2", "r3"))
