@@ -6,6 +6,10 @@
 2. The same image through the service, one synchronous DashScope request at a time
    (p50/p95): the difference is the service's overhead (HTTP, task store, Serve hops, PNG write).
 3. Throughput (images/s) at 1, 4 and 16 concurrent clients, with batching on and off.
+4. The path's own cost (`--path`, also run by default): the FAKE engine (`fake:flux`, no model
+   time) behind a synchronous DashScope create, next to a bare two-deployment Serve app (an
+   ingress deployment awaiting a model deployment that returns a small PNG's bytes) in the same
+   run: p50/p95 latency with one client and images/s at 16 clients, their difference and ratio.
 """
 
 from __future__ import annotations
@@ -68,7 +72,62 @@ async def served_latencies(base: str, size: str, count: int) -> list[float]:
 
 
 async def throughput(base: str, size: str, clients: int, total: int) -> float:
-    url = f"{base}/api/v1/services/aigc/text2image/image-synthesis"
+    return await throughput_at(f"{base}/api/v1/services/aigc/text2image/image-synthesis", size, clients, total)
+
+
+def bare_serve_app():
+    """The same two hops with nothing of raydiant: an ingress deployment awaits a model deployment
+    that returns the bytes of one small PNG. A context manager yielding the URL to POST."""
+    import contextlib
+
+    from fastapi import FastAPI
+    from ray import serve
+
+    from cluster.local_ray import connect
+    from cluster.processes import free_port
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
+    class Model:
+        async def render(self, images: int) -> bytes:
+            return b"\x89PNG" + b"\x00" * 2048
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
+    @serve.ingress(api)
+    class Ingress:
+        def __init__(self, model):
+            self.model = model
+
+        @api.post("/render")
+        async def render(self) -> dict:
+            image = await self.model.render.remote(1)
+            return {"output": {"task_status": "SUCCEEDED", "bytes": len(image)}}
+
+    @contextlib.contextmanager
+    def running():
+        port = free_port()
+        with connect():
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(Ingress.bind(Model.bind()), name="bare", route_prefix="/")
+            try:
+                yield f"http://127.0.0.1:{port}/render"
+            finally:
+                serve.shutdown()
+    return running()
+
+
+async def path_figures(url: str, size: str, requests: int) -> dict:
+    """Sequential latencies (after a warm-up) and images/s at 16 clients, against `url`."""
+    async with httpx.AsyncClient(timeout=300) as client:
+        for seed in range(5):
+            await sync_request(client, url, size, seed)
+        latencies = [await sync_request(client, url, size, 1) for _ in range(requests)]
+    return {"p50": percentile(latencies, .5), "p95": percentile(latencies, .95),
+            "img_s_16": await throughput_at(url, size, 16, requests * 4)}
+
+
+async def throughput_at(url: str, size: str, clients: int, total: int) -> float:
     per_client = max(1, total // clients)
 
     async def client_loop(client: httpx.AsyncClient, offset: int) -> None:
@@ -81,12 +140,36 @@ async def throughput(base: str, size: str, clients: int, total: int) -> float:
         return clients * per_client / (time.perf_counter() - started)
 
 
+def path_cost(requests: int, size: str) -> None:
+    with bare_serve_app() as url:
+        bare = asyncio.run(path_figures(url, size, requests))
+    work = Path(tempfile.mkdtemp(prefix="raydiant-bench-path-"))
+    config = work / "config.yaml"
+    config.write_text("models:\n  flux-schnell: {source: 'fake:flux', warmup: false}\n"
+                      "serve:\n  rate_limit: {requests_per_second: 100000, burst: 100000}\n"
+                      "  max_queued_per_model: 1000\n"
+                      "  deployments:\n    flux-schnell: {max_ongoing_requests: 32}\n")
+    with local_service(work / "svc", config, api_keys=KEY) as service:
+        ours = asyncio.run(path_figures(f"{service.url}/api/v1/services/aigc/text2image/image-synthesis",
+                                        size, requests))
+    print(f"\npath cost: FAKE engine, {size}, {requests} sequential requests, then 16 clients")
+    print(f"{'':34} {'p50 ms':>8} {'p95 ms':>8} {'img/s @16':>10}")
+    for name, row in (("bare two-deployment Serve app", bare), ("sync DashScope create (fake:flux)", ours)):
+        print(f"{name:34} {row['p50'] * 1e3:8.1f} {row['p95'] * 1e3:8.1f} {row['img_s_16']:10.1f}")
+    print(f"{'raydiant over the floor':34} {(ours['p50'] - bare['p50']) * 1e3:+8.1f} "
+          f"{(ours['p95'] - bare['p95']) * 1e3:+8.1f} {ours['img_s_16'] / bare['img_s_16']:9.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=24, help="latency samples, and requests per throughput run")
     parser.add_argument("--size", default="512*1024")
+    parser.add_argument("--path", action="store_true", help="only the path's own cost (FAKE engine vs bare Serve)")
     args = parser.parse_args()
     quiet_libraries()
+    path_cost(max(args.requests, 40), "1024*1024")
+    if args.path:
+        return
 
     bare = bare_latencies(args.size, args.requests)
     gc.collect()
