@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from cluster.adapter_file import AdapterChecker
-from cluster.base_weights import BaseWeights
-from cluster.lora_cache import LocalLora
-from cluster.loras import Lora
+from cluster.lora.adapter_file import AdapterChecker
+from cluster.weights.base_weights import BaseWeights
+from cluster.lora.cache import LocalLora
+from cluster.spec.loras import Lora
 
 HIDDEN = 256  # each layer 256 x 256 fp32: 256 KiB
 

@@ -20,11 +20,11 @@ import torch
 
 from bench.engine import bare_loop
 from cluster.cli import quiet_libraries
-from cluster.config import load_config
-from cluster.engine import Renderer
-from cluster.local_ray import connect
-from jobs.render import run_job
-from jobs.spec import JobSpec
+from cluster.spec.config import load_config
+from cluster.engine.renderer import Renderer
+from cluster.runtime.local_ray import connect
+from jobs.driver.job import run_job
+from jobs.driver.spec import JobSpec
 
 MODEL, STEPS = "flux-schnell", 4
 

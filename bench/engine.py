@@ -26,10 +26,10 @@ import time
 import torch
 
 from cluster.cli import quiet_libraries
-from cluster.config import load_config
-from cluster.engine import Renderer
-from cluster.imageio import PNG_COMPRESS_LEVEL
-from cluster.request import RenderRequest
+from cluster.spec.config import load_config
+from cluster.engine.renderer import Renderer
+from cluster.images.encoding import PNG_COMPRESS_LEVEL
+from cluster.spec.request import RenderRequest
 
 
 def bare_loop(pipeline, prompts: list[str], seeds: list[int], size: int, steps: int, guidance: float) -> list[bytes]:

@@ -49,8 +49,8 @@ class Measured:
 
 def spec_for(model: str, setting: str):
     """The model entry a setting renders with: full-size random weights, one image a batch."""
-    from cluster.config import load_config
-    from cluster.models import ModelSpec
+    from cluster.spec.config import load_config
+    from cluster.spec.catalogue import ModelSpec
 
     spec = load_config().spec(model)
     return ModelSpec.model_validate(spec.model_dump() | {
@@ -61,7 +61,7 @@ def spec_for(model: str, setting: str):
 
 
 def renderer_for(model: str, setting: str):
-    from cluster.engine import Renderer
+    from cluster.engine.renderer import Renderer
 
     return Renderer(spec_for(model, setting), device="cuda")
 
@@ -69,13 +69,13 @@ def renderer_for(model: str, setting: str):
 def measure(model: str, setting: str, steps: int, runs: int) -> Measured:
     import torch
 
-    from cluster.request import RenderRequest
+    from cluster.spec.request import RenderRequest
 
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     if setting == "bare":
-        from cluster.random_weights import build_random_pipeline
-        from cluster.seeding import generator
+        from cluster.doubles.random_weights import build_random_pipeline
+        from cluster.spec.seeding import generator
 
         pipeline = build_random_pipeline(FAMILY[model], torch.device("cuda"), torch.bfloat16)
         pipeline.set_progress_bar_config(disable=True)

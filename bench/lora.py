@@ -10,7 +10,7 @@ copy of real adapter weights. Measured in one run:
 1. In the render core (one `Renderer`): the first batch with a new adapter (fetch from the
    local root + load) against a batch of a set already loaded, and a switch between two kept
    sets, each against the same batch without adapters (medians of 10).
-2. On a compiled model (torch.compile on this CPU; cluster/hotswap.py's one adapter slot of
+2. On a compiled model (torch.compile on this CPU; cluster/lora/hotswap.py's one adapter slot of
    rank 16): the same batches, beside the same compiled model without a slot (what the slot
    costs a request without adapters), with dynamo's recompiles made errors throughout.
 3. Through the service (real Serve, 2 replicas of tiny FLUX, 3 adapter-set slots each, DashScope
@@ -54,7 +54,7 @@ def adapter_path(i: int) -> str:
 
 
 def build_adapters(root: Path) -> None:
-    from cluster.tiny_lora import build_tiny_lora
+    from cluster.doubles.tiny_loras import build_tiny_lora
 
     for i in range(ADAPTERS):
         build_tiny_lora("flux", root / str(i), seed=i)
@@ -62,8 +62,8 @@ def build_adapters(root: Path) -> None:
 
 def timed_batch(renderer, *loras: tuple[int, float]) -> float:
     """Seconds of one 256*256 one-step render with adapters `loras` (index, scale)."""
-    from cluster.loras import LoraRef
-    from cluster.request import RenderRequest
+    from cluster.spec.loras import LoraRef
+    from cluster.spec.request import RenderRequest
 
     request = RenderRequest(model="flux-schnell", prompt="a lighthouse", seed=1, width=256, height=256, steps=1,
                             loras=tuple(LoraRef(adapter_path(i), scale) for i, scale in loras))
@@ -77,9 +77,9 @@ def timed_batch(renderer, *loras: tuple[int, float]) -> float:
 
 
 def core_figures(root: Path, work: Path) -> dict:
-    from cluster.config import load_config
-    from cluster.engine import Renderer
-    from cluster.lora_cache import LoraCache
+    from cluster.spec.config import load_config
+    from cluster.engine.renderer import Renderer
+    from cluster.lora.cache import LoraCache
 
     spec = load_config().spec("flux-schnell")
     spec = spec.model_copy(update={"warmup": False, "lora_slots": 32,
@@ -104,9 +104,9 @@ def core_figures(root: Path, work: Path) -> dict:
 def compiled_figures(root: Path, work: Path) -> dict:
     import torch
 
-    from cluster.config import load_config
-    from cluster.engine import Renderer
-    from cluster.lora_cache import LoraCache
+    from cluster.spec.config import load_config
+    from cluster.engine.renderer import Renderer
+    from cluster.lora.cache import LoraCache
 
     def compiled(max_loras: int) -> Renderer:
         spec = load_config().spec("flux-schnell")

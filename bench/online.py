@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 
 from cluster.cli import quiet_libraries
-from cluster.config import load_config
-from cluster.engine import Renderer
-from cluster.models import parse_size
-from cluster.request import RenderRequest
+from cluster.spec.config import load_config
+from cluster.engine.renderer import Renderer
+from cluster.spec.catalogue import parse_size
+from cluster.spec.request import RenderRequest
 from serve.local.service import local_service
 
 KEY = "bench-key"
@@ -83,8 +83,8 @@ def bare_serve_app():
     from fastapi import FastAPI
     from ray import serve
 
-    from cluster.local_ray import connect
-    from cluster.processes import free_port
+    from cluster.runtime.local_ray import connect
+    from cluster.runtime.processes import free_port
 
     api = FastAPI()
 

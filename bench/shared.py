@@ -3,7 +3,7 @@ replicas (`raydiant render --via-serve`), on the SIMULATED GPU engine.
 
     .venv/bin/python -m bench.shared [--replicas 1,2] [--images-per-replica 480]
 
-No GPU is lent to this project, so each replica is a `sim:flux` engine (cluster/sim_engine.py):
+No GPU is lent to this project, so each replica is a `sim:flux` engine (cluster/doubles/simulated_gpu.py):
 a batch of b images waits base_s + per_image_s * b, like a GPU, and records when it was busy and
 which prompts it held. Measured side by side in one run, for 1 and 2 replicas:
 
@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.utilization import percentiles
-from cluster.sim_engine import read_busy_intervals, utilization
+from cluster.doubles.simulated_gpu import read_busy_intervals, utilization
 from serve.local.service import local_service
 
 KEY = "bench-key"

@@ -33,8 +33,8 @@ MID = {"num_layers": 4, "num_single_layers": 8, "attention_head_dim": 64, "num_a
 def mid_size_pipeline():
     import diffusers
 
-    from cluster.architectures import Family
-    from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
+    from cluster.spec.families import Family
+    from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
 
     pipeline = diffusers.FluxPipeline.from_pretrained(build_tiny(Family.FLUX, tiny_cache_dir() / TINY_DIRS[Family.FLUX]))
     torch.manual_seed(0)
@@ -68,7 +68,7 @@ class _Counted:
 
 
 def render(pipeline, seed: int, steps: int, size: int) -> np.ndarray:
-    from cluster.seeding import generator
+    from cluster.spec.seeding import generator
 
     with torch.inference_mode():
         image = pipeline(prompt=["a lighthouse on a cliff"], width=size, height=size, num_inference_steps=steps,
@@ -77,7 +77,8 @@ def render(pipeline, seed: int, steps: int, size: int) -> np.ndarray:
 
 
 def main() -> None:
-    from cluster.speed import FastSettings, StepCache
+    from cluster.engine.speed import StepCache
+    from cluster.spec.settings import FastSettings
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=STEPS)

@@ -1,4 +1,4 @@
-"""The end-of-run sweep of staging files (`jobs.output.remove_staging`) at 10x and 100x the shards.
+"""The end-of-run sweep of staging files (`jobs.output.shards.remove_staging`) at 10x and 100x the shards.
 
     .venv/bin/python -m bench.staging [--shards 300,3000,30000]
 
@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.storage import Storage
-from jobs.output import remove_staging
+from cluster.storage.results import Storage
+from jobs.output.shards import remove_staging
 
 
 def output_of(root: Path, shards: int) -> Storage:

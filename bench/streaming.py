@@ -26,7 +26,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.processes import kill_session, session_pids
+from cluster.runtime.processes import kill_session, session_pids
 
 CONFIG = "models:\n  flux-schnell: {source: 'fake:flux', warmup: false}\n"
 RAYDIANT = str(Path(sys.executable).parent / "raydiant")

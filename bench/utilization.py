@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.utilization
 
-No GPU is lent to this project, so the engine is `sim:flux` (cluster/sim_engine.py): each batch
+No GPU is lent to this project, so the engine is `sim:flux` (cluster/doubles/simulated_gpu.py): each batch
 waits `base_s + per_image_s * batch` like a GPU would, and records when it was busy. Reported,
 all measured in this one run on loopback:
 
@@ -27,7 +27,7 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.sim_engine import read_busy_intervals, utilization
+from cluster.doubles.simulated_gpu import read_busy_intervals, utilization
 from serve.local.service import local_service
 
 KEY = "bench-key"
@@ -127,8 +127,8 @@ def bare_serve_floor(requests: int) -> tuple[float, float]:
     from fastapi import FastAPI
     from ray import serve
 
-    from cluster.local_ray import connect
-    from cluster.processes import free_port
+    from cluster.runtime.local_ray import connect
+    from cluster.runtime.processes import free_port
 
     api = FastAPI()
 
@@ -170,9 +170,9 @@ def bare_serve_floor(requests: int) -> tuple[float, float]:
 
 
 def batch_job(work: Path, source: str, actors: int, rows: int) -> dict:
-    from cluster.local_ray import connect
-    from jobs.render import run_job
-    from jobs.spec import JobSpec
+    from cluster.runtime.local_ray import connect
+    from jobs.driver.job import run_job
+    from jobs.driver.spec import JobSpec
 
     name = f"{source.split(':')[0]}-{actors}"
     sim_dir = work / f"sim-batch-{name}"

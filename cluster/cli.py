@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cluster.config import ConfigError, RaydiantConfig, load_config
-from cluster.models import parse_size
+from cluster.spec.config import ConfigError, RaydiantConfig, load_config
+from cluster.spec.catalogue import parse_size
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="raydiant: a distributed render cluster for text-to-image diffusion models.")
@@ -67,7 +67,7 @@ def models_list(config: Optional[Path] = ConfigOption) -> None:
 @models_app.command("build-tiny")
 def models_build_tiny(directory: Path = typer.Argument(..., help="Output directory.")) -> None:
     """Build tiny random-weight pipelines: DIR/flux, DIR/flux-kontext, DIR/sdxl, DIR/sd15."""
-    from cluster.tiny import build_all_tiny
+    from cluster.doubles.tiny_pipelines import build_all_tiny
 
     quiet_libraries()
     for family, path in build_all_tiny(directory).items():
@@ -94,9 +94,9 @@ def generate(
     config: Optional[Path] = ConfigOption,
 ) -> None:
     """Render images in this process (no Ray): the quickest way to check a model's weights."""
-    from cluster.errors import RenderError
-    from cluster.loras import parse_lora_flag
-    from cluster.request import RenderRequest
+    from cluster.spec.errors import RenderError
+    from cluster.spec.loras import parse_lora_flag
+    from cluster.spec.request import RenderRequest
 
     cfg = load(config)
     if model not in cfg.models:
@@ -122,9 +122,9 @@ def generate(
     if isinstance(resolved, RenderError):
         fail(resolved.text(_FLAGS.get(resolved.param or "")))
 
-    from cluster.engine import Renderer  # torch and diffusers: only for a request that can render
-    from cluster.lora_cache import cache_for
-    from cluster.weights import ModelLoadError
+    from cluster.engine.renderer import Renderer  # torch and diffusers: only for a request that can render
+    from cluster.lora.cache import cache_for
+    from cluster.weights.sources import ModelLoadError
 
     quiet_libraries()
     try:

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from cluster.cli import ConfigOption, console, errors, fail, quiet_libraries
-from cluster.models import parse_size
+from cluster.spec.catalogue import parse_size
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs on a remote Ray cluster (Job Submission API).")
 AddressOption = typer.Option(..., "--address", help="Ray dashboard address, e.g. http://HEAD:8265.")
@@ -85,10 +85,10 @@ def render_command(
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from cluster.loras import parse_lora_flag
-    from jobs.render import JobError, prepare, run_job
-    from jobs.spec import JobSpec
-    from jobs.terminal import job_log_path, others_to
+    from cluster.spec.loras import parse_lora_flag
+    from jobs.driver.job import JobError, prepare, run_job
+    from jobs.driver.spec import JobSpec
+    from jobs.driver.terminal import job_log_path, others_to
 
     width = height = None
     if size is not None:
@@ -117,7 +117,7 @@ def render_command(
         job = prepare(spec)  # before any cluster: a bad input or output fails at once
     except JobError as exc:
         fail(str(exc))
-    from cluster.local_ray import connect
+    from cluster.runtime.local_ray import connect
 
     quiet_libraries()
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),

@@ -18,9 +18,9 @@ from typing import Any, Iterator
 import pyarrow.parquet as pq
 from PIL import Image
 
-from cluster.storage import Storage
-from jobs.output import read_stats
-from jobs.rows import sample_name
+from cluster.storage.results import Storage
+from jobs.output.shards import read_stats
+from jobs.worker.rows import sample_name
 
 THUMB_SIDE = 256
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from cluster.errors import first_line
+from cluster.spec.errors import first_line
 
 PROJECT = Path(__file__).resolve().parent.parent
 SHIPPED = ["cluster", "serve", "jobs", "configs", "pyproject.toml"]  # what a job needs, nothing more

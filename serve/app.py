@@ -12,8 +12,8 @@ from typing import Any
 
 from ray.serve import Application
 
-from cluster.config import RaydiantConfig, load_config
-from cluster.models import deployment_name
+from cluster.spec.config import RaydiantConfig, load_config
+from cluster.spec.catalogue import deployment_name
 from serve.edge.auth import listens_beyond_loopback
 from serve.replica.deployment import ModelServer
 from serve.ingress import Ingress

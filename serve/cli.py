@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from cluster.cli import ConfigOption, console, fail, load, quiet_libraries
-from cluster.errors import first_line
+from cluster.spec.errors import first_line
 
 
 infra_app = typer.Typer(no_args_is_help=True, help="Deployment files generated from the config.")
@@ -64,8 +64,8 @@ def serve_command(
     import ray
     from ray import serve as ray_serve
 
-    from cluster.local_ray import connect
-    from cluster.placement import gpu_capacity, missing_gpus
+    from cluster.runtime.local_ray import connect
+    from cluster.runtime.placement import gpu_capacity, missing_gpus
     from serve.app import build_app
     from serve.secrets import forget, publish
 

@@ -12,33 +12,33 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.schema import DeploymentStatus, ReplicaState
 
-from cluster.config import RaydiantConfig
-from cluster.models import deployment_name
-from cluster.storage import Storage
-from serve.acedata import router as acedata_routes
-from serve.acedata.service import AceDataService
-from serve.dashscope import router as dashscope_routes
-from serve.dashscope.service import DashScopeService
+from cluster.spec.config import RaydiantConfig
+from cluster.spec.catalogue import deployment_name
+from cluster.storage.results import Storage
+from serve.doors.acedata import router as acedata_routes
+from serve.doors.acedata.service import AceDataService
+from serve.doors.dashscope import router as dashscope_routes
+from serve.doors.dashscope.service import DashScopeService
 from serve.edge.auth import ApiKeys, listens_beyond_loopback, weak_secrets
 from serve.edge.client_address import client_address, trusted_networks
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.files import router as files_router
 from serve.edge.http import Door, Gate
 from serve.edge.ratelimit import RateLimiter
-from serve.openai import router as openai_routes
-from serve.openai.service import OpenAIService
+from serve.doors.openai import router as openai_routes
+from serve.doors.openai.service import OpenAIService
 from serve.secrets import for_replica
-from serve.tasks.capacity import ModelCapacity
-from serve.tasks.dispatch import Dispatcher
-from serve.tasks.factory import open_store
+from serve.tasks.dispatch.capacity import ModelCapacity
+from serve.tasks.dispatch.dispatcher import Dispatcher
+from serve.tasks.store.factory import open_store
 from serve.tasks.periodic import every
-from serve.tasks.record import Api
+from serve.tasks.store.record import Api
 from serve.tasks.service import TaskService
-from serve.tasks.webhook_secrets import TenantSecrets
-from serve.tasks.webhooks import Webhooks
-from serve.web import router as web_routes
-from serve.web.router import static_files
-from serve.web.service import WebService
+from serve.tasks.webhooks.secrets import TenantSecrets
+from serve.tasks.webhooks.sender import Webhooks
+from serve.doors.web import router as web_routes
+from serve.doors.web.router import static_files
+from serve.doors.web.service import WebService
 
 log = logging.getLogger(__name__)
 

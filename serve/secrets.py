@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from cluster.config import RaydiantConfig
-from cluster.files import create_once
+from cluster.spec.config import RaydiantConfig
+from cluster.storage.local_files import create_once
 from serve.edge.auth import configured_keys
-from serve.tasks.factory import redis_url
+from serve.tasks.store.factory import redis_url
 
 HOLDER_NAME = "raydiant-secrets"
 HOLDER_NAMESPACE = "raydiant"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from cluster.request import ResolvedRequest
-from serve.tasks.record import TaskRecord
+from cluster.spec.request import ResolvedRequest
+from serve.tasks.store.record import TaskRecord
 
 
 def resolved_request(**changes) -> ResolvedRequest:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from cluster.tiny_lora import build_tiny_lora
+from cluster.doubles.tiny_loras import build_tiny_lora
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:

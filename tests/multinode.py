@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import ray
 from ray.cluster_utils import Cluster
 
-from cluster.processes import free_ports
+from cluster.runtime.processes import free_ports
 
 MAX_RAYLETS = 4
 FAST_FAILURE_DETECTION = {

@@ -16,7 +16,7 @@ from typing import Iterator
 
 import pytest
 
-from cluster.processes import wait_for_port
+from cluster.runtime.processes import wait_for_port
 from serve.local.service import Service, free_port, local_service  # noqa: F401  (re-exported for tests)
 
 

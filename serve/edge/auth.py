@@ -57,7 +57,7 @@ def listens_beyond_loopback(host: str) -> bool:
 def weak_secrets(api_keys: list[str], signing_key: str, webhook_secret: str) -> list[str]:
     """Why these secrets are not fit for a service others can reach (the secrets never appear).
     The webhook secret is judged by the key it decodes to, not by its length as text."""
-    from serve.tasks.webhook_secrets import secret_problem
+    from serve.tasks.webhooks.secrets import secret_problem
 
     problems = []
     for position, key in enumerate(api_keys, 1):

@@ -5,7 +5,7 @@ that is one of the configured `serve.trusted_proxies` (the load balancer in fron
 service), and then only up to the first address that is not itself a trusted proxy, read from
 the right (what the load balancers appended), never the left (what the client wrote). With no
 trusted proxies (the default) the peer's own address counts, whatever the headers say.
-Serve's HTTP proxy is started with `FORWARDED_ALLOW_IPS` empty (cluster/local_ray.py, the
+Serve's HTTP proxy is started with `FORWARDED_ALLOW_IPS` empty (cluster/runtime/local_ray.py, the
 container image), so the peer address reaching here is the real one.
 """
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Mapping
 
-from cluster.errors import ErrorCode, RenderError
+from cluster.spec.errors import ErrorCode, RenderError
 
 
 class ErrorKind(StrEnum):

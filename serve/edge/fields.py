@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.loras import LoraRef
-from cluster.models import parse_size
+from cluster.spec.loras import LoraRef
+from cluster.spec.catalogue import parse_size
 from serve.edge import strict_json
 from serve.edge.errors import ErrorKind, ServiceError
 

@@ -18,7 +18,7 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from cluster.config import RateLimitConfig
+from cluster.spec.config import RateLimitConfig
 
 
 class RateLimiter:

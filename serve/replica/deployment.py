@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
-from cluster.config import FetchConfig, LoraConfig
-from cluster.engine import Renderer
-from cluster.fetch import FetchPolicy
-from cluster.lora_cache import LoraCache
-from cluster.models import ModelSpec
-from cluster.request import RenderResult, ResolvedRequest, WorkClass
+from cluster.spec.config import FetchConfig, LoraConfig
+from cluster.engine.renderer import Renderer
+from cluster.storage.guarded_fetch import FetchPolicy
+from cluster.lora.cache import LoraCache
+from cluster.spec.catalogue import ModelSpec
+from cluster.spec.request import RenderResult, ResolvedRequest, WorkClass
 from serve.replica.pipelined import PipelinedRenderer
 from serve.replica.render_events import Finished, RenderEvent
 

@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from cluster.engine import Denoised, Renderer, sort_results
-from cluster.progress import StepProgress
-from cluster.request import RenderResult, ResolvedRequest, WorkClass
+from cluster.engine.renderer import Denoised, Renderer, sort_results
+from cluster.engine.progress import StepProgress
+from cluster.spec.request import RenderResult, ResolvedRequest, WorkClass
 from serve.replica.render_events import Finished, Progress, RenderEvent, Started
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cluster.request import RenderResult
+from cluster.spec.request import RenderResult
 
 
 @dataclass(frozen=True)

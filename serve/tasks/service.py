@@ -11,7 +11,7 @@ What this layer guarantees, whichever door is used:
 - Input images are stored beside the results (the record stays small), written only once the
   record exists (so no file is ever without a record: purges remove a record's files before the
   record), and removed again when the submission fails for any reason; they are fetched under the address rules of
-  `cluster/fetch.py`; one of our own signed result URLs is read straight from
+  `cluster/storage/guarded_fetch.py`; one of our own signed result URLs is read straight from
   storage, never over HTTP.
 - A callback URL, and the URL of a LoRA adapter, is checked at submission (a clear 400 now
   beats a silent failure later) and again when it is fetched (DNS answers change).
@@ -28,17 +28,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from cluster.config import ServeConfig
-from cluster.models import ModelSpec
-from cluster.errors import RenderError
-from cluster.request import RenderRequest
-from cluster.storage import Storage, StorageError
+from cluster.spec.config import ServeConfig
+from cluster.spec.catalogue import ModelSpec
+from cluster.spec.errors import RenderError
+from cluster.spec.request import RenderRequest
+from cluster.storage.results import Storage, StorageError
 from serve.edge.errors import ErrorKind, ServiceError
-from cluster.fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
-from serve.tasks.dispatch import Dispatcher, QueueFull
-from serve.tasks.fair_queue import cost_of
-from serve.tasks.record import Api, TaskRecord, TaskStatus, WebhookDelivery
-from serve.tasks.webhook_secrets import TenantSecrets
+from cluster.storage.guarded_fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
+from serve.tasks.dispatch.dispatcher import Dispatcher, QueueFull
+from serve.tasks.dispatch.fair_queue import cost_of
+from serve.tasks.store.record import Api, TaskRecord, TaskStatus, WebhookDelivery
+from serve.tasks.webhooks.secrets import TenantSecrets
 
 CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
 CLIENT_BODY_BUDGET = 8192  # bytes of a stored client body in all, as JSON (keys, numbers and brackets count)

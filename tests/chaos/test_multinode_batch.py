@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.storage import Storage
-from jobs.output import read_metadata, read_stats
-from jobs.render import JobSummary, run_job
-from jobs.spec import JobSpec
+from cluster.storage.results import Storage
+from jobs.output.shards import read_metadata, read_stats
+from jobs.driver.job import JobSummary, run_job
+from jobs.driver.spec import JobSpec
 from tests.multinode import local_cluster, wait_until
 
 ROWS = 24

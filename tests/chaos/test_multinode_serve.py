@@ -27,7 +27,7 @@ import pytest
 from ray import serve
 from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
 
-from cluster.models import deployment_name
+from cluster.spec.catalogue import deployment_name
 from tests.multinode import local_cluster, wait_until
 from tests.servers import local_service
 

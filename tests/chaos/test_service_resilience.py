@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from serve.secrets import new_webhook_secret
-from serve.tasks.record import DeliveryState
-from serve.tasks.sqlite import SQLiteTaskStore
+from serve.tasks.store.record import DeliveryState
+from serve.tasks.store.sqlite import SQLiteTaskStore
 from tests.receiver import webhook_receiver
 from tests.servers import free_port, raydiant_service
 

@@ -70,7 +70,7 @@ class ContractService:
 
     @property
     def sim_dir(self) -> Path:
-        """Where its SIMULATED GPUs record every batch they run (`cluster/sim_engine.py`)."""
+        """Where its SIMULATED GPUs record every batch they run (`cluster/doubles/simulated_gpu.py`)."""
         return self.work / "sim"
 
 

@@ -15,7 +15,7 @@ import pytest
 from dashscope import ImageSynthesis
 from PIL import Image
 
-from cluster.sim_engine import read_busy_intervals
+from cluster.doubles.simulated_gpu import read_busy_intervals
 from tests.contract.conftest import CANCEL_KEY
 
 
@@ -105,7 +105,7 @@ def test_canceling_one_task_of_a_shared_batch_spares_the_others(service):
 def _batch_sizes(service, ids: list[str]) -> list[int | None]:
     import asyncio
 
-    from serve.tasks.sqlite import SQLiteTaskStore
+    from serve.tasks.store.sqlite import SQLiteTaskStore
 
     async def read() -> list[int | None]:
         store = SQLiteTaskStore(Path(service.work) / "tasks.sqlite")

@@ -17,7 +17,7 @@ from dashscope import ImageSynthesis
 from dashscope.aigc.image_synthesis import AioImageSynthesis
 from dashscope.common.error import InvalidTask
 
-from cluster.storage import Storage
+from cluster.storage.results import Storage
 from tests.contract.conftest import API_KEY, OTHER_KEY
 
 

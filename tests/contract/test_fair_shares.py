@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from cluster.sim_engine import read_busy_intervals
+from cluster.doubles.simulated_gpu import read_busy_intervals
 import pytest
 
 from tests.contract.conftest import FLOOD_IMAGES_KEY, FLOOD_KEY, QUIET_IMAGES_KEY, QUIET_KEY

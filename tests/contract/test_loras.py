@@ -20,7 +20,7 @@ from acedatacloud import AceDataCloud
 from dashscope import ImageSynthesis
 from PIL import Image
 
-from cluster.tiny_lora import build_tiny_lora
+from cluster.doubles.tiny_loras import build_tiny_lora
 from tests import hostile_adapters
 from tests.contract.conftest import LORA_KEY, OTHER_KEY
 from tests.servers import file_server
@@ -116,7 +116,7 @@ def test_a_file_that_is_not_safetensors_fails_its_task_and_is_never_loaded(servi
 
 
 def test_a_compiled_model_swaps_adapters_into_its_slot_through_the_sdk(service, base_url, adapters):
-    """flux-compiled: torch.compile'd at start, one adapter slot of rank 8 (cluster/hotswap.py)."""
+    """flux-compiled: torch.compile'd at start, one adapter slot of rank 8 (cluster/lora/hotswap.py)."""
     dashscope.base_http_api_url = base_url
     wide = build_tiny_lora("flux", service.work / "loras" / "wide", seed=13, rank=8)
     common = dict(api_key=LORA_KEY, model="flux-compiled", prompt="a lighthouse", n=1, seed=5, size="512*1024",

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from serve.tasks.record import DeliveryState
-from serve.tasks.sqlite import SQLiteTaskStore
+from serve.tasks.store.record import DeliveryState
+from serve.tasks.store.sqlite import SQLiteTaskStore
 from tests.contract.conftest import HOOK_KEY, OTHER_KEY, WEBHOOK_SECRET
 from tests.receiver import webhook_receiver
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.random_weights import build_random_pipeline
+from cluster.doubles.random_weights import build_random_pipeline
 
 
 @pytest.mark.gpu

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.engine import Renderer
-from cluster.request import RenderRequest
+from cluster.engine.renderer import Renderer
+from cluster.spec.request import RenderRequest
 from tests.conftest import pixels
 
 pytestmark = pytest.mark.gpu

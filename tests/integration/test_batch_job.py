@@ -10,13 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.engine import Renderer
-from cluster.request import RenderRequest
-from cluster.storage import Storage
-from cluster.local_ray import connect
-from jobs.output import read_metadata
-from jobs.render import JobError, run_job
-from jobs.spec import JobSpec
+from cluster.engine.renderer import Renderer
+from cluster.spec.request import RenderRequest
+from cluster.storage.results import Storage
+from cluster.runtime.local_ray import connect
+from jobs.output.shards import read_metadata
+from jobs.driver.job import JobError, run_job
+from jobs.driver.spec import JobSpec
 from tests.conftest import pixels
 
 
@@ -198,9 +198,9 @@ def test_a_broken_model_source_fixed_then_rerun_renders_every_image(tmp_path, in
 def test_a_loras_column_renders_each_rows_adapters_and_records_them(tmp_path, local_config):
     import hashlib
 
-    from cluster.lora_cache import LoraCache
-    from cluster.loras import LoraRef
-    from cluster.tiny_lora import build_tiny_lora
+    from cluster.lora.cache import LoraCache
+    from cluster.spec.loras import LoraRef
+    from cluster.doubles.tiny_loras import build_tiny_lora
 
     from tests import hostile_adapters
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.storage import Storage
-from jobs.output import read_metadata
+from cluster.storage.results import Storage
+from jobs.output.shards import read_metadata
 from serve.local.service import kill_session
 
 RAYDIANT = str(Path(sys.executable).parent / "raydiant")

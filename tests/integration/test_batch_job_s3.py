@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cluster.storage import Storage
-from cluster.local_ray import connect
-from jobs.output import read_metadata
-from jobs.render import run_job
-from jobs.spec import JobSpec
+from cluster.storage.results import Storage
+from cluster.runtime.local_ray import connect
+from jobs.output.shards import read_metadata
+from jobs.driver.job import run_job
+from jobs.driver.spec import JobSpec
 from tests.servers import s3_server
 
 

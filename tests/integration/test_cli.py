@@ -10,7 +10,7 @@ from pathlib import Path
 
 from diffusers import DiffusionPipeline
 
-from cluster.imageio import png_text
+from cluster.images.encoding import png_text
 
 RAYDIANT = [shutil.which("raydiant") or str(Path(sys.executable).parent / "raydiant")]
 

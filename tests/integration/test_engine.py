@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cluster.engine import Renderer
-from cluster.imageio import png_text
-from cluster.request import RenderRequest
-from cluster.errors import ErrorCode
-from cluster.weights import ModelLoadError
+from cluster.engine.renderer import Renderer
+from cluster.images.encoding import png_text
+from cluster.spec.request import RenderRequest
+from cluster.spec.errors import ErrorCode
+from cluster.weights.sources import ModelLoadError
 from tests.conftest import pixels
 
 

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from cluster.request import RenderRequest
+from cluster.spec.request import RenderRequest
 from tests.conftest import pixels
 
 

@@ -12,13 +12,13 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cluster.storage import Storage
+from cluster.storage.results import Storage
 from jobs.gallery import write_gallery
-from cluster.errors import ErrorCode, RenderError
-from cluster.request import ResolvedRequest
-from jobs.output import ShardWriter
-from jobs.plan import ShardPlan
-from jobs.rows import WorkItem
+from cluster.spec.errors import ErrorCode, RenderError
+from cluster.spec.request import ResolvedRequest
+from jobs.output.shards import ShardWriter
+from jobs.driver.plan import ShardPlan
+from jobs.worker.rows import WorkItem
 from tests.conftest import shot
 
 COLOURS = [(200, 40, 40), (40, 160, 60), (40, 70, 200), (220, 180, 30), (120, 40, 160)]

@@ -1,4 +1,4 @@
-"""LoRA adapters on a compiled model (cluster/hotswap.py), on the tiny FLUX pipeline compiled for
+"""LoRA adapters on a compiled model (cluster/lora/hotswap.py), on the tiny FLUX pipeline compiled for
 real (torch.compile on this CPU, about 20 s) with tiny adapters made on the spot:
 
 - switching between no adapters, one adapter, two with scales, and back, at batch sizes 1 and 2,
@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from cluster.engine import Renderer
-from cluster.errors import ErrorCode
-from cluster.hotswap import SlotAdapters
-from cluster.lora_cache import LoraCache
-from cluster.loras import LoraRef
-from cluster.request import RenderRequest
-from cluster.tiny_lora import build_tiny_lora
+from cluster.engine.renderer import Renderer
+from cluster.spec.errors import ErrorCode
+from cluster.lora.hotswap import SlotAdapters
+from cluster.lora.cache import LoraCache
+from cluster.spec.loras import LoraRef
+from cluster.spec.request import RenderRequest
+from cluster.doubles.tiny_loras import build_tiny_lora
 from tests.conftest import images
 
 RANKS = {"a": 4, "b": 8, "c": 8}  # a + b fit the slot's rank of 16; a + b + c do not

@@ -1,4 +1,4 @@
-"""Private Ray heads (cluster/local_ray.py): a head dies with the process that started it, even
+"""Private Ray heads (cluster/runtime/local_ray.py): a head dies with the process that started it, even
 when that process is SIGKILLed and runs none of its clean-up."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from cluster.processes import descendants
+from cluster.runtime.processes import descendants
 
 REPO = Path(__file__).resolve().parents[2]
 OWNER = """
 import time
-from cluster.local_ray import private_head
+from cluster.runtime.local_ray import private_head
 with private_head(num_cpus=1):
     print("ready", flush=True)
     time.sleep(600)

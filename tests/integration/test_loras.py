@@ -20,16 +20,16 @@ import diffusers
 import numpy as np
 import pytest
 
-from cluster.architectures import PIPELINE_CLASS, Family
-from cluster.batch_invariance import make_batch_invariant
-from cluster.engine import Renderer
-from cluster.imageio import png_text
-from cluster.lora_cache import LoraCache
-from cluster.loras import LoraRef
-from cluster.request import RenderRequest
-from cluster.seeding import generator
-from cluster.tiny import TINY_DIRS, build_tiny, tiny_cache_dir
-from cluster.tiny_lora import build_tiny_lora
+from cluster.spec.families import PIPELINE_CLASS, Family
+from cluster.engine.batch_invariance import make_batch_invariant
+from cluster.engine.renderer import Renderer
+from cluster.images.encoding import png_text
+from cluster.lora.cache import LoraCache
+from cluster.spec.loras import LoraRef
+from cluster.spec.request import RenderRequest
+from cluster.spec.seeding import generator
+from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
+from cluster.doubles.tiny_loras import build_tiny_lora
 from tests.conftest import images, pixels
 
 MODELS = {"flux-schnell": Family.FLUX, "stable-diffusion-xl": Family.SDXL}
@@ -100,7 +100,7 @@ def test_two_adapters_with_scales_equal_diffusers_own_set_adapters(engine, root)
     # Their deltas add in the order of the files' hashes, whatever order the request names them in.
     scales = dict(sorted({"a": 0.7, "b": -0.4}.items(), key=lambda item: _sha256(root, family, item[0])))
     pipeline.set_adapters(list(scales), list(scales.values()))
-    # The same CPU kernels as every Renderer on a CPU (cluster/batch_invariance.py).
+    # The same CPU kernels as every Renderer on a CPU (cluster/engine/batch_invariance.py).
     make_batch_invariant([c for c in pipeline.components.values() if hasattr(c, "modules")])
     theirs = pipeline(prompt=["a lighthouse"], width=256, height=256, num_inference_steps=2,
                       guidance_scale=engine.spec.default_guidance, generator=[generator(3, "cpu")]).images[0]

@@ -16,11 +16,11 @@ import time
 import numpy as np
 from ray import serve
 
-from cluster.engine import Renderer
-from cluster.local_ray import connect
-from cluster.models import CATALOGUE
-from cluster.request import RenderRequest, ResolvedRequest
-from cluster.sim_engine import SimulatedTiming
+from cluster.engine.renderer import Renderer
+from cluster.runtime.local_ray import connect
+from cluster.spec.catalogue import CATALOGUE
+from cluster.spec.request import RenderRequest, ResolvedRequest
+from cluster.spec.settings import SimulatedTiming
 from serve.replica.deployment import ModelServer
 from serve.replica.pipelined import ENCODE_BACKLOG, PipelinedRenderer
 from tests.conftest import pixels

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cluster.random_weights import build_random_pipeline, parameter_count
+from cluster.doubles.random_weights import build_random_pipeline, parameter_count
 
 
 def test_full_size_flux_is_the_published_architecture():

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from cluster.config import RateLimitConfig
+from cluster.spec.config import RateLimitConfig
 from serve.edge.ratelimit import RateLimiter
 from tests.servers import redis_server
 

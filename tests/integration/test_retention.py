@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from cluster.config import ServeConfig
-from cluster.storage import Storage
-from serve.tasks.dispatch import Dispatcher
-from serve.tasks.record import TaskStatus
-from serve.tasks.sqlite import SQLiteTaskStore
+from cluster.spec.config import ServeConfig
+from cluster.storage.results import Storage
+from serve.tasks.dispatch.dispatcher import Dispatcher
+from serve.tasks.store.record import TaskStatus
+from serve.tasks.store.sqlite import SQLiteTaskStore
 from tests.factories import task_record
 
 

@@ -17,9 +17,9 @@ import yaml
 import dashscope
 from dashscope import ImageSynthesis
 
-from cluster.config import CONFIG_DIR
-from cluster.local_ray import private_head
-from cluster.processes import free_ports
+from cluster.spec.config import CONFIG_DIR
+from cluster.runtime.local_ray import private_head
+from cluster.runtime.processes import free_ports
 
 BIN = Path(sys.executable).parent
 KEY = "deploy-key"

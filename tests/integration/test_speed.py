@@ -1,4 +1,4 @@
-"""Faster renders (cluster/speed.py) on the tiny FLUX pipeline, on this machine's CPU:
+"""Faster renders (cluster/engine/speed.py) on the tiny FLUX pipeline, on this machine's CPU:
 
 - `lossless` (the default) is bit-identical to a renderer with no step cache configured;
 - `fast` (TaylorSeer: a fixed schedule) changes pixels, is identical alone and in a batch of
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.engine import Renderer
-from cluster.imageio import png_text
-from cluster.request import RenderRequest
-from cluster.speed import FastSettings
+from cluster.engine.renderer import Renderer
+from cluster.images.encoding import png_text
+from cluster.spec.request import RenderRequest
+from cluster.spec.settings import FastSettings
 from tests.conftest import images
 
 

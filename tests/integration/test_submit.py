@@ -13,10 +13,10 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.local_ray import private_head
-from cluster.processes import free_port
-from cluster.storage import Storage
-from jobs.output import read_metadata
+from cluster.runtime.local_ray import private_head
+from cluster.runtime.processes import free_port
+from cluster.storage.results import Storage
+from jobs.output.shards import read_metadata
 
 BIN = Path(sys.executable).parent
 

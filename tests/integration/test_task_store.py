@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from serve.tasks.record import TaskStatus
-from serve.tasks.redis import RedisTaskStore
-from serve.tasks.sqlite import SQLiteTaskStore
+from serve.tasks.store.record import TaskStatus
+from serve.tasks.store.redis import RedisTaskStore
+from serve.tasks.store.sqlite import SQLiteTaskStore
 from tests.factories import resolved_request, task_record
 from tests.servers import redis_server
 
@@ -195,7 +195,7 @@ def test_records_expire_after_retention(store, run):
 
 
 def test_webhooks_come_due_from_the_index(store, run):
-    from serve.tasks.record import DeliveryState, WebhookDelivery
+    from serve.tasks.store.record import DeliveryState, WebhookDelivery
 
     now = time.time()
     due = record(status=TaskStatus.SUCCEEDED, webhook=WebhookDelivery(url="http://x", next_attempt_at=now - 1))

@@ -25,11 +25,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from cluster.engine import Renderer
-from cluster.request import RenderRequest
-from cluster.sim_engine import read_busy_intervals
-from cluster.storage import Storage
-from jobs.output import read_metadata
+from cluster.engine.renderer import Renderer
+from cluster.spec.request import RenderRequest
+from cluster.doubles.simulated_gpu import read_busy_intervals
+from cluster.storage.results import Storage
+from jobs.output.shards import read_metadata
 from tests.conftest import pixels
 from tests.multinode import wait_until
 from tests.servers import raydiant_service

@@ -10,7 +10,7 @@ from jobs.submit import describe, package
 
 def checkout(root: Path) -> Path:
     files = {
-        "cluster/engine.py": "code", "serve/app.py": "code", "jobs/render.py": "code",
+        "cluster/engine/renderer.py": "code", "serve/app.py": "code", "jobs/driver/job.py": "code",
         "configs/cluster.yaml": "models: {}", "pyproject.toml": "[project]",
         "configs/.env": "RAYDIANT_API_KEYS=real", "configs/signing.key": "k", "serve/auth_token": "t",
         "configs/prod-secret.yaml": "api_keys: [real]", "cluster/__pycache__/engine.cpython-311.pyc": "x",
@@ -27,7 +27,7 @@ def test_only_code_and_configs_travel_and_no_secret_file(tmp_path):
     project = checkout(tmp_path / "project")
     out = tmp_path / "out"
     shipped = package(out, project)
-    assert sorted(shipped) == ["cluster/engine.py", "configs/cluster.yaml", "jobs/render.py", "pyproject.toml",
+    assert sorted(shipped) == ["cluster/engine/renderer.py", "configs/cluster.yaml", "jobs/driver/job.py", "pyproject.toml",
                                "serve/app.py"]
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == sorted(shipped)
     assert describe(shipped) == ("shipping 5 files: cluster/ (1 file), serve/ (1 file), jobs/ (1 file), "

@@ -10,16 +10,16 @@ from pathlib import Path
 
 from PIL import Image
 
-from cluster.config import RaydiantConfig
-from cluster.storage import Storage
-from serve.acedata.service import AceDataService
-from serve.dashscope.service import DashScopeService
+from cluster.spec.config import RaydiantConfig
+from cluster.storage.results import Storage
+from serve.doors.acedata.service import AceDataService
+from serve.doors.dashscope.service import DashScopeService
 from serve.edge.http import Caller
-from serve.openai.service import OpenAIService
-from serve.tasks.dispatch import QueueFull, create_with_files
-from serve.tasks.record import ImageOutcome, TaskRecord, TaskStatus
+from serve.doors.openai.service import OpenAIService
+from serve.tasks.dispatch.dispatcher import QueueFull, create_with_files
+from serve.tasks.store.record import ImageOutcome, TaskRecord, TaskStatus
 from serve.tasks.service import TaskService
-from serve.tasks.sqlite import SQLiteTaskStore
+from serve.tasks.store.sqlite import SQLiteTaskStore
 
 CONFIG = {
     "models": {"flux-schnell": {"source": "fake:flux"}, "flux-dev": {"source": "fake:flux"},

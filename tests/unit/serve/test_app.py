@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cluster.config import load_config
+from cluster.spec.config import load_config
 from serve.app import reachable_rules
 
 

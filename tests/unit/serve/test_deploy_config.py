@@ -16,9 +16,9 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from cluster.config import CONFIG_DIR, load_config
+from cluster.spec.config import CONFIG_DIR, load_config
 from serve.deploy_config import rendered
-from cluster.models import deployment_name
+from cluster.spec.catalogue import deployment_name
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO.parent / "shared" / "kuberay-crds"

@@ -16,11 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serve.acedata.protocol import ERRORS as ACEDATA_ERRORS
-from serve.dashscope.protocol import ERRORS as DASHSCOPE_ERRORS
+from serve.doors.acedata.protocol import ERRORS as ACEDATA_ERRORS
+from serve.doors.dashscope.protocol import ERRORS as DASHSCOPE_ERRORS
 from serve.edge import strict_json
 from serve.edge.errors import ErrorKind, ServiceError
-from serve.openai.protocol import ERRORS as OPENAI_ERRORS
+from serve.doors.openai.protocol import ERRORS as OPENAI_ERRORS
 from tests.unit.serve.fakes import caller, doors
 
 EXAMPLES = 150

@@ -9,11 +9,11 @@ import pytest
 from fastapi.testclient import TestClient
 from ray.serve.schema import DeploymentStatus, ReplicaState
 
-from serve.acedata import router as acedata_routes
-from serve.dashscope import router as dashscope_routes
+from serve.doors.acedata import router as acedata_routes
+from serve.doors.dashscope import router as dashscope_routes
 from serve.ingress import covered, create_app, door_of
-from serve.openai import router as openai_routes
-from serve.web import router as web_routes
+from serve.doors.openai import router as openai_routes
+from serve.doors.web import router as web_routes
 
 
 @pytest.mark.parametrize(("path", "routes"), [
@@ -81,7 +81,7 @@ def test_healthz_asks_the_serve_controller_at_most_once_a_second(monkeypatch):
 
 def test_requests_without_a_valid_key_are_limited_per_client_address(monkeypatch):
     import serve.ingress as ingress
-    from cluster.config import RateLimitConfig
+    from cluster.spec.config import RateLimitConfig
     from serve.edge.auth import ApiKeys
     from serve.edge.http import Gate
     from serve.edge.ratelimit import RateLimiter

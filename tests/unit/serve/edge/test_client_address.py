@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cluster.config import ServeConfig
+from cluster.spec.config import ServeConfig
 from serve.edge.client_address import client_address, trusted_networks
 
 LB = trusted_networks(["10.0.0.0/24", "2001:db8::1"])

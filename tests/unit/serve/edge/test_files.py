@@ -8,7 +8,7 @@ import time
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from cluster.storage import Storage
+from cluster.storage.results import Storage
 from serve.edge.files import router
 
 

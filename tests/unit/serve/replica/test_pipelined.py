@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 
-from cluster.config import load_config
-from cluster.engine import Renderer
-from cluster.request import RenderRequest, WorkClass
-from cluster.sim_engine import SimulatedTiming, read_busy_intervals
+from cluster.spec.config import load_config
+from cluster.engine.renderer import Renderer
+from cluster.spec.request import RenderRequest, WorkClass
+from cluster.doubles.simulated_gpu import read_busy_intervals
+from cluster.spec.settings import SimulatedTiming
 from serve.replica.pipelined import PipelinedRenderer
 
 

@@ -1,0 +1,399 @@
+"""`Renderer`: one loaded model that turns resolved requests into images.
+
+The same class is the body of a Ray Serve model replica and the callable of a Ray Data actor
+pool, so it imports neither. It takes requests already validated (`ResolvedRequest`, made once
+by `ModelSpec.resolve` in the task layer or the batch job) and resolves only the raw ones handed
+to `render()` (the CLI, warm-up). It expands each request into its `n` images (image i seeded
+seed + i, each with its own generator), renders images of one shape together in batches of at
+most `max_batch_size`, and returns one `RenderResult` per image in request order. A failing request or batch yields error results, never an exception.
+
+Two stages, so that callers can keep the GPU busy: `denoise()` (the device's work) and
+`encode()` (PNG/WebP/JPEG on the CPU). `render()` runs them one after the other; a Serve replica
+runs the next batch's `denoise()` while the previous batch is encoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+from PIL import Image
+
+from cluster.lora.adapters import PipelineAdapters
+from cluster.spec.families import Family
+from cluster.weights.base_weights import BaseWeights
+from cluster.engine.batch_invariance import make_batch_invariant
+from cluster.engine.batching import plan_batches
+from cluster.spec.config import RaydiantConfig, load_config
+from cluster.images.encoding import ImageFormat, decode, encode, sampling_metadata
+from cluster.lora.cache import LocalLora, LoraCache, LoraUnavailable
+from cluster.spec.loras import AppliedLora, Lora, adapter_set_id
+from cluster.spec.catalogue import ModelSpec, parse_size
+from cluster.engine.progress import Canceled, StepProgress, StepReporter
+from cluster.spec.errors import ErrorCode, RenderError, first_line
+from cluster.lora.hotswap import SlotAdapters
+from cluster.spec.request import RenderRequest, RenderResult, ResolvedRequest
+from cluster.spec.seeding import generator, image_seeds
+from cluster.engine.speed import StepCache, compile_regions, quantize_weights
+from cluster.spec.settings import FastSettings
+from cluster.weights.sources import load_pipeline
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    """CUDA when present, else CPU (or what the caller names)."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`auto` means bf16 on CUDA and fp32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+@dataclass(frozen=True)
+class Denoised:
+    """A batch that left the device: its pictures, or the results that say why it failed."""
+
+    batch: list["_Image"]
+    pictures: list[Image.Image] | None = None
+    failed: list[RenderResult] | None = None
+    elapsed_s: float = 0.0
+    batch_size: int = 0  # images in the device batch (`batch` may be fewer: canceled ones dropped)
+    loras: tuple[AppliedLora, ...] = ()  # the adapters the batch was rendered with
+
+
+@dataclass(frozen=True)
+class _Image:
+    """One image to render: image `index` of request `request_index`."""
+
+    request_index: int
+    index: int
+    seed: int
+    request: ResolvedRequest
+    init_image: Image.Image | None = None
+
+
+def _batch_key(image: _Image) -> Hashable:
+    """Images that can share one pipeline call: same shape and same sampling settings.
+
+    Whether a negative prompt is present is part of the key, because SD pipelines treat a
+    missing one (zeros) differently from any text, and one call takes one or the other.
+    """
+    r = image.request
+    init_size = image.init_image.size if image.init_image is not None else None
+    # One adapter set per batch: the pipeline applies one set to a whole call.
+    return (r.width, r.height, r.steps, r.guidance, r.negative_prompt is not None, init_size,
+            adapter_set_id(r.loras), r.quality)
+
+
+class Renderer:
+    """One model, loaded on one device, rendering batches of requests."""
+
+    def __init__(self, spec: ModelSpec, device: str | None = None, lora_cache: LoraCache | None = None):
+        """`lora_cache`: where adapter files come from (default: the node's cache, with the
+        strict address rules)."""
+        self.spec = spec
+        self.max_batch_size = spec.max_batch_size
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(spec.dtype, self.device)
+        started = time.perf_counter()
+        self.pipeline = load_pipeline(spec.name, spec.family, spec.source, self.dtype, self.device, spec.simulated)
+        if spec.quantize != "none":
+            quantize_weights(self.pipeline, spec.quantize, self.device)
+        self._place_on_device()
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.base = BaseWeights({name: c for name, c in self.pipeline.components.items()
+                                 if isinstance(c, torch.nn.Module)}, fixed_storage=not spec.offload)
+        self.lora_cache = lora_cache or LoraCache()
+        self.adapters = self._adapters()
+        self.step_cache = StepCache(self.pipeline, spec.fast if spec.step_cache else FastSettings())
+        if spec.compile:
+            compile_regions(self.pipeline)
+        self.load_s = time.perf_counter() - started
+        log.info("loaded %s from %s on %s (%s) in %.1fs", spec.name, spec.source, self.device,
+                 self.dtype, self.load_s)
+        if spec.warmup:
+            self.warm_up()
+        if spec.compile:
+            self.warm_up_compiled()
+
+    @classmethod
+    def from_config(cls, model: str, config: RaydiantConfig | None = None, device: str | None = None) -> "Renderer":
+        config = config or load_config()
+        return cls(config.spec(model), device=device)
+
+    # --- set-up -------------------------------------------------------------------------------
+
+    def _modules(self) -> list[torch.nn.Module]:
+        return [c for c in self.pipeline.components.values() if isinstance(c, torch.nn.Module)]
+
+    def _place_on_device(self) -> None:
+        if self.spec.offload and self.device.type == "cuda":
+            self.pipeline.enable_model_cpu_offload(device=self.device)
+            return
+        if self.spec.offload:
+            log.info("%s: offload has no effect on %s; running fully on it", self.spec.name, self.device)
+        self.pipeline.to(self.device)
+        if self.device.type == "cpu":
+            make_batch_invariant(self._modules())
+
+    def _adapters(self) -> PipelineAdapters | SlotAdapters:
+        """A compiled model that takes adapters gets one slot, added before the compile."""
+        if self.spec.compile and self.spec.loras.max:
+            return SlotAdapters(self.pipeline, self.spec.lora_slots, self.spec.lora_rank, self.spec.name,
+                                after_load=self._after_adapter_load)
+        return PipelineAdapters(self.pipeline, self.spec.lora_slots, self.spec.name, self.spec.loras.max_rank,
+                                after_load=self._after_adapter_load)
+
+    def _after_adapter_load(self) -> None:
+        if self.device.type == "cpu":
+            make_batch_invariant(self._modules())  # the adapters' new layers too
+
+    def warm_up(self) -> None:
+        """Render one full batch at the default size with the fewest steps, so that a model that
+        cannot run (OOM, broken weights) fails at load rather than under traffic."""
+        width, height = parse_size(self.spec.default_size)  # type: ignore[misc]
+        init = encode(Image.new("RGB", (width, height), "gray")) if self.spec.edit else None
+        request = RenderRequest(model=self.spec.name, prompt="warm-up", width=width, height=height,
+                                steps=self.spec.min_steps, seed=0, n=1, init_image=init,
+                                add_sampling_metadata=False)
+        started = time.perf_counter()
+        results = self.render([request] * self.max_batch_size)
+        failed = [r.error for r in results if r.error]
+        if failed:
+            raise RuntimeError(f"warm-up of {self.spec.name} failed: {failed[0].message}")
+        log.info("warmed up %s (batch %d) in %.1fs", self.spec.name, self.max_batch_size,
+                 time.perf_counter() - started)
+
+    def warm_up_compiled(self) -> None:
+        """Compile at every configured size, at batch sizes 1 and the largest (dynamic shapes:
+        the sizes and batch sizes between run on that code), lossless and fast, so that no
+        request pays a compile."""
+        sizes = [parse_size(s) for s in (self.spec.compile_sizes or [self.spec.default_size])]
+        started = time.perf_counter()
+        for width, height in sizes:  # type: ignore[misc]
+            for batch in sorted({1, min(2, self.max_batch_size), self.max_batch_size}):
+                for quality in ("lossless", "fast") if self.step_cache.available else ("lossless",):
+                    init = encode(Image.new("RGB", (width, height), "gray")) if self.spec.edit else None
+                    request = RenderRequest(model=self.spec.name, prompt="warm-up", width=width, height=height,
+                                            steps=max(self.spec.min_steps, 2), seed=0, n=batch, init_image=init,
+                                            add_sampling_metadata=False, quality=quality)
+                    failed = [r.error for r in self.render([request]) if r.error]
+                    if failed:
+                        raise RuntimeError(f"compiled warm-up of {self.spec.name} failed: {failed[0].message}")
+        log.info("compiled %s and warmed it up at %s in %.1fs", self.spec.name,
+                 ", ".join(self.spec.compile_sizes or [self.spec.default_size]), time.perf_counter() - started)
+
+    def check_health(self) -> None:
+        """Raise if the device cannot compute (a small computation on it, synchronised) or the
+        base model is no longer the one loaded (`BaseWeights`: nothing a request brought may
+        change it; a replica whose model changed must be replaced, not go on serving)."""
+        probe = torch.arange(8, device=self.device, dtype=torch.float32)
+        if float((probe * 2).sum().item()) != 56.0:
+            raise RuntimeError(f"health check failed: wrong arithmetic on {self.device}")
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        if (changed := self.base.problem()) is not None:
+            raise RuntimeError(f"health check failed: the base weights of {self.spec.name} changed: {changed}")
+
+    # --- rendering ----------------------------------------------------------------------------
+
+    def resolve(self, request: RenderRequest) -> ResolvedRequest | RenderError:
+        """A raw request (the CLI's, warm-up's) checked against this renderer's model."""
+        if request.model != self.spec.name:
+            return RenderError(ErrorCode.MODEL_NOT_FOUND, f"this renderer serves {self.spec.name}, not {request.model}")
+        return self.spec.resolve(request)
+
+    def render(self, requests: Sequence[RenderRequest | ResolvedRequest],
+               image_format: ImageFormat = "png") -> list[RenderResult]:
+        """Render every image of every request; results in request order, then image order.
+
+        Raw `RenderRequest`s are resolved first; one that does not resolve (and any request
+        `plan` refuses) yields one result (index 0) carrying its error.
+        """
+        refused: list[RenderResult] = []
+        resolved: list[ResolvedRequest] = []
+        positions: list[int] = []  # resolved[i] is requests[positions[i]]
+        for position, request in enumerate(requests):
+            checked = self.resolve(request) if isinstance(request, RenderRequest) else request
+            if isinstance(checked, RenderError):
+                refused.append(RenderResult(request_id=request.request_id, request_index=position, index=0,
+                                            seed=request.seed or 0, width=request.width or 0,
+                                            height=request.height or 0, error=checked))
+            else:
+                resolved.append(checked)
+                positions.append(position)
+        results, batches = self.plan(resolved)
+        for batch in batches:
+            for denoised in self.denoise(batch):
+                results.extend(self.encode(denoised, image_format))
+        return sort_results(refused + [dataclasses.replace(r, request_index=positions[r.request_index])
+                                       for r in results])
+
+    def plan(self, requests: Sequence[ResolvedRequest]) -> tuple[list[RenderResult], list[list[_Image]]]:
+        """The results of requests refused outright (another model, an undecodable input image),
+        and the batches of images to render. `request_index` is the position in `requests`."""
+        refused: list[RenderResult] = []
+        images: list[_Image] = []
+        for request_index, request in enumerate(requests):
+            prepared = self._prepare(request_index, request)
+            if isinstance(prepared, RenderResult):
+                refused.append(prepared)
+            else:
+                images.extend(prepared)
+        return refused, plan_batches(images, self._batch_key, self.max_batch_size)
+
+    def _batch_key(self, image: _Image) -> Hashable:
+        # A step cache that decides from a batch's content (First Block Cache) renders its
+        # requests one image a batch, so each is the same alone or among others.
+        if image.request.quality == "fast" and not self.spec.fast.batch_invariant:
+            return (_batch_key(image), image.request_index, image.index)
+        return _batch_key(image)
+
+    @staticmethod
+    def refused(request: ResolvedRequest, error: RenderError, request_index: int = 0) -> RenderResult:
+        """The one result of a request refused outright."""
+        return RenderResult(request_id=request.request_id, request_index=request_index, index=0,
+                            seed=request.seed, width=request.width, height=request.height, error=error)
+
+    def _prepare(self, request_index: int, request: ResolvedRequest) -> list[_Image] | RenderResult:
+        def refuse(error: RenderError) -> RenderResult:
+            return self.refused(request, error, request_index)
+
+        if request.model != self.spec.name:  # a caller routed it to the wrong replica
+            return refuse(RenderError(ErrorCode.MODEL_NOT_FOUND,
+                                      f"this renderer serves {self.spec.name}, not {request.model}"))
+        if request.loras:
+            problem = self.lora_problem(request.loras)
+            if problem is not None:
+                return refuse(problem)
+        init_image = None
+        if request.init_image is not None:
+            try:
+                init_image = decode(request.init_image).convert("RGB")
+            except Exception:  # noqa: BLE001 - any undecodable upload is the caller's error
+                return refuse(RenderError.invalid("image", "cannot be decoded"))
+        return [
+            _Image(request_index, i, seed, request, init_image)
+            for i, seed in enumerate(image_seeds(request.seed, request.n))
+        ]
+
+    def fetch_loras(self, loras: tuple[Lora, ...]) -> dict[str, LocalLora]:
+        """The adapters' local files, by location (fetched on the node's first use); raises
+        `LoraUnavailable`. Callers on an event loop run this in a thread before `plan`."""
+        return {lora.location: self.lora_cache.get(lora) for lora in loras}
+
+    def lora_problem(self, loras: tuple[Lora, ...]) -> RenderError | None:
+        """Why these adapters cannot be applied here, or None (their files are then local)."""
+        if not self.adapters.supported:
+            return RenderError.invalid("loras", f"are not taken by model {self.spec.name} (its engine cannot "
+                                                f"load adapters)")
+        try:
+            return self.adapters.problem(loras, self.fetch_loras(loras))
+        except LoraUnavailable as exc:
+            return exc.error
+        except Exception as exc:  # noqa: BLE001 - whatever a file does to a reader fails its own request
+            log.warning("%s: adapters %s could not be checked: %s", self.spec.name,
+                        [lora.path for lora in loras], first_line(exc))
+            return RenderError.invalid("loras", f"could not be read as LoRA adapters ({type(exc).__name__})")
+
+    def _pipeline_kwargs(self, batch: list[_Image]) -> dict[str, Any]:
+        first = batch[0].request
+        kwargs: dict[str, Any] = {
+            "prompt": [image.request.prompt for image in batch],
+            "width": first.width,
+            "height": first.height,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.guidance,
+            # CPU generators: the starting noise of a seed is the same on every device.
+            "generator": [generator(image.seed, "cpu") for image in batch],
+            "output_type": "pil",
+        }
+        if first.negative_prompt is not None:
+            kwargs["negative_prompt"] = [image.request.negative_prompt for image in batch]
+        if self.spec.family == Family.FLUX_KONTEXT:
+            kwargs["image"] = [image.init_image for image in batch]
+            kwargs["max_area"] = first.width * first.height  # keep the requested size
+        return kwargs
+
+    def denoise(self, batch: list[_Image], on_step: Callable[[StepProgress], None] | None = None,
+                canceled: Callable[[], bool] | None = None) -> list[Denoised]:
+        """The device's work for one batch (retried in halves when it runs out of memory).
+
+        `on_step` hears the batch's progress a few times a second; when `canceled()` turns true
+        the render stops at the next step and its images fail with code `Canceled`.
+        """
+        started = time.perf_counter()
+        kwargs = self._pipeline_kwargs(batch)
+        loras = batch[0].request.loras
+        try:
+            applied = self.adapters.activate(loras, self.fetch_loras(loras)) if self.adapters.supported else ()
+        except LoraUnavailable as exc:  # its file went between plan and now (evicted, removed), or a slot refused it
+            return [Denoised(batch, failed=self._failed(batch, exc.error))]
+        except Exception as exc:  # noqa: BLE001 - a batch holds one set: only its requests fail
+            log.exception("%s: adapters of a batch of %d could not be applied", self.spec.name, len(batch))
+            return [Denoised(batch, failed=self._failed(batch, RenderError(
+                ErrorCode.INTERNAL, f"the adapters could not be applied: {first_line(exc)}")))]
+        self.step_cache.apply(batch[0].request.quality)  # one quality per batch
+        if on_step is not None or canceled is not None:
+            kwargs["callback_on_step_end"] = StepReporter(batch[0].request.steps, on_step or (lambda _: None),
+                                                          canceled or (lambda: False))
+        try:
+            with torch.inference_mode():
+                pictures = self.pipeline(**kwargs).images
+        except Canceled:
+            return [Denoised(batch, failed=self._failed(batch, RenderError(
+                ErrorCode.CANCELED, "the task was canceled while it rendered")))]
+        except torch.OutOfMemoryError:
+            if len(batch) > 1:  # retry in halves: a smaller batch may fit
+                half = len(batch) // 2
+                log.warning("%s: out of memory at batch %d, retrying in halves", self.spec.name, len(batch))
+                return (self.denoise(batch[:half], on_step, canceled)
+                        + self.denoise(batch[half:], on_step, canceled))
+            return [Denoised(batch, failed=self._failed(batch, RenderError(
+                ErrorCode.OUT_OF_MEMORY, "the device ran out of memory rendering this image")))]
+        except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the caller
+            log.exception("%s: batch of %d failed", self.spec.name, len(batch))
+            return [Denoised(batch, failed=self._failed(batch, RenderError(ErrorCode.INTERNAL, f"rendering failed: {first_line(exc)}")))]
+        return [Denoised(batch, pictures, elapsed_s=time.perf_counter() - started, batch_size=len(batch),
+                         loras=applied)]
+
+    def encode(self, denoised: Denoised, image_format: ImageFormat = "png") -> list[RenderResult]:
+        """The CPU's work for one denoised batch: each picture encoded, with its sampling metadata
+        (PNG text chunks) when asked."""
+        if denoised.failed is not None:
+            return denoised.failed
+        return [
+            RenderResult(
+                request_id=image.request.request_id, request_index=image.request_index,
+                index=image.index, seed=image.seed, width=picture.width, height=picture.height,
+                image=encode(picture, image_format, sampling_metadata(image.request, image.seed, denoised.loras)
+                             if image.request.add_sampling_metadata else None),
+                inference_s=denoised.elapsed_s, batch_size=denoised.batch_size or len(denoised.batch),
+                loras=denoised.loras,
+            )
+            for image, picture in zip(denoised.batch, denoised.pictures or [])
+        ]
+
+    @staticmethod
+    def _failed(batch: list[_Image], error: RenderError) -> list[RenderResult]:
+        return [
+            RenderResult(request_id=image.request.request_id, request_index=image.request_index,
+                         index=image.index, seed=image.seed, width=image.request.width,
+                         height=image.request.height, error=error)
+            for image in batch
+        ]
+
+
+def sort_results(results: list[RenderResult]) -> list[RenderResult]:
+    """Request order, then image order."""
+    return sorted(results, key=lambda r: (r.request_index, r.index))

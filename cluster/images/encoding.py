@@ -1,0 +1,63 @@
+"""Image encoding, with the sampling parameters written into the file when asked."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Literal
+
+from PIL import Image, PngImagePlugin
+
+from cluster.spec.loras import AppliedLora
+from cluster.spec.request import ResolvedRequest
+
+ImageFormat = Literal["png", "jpeg", "webp"]
+
+# zlib level 1: ~3x faster than PIL's default 6 at 1024*1024 for a few percent more bytes,
+# which matters when encoding sits on the render path.
+PNG_COMPRESS_LEVEL = 1
+
+
+def sampling_metadata(request: ResolvedRequest, seed: int, loras: tuple[AppliedLora, ...] = ()) -> dict[str, str]:
+    """The text chunks written into a PNG (all values as strings, as PNG tEXt requires); `loras`
+    (when any) as JSON: path, sha256 and scale of each adapter."""
+    extra = {"loras": json.dumps([lora.as_dict() for lora in loras])} if loras else {}
+    return extra | {
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt or "",
+        "seed": str(seed),
+        "steps": str(request.steps),
+        "guidance": str(request.guidance),
+        "model": request.model,
+        "width": str(request.width),
+        "height": str(request.height),
+        "quality": request.quality,
+        "software": "raydiant",
+    }
+
+
+def encode(image: Image.Image, fmt: ImageFormat = "png", metadata: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "png":
+        info = None
+        if metadata:
+            info = PngImagePlugin.PngInfo()
+            for key, value in metadata.items():
+                info.add_itxt(key, value)  # iTXt: UTF-8, so any prompt survives
+        image.save(buf, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
+    elif fmt == "jpeg":
+        image.convert("RGB").save(buf, format="JPEG", quality=95)
+    else:
+        image.save(buf, format="WEBP", quality=95)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def png_text(data: bytes) -> dict[str, str]:
+    """The text chunks of a PNG (empty when it has none)."""
+    return dict(decode(data).text)

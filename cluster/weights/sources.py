@@ -1,0 +1,159 @@
+"""Weight sources and pipeline loading: one code path for tiny, local, fsspec and hub weights.
+
+A source string is one of:
+- `tiny:<family>`   tiny random weights, built into the local cache on first use
+- `random:<family>` full-size architecture, random weights, built on the target device
+- `fake:<family>`   a FAKE engine drawing solid colours (plumbing tests and benchmarks only)
+- `sim:<family>`    a SIMULATED GPU: solid colours after a GPU's time per batch (utilization benchmarks)
+- `scheme://...`    any fsspec URI (`s3://`, `gs://`, `file://`, `memory://`): copied to the
+                    local cache (refreshed when the remote listing changes), then loaded
+- a local directory (absolute, relative, or `~`)
+- `org/name`        a Hugging Face hub id (downloaded by diffusers on real clusters)
+
+Everything except `random:` ends in `<PipelineClass>.from_pretrained(local_dir_or_hub_id)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import diffusers
+import fsspec
+import torch
+
+from cluster.spec.families import PIPELINE_CLASS, Family
+from cluster.spec.errors import first_line
+from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
+
+if TYPE_CHECKING:
+    from cluster.spec.settings import SimulatedTiming
+
+SourceKind = Literal["tiny", "random", "fake", "sim", "fsspec", "local", "hub"]
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class ModelLoadError(Exception):
+    """Weights could not be found or loaded; the message names the model and the source."""
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    kind: SourceKind
+    location: str  # family for tiny/random, URI, path or hub id otherwise
+
+    @property
+    def family(self) -> Family:
+        return Family(self.location)
+
+
+def parse_source(source: str) -> WeightSource:
+    """Classify a source string; raises ModelLoadError for an unknown `tiny:`/`random:` family."""
+    for prefix in ("tiny", "random", "fake", "sim"):
+        if source.startswith(f"{prefix}:"):
+            family = source.split(":", 1)[1]
+            if family not in {f.value for f in Family}:
+                known = ", ".join(f.value for f in Family)
+                raise ModelLoadError(f"unknown family in source '{source}'; expected {prefix}:<{known}>")
+            return WeightSource(prefix, family)  # type: ignore[arg-type]
+    if "://" in source:
+        return WeightSource("fsspec", source)
+    local = Path(source).expanduser()
+    if local.exists() or source.startswith(("/", ".", "~")) or not _HUB_ID.match(source):
+        return WeightSource("local", str(local))
+    return WeightSource("hub", source)
+
+
+def weights_cache_dir() -> Path:
+    return Path(os.environ.get("RAYDIANT_CACHE", Path.home() / ".cache" / "raydiant")) / "weights"
+
+
+def fetch_fsspec(uri: str) -> Path:
+    """Copy a pipeline directory from any fsspec URI into the local cache; returns the copy.
+
+    The copy is keyed by URI and refreshed when the remote listing (names and sizes) changes.
+    It appears atomically, so concurrent workers on one machine never see a partial copy.
+    """
+    try:
+        fs, root = fsspec.core.url_to_fs(uri)
+        listing = {
+            os.path.relpath(path, root): info.get("size")
+            for path, info in fs.find(root, detail=True).items()
+        }
+    except Exception as exc:  # noqa: BLE001 - any filesystem failure is a load failure
+        raise ModelLoadError(f"cannot list weights at {uri}: {exc}") from exc
+    if not listing:
+        raise ModelLoadError(f"no files at {uri}")
+    manifest = json.dumps(sorted(listing.items()))
+    target = weights_cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if (target / ".manifest.json").exists() and (target / ".manifest.json").read_text() == manifest:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
+    try:
+        for rel in listing:
+            dest = staging / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(f"{root.rstrip('/')}/{rel}", str(dest))
+        (staging / ".manifest.json").write_text(manifest)
+        old = target.with_name(target.name + ".old")
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(target, old)
+        os.rename(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"cannot copy weights from {uri}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def local_location(source: WeightSource) -> str:
+    """A local directory (or hub id) that `from_pretrained` can load."""
+    if source.kind == "tiny":
+        return str(build_tiny(source.family, tiny_cache_dir() / TINY_DIRS[source.family]))
+    if source.kind == "fsspec":
+        return str(fetch_fsspec(source.location))
+    if source.kind == "local":
+        path = Path(source.location)
+        if not path.is_dir():
+            raise ModelLoadError(f"weights directory {path} does not exist")
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+    return source.location
+
+
+def load_pipeline(name: str, family: Family, source: str, dtype: torch.dtype, device: torch.device,
+                  simulated: "SimulatedTiming | None" = None) -> diffusers.DiffusionPipeline:
+    """Load model `name` of `family` from `source`. The pipeline is left on the CPU unless the
+    source builds directly on `device` (random:); the caller moves or offloads it. `simulated`
+    is the timing of a `sim:` source (default: H100 FLUX-schnell figures)."""
+    try:
+        parsed = parse_source(source)
+        if parsed.kind in ("fake", "sim"):
+            from cluster.doubles.simulated_gpu import SimulatedGpuPipeline
+            from cluster.spec.settings import FAKE_TIMING, SimulatedTiming
+
+            timing = FAKE_TIMING if parsed.kind == "fake" else simulated or SimulatedTiming()
+            return SimulatedGpuPipeline(parsed.family, timing)  # type: ignore[return-value]
+        if parsed.kind == "random":
+            from cluster.doubles.random_weights import build_random_pipeline
+
+            return build_random_pipeline(parsed.family, device, dtype)
+        location = local_location(parsed)
+        pipeline_class = getattr(diffusers, PIPELINE_CLASS[family])
+        return pipeline_class.from_pretrained(location, dtype=dtype)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"cannot load model {name} from {source}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - report any loader failure as one clear line
+        raise ModelLoadError(f"cannot load model {name} from {source}: {first_line(exc)}") from exc

@@ -1,0 +1,147 @@
+"""The AceData Flux images API: parse its bodies into task-layer calls, render records in its
+shapes. No web framework, no task logic; methods return bodies or `ServiceError`s.
+
+Vocabulary owned here: `action` generate / edit (`edits` accepted), provider model names through
+the config's alias table (`flux-pro` -> a configured model), and sizes as `WxH` (any size the
+model renders) or an aspect ratio `W:H` (the nearest size the model renders, about its native
+area: one megapixel for FLUX and SDXL).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from cluster.spec.errors import RenderError
+from cluster.spec.catalogue import ModelSpec
+from cluster.spec.request import RenderRequest
+from serve.edge import fields
+from serve.doors.acedata.protocol import (
+    ACTIONS, CLIENT_FIELDS, DEFAULT_MODEL, PARAM_NAMES, SERVED_AT, Accepted, Image, ImagesBody, TaskBatch, TaskItem,
+    error_body,
+)
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.fields import Invalid
+from serve.edge.http import Caller
+from serve.tasks.store.record import Api, TaskRecord, TaskStatus, lora_view
+from serve.tasks.service import Submission, TaskService
+
+_RATIO = re.compile(r"^\s*(\d{1,6})\s*:\s*(\d{1,6})\s*$")  # longer sides are no aspect ratio anyone means
+MAX_BATCH_IDS = 100
+
+
+class AceDataService:
+    def __init__(self, tasks: TaskService):
+        self.tasks = tasks
+
+    # --- POST /flux/images ----------------------------------------------------------------------
+
+    async def images(self, caller: Caller) -> dict | ServiceError:
+        try:
+            submission, answer_now = await self._parse(caller)
+        except Invalid as invalid:
+            return invalid.error
+        record = await self.tasks.submit(submission)
+        if isinstance(record, ServiceError):
+            return record
+        if answer_now:
+            return Accepted(task_id=record.task_id, trace_id=record.trace_id).model_dump()
+        finished = await self.tasks.wait_for_images(record, "retrieve it with POST /flux/tasks", PARAM_NAMES)
+        return finished if isinstance(finished, ServiceError) else self.final_body(finished, caller.base_url)
+
+    async def _parse(self, caller: Caller) -> tuple[Submission, bool]:
+        """Kinds are checked here, naming AceData's fields; values by the core, once."""
+        body = fields.json_object(caller.body)
+        action = ACTIONS.get(fields.text(body, "action") or "generate")
+        if action is None:
+            raise Invalid(f"action must be generate or edit, got {body.get('action')!r}", "action")
+        spec = self.tasks.model_for(fields.text(body, "model") or DEFAULT_MODEL, action == "edit", SERVED_AT)
+        if isinstance(spec, ServiceError):
+            raise Invalid.of(spec)
+        width, height = _size(spec, fields.text(body, "size"))
+        count = fields.integer(body, "count", floats=True)  # the SDK types `count` as a number
+        if action == "edit" and count not in (None, 1):
+            raise Invalid("count applies to action generate only (an edit renders one image)", "count")
+        image = None
+        prompt = fields.text(body, "prompt") or ""
+        if action == "edit" and prompt.strip():  # an edit without a prompt is refused before any fetch
+            url = fields.text(body, "image_url")
+            if not url:
+                raise Invalid("image_url is required for action edit", "image_url")
+            image = await self.tasks.input_image(url, "image_url")
+            if isinstance(image, ServiceError):
+                raise Invalid.of(image)
+        callback = fields.text(body, "callback_url")
+        asynchronous = fields.boolean(body, "async") or False
+        request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height,
+                                n=1 if count is None else count, seed=fields.integer(body, "seed"), init_image=image,
+                                loras=fields.loras(body, "loras"), quality=fields.text(body, "quality"))
+        submission = Submission(api=Api.ACEDATA, key_id=caller.key_id, request=request, base_url=caller.base_url,
+                                callback_url=callback, client_body={k: v for k, v in body.items() if k in CLIENT_FIELDS},
+                                sizes="render", param_names=PARAM_NAMES)
+        return submission, asynchronous or bool(callback)
+
+    # --- POST /flux/tasks -----------------------------------------------------------------------
+
+    async def retrieve(self, caller: Caller) -> dict | ServiceError:
+        body = caller.body
+        if not isinstance(body, dict):
+            return ServiceError(ErrorKind.MALFORMED, "request body must be a JSON object")
+        action = body.get("action") or "retrieve"
+        if action == "retrieve":
+            task_id = body.get("id")
+            if not isinstance(task_id, str) or not task_id:
+                return ServiceError.invalid("id must be a task id", "id")
+            record = await self.tasks.get(task_id, caller.key_id)
+            if record is None:
+                return ServiceError(ErrorKind.NOT_FOUND, f"task {task_id} does not exist or has expired")
+            return self.task_item(record, caller.base_url).model_dump(mode="json")
+        if action == "retrieve_batch":
+            ids = body.get("ids")
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or len(ids) > MAX_BATCH_IDS:
+                return ServiceError.invalid(f"ids must be a list of at most {MAX_BATCH_IDS} task ids", "ids")
+            items = [self.task_item(record, caller.base_url) for task_id in ids
+                     if (record := await self.tasks.get(task_id, caller.key_id)) is not None]
+            return TaskBatch(items=items, count=len(items)).model_dump(mode="json")
+        return ServiceError.invalid(f"action must be retrieve or retrieve_batch, got {action!r}", "action")
+
+    # --- rendering a record ---------------------------------------------------------------------
+
+    def task_item(self, record: TaskRecord, base_url: str | None = None) -> TaskItem:
+        response = self.final_body(record, base_url) if record.terminal else None
+        progress = record.progress
+        return TaskItem(id=record.task_id, created_at=record.submit_time, finished_at=record.end_time,
+                        request=record.client_body, response=response, trace_id=record.trace_id,
+                        status=record.status.value.lower(), queue_position=record.queue_position,
+                        progress=progress.steps_only() if progress else None,
+                        eta_s=progress.eta_left(time.time()) if progress else None, loras=lora_view(record))
+
+    def final_body(self, record: TaskRecord, base_url: str | None = None) -> dict:
+        """A finished task's body: the synchronous answer, or the error body (also what its
+        callback receives)."""
+        images = [Image(prompt=record.request.prompt, image_url=self.tasks.result_url(record, o.key, base_url),
+                        seed=o.seed, timings={"inference": round(o.inference_s, 3)})
+                  for o in record.results if o.key]
+        if record.status == TaskStatus.SUCCEEDED and images:
+            loras = lora_view(record)
+            return ImagesBody(task_id=record.task_id, trace_id=record.trace_id, data=images,
+                              loras=loras).model_dump(exclude=None if loras else {"loras"})
+        if record.status == TaskStatus.CANCELED:
+            failure = ServiceError(ErrorKind.TASK_FAILED, "the task was canceled")
+        else:
+            error = record.error()
+            failure = (ServiceError.refused(error, PARAM_NAMES) if error and error.code.callers
+                       else ServiceError(ErrorKind.TASK_FAILED, f"{error.text()} ({error.code.value})" if error
+                                         else "rendering failed"))
+        return error_body(failure, record.task_id)
+
+
+def _size(spec: ModelSpec, size: str | None) -> tuple[int | None, int | None]:
+    if size is None:
+        return None, None
+    if ratio := _RATIO.match(size):
+        chosen = spec.size_for_aspect(int(ratio[1]), int(ratio[2]))
+        if isinstance(chosen, RenderError):
+            raise Invalid(chosen.text(), "size")
+        return chosen
+    return fields.size(size, "size", "WxH (e.g. 1024x1024) or an aspect ratio (e.g. 16:9)")

@@ -1,0 +1,188 @@
+"""DashScope image synthesis: parse DashScope bodies into task-layer calls and render records in
+DashScope's shapes. No web framework, no task logic: every method returns a response body or a
+`ServiceError`; `router.py` maps them to HTTP.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from cluster.spec.errors import RenderError
+from cluster.spec.request import RenderRequest
+from serve.edge import fields
+from serve.doors.dashscope.protocol import (
+    CLIENT_FIELDS, RESULT_CODES, TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput, param_names, request_id,
+)
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.fields import Invalid
+from serve.edge.http import Caller
+from serve.tasks.store.record import Api, TaskRecord, TaskStatus, lora_view
+from serve.tasks.service import Submission, TaskService
+
+
+MAX_PAGE_NO = 1_000_000  # a store's offset must stay a 64-bit integer
+
+
+def format_time(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    moment = datetime.fromtimestamp(ts)
+    return f"{moment.strftime(TIME_FORMAT)}.{moment.microsecond // 1000:03d}"
+
+
+# Where each kind of model is created (a model asked for on the other route is refused).
+SERVED_AT = {True: "it is served at /services/aigc/image2image/image-synthesis",
+             False: "it is served at /services/aigc/text2image/image-synthesis"}
+
+
+class DashScopeService:
+    def __init__(self, tasks: TaskService):
+        self.tasks = tasks
+
+    # --- create -------------------------------------------------------------------------------
+
+    async def create(self, caller: Caller, sync: bool, edit_route: bool) -> dict | ServiceError:
+        try:
+            submission = await self._parse(caller, edit_route)
+        except Invalid as invalid:
+            return invalid.error
+        record = await self.tasks.submit(submission)
+        if isinstance(record, ServiceError):
+            return record
+        if not sync:
+            return {"request_id": request_id(),
+                    "output": {"task_id": record.task_id, "task_status": TaskStatus.PENDING.value}}
+        finished = await self.tasks.wait(record)
+        error = finished.error() if finished.status == TaskStatus.FAILED else None
+        if error is not None and error.code.callers:  # the caller's to fix: a 400, as at submission
+            return ServiceError.refused(error, submission.param_names)
+        return self.task_body(finished, caller.base_url)
+
+    async def _parse(self, caller: Caller, edit_route: bool) -> Submission:
+        """Kinds are checked here, naming DashScope's fields; values by the core, once."""
+        body = fields.json_object(caller.body)
+        model = body.get("model")
+        if not model:
+            raise Invalid("model must not be empty", "model", ErrorKind.EMPTY_MODEL)
+        spec = self.tasks.model_for(fields.text(body, "model") or "", edit_route, SERVED_AT)
+        if isinstance(spec, ServiceError):
+            raise Invalid.of(spec)
+        inputs = body.get("input")
+        if not isinstance(inputs, dict):
+            raise Invalid("input must be an object with a prompt", "input", ErrorKind.EMPTY_PROMPT)
+        params = body.get("parameters")
+        params = {} if params is None else params  # v2 clients leave it out
+        if not isinstance(params, dict):
+            raise Invalid("parameters must be an object", "parameters")
+        width = height = None
+        if (size := fields.text(params, "size", "parameters")) is not None:
+            width, height = fields.size(size, "parameters.size", "W*H, e.g. 1024*1024")
+        n = fields.integer(params, "n", "parameters")
+        fields.boolean(params, "offload", "parameters")  # accepted; offload is a deployment setting
+        metadata = fields.boolean(params, "add_sampling_metadata", "parameters")
+        prompt = fields.text(inputs, "prompt", "input") or ""
+        request = RenderRequest(
+            model=spec.name, prompt=prompt,
+            negative_prompt=fields.text(inputs, "negative_prompt", "input"),
+            width=width, height=height,
+            steps=fields.integer(params, "steps", "parameters"),
+            guidance=fields.number(params, spec.guidance_name, "parameters"),
+            seed=fields.integer(params, "seed", "parameters"),
+            n=1 if n is None else n,
+            add_sampling_metadata=True if metadata is None else metadata,
+            # Not fetched for an empty prompt: the core refuses that first.
+            init_image=await self._input_image(inputs) if spec.edit and prompt.strip() else None,
+            loras=fields.loras(params, "loras", "parameters"),  # extensions
+            quality=fields.text(params, "quality", "parameters"),
+        )
+        # An extension: DashScope has no webhooks; `parameters.callback_url` adds one.
+        callback = fields.text(params, "callback_url", "parameters")
+        return Submission(api=Api.DASHSCOPE, key_id=caller.key_id, request=request, base_url=caller.base_url,
+                          callback_url=callback, client_body={k: body[k] for k in CLIENT_FIELDS if k in body},
+                          param_names=param_names(spec))
+
+    async def _input_image(self, inputs: dict) -> bytes:
+        url = fields.text(inputs, "image_url", "input") or fields.text(inputs, "base_image_url", "input")
+        if not url:
+            raise Invalid("input.image_url is required for image editing", "image_url")
+        image = await self.tasks.input_image(url, "input.image_url")
+        if isinstance(image, ServiceError):
+            raise Invalid.of(image)
+        return image
+
+    # --- fetch / cancel / list ----------------------------------------------------------------
+
+    async def fetch(self, caller: Caller, task_id: str) -> dict:
+        record = await self.tasks.get(task_id, caller.key_id)
+        if record is None:  # unknown, expired, or another key's: all read the same
+            return {"request_id": request_id(),
+                    "output": {"task_id": task_id, "task_status": TaskStatus.UNKNOWN.value}}
+        return self.task_body(record, caller.base_url)
+
+    async def cancel(self, caller: Caller, task_id: str) -> dict | ServiceError:
+        canceled = await self.tasks.cancel(task_id, caller.key_id)
+        return canceled if isinstance(canceled, ServiceError) else {"request_id": request_id()}
+
+    async def list(self, caller: Caller, query: dict[str, str]) -> dict | ServiceError:
+        try:
+            page_no = int(query.get("page_no") or 1)
+            page_size = int(query.get("page_size") or 10)
+            start = _parse_compact_time(query.get("start_time"))
+            end = _parse_compact_time(query.get("end_time"))
+        except ValueError as exc:
+            return ServiceError.invalid(str(exc))
+        if not 1 <= page_no <= MAX_PAGE_NO or not 1 <= page_size <= 100:
+            return ServiceError.invalid(f"page_no must be 1..{MAX_PAGE_NO} and page_size 1..100")
+        records, total = await self.tasks.list(
+            caller.key_id, status=query.get("status") or None, model=query.get("model_name") or None,
+            start=start, end=end, page_no=page_no, page_size=page_size)
+        items = [TaskListItem(task_id=r.task_id, task_status=r.status.value, model_name=r.model,
+                              submit_time=format_time(r.submit_time), scheduled_time=format_time(r.scheduled_time),
+                              end_time=format_time(r.end_time)) for r in records]
+        return TaskList(request_id=request_id(), tasks=items, data=items, total=total, page_no=page_no,
+                        page_size=page_size).model_dump(exclude_none=True)
+
+    # --- rendering a record ---------------------------------------------------------------------
+
+    def task_body(self, record: TaskRecord, base_url: str | None = None) -> dict:
+        """The fetch body of a task (also what its webhook receives)."""
+        output = TaskOutput(task_id=record.task_id, task_status=record.status.value,
+                            submit_time=format_time(record.submit_time),
+                            scheduled_time=format_time(record.scheduled_time),
+                            end_time=format_time(record.end_time), queue_position=record.queue_position,
+                            loras=lora_view(record))
+        if record.progress is not None:
+            output.progress = record.progress.steps_only()
+            output.eta_s = record.progress.eta_left(time.time())
+        usage = None
+        if record.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and record.results:
+            output.results = [
+                {"url": self.tasks.result_url(record, o.key, base_url), "seed": o.seed} if o.key
+                else {"code": RESULT_CODES[o.code] if o.code else None, "message": self._text(record, o.error()),
+                      "seed": o.seed}
+                for o in record.results]
+            succeeded = sum(1 for o in record.results if o.key)
+            output.task_metrics = {"TOTAL": len(record.results), "SUCCEEDED": succeeded,
+                                   "FAILED": len(record.results) - succeeded}
+            usage = {"image_count": succeeded}
+        if record.status == TaskStatus.FAILED:
+            output.code = RESULT_CODES[record.code] if record.code else None
+            output.message = self._text(record, record.error()) if record.code else None
+        return TaskBody(request_id=request_id(), output=output, usage=usage).model_dump(exclude_none=True)
+
+    def _text(self, record: TaskRecord, error: RenderError | None) -> str | None:
+        """An error's message, naming its parameter as DashScope bodies spell it."""
+        if error is None:
+            return None
+        spec = self.tasks.specs.get(record.model)
+        return error.text(param_names(spec).get(error.param) if spec and error.param else None)
+
+
+def _parse_compact_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.strptime(value, "%Y%m%d%H%M%S").timestamp()
+    except ValueError:
+        raise ValueError(f"time {value!r} must look like YYYYMMDDhhmmss") from None

@@ -1,0 +1,194 @@
+"""The OpenAI Images API: parse its bodies into task-layer calls, render records in its shapes.
+No web framework, no task logic; methods return bodies or `ServiceError`s.
+
+Vocabulary owned here: `model` (a served model or an alias; when absent, the first served model
+that generates, or edits, as the route needs), `size` as `WxH` (any size the model renders) or
+`auto`, `response_format` url | b64_json, and the extensions `seed`, `steps`, `guidance`,
+`negative_prompt`, `loras` (the SDK sends them through `extra_body`; a multipart edit sends
+`loras` as JSON text), and `quality`: ours (`lossless`, `fast`) or OpenAI's own values (taken,
+rendered lossless). Calls are synchronous, and a retried
+call joins the task of the first (`TaskService.submit_once`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+
+from cluster.spec.catalogue import ModelSpec
+from cluster.spec.request import RenderRequest
+from serve.edge import fields
+from serve.edge.errors import ErrorKind, ServiceError
+from cluster.storage.guarded_fetch import FetchError, check_image
+from serve.edge.fields import Invalid
+from serve.edge.http import Caller
+from serve.doors.openai.protocol import (
+    IGNORED_FIELDS, OPENAI_QUALITIES, RESPONSE_FORMATS, SERVED_AT, ImageData, ImagesResponse, ModelCard, ModelList,
+)
+from serve.tasks.store.record import Api, TaskRecord, lora_view
+from serve.tasks.service import Submission, TaskService
+
+KNOWN_FIELDS = frozenset({"prompt", "model", "n", "size", "response_format", "seed", "steps", "guidance",
+                          "negative_prompt", "loras", "quality"})
+IMAGE_FIELDS = ("image", "image[]", "mask")  # files, on the edits route only
+
+
+@dataclass(frozen=True)
+class EditUpload:
+    """A multipart edit request as the router read it: text fields, and the files' bytes."""
+
+    fields: dict[str, str]
+    images: list[bytes]
+    mask: bytes | None = None
+
+
+class OpenAIService:
+    def __init__(self, tasks: TaskService):
+        self.tasks = tasks
+
+    # --- POST /v1/images/generations and /v1/images/edits ---------------------------------------
+
+    async def generate(self, caller: Caller, idempotency_key: str | None) -> dict | ServiceError:
+        body = caller.body
+        if not isinstance(body, dict):
+            return ServiceError(ErrorKind.MALFORMED, "request body must be a JSON object")
+        fingerprint = _fingerprint("generations", body, idempotency_key)
+        return await self._create(caller, body, None, fingerprint, idempotency_key is not None,
+                                  _digest("generations", body))
+
+    async def edit(self, caller: Caller, upload: EditUpload, idempotency_key: str | None) -> dict | ServiceError:
+        if upload.mask is not None:
+            return ServiceError.invalid("mask is not supported: edit models here take the whole image", "mask")
+        if len(upload.images) != 1:
+            return ServiceError.invalid(f"send exactly one image (got {len(upload.images)})", "image")
+        if len(upload.images[0]) > self.tasks.settings.max_image_bytes:
+            return ServiceError.invalid(f"image is larger than {self.tasks.settings.max_image_bytes} bytes", "image")
+        try:
+            check_image(upload.images[0], self.tasks.settings.fetch.max_image_pixels)
+        except FetchError as exc:
+            return ServiceError.invalid(f"image: {exc}", "image")
+        digest = hashlib.sha256(upload.images[0]).hexdigest()
+        fingerprint = _fingerprint("edits", {**upload.fields, "image": digest}, idempotency_key)
+        return await self._create(caller, dict(upload.fields), upload.images[0], fingerprint,
+                                  idempotency_key is not None, _digest("edits", {**upload.fields, "image": digest}))
+
+    async def _create(self, caller: Caller, body: dict, image: bytes | None, fingerprint: str,
+                      explicit: bool, body_digest: str) -> dict | ServiceError:
+        try:
+            submission, response_format = self._parse(caller, body, image)
+        except Invalid as invalid:
+            return invalid.error
+        record = await self.tasks.submit_once(submission, fingerprint, explicit, body_digest)
+        if isinstance(record, ServiceError):
+            return record
+        finished = await self.tasks.wait_for_images(record, "retry to keep waiting", submission.param_names)
+        if isinstance(finished, ServiceError):
+            return finished
+        return (await self._answer(finished, response_format, caller.base_url)).model_dump(exclude_none=True)
+
+    def _parse(self, caller: Caller, body: dict, image: bytes | None) -> tuple[Submission, str]:
+        """Kinds are checked here, naming OpenAI's fields; values by the core, once."""
+        edit = image is not None
+        if not edit and (sent := next((f for f in IMAGE_FIELDS if f in body), None)):
+            raise Invalid(f"{sent}: images go to /v1/images/edits, as multipart files", sent)
+        spec = self._model(fields.text(body, "model"), edit)
+        size = fields.text(body, "size")
+        width = height = None
+        if size not in (None, "auto"):
+            width, height = fields.size(size, "size", "WxH (e.g. 1024x1024) or auto")
+        response_format = fields.text(body, "response_format") or "url"
+        if response_format not in RESPONSE_FORMATS:
+            raise Invalid(f"response_format must be url or b64_json, got {response_format!r}", "response_format")
+        unknown = sorted(set(body) - KNOWN_FIELDS - set(IGNORED_FIELDS))
+        if unknown:
+            raise Invalid(f"unknown parameter {unknown[0]!r}", unknown[0])
+        _check_ignored(body, multipart=edit)
+        n = fields.integer(body, "n", floats=True, strings=True)  # multipart sends text
+        request = RenderRequest(model=spec.name, prompt=fields.text(body, "prompt") or "", width=width, height=height,
+                                n=1 if n is None else n, seed=fields.integer(body, "seed", floats=True, strings=True),
+                                steps=fields.integer(body, "steps", floats=True, strings=True),
+                                guidance=fields.number(body, "guidance", strings=True),
+                                negative_prompt=fields.text(body, "negative_prompt"), init_image=image,
+                                loras=fields.loras(body, "loras", text_json=edit), quality=_quality(body))
+        client_body = {k: v for k, v in body.items() if k != "image"}
+        return Submission(api=Api.OPENAI, key_id=caller.key_id, request=request, base_url=caller.base_url,
+                          client_body=client_body, sizes="render"), response_format
+
+    def _model(self, name: str | None, edit: bool) -> ModelSpec:
+        if name is None:
+            default = next((s for s in self.tasks.specs.values() if s.edit == edit), None)
+            if default is None:
+                raise Invalid(f"no model here {'edits' if edit else 'generates'} images", "model",
+                              ErrorKind.MODEL_NOT_FOUND)
+            return default
+        spec = self.tasks.model_for(name, edit, SERVED_AT)
+        if isinstance(spec, ServiceError):
+            raise Invalid.of(spec)
+        return spec
+
+    async def _answer(self, record: TaskRecord, response_format: str, base_url: str) -> ImagesResponse:
+        data = []
+        for outcome in record.results:
+            if not outcome.key:
+                continue
+            if response_format == "b64_json":
+                png = await asyncio.to_thread(self.tasks.storage.read, outcome.key)
+                data.append(ImageData(b64_json=base64.b64encode(png).decode(), seed=outcome.seed))
+            else:
+                data.append(ImageData(url=self.tasks.result_url(record, outcome.key, base_url), seed=outcome.seed))
+        revised = record.request.prompt if record.request.prompt != (record.client_body or {}).get("prompt") else None
+        for item in data:
+            item.revised_prompt = revised
+        return ImagesResponse(created=int(record.submit_time), data=data, loras=lora_view(record))
+
+    # --- GET /v1/models --------------------------------------------------------------------------
+
+    def models(self) -> dict:
+        aliases = self.tasks.settings.model_aliases
+        cards = [_card(name, spec, None) for name, spec in self.tasks.specs.items()]
+        cards += [_card(alias, self.tasks.specs[target], target) for alias, target in aliases.items()
+                  if target in self.tasks.specs]
+        return ModelList(data=cards).model_dump()
+
+
+def _quality(body: dict) -> str | None:
+    """Ours (lossless, fast), or None for OpenAI's own values (standard, hd, ...: lossless here)."""
+    quality = fields.text(body, "quality")
+    return None if quality in OPENAI_QUALITIES else quality
+
+
+def _check_ignored(body: dict, multipart: bool) -> None:
+    """OpenAI's fields that do not apply here, type-checked all the same (multipart sends text)."""
+    for name, kind in IGNORED_FIELDS.items():
+        if kind is str:
+            fields.text(body, name)
+        elif kind is int:
+            fields.integer(body, name, strings=multipart)
+        elif not (multipart and body.get(name) in ("true", "false")):
+            fields.boolean(body, name)
+
+
+def _card(name: str, spec: ModelSpec, alias_of: str | None) -> ModelCard:
+    sizes = spec.api_sizes.allowed
+    return ModelCard(id=name, alias_of=alias_of, edit=spec.edit,
+                     sizes=[s.replace("*", "x") for s in sizes] if sizes else None,
+                     default_size=spec.default_size.replace("*", "x"), max_n=spec.max_n,
+                     min_steps=spec.min_steps, max_steps=spec.max_steps, default_steps=spec.default_steps,
+                     guidance_name=spec.guidance_name, min_guidance=spec.min_guidance, max_guidance=spec.max_guidance,
+                     default_guidance=spec.default_guidance, max_loras=spec.loras.max, fast=spec.step_cache,
+                     max_lora_scale=spec.loras.max_scale)
+
+
+def _fingerprint(route: str, body: dict, idempotency_key: str | None) -> str:
+    """What identifies a repeat of this request: the client's key, else the body itself."""
+    if idempotency_key is not None:
+        return f"key:{hashlib.sha256(idempotency_key.encode('utf-8', 'replace')).hexdigest()}"
+    return f"body:{_digest(route, body)}"
+
+
+def _digest(route: str, body: dict) -> str:
+    canonical = json.dumps({"route": route, "body": body}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode("utf-8", "replace")).hexdigest()

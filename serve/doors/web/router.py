@@ -1,0 +1,42 @@
+"""The web page: `GET /` (one static page, no build step), its files, and the two reads it makes
+beyond the API doors. Errors use the DashScope shape, the door the page creates tasks through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from serve.doors.dashscope.protocol import ERRORS, error_body
+from serve.edge.http import Caller, Door
+from serve.doors.web.service import WebService
+
+STATIC = Path(__file__).parent / "static"
+router = APIRouter()  # the page's reads, mounted at /web
+page_router = APIRouter()  # the page itself, at /
+# Errors in the DashScope shape: the page creates and cancels tasks through that door.
+door = Door(service="web", errors=ERRORS, error_body=error_body, prefix="/web")
+# StaticFiles serves only files under STATIC (it refuses paths that leave it).
+static_files = StaticFiles(directory=STATIC)
+
+
+def _service(request: Request) -> WebService:
+    return request.app.state.web
+
+
+@page_router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    # The page holds no data: the key is typed in the browser, and every read carries it.
+    return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
+
+
+@door.route(router, "GET", "/api/tasks")
+async def recent(service: WebService, caller: Caller, request: Request):
+    return await service.recent(caller)
+
+
+@door.route(router, "GET", "/api/tasks/{task_id}")
+async def task(service: WebService, caller: Caller, request: Request):
+    return await service.task(caller, request.path_params["task_id"])

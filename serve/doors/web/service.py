@@ -1,0 +1,43 @@
+"""The web page's reads: this key's tasks as `TaskView`s. Creating and canceling go through the
+DashScope door, as any client's would."""
+
+from __future__ import annotations
+
+import time
+
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.http import Caller
+from serve.tasks.store.record import TaskRecord, lora_view
+from serve.tasks.service import TaskService
+from serve.doors.web.protocol import ImageView, TaskPage, TaskView
+
+PAGE_SIZE = 24
+
+
+class WebService:
+    def __init__(self, tasks: TaskService):
+        self.tasks = tasks
+
+    async def task(self, caller: Caller, task_id: str) -> dict | ServiceError:
+        record = await self.tasks.get(task_id, caller.key_id)
+        if record is None:
+            return ServiceError(ErrorKind.NOT_FOUND, f"task {task_id} does not exist or has expired")
+        return self.view(record, caller.base_url).model_dump()
+
+    async def recent(self, caller: Caller) -> dict:
+        records, total = await self.tasks.list(caller.key_id, page_size=PAGE_SIZE)
+        return TaskPage(tasks=[self.view(r, caller.base_url) for r in records], total=total).model_dump()
+
+    def view(self, record: TaskRecord, base_url: str) -> TaskView:
+        request, progress = record.request, record.progress
+        images = [ImageView(seed=o.seed, url=self.tasks.result_url(record, o.key, base_url) if o.key else None,
+                            error=o.error().text() if o.code else None) for o in record.results]
+        return TaskView(task_id=record.task_id, api=record.api, model=record.model, status=record.status.value,
+                        prompt=request.prompt, negative_prompt=request.negative_prompt,
+                        size=f"{request.width}*{request.height}", n=request.n, seed=request.seed,
+                        steps=request.steps, guidance=request.guidance, submit_time=record.submit_time,
+                        end_time=record.end_time, queue_position=record.queue_position,
+                        progress=progress.steps_only() if progress else None,
+                        eta_s=progress.eta_left(time.time()) if progress else None,
+                        images=images, error=record.error().text() if record.code else None, loras=lora_view(record),
+                        quality=request.quality)

@@ -1,0 +1,45 @@
+"""Weight sources: classification, and clear errors for missing or broken model directories."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cluster.spec.families import Family
+from cluster.weights.sources import ModelLoadError, load_pipeline, parse_source
+
+
+def test_source_kinds(tmp_path):
+    assert parse_source("tiny:sdxl").kind == "tiny"
+    assert parse_source("random:flux").kind == "random"
+    assert parse_source("s3://bucket/flux/").kind == "fsspec"
+    assert parse_source("file:///models/flux").kind == "fsspec"
+    assert parse_source("black-forest-labs/FLUX.1-schnell").kind == "hub"
+    assert parse_source(str(tmp_path)).kind == "local"
+    assert parse_source("./models/flux").kind == "local"
+
+
+def test_unknown_tiny_family():
+    with pytest.raises(ModelLoadError, match="unknown family.*tiny:<flux, flux-kontext, sdxl, sd15>"):
+        parse_source("tiny:dalle")
+
+
+def load(source: str):
+    return load_pipeline("flux-schnell", Family.FLUX, source, torch.float32, torch.device("cpu"))
+
+
+def test_missing_directory_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ModelLoadError, match=f"cannot load model flux-schnell from {missing}: weights directory .* does not exist"):
+        load(str(missing))
+
+
+def test_directory_without_pipeline_is_named(tmp_path):
+    with pytest.raises(ModelLoadError, match="not a diffusers pipeline directory"):
+        load(str(tmp_path))
+
+
+def test_empty_fsspec_location(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="no files at"):
+        load(f"file://{tmp_path / 'empty'}")

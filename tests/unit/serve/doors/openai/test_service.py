@@ -1,0 +1,163 @@
+"""The OpenAI door without a server: validation (each error names its parameter), bodies, the
+error shape, and repeats joining one task, over the real task layer with a FAKE dispatcher.
+End to end with the real SDK: tests/contract/test_openai_sdk.py."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import pytest
+
+from cluster.spec.errors import ErrorCode
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.doors.openai.protocol import ERRORS
+from serve.doors.openai.protocol import error_body
+from serve.doors.openai.service import EditUpload
+from tests.unit.serve.fakes import caller, doors, png
+
+
+@pytest.fixture
+def door(tmp_path):
+    return doors(tmp_path)
+
+
+def generate(door, body, key=None, key_id="key-a"):
+    return asyncio.run(door.openai.generate(caller(body, key_id), key))
+
+
+def edit(door, fields, images, mask=None):
+    return asyncio.run(door.openai.edit(caller(), EditUpload(fields, images, mask), None))
+
+
+@pytest.mark.parametrize(("body", "kind", "param", "words"), [
+    ([1], ErrorKind.MALFORMED, None, "JSON object"),
+    ({}, ErrorKind.EMPTY_PROMPT, "prompt", "prompt must not be empty"),
+    ({"prompt": 3}, ErrorKind.INVALID, "prompt", "prompt must be a string"),
+    ({"prompt": "x", "model": "dall-e-3"}, ErrorKind.MODEL_NOT_FOUND, "model", "dall-e-3 is not served"),
+    ({"prompt": "x", "model": "flux-kontext-pro"}, ErrorKind.INVALID, "model", "use /v1/images/edits"),
+    ({"prompt": "x", "size": "big"}, ErrorKind.INVALID, "size", "size must be WxH"),
+    ({"prompt": "x", "size": "100x100"}, ErrorKind.INVALID, "size", "size 100*100 is not allowed"),
+    ({"prompt": "x", "n": 9}, ErrorKind.INVALID, "n", "n must be 1..4"),
+    ({"prompt": "x", "n": 1.5}, ErrorKind.INVALID, "n", "n must be an integer"),
+    ({"prompt": "x", "response_format": "jpeg"}, ErrorKind.INVALID, "response_format", "url or b64_json"),
+    ({"prompt": "x", "seed": "abc"}, ErrorKind.INVALID, "seed", "seed must be an integer"),
+    ({"prompt": "x", "steps": 1000}, ErrorKind.INVALID, "steps", "steps must be 1..100"),
+    ({"prompt": "x", "colour": "red"}, ErrorKind.INVALID, "colour", "unknown parameter"),
+    ({"prompt": "x", "image": "data:..."}, ErrorKind.INVALID, "image", "images go to /v1/images/edits"),
+    # Ignored fields are type-checked all the same.
+    ({"prompt": "x", "user": {"id": 1}}, ErrorKind.INVALID, "user", "user must be a string"),
+    ({"prompt": "x", "stream": "yes"}, ErrorKind.INVALID, "stream", "stream must be a boolean"),
+    ({"prompt": "x", "partial_images": 1.5}, ErrorKind.INVALID, "partial_images", "must be an integer"),
+    ({"prompt": "x", "style": ["vivid"]}, ErrorKind.INVALID, "style", "style must be a string"),
+])
+def test_bad_generations_name_their_parameter(door, body, kind, param, words):
+    error = generate(door, body)
+    assert isinstance(error, ServiceError) and error.kind == kind and words in error.message
+    assert error.param == param
+    assert door.dispatcher.submitted == []  # nothing was queued
+
+
+def test_error_shape_is_openais():
+    body = error_body(ServiceError(ErrorKind.INVALID, "size must be WxH", "size"))
+    assert body == {"error": {"message": "size must be WxH", "type": "invalid_request_error", "param": "size",
+                              "code": None}}
+    statuses = {kind: ERRORS[kind].status for kind in (ErrorKind.INVALID, ErrorKind.UNAUTHENTICATED,
+                                                       ErrorKind.MODEL_NOT_FOUND, ErrorKind.RATE_LIMITED,
+                                                       ErrorKind.QUEUE_FULL)}
+    assert list(statuses.values()) == [400, 401, 404, 429, 503]
+    assert set(ERRORS) == set(ErrorKind)  # every error has an OpenAI rendering
+
+
+def test_queue_full_is_503(door):
+    door.dispatcher.full = True
+    error = generate(door, {"prompt": "x"})
+    assert ERRORS[error.kind].status == 503 and error.retry_after_s
+
+
+def test_generation_answers_urls_or_base64_with_seeds(door):
+    answer = generate(door, {"prompt": "a fox", "n": 3, "size": "512x512", "seed": 40, "steps": 2,
+                             "guidance": 3.5, "negative_prompt": "blur", "quality": "hd", "user": "u1"})
+    assert [d["seed"] for d in answer["data"]] == [40, 41, 42]
+    assert all(d["url"].startswith("http://testserver/files/tasks/") for d in answer["data"])
+    request = door.dispatcher.submitted[0].request
+    assert (request.width, request.height, request.steps, request.guidance, request.negative_prompt) == (
+        512, 512, 2, 3.5, "blur")
+    encoded = generate(door, {"prompt": "a fox", "response_format": "b64_json"})
+    assert base64.b64decode(encoded["data"][0]["b64_json"]).startswith(b"\x89PNG")
+
+
+def test_a_repeat_joins_the_first_task(door):
+    first = generate(door, {"prompt": "same", "seed": 1})
+    again = generate(door, {"prompt": "same", "seed": 1})
+    other_key = generate(door, {"prompt": "same", "seed": 1}, key_id="key-b")
+    different = generate(door, {"prompt": "same", "seed": 2})
+    assert again == first and len(door.dispatcher.submitted) == 3
+    assert other_key["data"][0]["url"] != first["data"][0]["url"]
+    assert different["data"][0]["url"] != first["data"][0]["url"]
+    keyed = generate(door, {"prompt": "keyed"}, key="retry-1")
+    assert generate(door, {"prompt": "keyed"}, key="retry-1") == keyed
+    assert len(door.dispatcher.submitted) == 4
+
+
+def test_a_failed_task_is_tried_afresh(door):
+    door.dispatcher.fail_with = (ErrorCode.INTERNAL, "boom")
+    assert generate(door, {"prompt": "flaky"}).kind == ErrorKind.TASK_FAILED
+    door.dispatcher.fail_with = None
+    assert "data" in generate(door, {"prompt": "flaky"})
+    assert len(door.dispatcher.submitted) == 2
+
+
+def test_edits(door):
+    answer = edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro", "n": "1"}, [png()])
+    assert len(answer["data"]) == 1
+    assert door.dispatcher.submitted[0].init_image_key  # the upload went to storage, not the record
+    assert edit(door, {"prompt": "x"}, []).param == "image"
+    assert "exactly one image" in edit(door, {"prompt": "x"}, [png(), png()]).message
+    assert edit(door, {"prompt": "x"}, [b"not an image"]).param == "image"
+    assert edit(door, {"prompt": "x"}, [png()], mask=png()).param == "mask"
+    assert "use /v1/images/generations" in edit(door, {"prompt": "x", "model": "flux-dev"}, [png()]).message
+    # The multipart `loras` field is JSON text, read with the body's own bounds (a deep one was a 500).
+    for hostile in ("[" * 100_000, '[{"path": "a", "scale": 1' + "0" * 400 + "}]", "\ud800"):
+        refused = edit(door, {"prompt": "x", "model": "flux-kontext-pro", "loras": hostile}, [png()])
+        assert refused.kind == ErrorKind.INVALID and refused.param == "loras", refused
+
+
+def test_models_list_offers_each_models_options(door):
+    cards = {c["id"]: c for c in door.openai.models()["data"]}
+    assert cards["flux-pro"]["alias_of"] == "flux-dev" and cards["flux-kontext"]["edit"] is True
+    assert "1024x1024" in cards["flux-schnell"]["sizes"] and cards["flux-schnell"]["max_n"] == 4
+
+
+@pytest.mark.parametrize("failure", ["full", "broken"])
+def test_a_failed_edit_submission_leaves_no_input_file(door, failure):
+    setattr(door.dispatcher, failure, True)
+    if failure == "full":
+        error = edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
+        assert ERRORS[error.kind].status == 503
+    else:
+        with pytest.raises(ConnectionError):
+            edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
+    left = [p for p in Path(door.storage.root).rglob("*") if p.is_file()]
+    assert left == []  # the input image is written only once the record exists
+
+
+def test_an_input_that_cannot_be_written_takes_its_record_back(door, monkeypatch):
+    def broken_write(key, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(door.storage, "write", broken_write)
+    with pytest.raises(OSError):
+        edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
+    [record] = door.dispatcher.submitted
+    assert asyncio.run(door.dispatcher.store.get(record.task_id)) is None  # no record without its input
+
+
+def test_an_idempotency_key_reused_with_another_body_is_a_conflict(door):
+    first = generate(door, {"prompt": "a fox", "model": "flux-schnell"}, key="k-7")
+    again = generate(door, {"prompt": "a fox", "model": "flux-schnell"}, key="k-7")
+    assert first["data"][0]["url"] == again["data"][0]["url"] and len(door.dispatcher.submitted) == 1
+    other = generate(door, {"prompt": "a wolf", "model": "flux-schnell"}, key="k-7")
+    assert isinstance(other, ServiceError) and other.kind == ErrorKind.CONFLICT and other.param == "Idempotency-Key"
+    assert len(door.dispatcher.submitted) == 1
