@@ -7,9 +7,16 @@ to `render()` (the CLI, warm-up). It expands each request into its `n` images (i
 seed + i, each with its own generator), renders images of one shape together in batches of at
 most `max_batch_size`, and returns one `RenderResult` per image in request order. A failing request or batch yields error results, never an exception.
 
-Two stages, so that callers can keep the GPU busy: `denoise()` (the device's work) and
-`encode()` (PNG/WebP/JPEG on the CPU). `render()` runs them one after the other; a Serve replica
-runs the next batch's `denoise()` while the previous batch is encoded.
+Four steps, each done once per request or batch:
+
+- `prepare()` checks what a request brings that the model has to read (its LoRA files, fetched
+  and checked; its input image, decoded) and refuses it otherwise. It blocks (downloads, file
+  reads): a caller on an event loop runs it in a thread, before the request joins a batch.
+- `plan()` groups prepared requests' images into device batches of one shape (no I/O).
+- `denoise()` is the device's work for one batch; `encode()` (PNG/WebP/JPEG) the CPU's.
+
+`render()` runs them one after the other; a Serve replica prepares in a thread, then runs the
+next batch's `denoise()` while the previous batch is encoded.
 """
 
 from __future__ import annotations
@@ -28,7 +35,6 @@ from cluster.spec.families import Family
 from cluster.weights.base_weights import BaseWeights
 from cluster.engine.batch_invariance import make_batch_invariant
 from cluster.engine.batching import plan_batches
-from cluster.spec.config import RaydiantConfig, load_config
 from cluster.images.encoding import ImageFormat, decode, encode, sampling_metadata
 from cluster.lora.cache import LocalLora, LoraCache, LoraUnavailable
 from cluster.spec.loras import AppliedLora, Lora, adapter_set_id
@@ -72,14 +78,31 @@ class Denoised:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A request whose inputs this renderer has checked: its input image decoded, its adapters'
+    files local and checked (by location). Made once by `prepare`; batches only read it."""
+
+    request: ResolvedRequest
+    init_image: Image.Image | None = None
+    lora_files: dict[str, LocalLora] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class _Image:
     """One image to render: image `index` of request `request_index`."""
 
     request_index: int
     index: int
     seed: int
-    request: ResolvedRequest
-    init_image: Image.Image | None = None
+    prepared: Prepared
+
+    @property
+    def request(self) -> ResolvedRequest:
+        return self.prepared.request
+
+    @property
+    def init_image(self) -> Image.Image | None:
+        return self.prepared.init_image
 
 
 def _batch_key(image: _Image) -> Hashable:
@@ -125,11 +148,6 @@ class Renderer:
             self.warm_up()
         if spec.compile:
             self.warm_up_compiled()
-
-    @classmethod
-    def from_config(cls, model: str, config: RaydiantConfig | None = None, device: str | None = None) -> "Renderer":
-        config = config or load_config()
-        return cls(config.spec(model), device=device)
 
     # --- set-up -------------------------------------------------------------------------------
 
@@ -218,7 +236,7 @@ class Renderer:
         """Render every image of every request; results in request order, then image order.
 
         Raw `RenderRequest`s are resolved first; one that does not resolve (and any request
-        `plan` refuses) yields one result (index 0) carrying its error.
+        `prepare` refuses) yields one result (index 0) carrying its error.
         """
         refused: list[RenderResult] = []
         resolved: list[ResolvedRequest] = []
@@ -239,18 +257,56 @@ class Renderer:
         return sort_results(refused + [dataclasses.replace(r, request_index=positions[r.request_index])
                                        for r in results])
 
-    def plan(self, requests: Sequence[ResolvedRequest]) -> tuple[list[RenderResult], list[list[_Image]]]:
-        """The results of requests refused outright (another model, an undecodable input image),
-        and the batches of images to render. `request_index` is the position in `requests`."""
+    def plan(self, requests: Sequence[ResolvedRequest | Prepared]) -> tuple[list[RenderResult], list[list[_Image]]]:
+        """The results of requests refused outright, and the batches of images to render.
+        `request_index` is the position in `requests`. Requests not yet prepared are prepared
+        here (blocking: callers on an event loop prepare in a thread first)."""
         refused: list[RenderResult] = []
         images: list[_Image] = []
         for request_index, request in enumerate(requests):
-            prepared = self._prepare(request_index, request)
-            if isinstance(prepared, RenderResult):
-                refused.append(prepared)
-            else:
-                images.extend(prepared)
+            prepared = request if isinstance(request, Prepared) else self.prepare(request)
+            if isinstance(prepared, RenderError):
+                refused.append(self.refused(request, prepared, request_index))
+                continue
+            images.extend(_Image(request_index, i, seed, prepared)
+                          for i, seed in enumerate(image_seeds(prepared.request.seed, prepared.request.n)))
         return refused, plan_batches(images, self._batch_key, self.max_batch_size)
+
+    def prepare(self, request: ResolvedRequest) -> Prepared | RenderError:
+        """The request with what it brings checked and made local, or why it is refused: another
+        model's request, adapters this model cannot take or whose files fail their check, an
+        input image that does not decode. Blocks on downloads and file reads."""
+        if request.model != self.spec.name:  # a caller routed it to the wrong replica
+            return RenderError(ErrorCode.MODEL_NOT_FOUND, f"this renderer serves {self.spec.name}, not {request.model}")
+        files: dict[str, LocalLora] = {}
+        if request.loras:
+            files = self._lora_files(request.loras)
+            if isinstance(files, RenderError):
+                return files
+        init_image = None
+        if request.init_image is not None:
+            try:
+                init_image = decode(request.init_image).convert("RGB")
+            except Exception:  # noqa: BLE001 - any undecodable upload is the caller's error
+                return RenderError.invalid("image", "cannot be decoded")
+        return Prepared(request, init_image, files)
+
+    def _lora_files(self, loras: tuple[Lora, ...]) -> dict[str, LocalLora] | RenderError:
+        """The adapters' local files, fetched (on the node's first use) and checked, or why they
+        cannot be applied here."""
+        if not self.adapters.supported:
+            return RenderError.invalid("loras", f"are not taken by model {self.spec.name} (its engine cannot "
+                                                f"load adapters)")
+        try:
+            files = {lora.location: self.lora_cache.get(lora) for lora in loras}
+            problem = self.adapters.problem(loras, files)
+        except LoraUnavailable as exc:
+            return exc.error
+        except Exception as exc:  # noqa: BLE001 - whatever a file does to a reader fails its own request
+            log.warning("%s: adapters %s could not be checked: %s", self.spec.name,
+                        [lora.path for lora in loras], first_line(exc))
+            return RenderError.invalid("loras", f"could not be read as LoRA adapters ({type(exc).__name__})")
+        return files if problem is None else problem
 
     def _batch_key(self, image: _Image) -> Hashable:
         # A step cache that decides from a batch's content (First Block Cache) renders its
@@ -260,51 +316,11 @@ class Renderer:
         return _batch_key(image)
 
     @staticmethod
-    def refused(request: ResolvedRequest, error: RenderError, request_index: int = 0) -> RenderResult:
+    def refused(request: ResolvedRequest | Prepared, error: RenderError, request_index: int = 0) -> RenderResult:
         """The one result of a request refused outright."""
+        request = request.request if isinstance(request, Prepared) else request
         return RenderResult(request_id=request.request_id, request_index=request_index, index=0,
                             seed=request.seed, width=request.width, height=request.height, error=error)
-
-    def _prepare(self, request_index: int, request: ResolvedRequest) -> list[_Image] | RenderResult:
-        def refuse(error: RenderError) -> RenderResult:
-            return self.refused(request, error, request_index)
-
-        if request.model != self.spec.name:  # a caller routed it to the wrong replica
-            return refuse(RenderError(ErrorCode.MODEL_NOT_FOUND,
-                                      f"this renderer serves {self.spec.name}, not {request.model}"))
-        if request.loras:
-            problem = self.lora_problem(request.loras)
-            if problem is not None:
-                return refuse(problem)
-        init_image = None
-        if request.init_image is not None:
-            try:
-                init_image = decode(request.init_image).convert("RGB")
-            except Exception:  # noqa: BLE001 - any undecodable upload is the caller's error
-                return refuse(RenderError.invalid("image", "cannot be decoded"))
-        return [
-            _Image(request_index, i, seed, request, init_image)
-            for i, seed in enumerate(image_seeds(request.seed, request.n))
-        ]
-
-    def fetch_loras(self, loras: tuple[Lora, ...]) -> dict[str, LocalLora]:
-        """The adapters' local files, by location (fetched on the node's first use); raises
-        `LoraUnavailable`. Callers on an event loop run this in a thread before `plan`."""
-        return {lora.location: self.lora_cache.get(lora) for lora in loras}
-
-    def lora_problem(self, loras: tuple[Lora, ...]) -> RenderError | None:
-        """Why these adapters cannot be applied here, or None (their files are then local)."""
-        if not self.adapters.supported:
-            return RenderError.invalid("loras", f"are not taken by model {self.spec.name} (its engine cannot "
-                                                f"load adapters)")
-        try:
-            return self.adapters.problem(loras, self.fetch_loras(loras))
-        except LoraUnavailable as exc:
-            return exc.error
-        except Exception as exc:  # noqa: BLE001 - whatever a file does to a reader fails its own request
-            log.warning("%s: adapters %s could not be checked: %s", self.spec.name,
-                        [lora.path for lora in loras], first_line(exc))
-            return RenderError.invalid("loras", f"could not be read as LoRA adapters ({type(exc).__name__})")
 
     def _pipeline_kwargs(self, batch: list[_Image]) -> dict[str, Any]:
         first = batch[0].request
@@ -334,10 +350,11 @@ class Renderer:
         """
         started = time.perf_counter()
         kwargs = self._pipeline_kwargs(batch)
-        loras = batch[0].request.loras
+        first = batch[0].prepared  # a batch holds one adapter set, checked when its requests were prepared
         try:
-            applied = self.adapters.activate(loras, self.fetch_loras(loras)) if self.adapters.supported else ()
-        except LoraUnavailable as exc:  # its file went between plan and now (evicted, removed), or a slot refused it
+            applied = (self.adapters.activate(first.request.loras, first.lora_files)
+                       if self.adapters.supported else ())
+        except LoraUnavailable as exc:  # its file went since it was prepared (evicted, removed), or a slot refused it
             return [Denoised(batch, failed=self._failed(batch, exc.error))]
         except Exception as exc:  # noqa: BLE001 - a batch holds one set: only its requests fail
             log.exception("%s: adapters of a batch of %d could not be applied", self.spec.name, len(batch))

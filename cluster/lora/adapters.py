@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from cluster.lora.adapter_file import AdapterChecker, CheckedAdapter
-from cluster.spec.errors import RenderError
+from cluster.spec.errors import ErrorCode, RenderError
 from cluster.lora.cache import LocalLora, LoraUnavailable
 from cluster.spec.loras import AppliedLora, Lora, adapter_set_id
 from cluster.lora.recent_uses import RecentUses
@@ -123,7 +123,14 @@ class PipelineAdapters:
         """A checked adapter for the device to load (read again if it was let go meanwhile)."""
         with self._lock:
             checked = self._checked.pop(local.sha256, None)
-        return checked if checked is not None else self.checker.read(local)
+        if checked is not None:
+            return checked
+        try:
+            return self.checker.read(local)
+        except FileNotFoundError:  # evicted from the node's cache since its request was prepared
+            raise LoraUnavailable(RenderError(
+                ErrorCode.INTERNAL, f"the adapter file of {local.lora.path} left this node's cache before its "
+                                    f"batch ran; retry")) from None
 
     def _load(self, set_id: str, locals_: list[LocalLora]) -> tuple[str, ...]:
         self.recent.note(set_id)

@@ -1,9 +1,13 @@
 """`ModelServer`: one Ray Serve deployment per model, wrapping the shared `Renderer`.
 
-Requests go through a `PipelinedRenderer` (serve/replica/pipelined.py): continuous batching (an idle
-replica starts a request at once; requests arriving during a render form the next batch, up to
-the model's `max_batch_size` requests) and encoding off the device's path. Rendering runs in
-worker threads, so the replica's event loop keeps answering health checks and pings.
+A request is prepared once as it arrives (`Renderer.prepare`: its adapters' files fetched and
+checked, its input image decoded), in a thread when it brings any, so the event loop that feeds
+the device never waits on a download; a request refused there is answered at once and never
+joins a batch. Prepared requests go through a `PipelinedRenderer` (serve/replica/pipelined.py):
+continuous batching (an idle replica starts a request at once; requests arriving during a render
+form the next batch, up to the model's `max_batch_size` requests) and encoding off the device's
+path. Rendering runs in worker threads, so the replica's event loop keeps answering health
+checks and pings.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ from collections.abc import AsyncIterator
 from ray import serve
 
 from cluster.spec.config import FetchConfig, LoraConfig
-from cluster.engine.renderer import Renderer
+from cluster.engine.renderer import Prepared, Renderer
 from cluster.storage.guarded_fetch import FetchPolicy
 from cluster.lora.cache import LoraCache
 from cluster.spec.catalogue import ModelSpec
+from cluster.spec.errors import RenderError
 from cluster.spec.request import RenderResult, ResolvedRequest, WorkClass
 from serve.replica.pipelined import PipelinedRenderer
 from serve.replica.render_events import Finished, RenderEvent
@@ -46,19 +51,18 @@ class ModelServer:
         # with an admission filter); after each batch with adapters, Serve's list (an LRU of as
         # many slots) is brought to the same sets (`_report_kept_sets`).
         async def hold_set(set_id: str) -> str:
-            return set_id  # the files are on the node already (`_refusal` fetched them)
+            return set_id  # the files are on the node already (`_prepare` fetched them)
 
         self._hold_set = serve.multiplexed(max_num_models_per_replica=self.spec.lora_slots)(hold_set)
 
-    async def _refusal(self, request: ResolvedRequest) -> RenderResult | None:
-        """A request whose adapters cannot be had, answered at once (its files are fetched here,
-        in a thread, never on the event loop that feeds the device)."""
-        if not request.loras:
-            return None
-        problem = await asyncio.to_thread(self.renderer.lora_problem, request.loras)
-        if problem is not None:
-            return self.renderer.refused(request, problem)
-        return None
+    async def _prepare(self, request: ResolvedRequest) -> Prepared | RenderResult:
+        """The request prepared for the device, or its one result when refused. What blocks
+        (adapter downloads and checks, image decoding) runs in a thread."""
+        if request.loras or request.init_image is not None:
+            prepared = await asyncio.to_thread(self.renderer.prepare, request)
+        else:
+            prepared = self.renderer.prepare(request)  # nothing to fetch or decode
+        return self.renderer.refused(request, prepared) if isinstance(prepared, RenderError) else prepared
 
     async def _report_kept_sets(self) -> None:
         """Touch the kept sets in their LRU order: Serve's LRU then holds exactly them (a set it
@@ -69,10 +73,11 @@ class ModelServer:
     async def render(self, request: ResolvedRequest, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
         """`work`: BATCH for a batch job rendering through the service (it fills the gaps that
         interactive requests leave)."""
-        if (refused := await self._refusal(request)) is not None:
-            return [refused]
+        prepared = await self._prepare(request)
+        if isinstance(prepared, RenderResult):
+            return [prepared]
         try:
-            return await self.pipelined.render(request, work)
+            return await self.pipelined.render(prepared, work)
         finally:
             if request.loras:
                 await self._report_kept_sets()
@@ -81,11 +86,12 @@ class ModelServer:
                             work: WorkClass = WorkClass.INTERACTIVE) -> AsyncIterator[RenderEvent]:
         """The request as a stream (`handle.options(stream=True)`): started, progress, finished.
         Canceling the call (Serve cancels this generator) cancels the render."""
-        if (refused := await self._refusal(request)) is not None:
-            yield Finished([refused])
+        prepared = await self._prepare(request)
+        if isinstance(prepared, RenderResult):
+            yield Finished([prepared])
             return
         try:
-            async for event in self.pipelined.stream(request, work):
+            async for event in self.pipelined.stream(prepared, work):
                 yield event
         finally:
             if request.loras:

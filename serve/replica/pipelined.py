@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from cluster.engine.renderer import Denoised, Renderer, sort_results
+from cluster.engine.renderer import Denoised, Prepared, Renderer, sort_results
 from cluster.engine.progress import StepProgress
-from cluster.spec.request import RenderResult, ResolvedRequest, WorkClass
+from cluster.spec.request import RenderResult, WorkClass
 from serve.replica.render_events import Finished, Progress, RenderEvent, Started
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ ENCODE_BACKLOG = 2  # denoised batches waiting for, or in, the encoders
 class _Job:
     """One request in the replica, and the events its caller has not read yet."""
 
-    request: ResolvedRequest
+    prepared: Prepared
     work: WorkClass = WorkClass.INTERACTIVE
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     canceled: bool = False
@@ -63,16 +63,17 @@ class PipelinedRenderer:
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
 
-    async def render(self, request: ResolvedRequest, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
+    async def render(self, request: Prepared, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
         """The request's results in image order, once its batch is denoised and encoded."""
         async for event in self.stream(request, work):
             if isinstance(event, Finished):
                 return event.results
         raise RuntimeError("the render stream ended without results")
 
-    async def stream(self, request: ResolvedRequest,
+    async def stream(self, request: Prepared,
                      work: WorkClass = WorkClass.INTERACTIVE) -> AsyncIterator[RenderEvent]:
-        """The request's events, ending with `Finished`. Closing the stream early cancels it."""
+        """The request's events, ending with `Finished`. Closing the stream early cancels it.
+        The request was prepared (`Renderer.prepare`), so forming batches does no I/O here."""
         job = _Job(request, work)
         # Stable: within a class, arrival order. Interactive ones go ahead of all batch work.
         position = next((i for i, waiting in enumerate(self._waiting) if waiting.work > work), len(self._waiting))
@@ -105,7 +106,7 @@ class PipelinedRenderer:
                 self._backlog.release()
                 continue
             try:
-                refused, batches = self.renderer.plan([job.request for job in taken])
+                refused, batches = self.renderer.plan([job.prepared for job in taken])
                 for batch in batches:
                     for index in {image.request_index for image in batch}:
                         taken[index].batches += 1

@@ -82,7 +82,8 @@ def test_encode_pipeline_keeps_order_loses_nothing_and_bounds_memory(local_confi
 
     async def scenario():
         pipelined = PipelinedRenderer(renderer, max_requests=4, encoders=8)
-        return await asyncio.gather(*(pipelined.render(request(i, n=1 + i % 3)) for i in range(24)))
+        return await asyncio.gather(*(pipelined.render(renderer.prepare(request(i, n=1 + i % 3)))
+                                     for i in range(24)))
 
     answers = asyncio.run(scenario())
     for i, results in enumerate(answers):
@@ -98,8 +99,9 @@ def test_tiny_pixels_through_the_pipelined_path_equal_single_renders(local_confi
     requests = [request(7, n=2), request(11, width=256, height=384), request(13), request(17, steps=3)]
 
     async def scenario():
-        pipelined = PipelinedRenderer(Renderer(spec, device="cpu"), max_requests=4)
-        return await asyncio.gather(*(pipelined.render(r) for r in requests))
+        renderer = Renderer(spec, device="cpu")
+        pipelined = PipelinedRenderer(renderer, max_requests=4)
+        return await asyncio.gather(*(pipelined.render(renderer.prepare(r)) for r in requests))
 
     batched = asyncio.run(scenario())
     for req, results in zip(requests, batched):

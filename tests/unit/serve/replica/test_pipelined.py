@@ -24,7 +24,9 @@ def renderer(tmp_path, monkeypatch, per_image_s: float) -> Renderer:
 
 
 def request(engine: Renderer, prompt: str):
-    return engine.resolve(RenderRequest(model="flux-schnell", prompt=prompt, width=256, height=256, steps=2, seed=1))
+    """A request as a replica hands it on: resolved at submission, prepared as it arrived."""
+    return engine.prepare(engine.resolve(RenderRequest(model="flux-schnell", prompt=prompt, width=256, height=256,
+                                                       steps=2, seed=1)))
 
 
 def device_batches(tmp_path) -> list[list[str]]:
