@@ -95,7 +95,7 @@ def generate(
 ) -> None:
     """Render images in this process (no Ray): the quickest way to check a model's weights."""
     from cluster.spec.errors import RenderError
-    from cluster.spec.loras import parse_lora_flag
+    from cluster.spec.loras import lora_flag_item, read_lora_list
     from cluster.spec.request import RenderRequest
 
     cfg = load(config)
@@ -113,10 +113,13 @@ def generate(
             init_image = image.read_bytes()
         except OSError as exc:
             fail(f"cannot read --image {image}: {exc.strerror}")
+    loras = read_lora_list([lora_flag_item(value) for value in lora or ()])
+    if isinstance(loras, RenderError):
+        fail(loras.text(_FLAGS["loras"]))
     request = RenderRequest(model=model, prompt=prompt, negative_prompt=negative, width=width,
                             height=height, steps=steps, guidance=guidance, seed=seed, n=n,
                             add_sampling_metadata=metadata, init_image=init_image,
-                            loras=tuple(parse_lora_flag(value) for value in lora or ()), quality=quality)
+                            loras=loras, quality=quality)
     spec = cfg.spec(model)
     resolved = spec.resolve(request)
     if isinstance(resolved, RenderError):

@@ -85,7 +85,8 @@ def render_command(
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
-    from cluster.spec.loras import parse_lora_flag
+    from cluster.spec.errors import RenderError
+    from cluster.spec.loras import lora_flag_item, read_lora_list
     from jobs.driver.job import JobError, prepare, run_job
     from jobs.driver.spec import JobSpec
     from jobs.driver.terminal import job_log_path, others_to
@@ -95,6 +96,9 @@ def render_command(
         if (parsed := parse_size(size)) is None:
             fail(f"--size must look like W*H (e.g. 1024*1024), got '{size}'")
         width, height = parsed
+    loras = read_lora_list([lora_flag_item(value) for value in lora or ()])
+    if isinstance(loras, RenderError):
+        fail(loras.text("--lora"))
     pool = None
     if concurrency is not None:
         try:
@@ -109,7 +113,7 @@ def render_command(
                        seed=seed, max_errors=max_errors, address=address,
                        via_serve=serve_app if via_serve else None,
                        defaults={"model": model, "width": width, "height": height, "steps": steps, "n": n,
-                                 "loras": tuple(parse_lora_flag(value) for value in lora or ()),
+                                 "loras": loras,
                                  "quality": quality})
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))

@@ -26,7 +26,7 @@ import os
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -213,12 +213,59 @@ def _local(path: str, policy: LoraPolicy, trusted: bool) -> tuple[str, str] | st
     return "local", full
 
 
-def parse_lora_flag(value: str) -> LoraRef:
-    """`PATH` or `PATH@SCALE` as a command line gives it (`@`: URLs and paths hold `:`)."""
+MAX_LORA_ITEMS = 16  # read at most this many (each model's own limit is checked by `resolve_loras`)
+MAX_LORA_TEXT = 64 * 1024  # characters of a list sent as JSON text (a batch column, a multipart field)
+
+
+def read_lora_list(value: Any) -> tuple[LoraRef, ...] | RenderError:
+    """A request's `loras` as any door sends it: a list of `{path, scale}` objects (scale
+    defaults to 1), or the same list as JSON text. The one reader of the HTTP doors, the batch
+    job's `loras` column and the CLI's `--lora` flags (`lora_flag_item`); errors name `loras`."""
+    if isinstance(value, str):
+        if len(value) > MAX_LORA_TEXT:
+            return RenderError.invalid("loras", f"must be a JSON list of {{path, scale}} of at most {MAX_LORA_TEXT} characters")
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
+            return RenderError.invalid("loras", "must be a JSON list of {path, scale}")
+    if not isinstance(value, list) or len(value) > MAX_LORA_ITEMS:
+        return RenderError.invalid("loras", f"must be a list of at most {MAX_LORA_ITEMS} {{path, scale}} objects")
+    refs = []
+    for i, item in enumerate(value):
+        ref = _lora_item(item)
+        if isinstance(ref, str):
+            return RenderError.invalid("loras", f"item {i} {ref}")
+        refs.append(ref)
+    return tuple(refs)
+
+
+def _lora_item(item: Any) -> LoraRef | str:
+    """One `{path, scale}` object, or what is wrong with it."""
+    if not isinstance(item, dict):
+        return f"must be an object {{path, scale}}, got {str(item)[:40]!r}"
+    if unknown := sorted(str(key) for key in item if key not in ("path", "scale")):
+        return f"has an unknown field {unknown[0][:40]!r} (fields: path, scale)"
+    path, scale = item.get("path"), item.get("scale")
+    if not isinstance(path, str) or not path:
+        return "needs a path (text)"
+    if scale is None:
+        return LoraRef(path, 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        return f"scale must be a number, got {str(scale)[:40]!r}"
+    try:
+        scale = float(scale)
+    except OverflowError:  # an integer of hundreds of digits
+        return "scale must be a number in range"
+    return LoraRef(path, scale) if math.isfinite(scale) else "scale must be a finite number"
+
+
+def lora_flag_item(value: str) -> dict:
+    """`PATH` or `PATH@SCALE` as a command line gives it (`@`: URLs and paths hold `:`), as the
+    `{path, scale}` item `read_lora_list` reads."""
     path, at, scale = value.rpartition("@")
     if at:
         try:
-            return LoraRef(path, float(scale))
+            return {"path": path, "scale": float(scale)}
         except ValueError:
             pass
-    return LoraRef(value, 1.0)
+    return {"path": value}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from cluster.spec.errors import ErrorCode, RenderError
-from cluster.spec.loras import LoraRef
+from cluster.spec.loras import read_lora_list
 from cluster.spec.catalogue import ModelSpec, parse_size
 from cluster.spec.request import RenderRequest, ResolvedRequest
 from cluster.spec.seeding import derive_seed, image_seeds
@@ -84,7 +84,7 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
     prompt = row.get("prompt")
     if not _present(prompt) or not isinstance(prompt, str):
         return RenderError(ErrorCode.EMPTY_PROMPT, "is missing", "prompt")
-    loras = lora_refs(row.get("loras")) if _present(row.get("loras")) else defaults.loras
+    loras = read_lora_list(row.get("loras")) if _present(row.get("loras")) else defaults.loras
     if isinstance(loras, RenderError):
         return loras
     seed = row.get("seed")
@@ -104,33 +104,6 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
         )
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
         return RenderError(ErrorCode.INVALID_PARAMETER, f"bad value in row: {str(exc)[:200]}")
-
-
-MAX_LORA_ITEMS = 16  # read at most this many from a row (the model's own limit is checked later)
-
-
-def lora_refs(value: Any) -> tuple[LoraRef, ...] | RenderError:
-    """A row's `loras`: JSON text or a list of structs, each {path, scale (default 1)}."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
-            return RenderError.invalid("loras", "must be a JSON list of {path, scale}")
-    if not isinstance(value, list) or len(value) > MAX_LORA_ITEMS:
-        return RenderError.invalid("loras", f"must be a list of at most {MAX_LORA_ITEMS} {{path, scale}}")
-    refs = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict) or not isinstance(item.get("path"), str):
-            return RenderError.invalid("loras", f"item {i}: must be {{path, scale}} with a text path")
-        scale = item.get("scale")
-        scale = 1.0 if not _present(scale) else scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            return RenderError.invalid("loras", f"item {i}: scale must be a number, got {str(scale)[:40]!r}")
-        try:
-            refs.append(LoraRef(item["path"], float(scale)))
-        except OverflowError:  # an integer of hundreds of digits
-            return RenderError.invalid("loras", f"item {i}: scale must be a number in range")
-    return tuple(refs)
 
 
 def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDefaults,

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.spec.loras import LoraRef
+from cluster.spec.errors import RenderError
+from cluster.spec.loras import LoraRef, read_lora_list
 from cluster.spec.catalogue import parse_size
-from serve.edge import strict_json
 from serve.edge.errors import ErrorKind, ServiceError
 
 
@@ -92,33 +92,17 @@ def size(value: str, name: str, forms: str) -> tuple[int, int]:
     return parsed
 
 
-MAX_LORA_ITEMS = 16  # read at most this many (each model's own limit is checked by the core)
-
-
 def loras(container: dict, name: str, where: str | None = None, *, text_json: bool = False) -> tuple[LoraRef, ...]:
-    """`[{"path": ..., "scale": ...}, ...]` (scale defaults to 1). `text_json`: the list may come
-    as JSON text (multipart forms send every field as text)."""
+    """`[{"path": ..., "scale": ...}, ...]` (scale defaults to 1), read by the core's one reader
+    (`read_lora_list`). `text_json`: the list may come as JSON text (multipart forms send every
+    field as text); a JSON body must send a list."""
     value = container.get(name)
-    label = _label(name, where)
     if value is None:
         return ()
-    if text_json and isinstance(value, str):
-        try:
-            value = strict_json.parse(value.encode())  # bounded as a JSON body is: depth, numbers, sizes
-        except (strict_json.MalformedJson, UnicodeEncodeError):
-            raise Invalid(f"{label} must be a JSON list of {{path, scale}}", name) from None
-    if not isinstance(value, list) or len(value) > MAX_LORA_ITEMS:
-        raise Invalid(f"{label} must be a list of at most {MAX_LORA_ITEMS} {{path, scale}} objects", name)
-    refs = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise Invalid(f"{label} item {i} must be an object {{path, scale}}, got {item!r}", name)
-        unknown = sorted(set(item) - {"path", "scale"})
-        if unknown:
-            raise Invalid(f"{label} item {i} has an unknown field {unknown[0]!r} (fields: path, scale)", name)
-        path = text(item, "path", f"{label} item {i}")
-        if not path:
-            raise Invalid(f"{label} item {i} needs a path", name)
-        scale = number(item, "scale", f"{label} item {i}")
-        refs.append(LoraRef(path, 1.0 if scale is None else scale))
-    return tuple(refs)
+    label = _label(name, where)
+    if isinstance(value, str) and not text_json:
+        raise Invalid(f"{label} must be a list of {{path, scale}} objects", name)
+    refs = read_lora_list(value)
+    if isinstance(refs, RenderError):
+        raise Invalid(refs.text(label), name)
+    return refs

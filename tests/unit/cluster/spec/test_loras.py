@@ -9,7 +9,9 @@ import pytest
 
 from cluster.spec.config import load_config
 from cluster.spec.errors import ErrorCode, RenderError
-from cluster.spec.loras import Lora, LoraPolicy, LoraRef, adapter_set_id, resolve_loras
+from cluster.spec.loras import (
+    Lora, LoraPolicy, LoraRef, adapter_set_id, lora_flag_item, read_lora_list, resolve_loras,
+)
 from cluster.spec.request import RenderRequest
 
 
@@ -128,3 +130,33 @@ def test_a_set_is_one_set_in_any_order():
     inside = resolve_loras((LoraRef("s3://bucket/loras/x/y.safetensors"),),
                            LoraPolicy(fsspec_prefixes=["s3://bucket/loras/"]), "m")
     assert inside[0].kind == "fsspec"
+
+
+def test_one_reader_for_a_list_its_json_text_and_command_line_flags():
+    expected = (LoraRef("org/style", 0.5), LoraRef("org/b", 1.0))
+    assert read_lora_list([{"path": "org/style", "scale": 0.5}, {"path": "org/b"}]) == expected
+    assert read_lora_list('[{"path": "org/style", "scale": 0.5}, {"path": "org/b", "scale": null}]') == expected
+    assert read_lora_list([lora_flag_item("org/style@0.5"), lora_flag_item("org/b")]) == expected
+    # `@` ends a path only before a number: URLs and paths keep theirs.
+    assert read_lora_list([lora_flag_item("https://h/a@b.safetensors")]) == (LoraRef("https://h/a@b.safetensors"),)
+
+
+@pytest.mark.parametrize("value, words", [
+    ({"path": "a"}, "must be a list of at most 16"),
+    ([{"path": "a"}] * 17, "must be a list of at most 16"),
+    ("not json", "must be a JSON list"),
+    ("[" * 40_000 + "]" * 40_000, "of at most 65536 characters"),
+    ("[" * 30_000 + "]" * 30_000, "must be a JSON list"),  # nested past the parser's depth
+    (["org/a"], "item 0 must be an object"),
+    ([{"path": "org/a", "weight": 1}], "item 0 has an unknown field 'weight'"),
+    ([{"path": ""}], "item 0 needs a path"),
+    ([{"path": 3}], "item 0 needs a path"),
+    ([{"path": "a", "scale": True}], "item 0 scale must be a number, got 'True'"),
+    ([{"path": "a", "scale": "1"}], "item 0 scale must be a number"),
+    ([{"path": "a", "scale": 10 ** 400}], "item 0 scale must be a number in range"),
+    ([{"path": "a", "scale": float("nan")}], "item 0 scale must be a finite number"),
+])
+def test_a_list_that_cannot_be_read_is_refused_naming_loras(value, words):
+    error = read_lora_list(value)
+    assert isinstance(error, RenderError) and error.code == ErrorCode.INVALID_PARAMETER and error.param == "loras"
+    assert words in error.text(), error.text()

@@ -60,12 +60,12 @@ def test_a_loras_column_as_json_text_or_a_list_of_structs():
         ("org/b/pytorch_lora_weights.safetensors", 1.0), ("org/style/pytorch_lora_weights.safetensors", 0.5)]
     assert as_text[0].columns()["loras"] == '[{"path": "org/b", "scale": 1.0}, {"path": "org/style", "scale": 0.5}]'
     for bad, words in (("not json", "JSON list"), ('{"path": "a"}', "a list of at most"),
-                       ('[{"scale": 1}]', "item 0: must be {path, scale}"),
+                       ('[{"scale": 1}]', "item 0 needs a path"),
                        ('[{"path": "org/a", "scale": "big"}]', "scale must be a number"),
                        ('[{"path": "../x.safetensors"}]', "no loras.local_root is configured"),
                        # Hostile cells: an error row each, never a failed shard.
                        ("[" * 100_000 + "]" * 100_000, "JSON list"),
                        ('[{"path": "org/a", "scale": 1' + "0" * 400 + '}]', "scale must be a number in range"),
-                       ('[{"path": "org/a", "scale": Infinity}]', "scale must be a number")):
+                       ('[{"path": "org/a", "scale": Infinity}]', "scale must be a finite number")):
         [item] = expand({"id": "k", "prompt": "x", "loras": bad})
         assert item.error.param == "loras" and words in item.error.text() and not item.error.code.retryable, bad
