@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from time import monotonic
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -116,8 +116,8 @@ async def healthz(request: Request) -> JSONResponse:
         state.health_lock = asyncio.Lock()
     async with state.health_lock:  # probes that arrive during a call wait for its answer
         cached = getattr(state, "health", None)
-        if cached is None or time.monotonic() - cached[0] >= HEALTH_CACHE_S:
-            state.health = (time.monotonic(), *await _health(list(state.handles)))
+        if cached is None or monotonic() - cached[0] >= HEALTH_CACHE_S:
+            state.health = (monotonic(), *await _health(list(state.handles)))
         _, body, status = state.health
     return JSONResponse(body, status_code=status)
 
