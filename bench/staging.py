@@ -1,4 +1,4 @@
-"""The end-of-run sweep of staging files (`jobs.output.shards.remove_staging`) at 10x and 100x the shards.
+"""The end-of-run sweep of staging files (`jobs.output.shard_writer.remove_staging`) at 10x and 100x the shards.
 
     .venv/bin/python -m bench.staging [--shards 300,3000,30000]
 
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cluster.storage.results import Storage
-from jobs.output.shards import remove_staging
+from jobs.output.shard_writer import remove_staging
 
 
 def output_of(root: Path, shards: int) -> Storage:

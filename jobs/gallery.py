@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from cluster.storage.results import Storage
-from jobs.output.shards import read_stats
+from jobs.output.layout import read_stats
 from jobs.worker.rows import sample_name
 
 THUMB_SIDE = 256

@@ -3,7 +3,7 @@
 The driver plans shards from the input's footers (`jobs/driver/plan.py`: one entry per shard of
 `shard_size` images, never one per row), drops the shards an earlier run committed, and hands
 the rest to an autoscaling pool of `ShardWorker` actors placed from the cluster's GPUs; each
-renders and commits whole shards (`jobs/output/shards.py`). The driver hears each committed shard's
+renders and commits whole shards (`jobs/output/shard_writer.py`). The driver hears each committed shard's
 stats and, in between, the image counts of `jobs/driver/counter.py`; at the end it writes the
 manifest and summary from the shards' stats. Its memory and work grow with the number of
 shards, not of images.
@@ -27,7 +27,8 @@ from cluster.runtime.placement import ActorPool, gpu_capacity, plan_actor_pool, 
 from cluster.storage.results import Storage
 from jobs.driver import manifest
 from jobs.driver.counter import ImageCounter
-from jobs.output.shards import ShardStats, read_stats, remove_staging
+from jobs.output.layout import ShardStats, read_stats
+from jobs.output.shard_writer import remove_staging
 from jobs.driver.plan import InputError, ShardPlan, describe_inputs, input_files, plan_shards
 from jobs.driver.spec import DEFAULT_SERVE_APP, JobSpec
 
@@ -233,7 +234,8 @@ def _render(spec: JobSpec, pool: ActorPool, todo: list[tuple[ShardPlan, bool]], 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     counter = ray.remote(num_cpus=0, max_restarts=-1)(ImageCounter).options(scheduling_strategy=here).remote()
     plans = {plan.index: plan for plan, _ in todo}
-    dataset = ray.data.from_items([asdict(plan) | {"redo": redo} for plan, redo in todo],
+    # The plans travel as themselves (Ray Data keeps Python objects whole), and so do the stats.
+    dataset = ray.data.from_items([{"plan": plan, "redo": redo} for plan, redo in todo],
                                   override_num_blocks=len(todo))
     dataset = dataset.map_batches(
         ShardWorker, batch_size=1, num_gpus=pool.gpus_per_worker, num_cpus=pool.cpus_per_worker,
@@ -250,8 +252,8 @@ def _render(spec: JobSpec, pool: ActorPool, todo: list[tuple[ShardPlan, bool]], 
 
     def consume() -> None:  # Ray Data's iterator blocks: it runs beside the progress loop
         try:
-            for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-                arrivals.put(batch.to_pylist())
+            for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+                arrivals.put(list(batch["stats"]))
             arrivals.put(None)
         except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
             arrivals.put(exc)
@@ -271,6 +273,5 @@ def _render(spec: JobSpec, pool: ActorPool, todo: list[tuple[ShardPlan, bool]], 
             return
         if isinstance(arrived, BaseException):
             raise arrived
-        for row in arrived:
-            stats = ShardStats(**row)
+        for stats in arrived:
             yield plans[int(stats.shard)], stats

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cluster.spec.config import RaydiantConfig
 from cluster.storage.results import Storage
-from jobs.output.shards import ShardStats
+from jobs.output.layout import ShardStats
 from jobs.driver.plan import InputFile
 from jobs.driver.spec import JobSpec
 

@@ -1,4 +1,4 @@
-"""Job output: shards of a dataset's size that readers load as they are, each committed once.
+"""Job output's layout: where a shard's files go, their schemas, and the commit record.
 
 Layout under the output URI, for shard `NNNNNN` (its position in the input, `jobs/driver/plan.py`):
 
@@ -27,19 +27,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
-import time
-from dataclasses import asdict, dataclass
-from typing import IO, Any, Iterator
+from dataclasses import dataclass
+from typing import IO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.spec.errors import ErrorCode, RenderError
-from cluster.spec.loras import AppliedLora
 from cluster.storage.results import Storage
-from jobs.driver.plan import ShardPlan
-from jobs.worker.rows import WorkItem, sample_name
 
 METADATA_SCHEMA = pa.schema([
     ("id", pa.string()), ("index", pa.int64()), ("key", pa.string()), ("prompt", pa.string()),
@@ -51,8 +45,6 @@ METADATA_SCHEMA = pa.schema([
 ])
 METADATA_COLUMNS = METADATA_SCHEMA.names
 EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
-FOLDERS = {"webdataset": "shards", "parquet": "data", "files": "images"}
-PARQUET_ROW_GROUP_IMAGES = 100  # Hugging Face's advice for image datasets: small row groups
 
 # The `image` column as Hugging Face's `Image` feature: a struct of bytes and path, declared in
 # the schema's `huggingface` metadata, so `load_dataset("parquet")` decodes it with no cast.
@@ -92,11 +84,12 @@ class ShardStats:
         return self.failed - self.kept_failed
 
 
-def remove_staging(storage: Storage, fmt: str) -> int:
+def remove_staging_in(storage: Storage, data_folder: str | None) -> int:
     """After the last shard committed: the staging files killed writers left in the flat folders
-    (shard data files, metadata, stats, the root's manifest and summary); each shard of the
-    `files` format sweeps its own folder when it commits. Lists O(shards) names, never images."""
-    folders = ["", "metadata", "stats"] + ([FOLDERS[fmt]] if fmt != "files" else [])
+    (metadata, stats, the root's manifest and summary, and `data_folder`: the format's, when its
+    shards are files in one folder); a format whose shards are folders sweeps each when it
+    commits. Lists O(shards) names, never images."""
+    folders = ["", "metadata", "stats"] + ([data_folder] if data_folder else [])
     return sum(storage.remove_staging(folder) for folder in folders)
 
 
@@ -124,13 +117,13 @@ def read_metadata(storage: Storage, columns: list[str] | None = None) -> pa.Tabl
                                           columns=columns, schema=METADATA_SCHEMA) for name in committed)
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
+def parquet_bytes(table: pa.Table) -> bytes:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()
 
 
-class _Hashing:
+class Hashing:
     """A write-only file that hashes and counts what passes through it."""
 
     def __init__(self, f: IO[bytes]):
@@ -149,156 +142,3 @@ class _Hashing:
 
     def close(self) -> None:
         self.closed = True  # the underlying file is closed by its `open_atomic` block
-
-
-class ShardWriter:
-    """Writes one shard as its images come: `add` each item's outcome, then `commit`. Images
-    stream into the shard's data file; only metadata rows (small) are held until the commit."""
-
-    def __init__(self, storage: Storage, fmt: str, image_format: str, plan: ShardPlan):
-        self.storage, self.fmt, self.ext, self.plan = storage, fmt, EXTENSIONS[image_format], plan
-        self.rows: list[dict[str, Any]] = []
-        self.bytes, self.kept, self.kept_failed, self.started = 0, 0, 0, time.monotonic()
-        self._stack: list = []
-        self._data: _Hashing | None = None
-        self._tar: tarfile.TarFile | None = None
-        self._parquet: pq.ParquetWriter | None = None
-        self._pending: list[dict[str, Any]] = []  # parquet rows not yet in a row group
-
-    @property
-    def folder(self) -> str:
-        return f"{FOLDERS[self.fmt]}/{self.plan.name}"
-
-    def add(self, item: WorkItem, image: bytes | None, error: RenderError | None, render_s: float | None,
-            loras: tuple[AppliedLora, ...] = ()) -> None:
-        """`loras`: the adapters the image was rendered with (path, sha256, scale), shown in its
-        `loras` column as JSON instead of the ones its row asked for."""
-        row = item.columns() | {"shard": self.plan.name, "render_s": render_s, "path": None, "sha256": None,
-                                "error_code": error.code.value if error else None,
-                                "error": error.text() if error else None}
-        if loras:
-            row["loras"] = json.dumps([lora.as_dict() for lora in loras])
-        if image is not None:
-            row["sha256"] = hashlib.sha256(image).hexdigest()
-            row["path"] = self._write_image(item.sample, image, row)
-            self.bytes += len(image)
-        self.rows.append(row)
-
-    def carry(self, row: dict[str, Any], image: bytes | None) -> None:
-        """An image an earlier run of this shard finished (rendered, or refused for good): its
-        row as it was, its image copied into the new data file (files: already in place)."""
-        if row["path"] is not None and self.fmt == "files":
-            self.bytes += self.storage.fs.size(self.storage.path(row["path"]))
-        elif row["path"] is not None:
-            self._write_image(sample_name(row["key"]), image, row)
-            self.bytes += len(image)
-        self.rows.append(row)
-        self.kept += 1
-        self.kept_failed += row["error_code"] is not None
-
-    def _write_image(self, sample: str, image: bytes, row: dict[str, Any]) -> str:
-        file_name = f"{sample}.{self.ext}"
-        if self.fmt == "files":
-            self.storage.write(f"{self.folder}/{file_name}", image)
-            return f"{self.folder}/{file_name}"
-        self._open()
-        if self.fmt == "webdataset":
-            sidecar = {c: row.get(c) for c in SIDECAR_COLUMNS}
-            for member, data in ((file_name, image), (f"{sample}.json", json.dumps(sidecar).encode())):
-                info = tarfile.TarInfo(member)
-                info.size, info.mtime = len(data), 0  # no clock in the bytes: a re-run writes the same tar
-                self._tar.addfile(info, io.BytesIO(data))
-            return f"{self.folder}.tar#{file_name}"
-        self._pending.append({**{c: row.get(c) for c in METADATA_COLUMNS}, "path": f"{self.folder}.parquet",
-                              "image": {"bytes": image, "path": file_name}})
-        if len(self._pending) >= PARQUET_ROW_GROUP_IMAGES:
-            self._flush_row_group()
-        return f"{self.folder}.parquet"
-
-    def _open(self) -> None:
-        if self._data is not None:
-            return
-        suffix = "tar" if self.fmt == "webdataset" else "parquet"
-        target = self.storage.open_atomic(f"{self.folder}.{suffix}")
-        self._stack.append(target)
-        self._data = _Hashing(target.__enter__())
-        if self.fmt == "webdataset":
-            self._tar = tarfile.open(fileobj=self._data, mode="w|", format=tarfile.USTAR_FORMAT)
-        else:
-            self._parquet = pq.ParquetWriter(self._data, DATA_SCHEMA)
-
-    def _flush_row_group(self) -> None:
-        if self._pending:
-            self._parquet.write_table(pa.Table.from_pylist(self._pending, schema=DATA_SCHEMA))
-            self._pending = []
-
-    def commit(self) -> ShardStats:
-        """Close the data file, then write the metadata, then the stats: the shard is committed."""
-        self.rows.sort(key=lambda r: (r["id"], r["index"]))
-        sha256 = self._close_data()
-        self.storage.write(f"metadata/{self.plan.name}.parquet",
-                           _parquet_bytes(pa.Table.from_pylist(self.rows, schema=METADATA_SCHEMA)))
-        failed = [r for r in self.rows if r["error_code"]]
-        stats = ShardStats(shard=self.plan.name, rows=self.plan.rows, images=len(self.rows),
-                           rendered=len(self.rows) - len(failed), failed=len(failed),
-                           retryable=sum(ErrorCode(r["error_code"]).retryable for r in failed), bytes=self.bytes,
-                           sha256=sha256, seconds=round(time.monotonic() - self.started, 3), kept=self.kept,
-                           kept_failed=self.kept_failed)
-        self.storage.write(stats_key(self.plan.name), json.dumps(asdict(stats)).encode())
-        return stats
-
-    def _close_data(self) -> str | None:
-        if self.fmt == "files":
-            # An earlier attempt of this shard, killed mid-image, left its staging file here; no
-            # other attempt of this shard runs now (Ray re-runs a shard once its actor is dead).
-            self.storage.remove_staging(self.folder)
-            rendered = [{"file_name": r["path"].rsplit("/", 1)[-1], **r} for r in self.rows if r["path"]]
-            if not rendered:
-                return None
-            index = _parquet_bytes(pa.Table.from_pylist(rendered, schema=FOLDER_SCHEMA))
-            self.storage.write(f"{self.folder}/metadata.parquet", index)
-            return hashlib.sha256(index).hexdigest()
-        if self._data is None:
-            return None
-        if self._tar is not None:
-            self._tar.close()
-        else:
-            self._flush_row_group()
-            self._parquet.close()
-        self._stack.pop().__exit__(None, None, None)
-        return self._data.sha256.hexdigest()
-
-    def abort(self) -> None:
-        """Drop the data file being written (the shard stays uncommitted)."""
-        while self._stack:
-            try:
-                self._stack.pop().__exit__(RuntimeError, RuntimeError("aborted"), None)
-            except RuntimeError:
-                pass
-
-
-def earlier_run(storage: Storage, fmt: str, image_format: str, name: str) -> Iterator[tuple[dict, bytes | None]]:
-    """What an earlier run of shard `name` finished: its metadata rows that need no more work
-    (rendered, or refused for a reason a rerun cannot change), each with its image bytes."""
-    rows = pq.read_table(storage.path(f"metadata/{name}.parquet"), filesystem=storage.fs).to_pylist()
-    final = {r["key"]: r for r in rows if r["error_code"] is None or not ErrorCode(r["error_code"]).retryable}
-    if fmt == "files":  # the images stay where they are
-        yield from ((row, None) for row in final.values())
-        return
-    yield from ((row, None) for row in final.values() if row["path"] is None)
-    rendered = {sample_name(r["key"]): r for r in final.values() if r["path"] is not None}
-    folder = f"{FOLDERS[fmt]}/{name}"
-    if not rendered:  # no data file was written
-        return
-    if fmt == "webdataset":
-        with storage.fs.open(storage.path(f"{folder}.tar"), "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for member in tar:
-                sample, _, ext = member.name.rpartition(".")
-                if sample in rendered and ext == EXTENSIONS[image_format]:
-                    yield rendered[sample], tar.extractfile(member).read()
-    else:
-        data = pq.ParquetFile(storage.path(f"{folder}.parquet"), filesystem=storage.fs)
-        for batch in data.iter_batches(columns=["key", "image"], batch_size=PARQUET_ROW_GROUP_IMAGES):
-            for key, image in zip(batch.column("key").to_pylist(), batch.column("image").to_pylist()):
-                if (sample := sample_name(key)) in rendered:
-                    yield rendered[sample], image["bytes"]

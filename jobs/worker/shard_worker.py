@@ -3,7 +3,7 @@
 One call renders one shard (`jobs/driver/plan.py`): it reads the shard's rows from the input, expands
 them into work items, renders them in device batches of `batch_size` (the model's batch, not
 the shard's), streams each image into the shard's files as it is encoded, and commits the shard
-(`jobs/output/shards.py`). A shard that an earlier run committed with retryable failures is redone:
+(`jobs/output/shard_writer.py`). A shard that an earlier run committed with retryable failures is redone:
 what it finished is carried over, only the rest is rendered.
 
 The device and the CPU overlap: while one device batch denoises (under the actor's device
@@ -20,10 +20,10 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict
 from typing import Any, Iterator
 
 import fsspec
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
@@ -34,7 +34,8 @@ from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderResult
 from cluster.storage.results import Storage
 from cluster.weights.sources import ModelLoadError
-from jobs.output.shards import ShardStats, ShardWriter, earlier_run
+from jobs.output.layout import ShardStats
+from jobs.output.shard_writer import ShardWriter, earlier_run
 from jobs.driver.plan import ShardPlan
 from jobs.worker.rows import WorkItem, expand_row
 from jobs.worker.served import ServedModel
@@ -66,13 +67,11 @@ class ShardWorker:
         self._device = threading.Lock()  # held while a batch denoises
         self._loading = threading.Lock()
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        """`map_batches` body: shard plans in (column `redo`: carry over an earlier run's work),
-        their stats out."""
-        plans = [ShardPlan(**{k: _plain(batch[k][i]) for k in ("index", "file", "start", "stop", "images")})
-                 for i in range(len(batch["index"]))]
-        stats = [asdict(self.render_shard(plan, bool(redo))) for plan, redo in zip(plans, batch["redo"])]
-        return {field: [s[field] for s in stats] for field in ShardStats.__dataclass_fields__}
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`map_batches` body: shard plans in (`plan`, and `redo`: carry over an earlier run's
+        work), their stats out (`stats`), each as itself."""
+        stats = [self.render_shard(plan, bool(redo)) for plan, redo in zip(batch["plan"], batch["redo"])]
+        return {"stats": np.array(stats, dtype=object)}
 
     def render_shard(self, plan: ShardPlan, redo: bool = False) -> ShardStats:
         writer = ShardWriter(self.storage, self.fmt, self.image_format, plan)
@@ -175,8 +174,3 @@ class ShardWorker:
                             lora_cache=cache_for(self.config))
         except ModelLoadError as exc:  # retryable: a rerun after the source is fixed renders them
             return RenderError(ErrorCode.MODEL_LOAD_FAILED, str(exc))
-
-
-def _plain(value: Any) -> Any:
-    """A numpy scalar from Ray Data's batch as the Python value it holds."""
-    return value.item() if hasattr(value, "item") else value

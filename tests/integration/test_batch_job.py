@@ -14,7 +14,7 @@ from cluster.engine.renderer import Renderer
 from cluster.spec.request import RenderRequest
 from cluster.storage.results import Storage
 from cluster.runtime.local_ray import connect
-from jobs.output.shards import read_metadata
+from jobs.output.layout import read_metadata
 from jobs.driver.job import JobError, run_job
 from jobs.driver.spec import JobSpec
 from tests.conftest import pixels

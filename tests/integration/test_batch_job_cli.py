@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cluster.storage.results import Storage
-from jobs.output.shards import read_metadata
+from jobs.output.layout import read_metadata
 from serve.local.service import kill_session
 
 RAYDIANT = str(Path(sys.executable).parent / "raydiant")

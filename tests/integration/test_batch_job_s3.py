@@ -12,7 +12,7 @@ from PIL import Image
 
 from cluster.storage.results import Storage
 from cluster.runtime.local_ray import connect
-from jobs.output.shards import read_metadata
+from jobs.output.layout import read_metadata
 from jobs.driver.job import run_job
 from jobs.driver.spec import JobSpec
 from tests.servers import s3_server

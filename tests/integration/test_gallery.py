@@ -16,7 +16,7 @@ from cluster.storage.results import Storage
 from jobs.gallery import write_gallery
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import ResolvedRequest
-from jobs.output.shards import ShardWriter
+from jobs.output.shard_writer import ShardWriter
 from jobs.driver.plan import ShardPlan
 from jobs.worker.rows import WorkItem
 from tests.conftest import shot

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from cluster.runtime.local_ray import private_head
 from cluster.runtime.processes import free_port
 from cluster.storage.results import Storage
-from jobs.output.shards import read_metadata
+from jobs.output.layout import read_metadata
 
 BIN = Path(sys.executable).parent
 

@@ -29,7 +29,7 @@ from cluster.engine.renderer import Renderer
 from cluster.spec.request import RenderRequest
 from cluster.doubles.simulated_gpu import read_busy_intervals
 from cluster.storage.results import Storage
-from jobs.output.shards import read_metadata
+from jobs.output.layout import read_metadata
 from tests.conftest import pixels
 from tests.multinode import wait_until
 from tests.servers import raydiant_service

@@ -1,4 +1,4 @@
-"""Job output (jobs/output/shards.py) as its readers see it: the real Hugging Face `datasets` loaders,
+"""Job output (jobs/output/shard_writer.py) as its readers see it: the real Hugging Face `datasets` loaders,
 the `webdataset` package and pyarrow load each format as written, with no conversion; a shard
 rendered twice (a retried task, a rerun) rewrites the same files with the same images. Written
 by the render actor without Ray, with the FAKE engine (solid colours, no model)."""
@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from cluster.storage.results import Storage
-from jobs.output.shards import read_metadata, read_stats, remove_staging
+from jobs.output.layout import read_metadata, read_stats
+from jobs.output.shard_writer import remove_staging
 from jobs.driver.plan import ShardPlan
 from jobs.driver.spec import RowDefaults
 from jobs.worker.shard_worker import ShardWorker

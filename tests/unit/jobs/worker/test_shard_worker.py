@@ -11,7 +11,7 @@ import yaml
 
 from cluster.spec.errors import ErrorCode
 from cluster.storage.results import Storage
-from jobs.output.shards import read_metadata, read_stats
+from jobs.output.layout import read_metadata, read_stats
 from jobs.driver.plan import ShardPlan
 from jobs.driver.spec import RowDefaults
 from jobs.worker.shard_worker import ShardWorker
