@@ -15,49 +15,34 @@ from ray.serve.schema import DeploymentStatus, ReplicaState
 from cluster.spec.config import RaydiantConfig
 from cluster.spec.catalogue import deployment_name
 from cluster.storage.results import Storage
-from serve.doors.acedata import router as acedata_routes
-from serve.doors.acedata.service import AceDataService
-from serve.doors.dashscope import router as dashscope_routes
-from serve.doors.dashscope.service import DashScopeService
+from serve.doors import registry
+from serve.doors.registry import DOORS, door_of
 from serve.edge.auth import ApiKeys, listens_beyond_loopback, weak_secrets
 from serve.edge.client_address import client_address, trusted_networks
+from cluster.spec.errors import ErrorCode, RenderError
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.files import router as files_router
-from serve.edge.http import Door, Gate
+from serve.edge.http import Gate
 from serve.edge.ratelimit import RateLimiter
-from serve.doors.openai import router as openai_routes
-from serve.doors.openai.service import OpenAIService
 from serve.secrets import for_replica
 from serve.tasks.dispatch.capacity import ModelCapacity
 from serve.tasks.dispatch.dispatcher import Dispatcher
 from serve.tasks.store.factory import open_store
 from serve.tasks.periodic import every
-from serve.tasks.store.record import Api
 from serve.tasks.service import TaskService
 from serve.tasks.webhooks.secrets import TenantSecrets
 from serve.tasks.webhooks.sender import Webhooks
-from serve.doors.web import router as web_routes
-from serve.doors.web.router import static_files
-from serve.doors.web.service import WebService
+from serve.doors.web.router import page_router, static_files
 
 log = logging.getLogger(__name__)
-
-# Every door's routes; an unhandled error is answered in the shape of the door whose prefix the
-# path has (DashScope's elsewhere: the page creates through it).
-ROUTES = [acedata_routes, openai_routes, web_routes, dashscope_routes]
-
-
-def door_of(path: str) -> Door:
-    return next((routes.door for routes in ROUTES if path.startswith(routes.door.prefix)), dashscope_routes.door)
-
 
 def create_app() -> FastAPI:
     """A fresh app: routes only. The replica fills `app.state` (one app per replica, so its
     state belongs to that replica)."""
     app = FastAPI(title="raydiant", docs_url=None, redoc_url=None, openapi_url=None)
-    for routes in ROUTES:
-        app.include_router(routes.router, prefix=routes.door.prefix)
-    app.include_router(web_routes.page_router)
+    for door in DOORS:
+        app.include_router(door.router, prefix=door.prefix)
+    app.include_router(page_router)
     app.include_router(files_router)
     app.mount("/web/static", static_files, name="web-static")
     app.add_api_route("/healthz", healthz, methods=["GET"])
@@ -86,7 +71,7 @@ async def limit_anonymous(request: Request, call_next) -> Response:
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return door_of(request.url.path).error_response(ServiceError(ErrorKind.INTERNAL, "an internal error occurred"))
+    return door_of(request.url.path).error_response(RenderError(ErrorCode.INTERNAL, "an internal error occurred"))
 
 
 # Serving as configured, or autoscaling (a deployment at 0 replicas holds requests while a
@@ -165,14 +150,13 @@ class Ingress:
         self.dispatcher = Dispatcher(store, storage, models, settings, capacities,
                                      lambda: _running_replicas(list(models)))
         tasks = TaskService({name: cfg.spec(name) for name in models}, self.dispatcher, storage, settings)
-        dashscope_service, acedata_service = DashScopeService(tasks), AceDataService(tasks)
+        services = registry.services(tasks)
         if listens_beyond_loopback(settings.host) and (
                 weak := weak_secrets(list(secrets.api_keys), secrets.signing_key, secrets.webhook_secret)):
             raise RuntimeError(f"refusing to serve on {settings.host} with weak secrets: {'; '.join(weak)}")
         tasks.webhook_secrets = TenantSecrets(secrets.webhook_secret, secrets.webhook_previous_secret)
         self.webhooks = Webhooks(store, settings.webhooks, tasks.webhook_secrets, tasks.policy,
-                                 {Api.DASHSCOPE: dashscope_service.task_body, Api.ACEDATA: acedata_service.final_body},
-                                 owner=self.dispatcher.owner)
+                                 registry.webhook_bodies(services), owner=self.dispatcher.owner)
         self.dispatcher.on_end = self.webhooks.task_ended
         self.dispatcher.start()
         self._scan = every(settings.lease_s / 2, self.webhooks.scan)
@@ -184,10 +168,7 @@ class Ingress:
                                                   namespace="address")
         app.state.storage = storage
         app.state.handles = models
-        app.state.dashscope = dashscope_service
-        app.state.acedata = acedata_service
-        app.state.openai = OpenAIService(tasks)
-        app.state.web = WebService(tasks)
+        app.state.services = services
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._fastapi

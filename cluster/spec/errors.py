@@ -12,13 +12,16 @@ batch job redoes exactly the images whose code is retryable.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Mapping
 
 
 class ErrorCode(StrEnum):
     INVALID_PARAMETER = "invalid_parameter"  # a value out of range or of the wrong kind (`param` names it)
     EMPTY_PROMPT = "empty_prompt"
+    EMPTY_MODEL = "empty_model"  # no model named
     MODEL_NOT_FOUND = "model_not_found"  # not a configured model
     MODEL_UNAVAILABLE = "model_unavailable"  # configured, but no replica answered (Serve app down, replicas dying)
     MODEL_LOAD_FAILED = "model_load_failed"  # its weights could not be loaded (a download failed)
@@ -44,7 +47,8 @@ class ErrorCode(StrEnum):
 
 _RETRYABLE = frozenset({ErrorCode.MODEL_UNAVAILABLE, ErrorCode.MODEL_LOAD_FAILED, ErrorCode.OUT_OF_MEMORY,
                         ErrorCode.TIMEOUT, ErrorCode.INTERNAL})
-_CALLERS = frozenset({ErrorCode.INVALID_PARAMETER, ErrorCode.EMPTY_PROMPT, ErrorCode.MODEL_NOT_FOUND})
+_CALLERS = frozenset({ErrorCode.INVALID_PARAMETER, ErrorCode.EMPTY_PROMPT, ErrorCode.EMPTY_MODEL,
+                      ErrorCode.MODEL_NOT_FOUND})
 _LEGACY = {
     "InvalidParameter": ErrorCode.INVALID_PARAMETER, "BadRequest.EmptyInput": ErrorCode.EMPTY_PROMPT,
     "ModelNotFound": ErrorCode.MODEL_NOT_FOUND, "ModelLoadError": ErrorCode.MODEL_LOAD_FAILED,
@@ -70,6 +74,13 @@ class RenderError:
     @classmethod
     def invalid(cls, param: str, message: str) -> "RenderError":
         return cls(ErrorCode.INVALID_PARAMETER, message, param)
+
+    def named(self, names: Mapping[str, str]) -> "RenderError":
+        """The same error, its parameter as a door's clients spell it (`names`: the core's name
+        -> the door's; a parameter not in it keeps its name)."""
+        if self.param is None or self.param not in names:
+            return self
+        return dataclasses.replace(self, param=names[self.param])
 
     def text(self, name: str | None = None) -> str:
         """The whole message, naming the parameter `name` (default: the core's name for it)."""

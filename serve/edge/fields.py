@@ -7,22 +7,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.spec.errors import RenderError
+from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.loras import LoraRef, read_lora_list
 from cluster.spec.catalogue import parse_size
-from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.errors import ErrorKind, Failure, Reason, ServiceError, message as failure_message
 
 
 class Invalid(Exception):
     """A field that cannot be read; `error` is the answer (the door renders it in its shape)."""
 
-    def __init__(self, message: str, param: str | None = None, kind: ErrorKind = ErrorKind.INVALID):
+    def __init__(self, message: str, param: str | None = None, reason: Reason = ErrorCode.INVALID_PARAMETER):
         super().__init__(message)
-        self.error = ServiceError(kind, message, param)
+        self.error: Failure = ServiceError(reason, message, param)
 
     @classmethod
-    def of(cls, error: ServiceError) -> "Invalid":
-        return cls(error.message, error.param, error.kind)
+    def of(cls, failure: Failure) -> "Invalid":
+        """A failure found while parsing (a model not served, an image that cannot be fetched)."""
+        invalid = cls(failure_message(failure), failure.param)
+        invalid.error = failure
+        return invalid
 
 
 def _label(name: str, where: str | None) -> str:

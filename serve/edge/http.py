@@ -1,24 +1,26 @@
 """What every router shares: the door skeleton, authentication, the per-key rate limit, and the
 capped JSON body.
 
-A door (one API: DashScope, AceData, OpenAI, the page's reads) declares its error table and
-error body once as a `Door`, and registers each route with `Door.route`: the route is admitted
-(`admit()`: key, rate limit, body), its handler gets the door's service and the `Caller`, and
-whatever it returns (a body, a `ServiceError`, a response) is answered in the door's shape. No
-route authenticates, counts or reads a body any other way.
+A door (one API: DashScope, AceData, OpenAI, the page's reads) declares its service class, error
+table and error body once as a `Door`, and registers each route with `Door.route`: the route is
+admitted (`admit()`: key, rate limit, body), its handler gets the door's service (one per app,
+`app.state.services`, by the door's name) and the `Caller`, and whatever it returns (a body, a
+`Failure`, a response) is answered in the door's shape. No route authenticates, counts or reads
+a body any other way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, Protocol
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from cluster.spec.errors import RenderError
 from serve.edge import strict_json
 from serve.edge.auth import ApiKeys
-from serve.edge.errors import ErrorKind, ServiceError, retry_headers
+from serve.edge.errors import ErrorKind, Failure, Reason, ServiceError, reason, retry_headers
 from serve.edge.ratelimit import RateLimiter
 
 
@@ -84,28 +86,33 @@ class _HasStatus(Protocol):
 
 
 # A route's handler: (the door's service, the admitted caller, the request) -> an answer.
-Handler = Callable[[Any, Caller, Request], Awaitable["dict | ServiceError | Response"]]
+Handler = Callable[[Any, Caller, Request], Awaitable["dict | Failure | Response"]]
 
 
 @dataclass(frozen=True)
 class Door:
-    """One API's face at the edge: its error table and body, its service, its routes."""
+    """One API's face at the edge: its service, its error table and body, its routes."""
 
-    service: str  # the attribute of `app.state` that holds this door's service
-    errors: Mapping[ErrorKind, _HasStatus]  # each error kind's HTTP status (and the door's own code)
-    error_body: Callable[[ServiceError], dict]  # an error in this API's shape
+    service: type  # the door's service class (serve/doors/base.py `DoorService`); `service.api` names the door
+    errors: Mapping[Reason, _HasStatus]  # each failure's HTTP status (and the door's own code)
+    error_body: Callable[[Failure], dict]  # a failure in this API's shape
     prefix: str  # where its router is mounted (unhandled errors under it take its shape)
+    router: APIRouter = field(default_factory=APIRouter)
 
-    def error_response(self, error: ServiceError) -> JSONResponse:
-        return JSONResponse(self.error_body(error), status_code=self.errors[error.kind].status,
-                            headers=retry_headers(error))
+    @property
+    def name(self) -> str:
+        return self.service.api
 
-    def respond(self, result: "dict | ServiceError | Response") -> Response:
-        if isinstance(result, ServiceError):
+    def error_response(self, failure: Failure) -> JSONResponse:
+        return JSONResponse(self.error_body(failure), status_code=self.errors[reason(failure)].status,
+                            headers=retry_headers(failure))
+
+    def respond(self, result: "dict | Failure | Response") -> Response:
+        if isinstance(result, (ServiceError, RenderError)):
             return self.error_response(result)
         return result if isinstance(result, Response) else JSONResponse(result)
 
-    def route(self, router: APIRouter, method: str, path: str, *, json_body: bool = False,
+    def route(self, method: str, path: str, *, json_body: bool = False,
               trailing_slash: bool = False) -> Callable[[Handler], Handler]:
         """Register `handler(service, caller, request)` as an admitted route (path parameters
         are in `request.path_params`); `trailing_slash` also answers at `path/` (DashScope's
@@ -116,11 +123,11 @@ class Door:
                 caller = await admit(request, json_body)
                 if isinstance(caller, ServiceError):
                     return self.error_response(caller)
-                return self.respond(await handler(getattr(request.app.state, self.service), caller, request))
+                return self.respond(await handler(request.app.state.services[self.name], caller, request))
 
             endpoint.__name__ = handler.__name__
             for each in (path, path + "/") if trailing_slash else (path,):
-                router.add_api_route(each, endpoint, methods=[method], name=f"{handler.__name__}:{each}")
+                self.router.add_api_route(each, endpoint, methods=[method], name=f"{handler.__name__}:{each}")
             return handler
 
         return register

@@ -1,7 +1,8 @@
 """`TaskService`: the task layer every API door uses.
 
-A façade parses its wire format into a `Submission`, then calls submit / wait / get / cancel /
-list here, and renders what comes back (records, or `ServiceError` values) in its own shapes.
+A door parses its wire format into a `Submission` (serve/doors/base.py), then calls submit / wait /
+get / cancel / list here, and renders what comes back (records, or `Failure` values: a
+`RenderError` for the render, a `ServiceError` for the edge) in its own shapes.
 What this layer guarantees, whichever door is used:
 
 - Ownership: a task is seen, listed and canceled only with the key that created it; another
@@ -30,14 +31,14 @@ from urllib.parse import parse_qs, urlsplit
 
 from cluster.spec.config import ServeConfig
 from cluster.spec.catalogue import ModelSpec
-from cluster.spec.errors import RenderError
+from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest
 from cluster.storage.results import Storage, StorageError
-from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.errors import ErrorKind, Failure, ServiceError
 from cluster.storage.guarded_fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
 from serve.tasks.dispatch.dispatcher import Dispatcher, QueueFull
 from serve.tasks.dispatch.fair_queue import cost_of
-from serve.tasks.store.record import Api, TaskRecord, TaskStatus, WebhookDelivery
+from serve.tasks.store.record import TaskRecord, TaskStatus, WebhookDelivery
 from serve.tasks.webhooks.secrets import TenantSecrets
 
 CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
@@ -47,12 +48,22 @@ CLIENT_KEY_LIMIT = 64
 
 
 @dataclass(frozen=True)
+class Once:
+    """What makes a create call a repeat of an earlier one (`TaskService.submit_once`)."""
+
+    fingerprint: str  # the client's Idempotency-Key, else the body, hashed
+    explicit: bool  # the client sent an Idempotency-Key
+    body_digest: str = ""  # the body, hashed: an explicit key reused with another body is refused
+
+
+@dataclass(frozen=True)
 class Submission:
     """One create call, in the task layer's terms."""
 
-    api: Api  # the door: its body shape is used for this task's webhook
+    api: str  # the door's name: its body shape is used for this task's webhook
     key_id: str
-    request: RenderRequest  # `model`: a configured model, or an alias of one
+    spec: ModelSpec  # the served model, looked up once by the door (`model_for`)
+    request: RenderRequest  # `model` is `spec.name`
     base_url: str  # the address the client reached us at
     callback_url: str | None = None
     client_body: Any = None
@@ -77,24 +88,26 @@ class TaskService:
 
     # --- models ---------------------------------------------------------------------------------
 
-    def model(self, name: str) -> ModelSpec | ServiceError:
+    def model(self, name: str) -> ModelSpec | RenderError:
         """A served model by its name or an alias from `serve.model_aliases`."""
+        if not name:
+            return RenderError(ErrorCode.EMPTY_MODEL, "must not be empty", "model")
         spec = self.specs.get(self.settings.model_aliases.get(name, name))
         if spec is None:
             served = ", ".join([*self.specs, *self.settings.model_aliases])
-            return ServiceError(ErrorKind.MODEL_NOT_FOUND, f"model {name} is not served here; available: {served}",
-                                param="model")
+            return RenderError(ErrorCode.MODEL_NOT_FOUND, f"{name} is not served here; available: {served}", "model")
         return spec
 
-    def model_for(self, name: str, edit: bool, served_at: Mapping[bool, str]) -> ModelSpec | ServiceError:
+    def model_for(self, name: str, edit: bool, served_at: Mapping[bool, str]) -> ModelSpec | RenderError:
         """A served model of the kind the route takes (one that edits images, or one that
         generates them); one of the other kind is refused with where it is served
-        (`served_at[True]`: where edit models are, `served_at[False]`: where the others are)."""
+        (`served_at[True]`: where edit models are, `served_at[False]`: where the others are).
+        The one lookup of a request's model: its `Submission` carries what this returns."""
         spec = self.model(name)
-        if isinstance(spec, ServiceError) or spec.edit == edit:
+        if isinstance(spec, RenderError) or spec.edit == edit:
             return spec
         does = "edits" if spec.edit else "generates"
-        return ServiceError.invalid(f"model {name} {does} images: {served_at[spec.edit]}", "model")
+        return RenderError.invalid("model", f"{name} {does} images: {served_at[spec.edit]}")
 
     # --- input images ---------------------------------------------------------------------------
 
@@ -133,20 +146,15 @@ class TaskService:
 
     # --- submit and wait --------------------------------------------------------------------------
 
-    async def submit(self, submission: Submission) -> TaskRecord | ServiceError:
-        spec = self.model(submission.request.model)
-        if isinstance(spec, ServiceError):
-            return spec
-        request = dataclasses.replace(submission.request, model=spec.name)  # an alias names its model
-        resolved = spec.resolve(request, sizes=submission.sizes)
+    async def submit(self, submission: Submission) -> TaskRecord | Failure:
+        spec = submission.spec
+        resolved = spec.resolve(submission.request, sizes=submission.sizes)
         if isinstance(resolved, RenderError):
-            return ServiceError.refused(resolved, submission.param_names)
+            return resolved.named(submission.param_names)
         if (cost := cost_of(resolved)) > self.settings.max_request_cost:
             return ServiceError.invalid(f"this request asks for {cost:.0f} megapixel-steps (n x steps x W x H / 2^20); "
                                         f"the limit is {self.settings.max_request_cost:g}: ask for fewer steps, "
                                         f"images or pixels")
-        if submission.callback_url and not submission.api.takes_callbacks:
-            return ServiceError.invalid(f"callback_url is not taken on the {submission.api.value} API", "callback_url")
         if submission.callback_url and (problem := await self._check_callback(submission.callback_url)):
             return problem
         loras_name = submission.param_names.get("loras", "loras")
@@ -185,8 +193,7 @@ class TaskService:
         if record.init_image_key:
             await asyncio.to_thread(self.storage.delete_prefix, f"tasks/{record.task_id}")
 
-    async def submit_once(self, submission: Submission, fingerprint: str, explicit: bool,
-                          body_digest: str = "") -> TaskRecord | ServiceError:
+    async def submit_once(self, submission: Submission, once: Once) -> TaskRecord | Failure:
         """Submit, unless an earlier request with the same fingerprint (from the same key) made a
         task that still answers it. Clients retry on timeouts and 5xx without a key of their own,
         and a retry must not render twice.
@@ -198,7 +205,7 @@ class TaskService:
         An explicit key reused with another body (`body_digest`) is refused (CONFLICT): the
         client's retry logic is wrong, and answering with the first task would hide it.
         """
-        fingerprint = f"{submission.key_id}:{fingerprint}"
+        fingerprint, explicit, body_digest = f"{submission.key_id}:{once.fingerprint}", once.explicit, once.body_digest
         known = await self.store.recall(fingerprint)  # "task_id" or "task_id#body digest"
         known_id, _, known_digest = (known or "").partition("#")
         earlier = await self.get(known_id, submission.key_id) if known_id else None
@@ -208,7 +215,7 @@ class TaskService:
         if earlier is not None and (explicit or _still_answers(earlier, self.settings.duplicate_window_s)):
             return earlier
         record = await self.submit(submission)
-        if not isinstance(record, ServiceError):
+        if isinstance(record, TaskRecord):
             remember_for = self.settings.retention_s if explicit else (
                 self.settings.task_deadline_s + self.settings.duplicate_window_s)
             remembered = f"{record.task_id}#{body_digest}" if explicit else record.task_id
@@ -237,24 +244,20 @@ class TaskService:
         return finished or record
 
     async def wait_for_images(self, record: TaskRecord, still_running: str,
-                              names: Mapping[str, str] | None = None) -> TaskRecord | ServiceError:
+                              names: Mapping[str, str] | None = None) -> TaskRecord | RenderError:
         """For a call that answers with images: the record once it SUCCEEDED, else the error to
-        answer with (`still_running` tells the client what to do when the wait ran out). A task
-        that failed for the caller's reason (an adapter file they named, an input image) answers
-        as that refusal would have at submission, naming the field as `names` spells it; only
-        our own failures are TASK_FAILED."""
+        answer with (`still_running` tells the client what to do when the wait ran out): the
+        task's own, its parameter named as `names` spells it, so a task that failed for the
+        caller's reason (an adapter file they named, an input image) answers as that refusal
+        would have at submission."""
         finished = await self.wait(record)
         if not finished.terminal:
-            return ServiceError(ErrorKind.TIMEOUT, f"task {record.task_id} did not finish within "
-                                                   f"{self.settings.sync_timeout_s:g} s; {still_running}")
+            return RenderError(ErrorCode.TIMEOUT, f"task {record.task_id} did not finish within "
+                                                  f"{self.settings.sync_timeout_s:g} s; {still_running}")
         if finished.status == TaskStatus.CANCELED:
-            return ServiceError(ErrorKind.TASK_CANCELED, f"task {record.task_id} was canceled before its images "
-                                                         f"were ready")
+            return RenderError(ErrorCode.CANCELED, f"task {record.task_id} was canceled before its images were ready")
         if finished.status == TaskStatus.FAILED or not any(o.key for o in finished.results):
-            error = finished.error()
-            if error is not None and error.code.callers:
-                return ServiceError.refused(error, names or {})
-            return ServiceError(ErrorKind.TASK_FAILED, _why_no_image(finished))
+            return (finished.error() or RenderError(ErrorCode.INTERNAL, "rendering failed")).named(names or {})
         return finished
 
     # --- read, cancel, list ---------------------------------------------------------------------
@@ -316,12 +319,6 @@ def _still_answers(record: TaskRecord, window_s: float) -> bool:
     if not record.terminal:
         return True
     return record.status == TaskStatus.SUCCEEDED and time.time() - (record.end_time or 0) <= window_s
-
-
-def _why_no_image(record: TaskRecord) -> str:
-    """The task's own error, else its first image's, with the core's code."""
-    error = record.error()
-    return f"{error.text() or 'rendering failed'} ({error.code.value})" if error else "rendering failed"
 
 
 def _compact(value: Any) -> Any:

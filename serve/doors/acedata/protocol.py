@@ -11,26 +11,29 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from serve.edge.errors import ErrorKind, ServiceError, WireError
-from serve.tasks.store.record import StepCount
+from cluster.spec.errors import ErrorCode
+from serve.edge.errors import ErrorKind, Failure, Reason, WireError, message, reason
+from serve.doors.base import LiveTask
 
-ERRORS: dict[ErrorKind, WireError] = {
+ERRORS: dict[Reason, WireError] = {
     ErrorKind.UNAUTHENTICATED: WireError(401, "invalid_token"),
     ErrorKind.RATE_LIMITED: WireError(429, "too_many_requests"),
     ErrorKind.BODY_TOO_LARGE: WireError(413, "bad_request"),
     ErrorKind.MALFORMED: WireError(400, "bad_request"),
-    ErrorKind.INVALID: WireError(400, "bad_request"),
-    ErrorKind.EMPTY_PROMPT: WireError(400, "bad_request"),
-    ErrorKind.EMPTY_MODEL: WireError(400, "bad_request"),
-    ErrorKind.MODEL_NOT_FOUND: WireError(400, "bad_request"),
     ErrorKind.QUEUE_FULL: WireError(503, "service_unavailable"),
     ErrorKind.NOT_FOUND: WireError(404, "not_found"),
     ErrorKind.NOT_CANCELABLE: WireError(400, "bad_request"),
     ErrorKind.CONFLICT: WireError(409, "conflict"),
-    ErrorKind.TASK_FAILED: WireError(500, "api_error"),
-    ErrorKind.TASK_CANCELED: WireError(400, "bad_request"),
-    ErrorKind.TIMEOUT: WireError(500, "api_error"),
-    ErrorKind.INTERNAL: WireError(500, "api_error"),
+    ErrorCode.INVALID_PARAMETER: WireError(400, "bad_request"),
+    ErrorCode.EMPTY_PROMPT: WireError(400, "bad_request"),
+    ErrorCode.EMPTY_MODEL: WireError(400, "bad_request"),
+    ErrorCode.MODEL_NOT_FOUND: WireError(400, "bad_request"),
+    ErrorCode.MODEL_UNAVAILABLE: WireError(503, "service_unavailable"),
+    ErrorCode.MODEL_LOAD_FAILED: WireError(500, "api_error"),
+    ErrorCode.OUT_OF_MEMORY: WireError(500, "api_error"),
+    ErrorCode.TIMEOUT: WireError(500, "api_error"),
+    ErrorCode.CANCELED: WireError(400, "bad_request"),
+    ErrorCode.INTERNAL: WireError(500, "api_error"),
 }
 
 ACTIONS = {"generate": "generate", "edit": "edit", "edits": "edit"}  # the SDK sends `edit`
@@ -84,9 +87,10 @@ class ErrorBody(BaseModel):
     task_id: str | None = None
 
 
-class TaskItem(BaseModel):
+class TaskItem(LiveTask):
     """One task as `retrieve` shows it. `response` is always present (null while the task
-    runs): without it the SDK mistakes `request.image_url` of an edit for a result."""
+    runs): without it the SDK mistakes `request.image_url` of an edit for a result. The live
+    fields (`LiveTask`) are extensions."""
 
     id: str
     created_at: float
@@ -94,13 +98,7 @@ class TaskItem(BaseModel):
     request: Any
     response: dict[str, Any] | None  # `final_body`: an ImagesBody or an ErrorBody, as sent
     trace_id: str
-    # Extensions while the task is live: place in the model's queue (PENDING), then denoising
-    # steps done and seconds left (RUNNING).
     status: str
-    queue_position: int | None = None
-    progress: StepCount | None = None
-    eta_s: float | None = None
-    loras: list[dict[str, Any]] | None = None  # the adapters: path, scale, and sha256 once rendered
 
 
 class TaskBatch(BaseModel):
@@ -108,6 +106,6 @@ class TaskBatch(BaseModel):
     count: int
 
 
-def error_body(error: ServiceError, task_id: str | None = None) -> dict:
-    return ErrorBody(error=ErrorDetail(code=ERRORS[error.kind].code, message=error.message), trace_id=trace_id(),
-                     task_id=task_id).model_dump(exclude_none=True)
+def error_body(failure: Failure, task_id: str | None = None) -> dict:
+    return ErrorBody(error=ErrorDetail(code=ERRORS[reason(failure)].code, message=message(failure)),
+                     trace_id=trace_id(), task_id=task_id).model_dump(exclude_none=True)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 
 from serve.doors.acedata.protocol import ERRORS, error_body
 from serve.doors.acedata.service import AceDataService
 from serve.edge.http import Caller, Door
 
-router = APIRouter()
-door = Door(service="acedata", errors=ERRORS, error_body=error_body, prefix="/flux")
+door = Door(service=AceDataService, errors=ERRORS, error_body=error_body, prefix="/flux")
 
 
-@door.route(router, "POST", "/images", json_body=True)
+@door.route("POST", "/images", json_body=True)
 async def images(service: AceDataService, caller: Caller, request: Request):
     return await service.images(caller)
 
 
-@door.route(router, "POST", "/tasks", json_body=True)
+@door.route("POST", "/tasks", json_body=True)
 async def tasks(service: AceDataService, caller: Caller, request: Request):
     return await service.retrieve(caller)

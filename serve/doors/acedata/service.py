@@ -1,5 +1,5 @@
 """The AceData Flux images API: parse its bodies into task-layer calls, render records in its
-shapes. No web framework, no task logic; methods return bodies or `ServiceError`s.
+shapes. No web framework, no task logic; methods return bodies or `Failure`s.
 
 Vocabulary owned here: `action` generate / edit (`edits` accepted), provider model names through
 the config's alias table (`flux-pro` -> a configured model), and sizes as `WxH` (any size the
@@ -10,53 +10,50 @@ area: one megapixel for FLUX and SDXL).
 from __future__ import annotations
 
 import re
-import time
 
-from cluster.spec.errors import RenderError
 from cluster.spec.catalogue import ModelSpec
+from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest
-from serve.edge import fields
 from serve.doors.acedata.protocol import (
     ACTIONS, CLIENT_FIELDS, DEFAULT_MODEL, PARAM_NAMES, SERVED_AT, Accepted, Image, ImagesBody, TaskBatch, TaskItem,
     error_body,
 )
-from serve.edge.errors import ErrorKind, ServiceError
+from serve.doors.base import Created, DoorService, LiveTask, lora_view
+from serve.edge import fields
+from serve.edge.errors import ErrorKind, Failure, ServiceError
 from serve.edge.fields import Invalid
 from serve.edge.http import Caller
-from serve.tasks.store.record import Api, TaskRecord, TaskStatus, lora_view
-from serve.tasks.service import Submission, TaskService
+from serve.tasks.service import Submission
+from serve.tasks.store.record import TaskRecord, TaskStatus
 
 _RATIO = re.compile(r"^\s*(\d{1,6})\s*:\s*(\d{1,6})\s*$")  # longer sides are no aspect ratio anyone means
 MAX_BATCH_IDS = 100
 
 
-class AceDataService:
-    def __init__(self, tasks: TaskService):
-        self.tasks = tasks
+class AceDataService(DoorService):
+    api = "acedata"
+    takes_callbacks = True
 
     # --- POST /flux/images ----------------------------------------------------------------------
 
-    async def images(self, caller: Caller) -> dict | ServiceError:
-        try:
-            submission, answer_now = await self._parse(caller)
-        except Invalid as invalid:
-            return invalid.error
-        record = await self.tasks.submit(submission)
-        if isinstance(record, ServiceError):
-            return record
-        if answer_now:
+    async def images(self, caller: Caller) -> dict | Failure:
+        created = await self.submit(self._parse(caller))
+        if not isinstance(created, Created):
+            return created
+        record = created.record
+        if created.submission.callback_url or fields.boolean(caller.body, "async"):  # answered now
             return Accepted(task_id=record.task_id, trace_id=record.trace_id).model_dump()
         finished = await self.tasks.wait_for_images(record, "retrieve it with POST /flux/tasks", PARAM_NAMES)
-        return finished if isinstance(finished, ServiceError) else self.final_body(finished, caller.base_url)
+        return finished if isinstance(finished, RenderError) else self.final_body(finished, caller.base_url)
 
-    async def _parse(self, caller: Caller) -> tuple[Submission, bool]:
+    async def _parse(self, caller: Caller) -> Submission:
         """Kinds are checked here, naming AceData's fields; values by the core, once."""
         body = fields.json_object(caller.body)
         action = ACTIONS.get(fields.text(body, "action") or "generate")
         if action is None:
             raise Invalid(f"action must be generate or edit, got {body.get('action')!r}", "action")
         spec = self.tasks.model_for(fields.text(body, "model") or DEFAULT_MODEL, action == "edit", SERVED_AT)
-        if isinstance(spec, ServiceError):
+        if isinstance(spec, RenderError):
             raise Invalid.of(spec)
         width, height = _size(spec, fields.text(body, "size"))
         count = fields.integer(body, "count", floats=True)  # the SDK types `count` as a number
@@ -69,21 +66,20 @@ class AceDataService:
             if not url:
                 raise Invalid("image_url is required for action edit", "image_url")
             image = await self.tasks.input_image(url, "image_url")
-            if isinstance(image, ServiceError):
+            if not isinstance(image, bytes):
                 raise Invalid.of(image)
         callback = fields.text(body, "callback_url")
-        asynchronous = fields.boolean(body, "async") or False
+        fields.boolean(body, "async")  # a kind check: `images` reads it once the task is in
         request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height,
                                 n=1 if count is None else count, seed=fields.integer(body, "seed"), init_image=image,
                                 loras=fields.loras(body, "loras"), quality=fields.text(body, "quality"))
-        submission = Submission(api=Api.ACEDATA, key_id=caller.key_id, request=request, base_url=caller.base_url,
-                                callback_url=callback, client_body={k: v for k, v in body.items() if k in CLIENT_FIELDS},
-                                sizes="render", param_names=PARAM_NAMES)
-        return submission, asynchronous or bool(callback)
+        return Submission(api=self.api, key_id=caller.key_id, spec=spec, request=request, base_url=caller.base_url,
+                          callback_url=callback, client_body={k: v for k, v in body.items() if k in CLIENT_FIELDS},
+                          sizes="render", param_names=PARAM_NAMES)
 
     # --- POST /flux/tasks -----------------------------------------------------------------------
 
-    async def retrieve(self, caller: Caller) -> dict | ServiceError:
+    async def retrieve(self, caller: Caller) -> dict | Failure:
         body = caller.body
         if not isinstance(body, dict):
             return ServiceError(ErrorKind.MALFORMED, "request body must be a JSON object")
@@ -109,12 +105,12 @@ class AceDataService:
 
     def task_item(self, record: TaskRecord, base_url: str | None = None) -> TaskItem:
         response = self.final_body(record, base_url) if record.terminal else None
-        progress = record.progress
         return TaskItem(id=record.task_id, created_at=record.submit_time, finished_at=record.end_time,
                         request=record.client_body, response=response, trace_id=record.trace_id,
-                        status=record.status.value.lower(), queue_position=record.queue_position,
-                        progress=progress.steps_only() if progress else None,
-                        eta_s=progress.eta_left(time.time()) if progress else None, loras=lora_view(record))
+                        status=record.status.value.lower(), **LiveTask.of(record))
+
+    def webhook_body(self, record: TaskRecord) -> dict:
+        return self.final_body(record)
 
     def final_body(self, record: TaskRecord, base_url: str | None = None) -> dict:
         """A finished task's body: the synchronous answer, or the error body (also what its
@@ -127,12 +123,9 @@ class AceDataService:
             return ImagesBody(task_id=record.task_id, trace_id=record.trace_id, data=images,
                               loras=loras).model_dump(exclude=None if loras else {"loras"})
         if record.status == TaskStatus.CANCELED:
-            failure = ServiceError(ErrorKind.TASK_FAILED, "the task was canceled")
+            failure = RenderError(ErrorCode.CANCELED, "the task was canceled")
         else:
-            error = record.error()
-            failure = (ServiceError.refused(error, PARAM_NAMES) if error and error.code.callers
-                       else ServiceError(ErrorKind.TASK_FAILED, f"{error.text()} ({error.code.value})" if error
-                                         else "rendering failed"))
+            failure = (record.error() or RenderError(ErrorCode.INTERNAL, "rendering failed")).named(PARAM_NAMES)
         return error_body(failure, record.task_id)
 
 

@@ -13,8 +13,8 @@ from pydantic import BaseModel
 
 from cluster.spec.errors import ErrorCode
 from cluster.spec.catalogue import ModelSpec
-from serve.edge.errors import ErrorKind, ServiceError, WireError
-from serve.tasks.store.record import StepCount
+from serve.edge.errors import ErrorKind, Failure, Reason, WireError, message, reason
+from serve.doors.base import LiveTask
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # What a task keeps of the client's body (the rest of a body is never stored).
@@ -24,37 +24,27 @@ CLIENT_FIELDS = ("model", "input", "parameters")
 def request_id() -> str:
     return str(uuid.uuid4())
 
-# The task layer's errors in DashScope's vocabulary (HTTP status, `code`).
-ERRORS: dict[ErrorKind, WireError] = {
+# Every failure in DashScope's vocabulary (HTTP status, `code`): the edge's, and the core's codes,
+# which are also a failed task's or image's `output.code` / `results[i].code`.
+ERRORS: dict[Reason, WireError] = {
     ErrorKind.UNAUTHENTICATED: WireError(401, "InvalidApiKey"),
     ErrorKind.RATE_LIMITED: WireError(429, "Throttling.RateQuota"),
     ErrorKind.BODY_TOO_LARGE: WireError(413, "InvalidParameter"),
     ErrorKind.MALFORMED: WireError(400, "InvalidParameter"),
-    ErrorKind.INVALID: WireError(400, "InvalidParameter"),
-    ErrorKind.EMPTY_PROMPT: WireError(400, "BadRequest.EmptyInput"),
-    ErrorKind.EMPTY_MODEL: WireError(400, "BadRequest.EmptyModel"),
-    ErrorKind.MODEL_NOT_FOUND: WireError(404, "ModelNotFound"),
     ErrorKind.QUEUE_FULL: WireError(503, "ServiceUnavailable"),
     ErrorKind.NOT_FOUND: WireError(404, "InvalidParameter"),
     ErrorKind.NOT_CANCELABLE: WireError(400, "UnsupportedOperation"),
     ErrorKind.CONFLICT: WireError(409, "Conflict"),
-    ErrorKind.TASK_FAILED: WireError(500, "InternalError"),
-    ErrorKind.TASK_CANCELED: WireError(400, "TaskCanceled"),
-    ErrorKind.TIMEOUT: WireError(500, "InternalError.Timeout"),
-    ErrorKind.INTERNAL: WireError(500, "InternalError"),
-}
-
-# The core's codes of a failed task or image (`output.code`, `results[i].code`) in DashScope's.
-RESULT_CODES: dict[ErrorCode, str] = {
-    ErrorCode.INVALID_PARAMETER: "InvalidParameter",
-    ErrorCode.EMPTY_PROMPT: "BadRequest.EmptyInput",
-    ErrorCode.MODEL_NOT_FOUND: "ModelNotFound",
-    ErrorCode.MODEL_UNAVAILABLE: "InternalError.Unavailable",
-    ErrorCode.MODEL_LOAD_FAILED: "InternalError.ModelLoad",
-    ErrorCode.OUT_OF_MEMORY: "InternalError.OutOfMemory",
-    ErrorCode.TIMEOUT: "InternalError.Timeout",
-    ErrorCode.CANCELED: "TaskCanceled",
-    ErrorCode.INTERNAL: "InternalError",
+    ErrorCode.INVALID_PARAMETER: WireError(400, "InvalidParameter"),
+    ErrorCode.EMPTY_PROMPT: WireError(400, "BadRequest.EmptyInput"),
+    ErrorCode.EMPTY_MODEL: WireError(400, "BadRequest.EmptyModel"),
+    ErrorCode.MODEL_NOT_FOUND: WireError(404, "ModelNotFound"),
+    ErrorCode.MODEL_UNAVAILABLE: WireError(503, "InternalError.Unavailable"),
+    ErrorCode.MODEL_LOAD_FAILED: WireError(500, "InternalError.ModelLoad"),
+    ErrorCode.OUT_OF_MEMORY: WireError(500, "InternalError.OutOfMemory"),
+    ErrorCode.TIMEOUT: WireError(500, "InternalError.Timeout"),
+    ErrorCode.CANCELED: WireError(400, "TaskCanceled"),
+    ErrorCode.INTERNAL: WireError(500, "InternalError"),
 }
 
 
@@ -66,11 +56,13 @@ def param_names(spec: ModelSpec) -> dict[str, str]:
             "quality": "parameters.quality"}
 
 
-def error_body(error: ServiceError) -> dict:
-    return {"request_id": request_id(), "code": ERRORS[error.kind].code, "message": error.message}
+def error_body(failure: Failure) -> dict:
+    return {"request_id": request_id(), "code": ERRORS[reason(failure)].code, "message": message(failure)}
 
 
-class TaskOutput(BaseModel):
+class TaskOutput(LiveTask):
+    """A task's `output`; the live fields (`LiveTask`) are extensions: the SDKs keep unknown keys."""
+
     task_id: str
     task_status: str  # always present: the SDK raises KeyError without it
     submit_time: str | None = None
@@ -80,12 +72,6 @@ class TaskOutput(BaseModel):
     task_metrics: dict[str, int] | None = None
     code: str | None = None  # whole-task failure only (inside output, never top level)
     message: str | None = None
-    # Extensions (the SDKs keep unknown keys): place in the model's queue while PENDING, then
-    # denoising steps done and seconds left while RUNNING.
-    queue_position: int | None = None
-    progress: StepCount | None = None
-    eta_s: float | None = None
-    loras: list[dict[str, Any]] | None = None  # the adapters: path, scale, and sha256 once rendered
 
 
 class TaskBody(BaseModel):

@@ -1,24 +1,24 @@
 """DashScope image synthesis: parse DashScope bodies into task-layer calls and render records in
 DashScope's shapes. No web framework, no task logic: every method returns a response body or a
-`ServiceError`; `router.py` maps them to HTTP.
+`Failure`; `router.py` maps them to HTTP.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 
-from cluster.spec.errors import RenderError
+from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest
-from serve.edge import fields
+from serve.doors.base import Created, DoorService, LiveTask
 from serve.doors.dashscope.protocol import (
-    CLIENT_FIELDS, RESULT_CODES, TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput, param_names, request_id,
+    CLIENT_FIELDS, ERRORS, TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput, param_names, request_id,
 )
-from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge import fields
+from serve.edge.errors import Failure, ServiceError
 from serve.edge.fields import Invalid
 from serve.edge.http import Caller
-from serve.tasks.store.record import Api, TaskRecord, TaskStatus, lora_view
-from serve.tasks.service import Submission, TaskService
+from serve.tasks.service import Submission
+from serve.tasks.store.record import TaskRecord, TaskStatus
 
 
 MAX_PAGE_NO = 1_000_000  # a store's offset must stay a 64-bit integer
@@ -36,41 +36,36 @@ SERVED_AT = {True: "it is served at /services/aigc/image2image/image-synthesis",
              False: "it is served at /services/aigc/text2image/image-synthesis"}
 
 
-class DashScopeService:
-    def __init__(self, tasks: TaskService):
-        self.tasks = tasks
+class DashScopeService(DoorService):
+    api = "dashscope"
+    takes_callbacks = True  # an extension: `parameters.callback_url`
 
     # --- create -------------------------------------------------------------------------------
 
-    async def create(self, caller: Caller, sync: bool, edit_route: bool) -> dict | ServiceError:
-        try:
-            submission = await self._parse(caller, edit_route)
-        except Invalid as invalid:
-            return invalid.error
-        record = await self.tasks.submit(submission)
-        if isinstance(record, ServiceError):
-            return record
+    async def create(self, caller: Caller, sync: bool, edit_route: bool) -> dict | Failure:
+        created = await self.submit(self._parse(caller, edit_route))
+        if not isinstance(created, Created):
+            return created
         if not sync:
             return {"request_id": request_id(),
-                    "output": {"task_id": record.task_id, "task_status": TaskStatus.PENDING.value}}
-        finished = await self.tasks.wait(record)
+                    "output": {"task_id": created.record.task_id, "task_status": TaskStatus.PENDING.value}}
+        finished = await self.tasks.wait(created.record)
         error = finished.error() if finished.status == TaskStatus.FAILED else None
         if error is not None and error.code.callers:  # the caller's to fix: a 400, as at submission
-            return ServiceError.refused(error, submission.param_names)
+            return error.named(created.submission.param_names)
         return self.task_body(finished, caller.base_url)
 
     async def _parse(self, caller: Caller, edit_route: bool) -> Submission:
         """Kinds are checked here, naming DashScope's fields; values by the core, once."""
         body = fields.json_object(caller.body)
-        model = body.get("model")
-        if not model:
-            raise Invalid("model must not be empty", "model", ErrorKind.EMPTY_MODEL)
+        if not body.get("model"):
+            raise Invalid("model must not be empty", "model", ErrorCode.EMPTY_MODEL)
         spec = self.tasks.model_for(fields.text(body, "model") or "", edit_route, SERVED_AT)
-        if isinstance(spec, ServiceError):
+        if isinstance(spec, RenderError):
             raise Invalid.of(spec)
         inputs = body.get("input")
         if not isinstance(inputs, dict):
-            raise Invalid("input must be an object with a prompt", "input", ErrorKind.EMPTY_PROMPT)
+            raise Invalid("input must be an object with a prompt", "input", ErrorCode.EMPTY_PROMPT)
         params = body.get("parameters")
         params = {} if params is None else params  # v2 clients leave it out
         if not isinstance(params, dict):
@@ -98,7 +93,7 @@ class DashScopeService:
         )
         # An extension: DashScope has no webhooks; `parameters.callback_url` adds one.
         callback = fields.text(params, "callback_url", "parameters")
-        return Submission(api=Api.DASHSCOPE, key_id=caller.key_id, request=request, base_url=caller.base_url,
+        return Submission(api=self.api, key_id=caller.key_id, spec=spec, request=request, base_url=caller.base_url,
                           callback_url=callback, client_body={k: body[k] for k in CLIENT_FIELDS if k in body},
                           param_names=param_names(spec))
 
@@ -107,7 +102,7 @@ class DashScopeService:
         if not url:
             raise Invalid("input.image_url is required for image editing", "image_url")
         image = await self.tasks.input_image(url, "input.image_url")
-        if isinstance(image, ServiceError):
+        if not isinstance(image, bytes):
             raise Invalid.of(image)
         return image
 
@@ -120,11 +115,11 @@ class DashScopeService:
                     "output": {"task_id": task_id, "task_status": TaskStatus.UNKNOWN.value}}
         return self.task_body(record, caller.base_url)
 
-    async def cancel(self, caller: Caller, task_id: str) -> dict | ServiceError:
+    async def cancel(self, caller: Caller, task_id: str) -> dict | Failure:
         canceled = await self.tasks.cancel(task_id, caller.key_id)
         return canceled if isinstance(canceled, ServiceError) else {"request_id": request_id()}
 
-    async def list(self, caller: Caller, query: dict[str, str]) -> dict | ServiceError:
+    async def list(self, caller: Caller, query: dict[str, str]) -> dict | Failure:
         try:
             page_no = int(query.get("page_no") or 1)
             page_size = int(query.get("page_size") or 10)
@@ -145,21 +140,20 @@ class DashScopeService:
 
     # --- rendering a record ---------------------------------------------------------------------
 
+    def webhook_body(self, record: TaskRecord) -> dict:
+        return self.task_body(record)
+
     def task_body(self, record: TaskRecord, base_url: str | None = None) -> dict:
         """The fetch body of a task (also what its webhook receives)."""
         output = TaskOutput(task_id=record.task_id, task_status=record.status.value,
                             submit_time=format_time(record.submit_time),
                             scheduled_time=format_time(record.scheduled_time),
-                            end_time=format_time(record.end_time), queue_position=record.queue_position,
-                            loras=lora_view(record))
-        if record.progress is not None:
-            output.progress = record.progress.steps_only()
-            output.eta_s = record.progress.eta_left(time.time())
+                            end_time=format_time(record.end_time), **LiveTask.of(record))
         usage = None
         if record.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and record.results:
             output.results = [
                 {"url": self.tasks.result_url(record, o.key, base_url), "seed": o.seed} if o.key
-                else {"code": RESULT_CODES[o.code] if o.code else None, "message": self._text(record, o.error()),
+                else {"code": ERRORS[o.code].code if o.code else None, "message": self._text(record, o.error()),
                       "seed": o.seed}
                 for o in record.results]
             succeeded = sum(1 for o in record.results if o.key)
@@ -167,7 +161,7 @@ class DashScopeService:
                                    "FAILED": len(record.results) - succeeded}
             usage = {"image_count": succeeded}
         if record.status == TaskStatus.FAILED:
-            output.code = RESULT_CODES[record.code] if record.code else None
+            output.code = ERRORS[record.code].code if record.code else None
             output.message = self._text(record, record.error()) if record.code else None
         return TaskBody(request_id=request_id(), output=output, usage=usage).model_dump(exclude_none=True)
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from serve.edge.errors import ErrorKind, ServiceError
+from cluster.spec.errors import ErrorCode
+from serve.edge.errors import ErrorKind, Failure, Reason, message, reason
 
 RESPONSE_FORMATS = ("url", "b64_json")
 # OpenAI's own `quality` values choose among its models' options: taken, and rendered lossless.
@@ -32,25 +33,27 @@ class OpenAIError:
     code: str | None = None
 
 
-ERRORS: dict[ErrorKind, OpenAIError] = {
+ERRORS: dict[Reason, OpenAIError] = {
     ErrorKind.UNAUTHENTICATED: OpenAIError(401, "invalid_request_error", "invalid_api_key"),
     ErrorKind.RATE_LIMITED: OpenAIError(429, "requests", "rate_limit_exceeded"),
     ErrorKind.BODY_TOO_LARGE: OpenAIError(413, "invalid_request_error", "request_too_large"),
     ErrorKind.MALFORMED: OpenAIError(400, "invalid_request_error"),
-    ErrorKind.INVALID: OpenAIError(400, "invalid_request_error"),
-    ErrorKind.EMPTY_PROMPT: OpenAIError(400, "invalid_request_error"),
-    ErrorKind.EMPTY_MODEL: OpenAIError(400, "invalid_request_error"),
-    ErrorKind.MODEL_NOT_FOUND: OpenAIError(404, "invalid_request_error", "model_not_found"),
     ErrorKind.QUEUE_FULL: OpenAIError(503, "server_error", "overloaded"),
     ErrorKind.NOT_FOUND: OpenAIError(404, "invalid_request_error"),
     ErrorKind.NOT_CANCELABLE: OpenAIError(400, "invalid_request_error"),
     ErrorKind.CONFLICT: OpenAIError(409, "invalid_request_error", "idempotency_key_reused"),
-    ErrorKind.TASK_FAILED: OpenAIError(500, "server_error"),
-    # Not 5xx: the SDK would retry, and a canceled request must not render again.
-    ErrorKind.TASK_CANCELED: OpenAIError(400, "invalid_request_error", "canceled"),
+    ErrorCode.INVALID_PARAMETER: OpenAIError(400, "invalid_request_error"),
+    ErrorCode.EMPTY_PROMPT: OpenAIError(400, "invalid_request_error"),
+    ErrorCode.EMPTY_MODEL: OpenAIError(400, "invalid_request_error"),
+    ErrorCode.MODEL_NOT_FOUND: OpenAIError(404, "invalid_request_error", "model_not_found"),
+    ErrorCode.MODEL_UNAVAILABLE: OpenAIError(503, "server_error", "model_unavailable"),
+    ErrorCode.MODEL_LOAD_FAILED: OpenAIError(500, "server_error", "model_load_failed"),
+    ErrorCode.OUT_OF_MEMORY: OpenAIError(500, "server_error", "out_of_memory"),
     # 5xx: the SDK retries, and the retry joins the same task (`TaskService.submit_once`).
-    ErrorKind.TIMEOUT: OpenAIError(504, "server_error", "timeout"),
-    ErrorKind.INTERNAL: OpenAIError(500, "server_error"),
+    ErrorCode.TIMEOUT: OpenAIError(504, "server_error", "timeout"),
+    # Not 5xx: the SDK would retry, and a canceled request must not render again.
+    ErrorCode.CANCELED: OpenAIError(400, "invalid_request_error", "canceled"),
+    ErrorCode.INTERNAL: OpenAIError(500, "server_error"),
 }
 
 
@@ -78,9 +81,9 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-def error_body(error: ServiceError) -> dict:
-    wire = ERRORS[error.kind]
-    return ErrorBody(error=ErrorDetail(message=error.message, type=wire.type, param=error.param,
+def error_body(failure: Failure) -> dict:
+    wire = ERRORS[reason(failure)]
+    return ErrorBody(error=ErrorDetail(message=message(failure), type=wire.type, param=failure.param,
                                        code=wire.code)).model_dump()
 
 

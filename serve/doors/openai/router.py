@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import AsyncIterator
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
@@ -13,17 +13,16 @@ from serve.edge.http import Caller, Door, read_body
 from serve.doors.openai.protocol import ERRORS, error_body
 from serve.doors.openai.service import EditUpload, OpenAIService
 
-router = APIRouter()
-door = Door(service="openai", errors=ERRORS, error_body=error_body, prefix="/v1")
+door = Door(service=OpenAIService, errors=ERRORS, error_body=error_body, prefix="/v1")
 MAX_FORM_FIELDS = 64
 
 
-@door.route(router, "POST", "/images/generations", json_body=True)
+@door.route("POST", "/images/generations", json_body=True)
 async def generations(service: OpenAIService, caller: Caller, request: Request):
     return await service.generate(caller, request.headers.get("idempotency-key"))
 
 
-@door.route(router, "POST", "/images/edits")
+@door.route("POST", "/images/edits")
 async def edits(service: OpenAIService, caller: Caller, request: Request):
     upload = await _read_upload(request)
     if isinstance(upload, ServiceError):
@@ -31,7 +30,7 @@ async def edits(service: OpenAIService, caller: Caller, request: Request):
     return await service.edit(caller, upload, request.headers.get("idempotency-key"))
 
 
-@door.route(router, "GET", "/models")
+@door.route("GET", "/models")
 async def models(service: OpenAIService, caller: Caller, request: Request):
     return service.models()
 

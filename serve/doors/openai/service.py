@@ -1,5 +1,5 @@
 """The OpenAI Images API: parse its bodies into task-layer calls, render records in its shapes.
-No web framework, no task logic; methods return bodies or `ServiceError`s.
+No web framework, no task logic; methods return bodies or `Failure`s.
 
 Vocabulary owned here: `model` (a served model or an alias; when absent, the first served model
 that generates, or edits, as the route needs), `size` as `WxH` (any size the model renders) or
@@ -19,17 +19,19 @@ import json
 from dataclasses import dataclass
 
 from cluster.spec.catalogue import ModelSpec
+from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest
-from serve.edge import fields
-from serve.edge.errors import ErrorKind, ServiceError
 from cluster.storage.guarded_fetch import FetchError, check_image
-from serve.edge.fields import Invalid
-from serve.edge.http import Caller
+from serve.doors.base import Created, DoorService, lora_view
 from serve.doors.openai.protocol import (
     IGNORED_FIELDS, OPENAI_QUALITIES, RESPONSE_FORMATS, SERVED_AT, ImageData, ImagesResponse, ModelCard, ModelList,
 )
-from serve.tasks.store.record import Api, TaskRecord, lora_view
-from serve.tasks.service import Submission, TaskService
+from serve.edge import fields
+from serve.edge.errors import ErrorKind, Failure, ServiceError
+from serve.edge.fields import Invalid
+from serve.edge.http import Caller
+from serve.tasks.service import Once, Submission
+from serve.tasks.store.record import TaskRecord
 
 KNOWN_FIELDS = frozenset({"prompt", "model", "n", "size", "response_format", "seed", "steps", "guidance",
                           "negative_prompt", "loras", "quality"})
@@ -45,21 +47,18 @@ class EditUpload:
     mask: bytes | None = None
 
 
-class OpenAIService:
-    def __init__(self, tasks: TaskService):
-        self.tasks = tasks
+class OpenAIService(DoorService):
+    api = "openai"
 
     # --- POST /v1/images/generations and /v1/images/edits ---------------------------------------
 
-    async def generate(self, caller: Caller, idempotency_key: str | None) -> dict | ServiceError:
+    async def generate(self, caller: Caller, idempotency_key: str | None) -> dict | Failure:
         body = caller.body
         if not isinstance(body, dict):
             return ServiceError(ErrorKind.MALFORMED, "request body must be a JSON object")
-        fingerprint = _fingerprint("generations", body, idempotency_key)
-        return await self._create(caller, body, None, fingerprint, idempotency_key is not None,
-                                  _digest("generations", body))
+        return await self._create(caller, body, None, _once("generations", body, idempotency_key))
 
-    async def edit(self, caller: Caller, upload: EditUpload, idempotency_key: str | None) -> dict | ServiceError:
+    async def edit(self, caller: Caller, upload: EditUpload, idempotency_key: str | None) -> dict | Failure:
         if upload.mask is not None:
             return ServiceError.invalid("mask is not supported: edit models here take the whole image", "mask")
         if len(upload.images) != 1:
@@ -71,25 +70,21 @@ class OpenAIService:
         except FetchError as exc:
             return ServiceError.invalid(f"image: {exc}", "image")
         digest = hashlib.sha256(upload.images[0]).hexdigest()
-        fingerprint = _fingerprint("edits", {**upload.fields, "image": digest}, idempotency_key)
-        return await self._create(caller, dict(upload.fields), upload.images[0], fingerprint,
-                                  idempotency_key is not None, _digest("edits", {**upload.fields, "image": digest}))
+        return await self._create(caller, dict(upload.fields), upload.images[0],
+                                  _once("edits", {**upload.fields, "image": digest}, idempotency_key))
 
-    async def _create(self, caller: Caller, body: dict, image: bytes | None, fingerprint: str,
-                      explicit: bool, body_digest: str) -> dict | ServiceError:
-        try:
-            submission, response_format = self._parse(caller, body, image)
-        except Invalid as invalid:
-            return invalid.error
-        record = await self.tasks.submit_once(submission, fingerprint, explicit, body_digest)
-        if isinstance(record, ServiceError):
-            return record
-        finished = await self.tasks.wait_for_images(record, "retry to keep waiting", submission.param_names)
-        if isinstance(finished, ServiceError):
+    async def _create(self, caller: Caller, body: dict, image: bytes | None, once: Once) -> dict | Failure:
+        created = await self.submit(self._parse(caller, body, image), once)
+        if not isinstance(created, Created):
+            return created
+        response_format = body.get("response_format") or "url"  # `_parse` checked it
+        finished = await self.tasks.wait_for_images(created.record, "retry to keep waiting",
+                                                    created.submission.param_names)
+        if isinstance(finished, RenderError):
             return finished
         return (await self._answer(finished, response_format, caller.base_url)).model_dump(exclude_none=True)
 
-    def _parse(self, caller: Caller, body: dict, image: bytes | None) -> tuple[Submission, str]:
+    async def _parse(self, caller: Caller, body: dict, image: bytes | None) -> Submission:
         """Kinds are checked here, naming OpenAI's fields; values by the core, once."""
         edit = image is not None
         if not edit and (sent := next((f for f in IMAGE_FIELDS if f in body), None)):
@@ -114,18 +109,18 @@ class OpenAIService:
                                 negative_prompt=fields.text(body, "negative_prompt"), init_image=image,
                                 loras=fields.loras(body, "loras", text_json=edit), quality=_quality(body))
         client_body = {k: v for k, v in body.items() if k != "image"}
-        return Submission(api=Api.OPENAI, key_id=caller.key_id, request=request, base_url=caller.base_url,
-                          client_body=client_body, sizes="render"), response_format
+        return Submission(api=self.api, key_id=caller.key_id, spec=spec, request=request, base_url=caller.base_url,
+                          client_body=client_body, sizes="render")
 
     def _model(self, name: str | None, edit: bool) -> ModelSpec:
         if name is None:
             default = next((s for s in self.tasks.specs.values() if s.edit == edit), None)
             if default is None:
                 raise Invalid(f"no model here {'edits' if edit else 'generates'} images", "model",
-                              ErrorKind.MODEL_NOT_FOUND)
+                              ErrorCode.MODEL_NOT_FOUND)
             return default
         spec = self.tasks.model_for(name, edit, SERVED_AT)
-        if isinstance(spec, ServiceError):
+        if isinstance(spec, RenderError):
             raise Invalid.of(spec)
         return spec
 
@@ -182,11 +177,12 @@ def _card(name: str, spec: ModelSpec, alias_of: str | None) -> ModelCard:
                      max_lora_scale=spec.loras.max_scale)
 
 
-def _fingerprint(route: str, body: dict, idempotency_key: str | None) -> str:
+def _once(route: str, body: dict, idempotency_key: str | None) -> Once:
     """What identifies a repeat of this request: the client's key, else the body itself."""
+    digest = _digest(route, body)
     if idempotency_key is not None:
-        return f"key:{hashlib.sha256(idempotency_key.encode('utf-8', 'replace')).hexdigest()}"
-    return f"body:{_digest(route, body)}"
+        return Once(f"key:{hashlib.sha256(idempotency_key.encode('utf-8', 'replace')).hexdigest()}", True, digest)
+    return Once(f"body:{digest}", False, digest)
 
 
 def _digest(route: str, body: dict) -> str:

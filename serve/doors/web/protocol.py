@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from serve.tasks.store.record import StepCount
+from serve.doors.base import LiveTask
 
 
 class ImageView(BaseModel):
@@ -14,7 +14,7 @@ class ImageView(BaseModel):
     error: str | None = None
 
 
-class TaskView(BaseModel):
+class TaskView(LiveTask):
     task_id: str
     api: str  # the door that created it
     model: str
@@ -28,12 +28,8 @@ class TaskView(BaseModel):
     guidance: float
     submit_time: float
     end_time: float | None
-    queue_position: int | None = None
-    progress: StepCount | None = None
-    eta_s: float | None = None
     images: list[ImageView] = []
     error: str | None = None
-    loras: list[dict] | None = None  # path, scale, and sha256 once rendered
     quality: str = "lossless"
 
 

@@ -14,16 +14,11 @@ from serve.edge.http import Caller, Door
 from serve.doors.web.service import WebService
 
 STATIC = Path(__file__).parent / "static"
-router = APIRouter()  # the page's reads, mounted at /web
 page_router = APIRouter()  # the page itself, at /
 # Errors in the DashScope shape: the page creates and cancels tasks through that door.
-door = Door(service="web", errors=ERRORS, error_body=error_body, prefix="/web")
+door = Door(service=WebService, errors=ERRORS, error_body=error_body, prefix="/web")  # its reads, at /web
 # StaticFiles serves only files under STATIC (it refuses paths that leave it).
 static_files = StaticFiles(directory=STATIC)
-
-
-def _service(request: Request) -> WebService:
-    return request.app.state.web
 
 
 @page_router.get("/", include_in_schema=False)
@@ -32,11 +27,11 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", headers={"cache-control": "no-cache"})
 
 
-@door.route(router, "GET", "/api/tasks")
+@door.route("GET", "/api/tasks")
 async def recent(service: WebService, caller: Caller, request: Request):
     return await service.recent(caller)
 
 
-@door.route(router, "GET", "/api/tasks/{task_id}")
+@door.route("GET", "/api/tasks/{task_id}")
 async def task(service: WebService, caller: Caller, request: Request):
     return await service.task(caller, request.path_params["task_id"])

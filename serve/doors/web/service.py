@@ -3,22 +3,19 @@ DashScope door, as any client's would."""
 
 from __future__ import annotations
 
-import time
-
-from serve.edge.errors import ErrorKind, ServiceError
-from serve.edge.http import Caller
-from serve.tasks.store.record import TaskRecord, lora_view
-from serve.tasks.service import TaskService
+from serve.doors.base import DoorService, LiveTask
 from serve.doors.web.protocol import ImageView, TaskPage, TaskView
+from serve.edge.errors import ErrorKind, Failure, ServiceError
+from serve.edge.http import Caller
+from serve.tasks.store.record import TaskRecord
 
 PAGE_SIZE = 24
 
 
-class WebService:
-    def __init__(self, tasks: TaskService):
-        self.tasks = tasks
+class WebService(DoorService):
+    api = "web"
 
-    async def task(self, caller: Caller, task_id: str) -> dict | ServiceError:
+    async def task(self, caller: Caller, task_id: str) -> dict | Failure:
         record = await self.tasks.get(task_id, caller.key_id)
         if record is None:
             return ServiceError(ErrorKind.NOT_FOUND, f"task {task_id} does not exist or has expired")
@@ -29,15 +26,13 @@ class WebService:
         return TaskPage(tasks=[self.view(r, caller.base_url) for r in records], total=total).model_dump()
 
     def view(self, record: TaskRecord, base_url: str) -> TaskView:
-        request, progress = record.request, record.progress
+        request = record.request
         images = [ImageView(seed=o.seed, url=self.tasks.result_url(record, o.key, base_url) if o.key else None,
                             error=o.error().text() if o.code else None) for o in record.results]
         return TaskView(task_id=record.task_id, api=record.api, model=record.model, status=record.status.value,
                         prompt=request.prompt, negative_prompt=request.negative_prompt,
                         size=f"{request.width}*{request.height}", n=request.n, seed=request.seed,
                         steps=request.steps, guidance=request.guidance, submit_time=record.submit_time,
-                        end_time=record.end_time, queue_position=record.queue_position,
-                        progress=progress.steps_only() if progress else None,
-                        eta_s=progress.eta_left(time.time()) if progress else None,
-                        images=images, error=record.error().text() if record.code else None, loras=lora_view(record),
-                        quality=request.quality)
+                        end_time=record.end_time, images=images,
+                        error=record.error().text() if record.code else None, quality=request.quality,
+                        **LiveTask.of(record))

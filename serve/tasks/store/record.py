@@ -12,19 +12,6 @@ from cluster.spec.loras import AppliedLora
 from cluster.spec.request import ResolvedRequest
 
 
-class Api(StrEnum):
-    """The door a task was created through: its answers and webhook bodies take that door's shape."""
-
-    DASHSCOPE = "dashscope"
-    ACEDATA = "acedata"
-    OPENAI = "openai"
-
-    @property
-    def takes_callbacks(self) -> bool:
-        """Whether its clients may ask for a webhook (each such door registers a body for it)."""
-        return self is not Api.OPENAI
-
-
 class TaskStatus(StrEnum):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -103,7 +90,7 @@ class TaskRecord(BaseModel):
     model: str
     status: TaskStatus = TaskStatus.PENDING
     key_id: str = ""  # which API key created it (a hash, never the key); only it sees the task
-    api: Api = Api.DASHSCOPE  # the door that created it: its body shape is used for webhooks
+    api: str = "dashscope"  # the door that created it (its name): its body shape is used for webhooks
     request: ResolvedRequest  # what is rendered: defaults filled, seed chosen, no image bytes
     client_body: Any = None  # the client's request as sent (AceData's retrieve returns it)
     base_url: str = ""  # the address the client reached us at (absolute URLs in webhooks)
@@ -146,13 +133,3 @@ class TaskRecord(BaseModel):
         if self.code is not None:
             return RenderError(self.code, self.message or "", self.param)
         return next((o.error() for o in self.results if o.code), None)
-
-
-def lora_view(record: TaskRecord) -> list[dict] | None:
-    """The adapters of a task as the doors show them: path, sha256 and scale once rendered,
-    path and scale before (None for a task without adapters)."""
-    if record.loras:
-        return [lora.as_dict() for lora in record.loras]
-    if record.request.loras:
-        return [{"path": lora.path, "scale": lora.scale} for lora in record.request.loras]
-    return None

@@ -1,8 +1,9 @@
 """A schema-driven fuzz of every door's create call, over the real task layer (FAKE dispatcher):
 bodies drawn by hypothesis from each door's own fields, every value of any JSON type, hostile
 strings (huge numbers, broken URLs, control characters, deep nesting) among them. Whatever a
-caller sends, the answer is a body or a `ServiceError` of a caller's kind (4xx, or 429/503 for
-limits): never an exception (a 500) and never TASK_FAILED/INTERNAL for what the caller sent.
+caller sends, the answer is a body or a `Failure` of a caller's kind (4xx, or 429/503 for
+limits): never an exception (a 500) and never an error of ours (INTERNAL, TIMEOUT, ...) for what
+the caller sent.
 Bodies go through the routers' JSON parser first, as on the wire.
 
 Bounded: EXAMPLES bodies per door, no deadline per example (the machine is shared with Ray)."""
@@ -19,12 +20,12 @@ from hypothesis import strategies as st
 from serve.doors.acedata.protocol import ERRORS as ACEDATA_ERRORS
 from serve.doors.dashscope.protocol import ERRORS as DASHSCOPE_ERRORS
 from serve.edge import strict_json
-from serve.edge.errors import ErrorKind, ServiceError
+from cluster.spec.errors import ErrorCode, RenderError
+from serve.edge.errors import ErrorKind, ServiceError, reason
 from serve.doors.openai.protocol import ERRORS as OPENAI_ERRORS
 from tests.unit.serve.fakes import caller, doors
 
 EXAMPLES = 150
-OURS = {ErrorKind.INTERNAL, ErrorKind.TASK_FAILED, ErrorKind.TIMEOUT}
 
 HOSTILE_TEXT = st.sampled_from([
     "", " ", "x", "1" * 400 + ":1", "0:0", "16:9", "1024x1024", "1024*1024", "-5*-5", "9" * 30 + "x1",
@@ -84,9 +85,10 @@ def as_sent(value):
 
 
 def answered(error_table, result) -> None:
-    if isinstance(result, ServiceError):
-        assert result.kind not in OURS, result
-        assert error_table[result.kind].status < 500 or result.kind == ErrorKind.QUEUE_FULL, result
+    if isinstance(result, (ServiceError, RenderError)):
+        why = reason(result)
+        assert not isinstance(why, ErrorCode) or why.callers, result  # the caller's to fix, never ours
+        assert error_table[why].status < 500 or why == ErrorKind.QUEUE_FULL, result
     else:
         assert isinstance(result, dict), result
 

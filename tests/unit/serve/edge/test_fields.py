@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from serve.edge import fields
+from cluster.spec.errors import ErrorCode
 from serve.edge.errors import ErrorKind
 from serve.edge.fields import Invalid
 
@@ -25,7 +26,7 @@ def test_integers_are_strict_unless_a_door_says_otherwise():
     assert fields.integer({"n": 2}, "n") == 2
     for value in (2.0, "2", True, 1.5):
         error = refused(fields.integer, {"n": value}, "n", "parameters").error
-        assert (error.kind, error.param) == (ErrorKind.INVALID, "n")
+        assert (error.kind, error.param) == (ErrorCode.INVALID_PARAMETER, "n")
         assert error.message == f"parameters.n must be an integer, got {value!r}"
     assert fields.integer({"count": 2.0}, "count", floats=True) == 2  # an SDK that types counts as numbers
     assert fields.integer({"n": "3"}, "n", strings=True) == 3  # multipart sends text

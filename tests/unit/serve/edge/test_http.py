@@ -4,14 +4,14 @@ client): every route admitted the same way, answers and errors in the door's sha
 from __future__ import annotations
 
 import pytest
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 
 from serve.edge.auth import ApiKeys
-from serve.edge.errors import ErrorKind, ServiceError, WireError
+from serve.edge.errors import REASONS, ErrorKind, ServiceError, WireError, message, reason
 from serve.edge.http import Caller, Door, Gate
 
-ERRORS = {kind: WireError(400, f"Door.{kind.value}") for kind in ErrorKind} | {
+ERRORS = {why: WireError(400, f"Door.{why.value}") for why in REASONS} | {
     ErrorKind.UNAUTHENTICATED: WireError(401, "Door.Key"), ErrorKind.RATE_LIMITED: WireError(429, "Door.Slow"),
     ErrorKind.BODY_TOO_LARGE: WireError(413, "Door.Big"), ErrorKind.NOT_FOUND: WireError(404, "Door.Gone")}
 KEY = "door-test-key-0123456789"
@@ -29,6 +29,8 @@ class Limiter:
 
 
 class Service:
+    api = "things"
+
     async def echo(self, caller: Caller, thing: str) -> dict | ServiceError:
         if thing == "missing":
             return ServiceError(ErrorKind.NOT_FOUND, "no such thing")
@@ -36,18 +38,17 @@ class Service:
 
 
 def app(budget: int = 100) -> TestClient:
-    router = APIRouter()
-    door = Door(service="things", errors=ERRORS, error_body=lambda e: {"code": ERRORS[e.kind].code,
-                                                                       "message": e.message}, prefix="/door")
+    door = Door(service=Service, errors=ERRORS, error_body=lambda e: {"code": ERRORS[reason(e)].code,
+                                                                      "message": message(e)}, prefix="/door")
 
-    @door.route(router, "POST", "/things/{thing}", json_body=True, trailing_slash=True)
+    @door.route("POST", "/things/{thing}", json_body=True, trailing_slash=True)
     async def echo(service: Service, caller: Caller, request: Request):
         return await service.echo(caller, request.path_params["thing"])
 
     api = FastAPI()
-    api.include_router(router, prefix=door.prefix)
+    api.include_router(door.router, prefix=door.prefix)
     api.state.gate = Gate(ApiKeys([KEY]), Limiter(budget), max_body_bytes=64)
-    api.state.things = Service()
+    api.state.services = {door.name: Service()}
     return TestClient(api)
 
 

@@ -8,9 +8,9 @@ import base64
 
 import pytest
 
-from cluster.spec.errors import ErrorCode
+from cluster.spec.errors import ErrorCode, RenderError
 from serve.doors.acedata.protocol import ERRORS
-from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.errors import ErrorKind, ServiceError, message, reason
 from tests.unit.serve.fakes import caller, doors, png
 
 
@@ -29,41 +29,41 @@ def retrieve(door, body, key_id="key-a"):
 
 @pytest.mark.parametrize(("body", "kind", "words"), [
     ([1, 2], ErrorKind.MALFORMED, "JSON object"),
-    ({"action": "generate"}, ErrorKind.EMPTY_PROMPT, "prompt"),
-    ({"action": "generate", "prompt": "  "}, ErrorKind.EMPTY_PROMPT, "prompt"),
-    ({"action": "paint", "prompt": "x"}, ErrorKind.INVALID, "action must be generate or edit"),
-    ({"action": "generate", "prompt": "x", "model": "dall-e-3"}, ErrorKind.MODEL_NOT_FOUND, "dall-e-3"),
-    ({"action": "generate", "prompt": "x", "model": "flux-kontext-pro"}, ErrorKind.INVALID, "edits images: use action edit"),
-    ({"action": "edit", "prompt": "x", "model": "flux-dev"}, ErrorKind.INVALID, "generates images: use action generate"),
-    ({"action": "edit", "prompt": "x", "model": "flux-kontext-pro"}, ErrorKind.INVALID, "image_url is required"),
-    ({"action": "generate", "prompt": "x", "size": "big"}, ErrorKind.INVALID, "size must be WxH"),
-    ({"action": "generate", "prompt": "x", "size": "100x100"}, ErrorKind.INVALID, "size 100*100 is not allowed"),
-    ({"action": "generate", "prompt": "x", "size": "1:20"}, ErrorKind.INVALID, "size 1:20 is outside the aspect ratios"),
-    ({"action": "generate", "prompt": "x", "count": 9}, ErrorKind.INVALID, "count must be 1..4"),
-    ({"action": "generate", "prompt": "x", "count": 1.5}, ErrorKind.INVALID, "count must be an integer"),
-    ({"action": "generate", "prompt": "x", "count": "2"}, ErrorKind.INVALID, "count must be an integer"),
-    ({"action": "generate", "prompt": 5}, ErrorKind.INVALID, "prompt must be a string"),
-    ({"action": "generate", "prompt": "x", "async": "yes"}, ErrorKind.INVALID, "async must be a boolean"),
-    ({"action": "generate", "prompt": "x", "callback_url": "ftp://example.com/hook"}, ErrorKind.INVALID,
+    ({"action": "generate"}, ErrorCode.EMPTY_PROMPT, "prompt"),
+    ({"action": "generate", "prompt": "  "}, ErrorCode.EMPTY_PROMPT, "prompt"),
+    ({"action": "paint", "prompt": "x"}, ErrorCode.INVALID_PARAMETER, "action must be generate or edit"),
+    ({"action": "generate", "prompt": "x", "model": "dall-e-3"}, ErrorCode.MODEL_NOT_FOUND, "dall-e-3"),
+    ({"action": "generate", "prompt": "x", "model": "flux-kontext-pro"}, ErrorCode.INVALID_PARAMETER, "edits images: use action edit"),
+    ({"action": "edit", "prompt": "x", "model": "flux-dev"}, ErrorCode.INVALID_PARAMETER, "generates images: use action generate"),
+    ({"action": "edit", "prompt": "x", "model": "flux-kontext-pro"}, ErrorCode.INVALID_PARAMETER, "image_url is required"),
+    ({"action": "generate", "prompt": "x", "size": "big"}, ErrorCode.INVALID_PARAMETER, "size must be WxH"),
+    ({"action": "generate", "prompt": "x", "size": "100x100"}, ErrorCode.INVALID_PARAMETER, "size 100*100 is not allowed"),
+    ({"action": "generate", "prompt": "x", "size": "1:20"}, ErrorCode.INVALID_PARAMETER, "size 1:20 is outside the aspect ratios"),
+    ({"action": "generate", "prompt": "x", "count": 9}, ErrorCode.INVALID_PARAMETER, "count must be 1..4"),
+    ({"action": "generate", "prompt": "x", "count": 1.5}, ErrorCode.INVALID_PARAMETER, "count must be an integer"),
+    ({"action": "generate", "prompt": "x", "count": "2"}, ErrorCode.INVALID_PARAMETER, "count must be an integer"),
+    ({"action": "generate", "prompt": 5}, ErrorCode.INVALID_PARAMETER, "prompt must be a string"),
+    ({"action": "generate", "prompt": "x", "async": "yes"}, ErrorCode.INVALID_PARAMETER, "async must be a boolean"),
+    ({"action": "generate", "prompt": "x", "callback_url": "ftp://example.com/hook"}, ErrorCode.INVALID_PARAMETER,
      "callback_url must be an http(s)"),
-    ({"action": "generate", "prompt": "x", "callback_url": "http://169.254.169.254/hook"}, ErrorKind.INVALID,
+    ({"action": "generate", "prompt": "x", "callback_url": "http://169.254.169.254/hook"}, ErrorCode.INVALID_PARAMETER,
      "link-local"),
     ({"action": "edit", "prompt": "x", "model": "flux-kontext-pro", "image_url": "http://10.0.0.5/a.png"},
-     ErrorKind.INVALID, "non-public address"),
+     ErrorCode.INVALID_PARAMETER, "non-public address"),
     ({"action": "edit", "prompt": "x", "model": "flux-kontext-pro", "image_url": "data:image/png;base64,AAAA"},
-     ErrorKind.INVALID, "not a PNG, JPEG or WebP"),
+     ErrorCode.INVALID_PARAMETER, "not a PNG, JPEG or WebP"),
     # Three inputs that were answered 500.
-    ({"action": "generate", "prompt": "x", "size": "1" * 400 + ":1"}, ErrorKind.INVALID, "size must be WxH"),
+    ({"action": "generate", "prompt": "x", "size": "1" * 400 + ":1"}, ErrorCode.INVALID_PARAMETER, "size must be WxH"),
     ({"action": "edit", "prompt": "x", "model": "flux-kontext-pro", "image_url": "http://example.com:99999/a.png"},
-     ErrorKind.INVALID, "image_url: URL is not a valid http(s) URL"),
-    ({"action": "generate", "prompt": "x", "callback_url": "http://["}, ErrorKind.INVALID, "callback_url"),
-    ({"action": "generate", "prompt": "x", "loras": [{"path": "./a\x00b.safetensors"}]}, ErrorKind.INVALID,
+     ErrorCode.INVALID_PARAMETER, "image_url: URL is not a valid http(s) URL"),
+    ({"action": "generate", "prompt": "x", "callback_url": "http://["}, ErrorCode.INVALID_PARAMETER, "callback_url"),
+    ({"action": "generate", "prompt": "x", "loras": [{"path": "./a\x00b.safetensors"}]}, ErrorCode.INVALID_PARAMETER,
      "control characters"),
 ])
 def test_invalid_requests_name_the_problem(door, body, kind, words):
     error = images(door, body)
-    assert isinstance(error, ServiceError) and error.kind == kind and words in error.message, error
-    assert ERRORS[kind].status in (400, 404) and ERRORS[kind].code == "bad_request" or kind == ErrorKind.MODEL_NOT_FOUND
+    assert isinstance(error, (ServiceError, RenderError)) and reason(error) == kind and words in message(error), error
+    assert ERRORS[kind].status in (400, 404) and ERRORS[kind].code == "bad_request" or kind == ErrorCode.MODEL_NOT_FOUND
     assert not door.dispatcher.submitted  # nothing was started
 
 
@@ -119,11 +119,11 @@ def test_edit_with_data_uri_and_with_our_own_signed_url(door):
 def test_failed_task_is_500_api_error_and_full_queue_503(door):
     door.dispatcher.fail_with = (ErrorCode.TIMEOUT, "the task did not finish before its deadline")
     error = images(door, {"action": "generate", "prompt": "x"})
-    assert error.kind == ErrorKind.TASK_FAILED and error.message == "the task did not finish before its deadline (timeout)"
-    assert (ERRORS[error.kind].status, ERRORS[error.kind].code) == (500, "api_error")
+    assert reason(error) == ErrorCode.TIMEOUT and message(error) == "the task did not finish before its deadline"
+    assert (ERRORS[reason(error)].status, ERRORS[reason(error)].code) == (500, "api_error")
     door.dispatcher.full = True
     error = images(door, {"action": "generate", "prompt": "x"})
-    assert error.kind == ErrorKind.QUEUE_FULL and error.retry_after_s == 5 and ERRORS[error.kind].status == 503
+    assert reason(error) == ErrorKind.QUEUE_FULL and error.retry_after_s == 5 and ERRORS[reason(error)].status == 503
 
 
 def test_retrieve_and_batch_keep_response_present(door):
@@ -141,9 +141,9 @@ def test_retrieve_and_batch_keep_response_present(door):
 def test_retrieve_errors_and_ownership(door):
     mine = images(door, {"action": "generate", "prompt": "x"})
     other = retrieve(door, {"action": "retrieve", "id": mine["task_id"]}, key_id="key-b")
-    assert other.kind == ErrorKind.NOT_FOUND
+    assert reason(other) == ErrorKind.NOT_FOUND
     batch = retrieve(door, {"action": "retrieve_batch", "ids": [mine["task_id"]]}, key_id="key-b")
     assert batch == {"items": [], "count": 0}
-    assert retrieve(door, {"action": "retrieve"}).kind == ErrorKind.INVALID
-    assert retrieve(door, {"action": "delete", "id": "x"}).kind == ErrorKind.INVALID
-    assert retrieve(door, {"action": "retrieve_batch", "ids": "x"}).kind == ErrorKind.INVALID
+    assert reason(retrieve(door, {"action": "retrieve"})) == ErrorCode.INVALID_PARAMETER
+    assert reason(retrieve(door, {"action": "delete", "id": "x"})) == ErrorCode.INVALID_PARAMETER
+    assert reason(retrieve(door, {"action": "retrieve_batch", "ids": "x"})) == ErrorCode.INVALID_PARAMETER

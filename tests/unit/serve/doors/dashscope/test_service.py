@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from cluster.spec.errors import ErrorCode
+from cluster.spec.errors import ErrorCode, RenderError
 from serve.doors.dashscope.protocol import ERRORS
-from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.errors import ErrorKind, ServiceError, message, reason
 from tests.unit.serve.fakes import caller, doors
 
 
@@ -45,15 +45,15 @@ def create(door, body, key_id="key-a", sync=False, edit=False):
 ])
 def test_request_errors(door, body, status, code, words):
     error = create(door, body)
-    assert isinstance(error, ServiceError), error
-    assert (ERRORS[error.kind].status, ERRORS[error.kind].code) == (status, code)
-    assert words in error.message
+    assert isinstance(error, (ServiceError, RenderError)), error
+    assert (ERRORS[reason(error)].status, ERRORS[reason(error)].code) == (status, code)
+    assert words in message(error)
     assert not door.dispatcher.submitted
 
 
 def test_edit_route_needs_an_image(door):
     error = create(door, {"model": "flux-kontext", "input": {"prompt": "x"}}, edit=True)
-    assert error.kind == ErrorKind.INVALID and "image_url is required" in error.message
+    assert reason(error) == ErrorCode.INVALID_PARAMETER and "image_url is required" in message(error)
 
 
 def test_create_async_then_sync_bodies(door):
@@ -77,7 +77,7 @@ def test_failed_task_body_has_code_inside_output(door):
 def test_full_queue_is_503_with_retry_after(door):
     door.dispatcher.full = True
     error = create(door, {"model": "flux-schnell", "input": {"prompt": "x"}})
-    assert (ERRORS[error.kind].status, ERRORS[error.kind].code, error.retry_after_s) == (503, "ServiceUnavailable", 5)
+    assert (ERRORS[reason(error)].status, ERRORS[reason(error)].code, error.retry_after_s) == (503, "ServiceUnavailable", 5)
 
 
 def test_ownership_fetch_cancel_list(door):
@@ -86,7 +86,7 @@ def test_ownership_fetch_cancel_list(door):
     theirs = asyncio.run(door.dashscope.fetch(caller(key_id="key-b"), task_id))
     assert theirs["output"]["task_status"] == "UNKNOWN"
     refused = asyncio.run(door.dashscope.cancel(caller(key_id="key-b"), task_id))
-    assert refused.kind == ErrorKind.NOT_FOUND
+    assert reason(refused) == ErrorKind.NOT_FOUND
     listed = asyncio.run(door.dashscope.list(caller(key_id="key-b"), {}))
     assert listed["total"] == 0 and listed["tasks"] == []
     mine = asyncio.run(door.dashscope.list(caller(key_id="key-a"), {}))
@@ -100,15 +100,15 @@ def test_ownership_fetch_cancel_list(door):
 def test_an_ended_task_cannot_be_canceled(door):
     task_id = create(door, {"model": "flux-schnell", "input": {"prompt": "x"}})["output"]["task_id"]
     error = asyncio.run(door.dashscope.cancel(caller(), task_id))
-    assert (ERRORS[error.kind].code, ERRORS[error.kind].status) == ("UnsupportedOperation", 400)
-    assert "SUCCEEDED" in error.message
+    assert (ERRORS[reason(error)].code, ERRORS[reason(error)].status) == ("UnsupportedOperation", 400)
+    assert "SUCCEEDED" in message(error)
 
 
 def test_list_rejects_bad_paging(door):
-    assert asyncio.run(door.dashscope.list(caller(), {"page_size": "500"})).kind == ErrorKind.INVALID
-    assert asyncio.run(door.dashscope.list(caller(), {"start_time": "yesterday"})).kind == ErrorKind.INVALID
+    assert asyncio.run(door.dashscope.list(caller(), {"page_size": "500"})).kind == ErrorCode.INVALID_PARAMETER
+    assert asyncio.run(door.dashscope.list(caller(), {"start_time": "yesterday"})).kind == ErrorCode.INVALID_PARAMETER
     for huge in ("9" * 30, "9" * 5000):  # were 500s: an offset past 64 bits, a number past int()'s digits
-        assert asyncio.run(door.dashscope.list(caller(), {"page_no": huge})).kind == ErrorKind.INVALID
+        assert asyncio.run(door.dashscope.list(caller(), {"page_no": huge})).kind == ErrorCode.INVALID_PARAMETER
 
 
 def test_record_keeps_the_resolved_request_whole(door):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.spec.errors import ErrorCode
-from serve.edge.errors import ErrorKind, ServiceError
+from cluster.spec.errors import ErrorCode, RenderError
+from serve.edge.errors import REASONS, ErrorKind, ServiceError, message, reason
 from serve.doors.openai.protocol import ERRORS
 from serve.doors.openai.protocol import error_body
 from serve.doors.openai.service import EditUpload
@@ -33,47 +33,47 @@ def edit(door, fields, images, mask=None):
 
 @pytest.mark.parametrize(("body", "kind", "param", "words"), [
     ([1], ErrorKind.MALFORMED, None, "JSON object"),
-    ({}, ErrorKind.EMPTY_PROMPT, "prompt", "prompt must not be empty"),
-    ({"prompt": 3}, ErrorKind.INVALID, "prompt", "prompt must be a string"),
-    ({"prompt": "x", "model": "dall-e-3"}, ErrorKind.MODEL_NOT_FOUND, "model", "dall-e-3 is not served"),
-    ({"prompt": "x", "model": "flux-kontext-pro"}, ErrorKind.INVALID, "model", "use /v1/images/edits"),
-    ({"prompt": "x", "size": "big"}, ErrorKind.INVALID, "size", "size must be WxH"),
-    ({"prompt": "x", "size": "100x100"}, ErrorKind.INVALID, "size", "size 100*100 is not allowed"),
-    ({"prompt": "x", "n": 9}, ErrorKind.INVALID, "n", "n must be 1..4"),
-    ({"prompt": "x", "n": 1.5}, ErrorKind.INVALID, "n", "n must be an integer"),
-    ({"prompt": "x", "response_format": "jpeg"}, ErrorKind.INVALID, "response_format", "url or b64_json"),
-    ({"prompt": "x", "seed": "abc"}, ErrorKind.INVALID, "seed", "seed must be an integer"),
-    ({"prompt": "x", "steps": 1000}, ErrorKind.INVALID, "steps", "steps must be 1..100"),
-    ({"prompt": "x", "colour": "red"}, ErrorKind.INVALID, "colour", "unknown parameter"),
-    ({"prompt": "x", "image": "data:..."}, ErrorKind.INVALID, "image", "images go to /v1/images/edits"),
+    ({}, ErrorCode.EMPTY_PROMPT, "prompt", "prompt must not be empty"),
+    ({"prompt": 3}, ErrorCode.INVALID_PARAMETER, "prompt", "prompt must be a string"),
+    ({"prompt": "x", "model": "dall-e-3"}, ErrorCode.MODEL_NOT_FOUND, "model", "dall-e-3 is not served"),
+    ({"prompt": "x", "model": "flux-kontext-pro"}, ErrorCode.INVALID_PARAMETER, "model", "use /v1/images/edits"),
+    ({"prompt": "x", "size": "big"}, ErrorCode.INVALID_PARAMETER, "size", "size must be WxH"),
+    ({"prompt": "x", "size": "100x100"}, ErrorCode.INVALID_PARAMETER, "size", "size 100*100 is not allowed"),
+    ({"prompt": "x", "n": 9}, ErrorCode.INVALID_PARAMETER, "n", "n must be 1..4"),
+    ({"prompt": "x", "n": 1.5}, ErrorCode.INVALID_PARAMETER, "n", "n must be an integer"),
+    ({"prompt": "x", "response_format": "jpeg"}, ErrorCode.INVALID_PARAMETER, "response_format", "url or b64_json"),
+    ({"prompt": "x", "seed": "abc"}, ErrorCode.INVALID_PARAMETER, "seed", "seed must be an integer"),
+    ({"prompt": "x", "steps": 1000}, ErrorCode.INVALID_PARAMETER, "steps", "steps must be 1..100"),
+    ({"prompt": "x", "colour": "red"}, ErrorCode.INVALID_PARAMETER, "colour", "unknown parameter"),
+    ({"prompt": "x", "image": "data:..."}, ErrorCode.INVALID_PARAMETER, "image", "images go to /v1/images/edits"),
     # Ignored fields are type-checked all the same.
-    ({"prompt": "x", "user": {"id": 1}}, ErrorKind.INVALID, "user", "user must be a string"),
-    ({"prompt": "x", "stream": "yes"}, ErrorKind.INVALID, "stream", "stream must be a boolean"),
-    ({"prompt": "x", "partial_images": 1.5}, ErrorKind.INVALID, "partial_images", "must be an integer"),
-    ({"prompt": "x", "style": ["vivid"]}, ErrorKind.INVALID, "style", "style must be a string"),
+    ({"prompt": "x", "user": {"id": 1}}, ErrorCode.INVALID_PARAMETER, "user", "user must be a string"),
+    ({"prompt": "x", "stream": "yes"}, ErrorCode.INVALID_PARAMETER, "stream", "stream must be a boolean"),
+    ({"prompt": "x", "partial_images": 1.5}, ErrorCode.INVALID_PARAMETER, "partial_images", "must be an integer"),
+    ({"prompt": "x", "style": ["vivid"]}, ErrorCode.INVALID_PARAMETER, "style", "style must be a string"),
 ])
 def test_bad_generations_name_their_parameter(door, body, kind, param, words):
     error = generate(door, body)
-    assert isinstance(error, ServiceError) and error.kind == kind and words in error.message
+    assert isinstance(error, (ServiceError, RenderError)) and reason(error) == kind and words in message(error)
     assert error.param == param
     assert door.dispatcher.submitted == []  # nothing was queued
 
 
 def test_error_shape_is_openais():
-    body = error_body(ServiceError(ErrorKind.INVALID, "size must be WxH", "size"))
+    body = error_body(ServiceError(ErrorCode.INVALID_PARAMETER, "size must be WxH", "size"))
     assert body == {"error": {"message": "size must be WxH", "type": "invalid_request_error", "param": "size",
                               "code": None}}
-    statuses = {kind: ERRORS[kind].status for kind in (ErrorKind.INVALID, ErrorKind.UNAUTHENTICATED,
-                                                       ErrorKind.MODEL_NOT_FOUND, ErrorKind.RATE_LIMITED,
+    statuses = {kind: ERRORS[kind].status for kind in (ErrorCode.INVALID_PARAMETER, ErrorKind.UNAUTHENTICATED,
+                                                       ErrorCode.MODEL_NOT_FOUND, ErrorKind.RATE_LIMITED,
                                                        ErrorKind.QUEUE_FULL)}
     assert list(statuses.values()) == [400, 401, 404, 429, 503]
-    assert set(ERRORS) == set(ErrorKind)  # every error has an OpenAI rendering
+    assert set(ERRORS) == set(REASONS)  # every failure has an OpenAI rendering
 
 
 def test_queue_full_is_503(door):
     door.dispatcher.full = True
     error = generate(door, {"prompt": "x"})
-    assert ERRORS[error.kind].status == 503 and error.retry_after_s
+    assert ERRORS[reason(error)].status == 503 and error.retry_after_s
 
 
 def test_generation_answers_urls_or_base64_with_seeds(door):
@@ -103,7 +103,8 @@ def test_a_repeat_joins_the_first_task(door):
 
 def test_a_failed_task_is_tried_afresh(door):
     door.dispatcher.fail_with = (ErrorCode.INTERNAL, "boom")
-    assert generate(door, {"prompt": "flaky"}).kind == ErrorKind.TASK_FAILED
+    assert reason(failed := generate(door, {"prompt": "flaky"})) == ErrorCode.INTERNAL and message(failed) == "boom"
+    assert ERRORS[ErrorCode.INTERNAL].status == 500
     door.dispatcher.fail_with = None
     assert "data" in generate(door, {"prompt": "flaky"})
     assert len(door.dispatcher.submitted) == 2
@@ -121,7 +122,7 @@ def test_edits(door):
     # The multipart `loras` field is JSON text, read with the body's own bounds (a deep one was a 500).
     for hostile in ("[" * 100_000, '[{"path": "a", "scale": 1' + "0" * 400 + "}]", "\ud800"):
         refused = edit(door, {"prompt": "x", "model": "flux-kontext-pro", "loras": hostile}, [png()])
-        assert refused.kind == ErrorKind.INVALID and refused.param == "loras", refused
+        assert reason(refused) == ErrorCode.INVALID_PARAMETER and refused.param == "loras", refused
 
 
 def test_models_list_offers_each_models_options(door):
@@ -135,7 +136,7 @@ def test_a_failed_edit_submission_leaves_no_input_file(door, failure):
     setattr(door.dispatcher, failure, True)
     if failure == "full":
         error = edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
-        assert ERRORS[error.kind].status == 503
+        assert ERRORS[reason(error)].status == 503
     else:
         with pytest.raises(ConnectionError):
             edit(door, {"prompt": "make it blue", "model": "flux-kontext-pro"}, [png()])
@@ -159,5 +160,5 @@ def test_an_idempotency_key_reused_with_another_body_is_a_conflict(door):
     again = generate(door, {"prompt": "a fox", "model": "flux-schnell"}, key="k-7")
     assert first["data"][0]["url"] == again["data"][0]["url"] and len(door.dispatcher.submitted) == 1
     other = generate(door, {"prompt": "a wolf", "model": "flux-schnell"}, key="k-7")
-    assert isinstance(other, ServiceError) and other.kind == ErrorKind.CONFLICT and other.param == "Idempotency-Key"
+    assert isinstance(other, (ServiceError, RenderError)) and reason(other) == ErrorKind.CONFLICT and other.param == "Idempotency-Key"
     assert len(door.dispatcher.submitted) == 1
