@@ -142,13 +142,21 @@ class Storage:
 
     def verify(self, key: str, expires: int, signature: str) -> bool:
         """True when `signature` was made by `url()` for `key` and has not expired."""
+        return self.url_problem(key, expires, signature) is None
+
+    def url_problem(self, key: str, expires: int, signature: str) -> str | None:
+        """Why a local URL is refused ("invalid": not signed by `url()` for this key and expiry;
+        "expired": signed so, but past its expiry), or None. Only the holder of a URL we signed
+        can learn that it expired."""
         if not signature.isascii():  # compare_digest takes ASCII text only: anything else is no signature of ours
-            return False
+            return "invalid"
         try:
             expected = self._signature(safe_key(key), expires)
         except StorageError:
-            return False
-        return expires >= time.time() and hmac.compare_digest(expected, signature)
+            return "invalid"
+        if not hmac.compare_digest(expected, signature):
+            return "invalid"
+        return "expired" if expires < time.time() else None
 
     def _signature(self, key: str, expires: int) -> str:
         if not self.signing_key:

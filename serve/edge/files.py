@@ -20,8 +20,8 @@ async def get_file(key: str, request: Request, expires: int = 0, signature: str 
     storage = request.app.state.storage
     if not storage.is_local:  # object stores presign their own URLs: this route signs none for them
         return _refuse(404, "no such file (results are served by the object store)")
-    if not storage.verify(key, expires, signature):
-        return _refuse(403, "the URL signature is invalid or has expired")
+    if (problem := storage.url_problem(key, expires, signature)) is not None:
+        return _refuse(403, "the URL has expired" if problem == "expired" else "the URL signature is invalid")
     try:
         data = await asyncio.to_thread(storage.read, key)
     except (FileNotFoundError, IsADirectoryError):

@@ -5,10 +5,21 @@ from __future__ import annotations
 from cluster.spec.errors import ErrorCode, RenderError, first_line
 
 
-def test_retryable_codes_are_those_a_later_try_can_change():
-    assert {c for c in ErrorCode if c.retryable} == {
-        ErrorCode.MODEL_UNAVAILABLE, ErrorCode.MODEL_LOAD_FAILED, ErrorCode.OUT_OF_MEMORY, ErrorCode.TIMEOUT,
-        ErrorCode.INTERNAL}
+def test_a_failure_is_the_callers_to_fix_or_ours_to_retry_and_a_cancel_neither():
+    # A caller's value fails the same way every time: retrying it would only repeat the refusal.
+    # Everything else that fails a request is ours, and a later try may succeed; except a cancel,
+    # which the caller asked for (a batch rerun or a client's retry must not undo it).
+    for code in ErrorCode:
+        assert not (code.callers and code.retryable), code
+        assert code.callers or code.retryable or code is ErrorCode.CANCELED, code
+    assert not ErrorCode.CANCELED.callers and not ErrorCode.CANCELED.retryable
+
+
+def test_an_error_named_for_a_door_keeps_its_code_and_message():
+    error = RenderError.invalid("n", "must be 1..4")
+    assert error.named({"n": "count"}) == RenderError.invalid("count", "must be 1..4")
+    assert error.named({"steps": "parameters.steps"}) is error  # not a parameter the door renames
+    assert RenderError(ErrorCode.INTERNAL, "boom").named({"n": "count"}).text() == "boom"
 
 
 def test_records_written_with_dashscope_codes_still_read():

@@ -42,13 +42,15 @@ def test_signed_url_round_trip_and_expiry(tmp_path):
     parsed = urlparse(url)
     assert url.startswith("http://host:1/files/tasks/t/0.png?")
     query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
-    assert storage.verify("tasks/t/0.png", int(query["expires"]), query["signature"])
-    assert not storage.verify("tasks/t/1.png", int(query["expires"]), query["signature"])
-    assert not storage.verify("tasks/t/0.png", int(query["expires"]) + 1, query["signature"])
-    assert not storage.verify("../tasks/t/0.png", int(query["expires"]), query["signature"])
-    assert not storage.verify("tasks/t/0.png", int(query["expires"]), "é" + query["signature"][1:])  # was a 500
+    expires, signature = int(query["expires"]), query["signature"]
+    assert storage.verify("tasks/t/0.png", expires, signature)
+    assert storage.url_problem("tasks/t/1.png", expires, signature) == "invalid"
+    assert storage.url_problem("tasks/t/0.png", expires + 1, signature) == "invalid"
+    assert storage.url_problem("../tasks/t/0.png", expires, signature) == "invalid"
+    assert storage.url_problem("tasks/t/0.png", expires, "é" + signature[1:]) == "invalid"  # was a 500
     past = int(time.time()) - 1
-    assert not storage.verify("tasks/t/0.png", past, storage._signature("tasks/t/0.png", past))
+    assert storage.url_problem("tasks/t/0.png", past, storage._signature("tasks/t/0.png", past)) == "expired"
+    assert storage.url_problem("tasks/t/0.png", past, "0" * len(signature)) == "invalid"  # no oracle without one
 
 
 def test_remove_staging_takes_hidden_staging_files_of_one_folder_only(tmp_path):
