@@ -125,12 +125,11 @@ class PipelineAdapters:
             checked = self._checked.pop(local.sha256, None)
         if checked is not None:
             return checked
-        try:
-            return self.checker.read(local)
-        except FileNotFoundError:  # evicted from the node's cache since its request was prepared
+        if not local.file.exists():  # evicted from the node's cache since its request was prepared
             raise LoraUnavailable(RenderError(
                 ErrorCode.INTERNAL, f"the adapter file of {local.lora.path} left this node's cache before its "
-                                    f"batch ran; retry")) from None
+                                    f"batch ran; retry"))
+        return self.checker.read(local)
 
     def _load(self, set_id: str, locals_: list[LocalLora]) -> tuple[str, ...]:
         self.recent.note(set_id)
