@@ -8,7 +8,8 @@ import logging
 from time import monotonic
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
 from ray import serve
 from ray.serve.schema import DeploymentStatus, ReplicaState
 
@@ -47,26 +48,42 @@ def create_app() -> FastAPI:
     app.mount("/web/static", static_files, name="web-static")
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_exception_handler(Exception, internal_error)
-    app.middleware("http")(limit_anonymous)
+    app.add_middleware(AnonymousLimit)
     return app
 
 
-async def limit_anonymous(request: Request, call_next) -> Response:
+class AnonymousLimit:
     """Requests without a valid key spend their client address's budget (keyed ones spend the
     key's, in `admit`): probes, page loads, result files and guessed keys alike. Over it: 429
-    with Retry-After, in the shape of the door of the path."""
-    gate: Gate | None = getattr(request.app.state, "gate", None)
-    limiter: RateLimiter | None = getattr(request.app.state, "anonymous_limiter", None)
-    if gate is None or limiter is None or gate.keys.identify(request.headers.get("authorization")) is not None:
-        return await call_next(request)
-    address = client_address(request.client.host if request.client else None,
-                             request.headers.get("x-forwarded-for"),
-                             getattr(request.app.state, "trusted_proxies", []))
-    wait_s = await limiter.take(address)
-    if wait_s:
-        return door_of(request.url.path).error_response(ServiceError(
-            ErrorKind.RATE_LIMITED, "Requests rate limit exceeded, please try again later.", retry_after_s=wait_s))
-    return await call_next(request)
+    with Retry-After, in the shape of the door of the path. A key found valid here is handed to
+    `admit` (`request.state.key_id`), so no request's key is checked twice.
+
+    A plain ASGI middleware: Starlette's `BaseHTTPMiddleware` runs every response through a
+    task group and memory streams, a cost on every request of the service."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        state = scope["app"].state if scope["type"] == "http" else None
+        gate: Gate | None = getattr(state, "gate", None)
+        limiter: RateLimiter | None = getattr(state, "anonymous_limiter", None)
+        if gate is None or limiter is None:
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        key = gate.keys.identify(headers.get("authorization"))
+        if key is not None:
+            scope.setdefault("state", {})["key_id"] = key
+            return await self.app(scope, receive, send)
+        client = scope.get("client")
+        address = client_address(client[0] if client else None, headers.get("x-forwarded-for"),
+                                 getattr(state, "trusted_proxies", []))
+        wait_s = await limiter.take(address)
+        if wait_s:
+            refusal = door_of(scope["path"]).error_response(ServiceError(
+                ErrorKind.RATE_LIMITED, "Requests rate limit exceeded, please try again later.", retry_after_s=wait_s))
+            return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:

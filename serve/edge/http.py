@@ -40,7 +40,8 @@ class Caller:
 
 async def admit(request: Request, json_body: bool = False) -> Caller | ServiceError:
     gate: Gate = request.app.state.gate
-    key = gate.keys.identify(request.headers.get("authorization"))
+    # Found by the ingress's middleware already (serve/ingress.py `AnonymousLimit`), else here.
+    key = getattr(request.state, "key_id", None) or gate.keys.identify(request.headers.get("authorization"))
     if key is None:
         return ServiceError(ErrorKind.UNAUTHENTICATED, "Invalid API-key provided.")
     wait_s = await gate.limiter.take(key)

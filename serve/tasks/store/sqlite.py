@@ -21,8 +21,10 @@ import time
 from pathlib import Path
 
 from serve.tasks.store.record import TaskRecord, TaskStatus
-from serve.tasks.store.base import POSITION_CAP, IndexEntry, TaskStore
+from serve.tasks.store.base import POSITION_CAP, IndexEntry, Mutation, TaskStore
 
+_UPDATE = ("UPDATE tasks SET version = ?, expires_at = ?, body = ?, key_id = ?, model = ?, status = ?, "
+           "submit_time = ?, lease_due = ?, webhook_due = ? WHERE task_id = ?")
 _INDEX_COLUMNS = {"key_id": "TEXT", "model": "TEXT", "status": "TEXT", "submit_time": "REAL",
                   "lease_due": "REAL", "webhook_due": "REAL"}
 _SCHEMA = """
@@ -135,6 +137,36 @@ class SQLiteTaskStore(TaskStore):
                         (record.task_id, record.version, record.expires_at, record.model_dump_json(),
                          *_columns(record)))
 
+    async def update(self, task_id: str, mutate: Mutation) -> TaskRecord | None:
+        """Read, mutate and write in one transaction on one thread (one hop off the event loop,
+        not two): `BEGIN IMMEDIATE` holds the file's write lock from the read to the write, so
+        no other process changes the record between them."""
+        def work() -> TaskRecord | None:
+            with self._lock:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    changed = self._mutated(task_id, mutate)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                return changed
+
+        return await asyncio.to_thread(work)
+
+    def _mutated(self, task_id: str, mutate: Mutation) -> TaskRecord | None:
+        rows = self._db.execute("SELECT body FROM tasks WHERE task_id = ?", (task_id,)).fetchall()
+        if not rows:
+            return None
+        current = TaskRecord.model_validate_json(rows[0][0])
+        changed = mutate(current.model_copy(deep=True))
+        if changed is None:
+            return None
+        changed.version = current.version + 1
+        self._db.execute(_UPDATE, (changed.version, changed.expires_at, changed.model_dump_json(), *_columns(changed),
+                                   task_id))
+        return changed
+
     async def _load(self, task_id: str) -> TaskRecord | None:
         rows = await self._run("SELECT body FROM tasks WHERE task_id = ?", (task_id,))
         return TaskRecord.model_validate_json(rows[0][0]) if rows else None
@@ -142,11 +174,9 @@ class SQLiteTaskStore(TaskStore):
     async def _compare_and_set(self, record: TaskRecord, expected_version: int) -> bool:
         def work() -> bool:
             with self._lock:
-                cursor = self._db.execute(
-                    "UPDATE tasks SET version = ?, expires_at = ?, body = ?, key_id = ?, model = ?, status = ?, "
-                    "submit_time = ?, lease_due = ?, webhook_due = ? WHERE task_id = ? AND version = ?",
-                    (record.version, record.expires_at, record.model_dump_json(), *_columns(record),
-                     record.task_id, expected_version))
+                cursor = self._db.execute(_UPDATE + " AND version = ?",
+                                          (record.version, record.expires_at, record.model_dump_json(),
+                                           *_columns(record), record.task_id, expected_version))
                 return cursor.rowcount == 1
 
         return await asyncio.to_thread(work)
