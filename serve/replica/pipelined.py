@@ -8,7 +8,8 @@
 - One thread owns the device (`Renderer.denoise`); encoding (`Renderer.encode`) runs on other
   threads while the next batch denoises. At most `encode_backlog` denoised batches wait for
   the encoders, so memory stays bounded: the device pauses rather than piling up pictures.
-- Each request is a stream of events (`serve/replica/render_events.py`): started, progress, finished.
+- Each request is a stream of events (`serve/replica/render_events.py`): started, progress, finished;
+  a progress report that later events overtook before the stream was read is not sent.
 - Two classes of work (`WorkClass`): the next batch is formed from interactive requests first,
   then batch work in arrival order, so an interactive request waits at most for the batch on the
   device, and batch work fills every gap. A batch that holds interactive requests takes batch
@@ -83,7 +84,7 @@ class PipelinedRenderer:
             self._worker = asyncio.create_task(self._feed_device())
         try:
             while True:
-                event = await job.events.get()
+                event = _latest(job.events, await job.events.get())
                 if isinstance(event, BaseException):
                     raise event
                 yield event
@@ -174,6 +175,15 @@ class PipelinedRenderer:
                 job.events.put_nowait(exc)
         finally:
             self._backlog.release()
+
+
+def _latest(events: asyncio.Queue, event):
+    """A progress report with later events already waiting is stale: the caller hears the
+    latest (each event is a message to the caller, and a store write there). Fast steps queue
+    several reports before the stream is read; a slow step's report goes out alone."""
+    while isinstance(event, Progress) and not events.empty():
+        event = events.get_nowait()
+    return event
 
 
 def _without_canceled(denoised: Denoised, taken: list[_Job]) -> Denoised:

@@ -13,6 +13,7 @@ from cluster.spec.request import RenderRequest, WorkClass
 from cluster.doubles.simulated_gpu import read_busy_intervals
 from cluster.spec.settings import SimulatedTiming
 from serve.replica.pipelined import PipelinedRenderer
+from serve.replica.render_events import Finished, Started
 
 
 def renderer(tmp_path, monkeypatch, per_image_s: float) -> Renderer:
@@ -77,3 +78,26 @@ def test_mixed_batches_share_a_batch_between_interactive_requests_and_batch_work
     interactive_then_job(renderer(tmp_path, monkeypatch, per_image_s=0.1), mixed_batches=True)
     # The interactive request first in the next batch, the job's images after it; the rest next.
     assert device_batches(tmp_path) == [["online 0"], ["online 1", "job 0", "job 1", "job 2"], ["job 3", "job 4"]]
+
+
+def test_progress_overtaken_by_later_events_is_not_sent(tmp_path, monkeypatch):
+    """Steps faster than the stream is read queue several reports: the caller hears the latest,
+    and the last event is always its results."""
+    engine = renderer(tmp_path, monkeypatch, per_image_s=0.0)
+
+    async def scenario():
+        replica = PipelinedRenderer(engine, max_requests=1)
+        stream = replica.stream(request(engine, "fast"))
+        await asyncio.sleep(0)
+        events = []
+        started = await stream.__anext__()
+        while not engine.pipeline.batches:  # the whole batch ran before the stream is read on
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # its encoding too
+        async for event in stream:
+            events.append(event)
+        return started, events
+
+    started, events = asyncio.run(scenario())
+    assert isinstance(started, Started)
+    assert [type(e) for e in events] == [Finished] and events[0].results[0].ok
