@@ -75,10 +75,11 @@ async def throughput(base: str, size: str, clients: int, total: int) -> float:
     return await throughput_at(f"{base}/api/v1/services/aigc/text2image/image-synthesis", size, clients, total)
 
 
-def bare_serve_app(encode_png: bool = False):
+def bare_serve_app(encode_png: bool = False, engine_s: float = 0.0):
     """The same two hops with nothing of raydiant: an ingress deployment awaits a model deployment
-    that returns the bytes of one small PNG (`encode_png`: of the FAKE engine's 1024*1024 picture,
-    encoded as raydiant encodes it). A context manager yielding the URL to POST."""
+    that waits `engine_s` (a SIMULATED GPU's time) and returns the bytes of one small PNG
+    (`encode_png`: of the FAKE engine's 1024*1024 picture, encoded as raydiant encodes it). A
+    context manager yielding the URL to POST."""
     import contextlib
 
     from fastapi import FastAPI
@@ -92,6 +93,7 @@ def bare_serve_app(encode_png: bool = False):
     @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
     class Model:
         async def render(self, images: int) -> bytes:
+            await asyncio.sleep(engine_s)
             if encode_png:
                 from PIL import Image
 

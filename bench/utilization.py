@@ -122,47 +122,18 @@ def online(work: Path, replicas: int, one_client: int, load_s: float) -> dict:
 
 
 def bare_serve_floor(requests: int) -> tuple[float, float]:
-    """The same two hops with nothing of raydiant: an ingress deployment calls a model deployment
-    that waits the engine's time and returns the bytes of one small PNG."""
-    from fastapi import FastAPI
-    from ray import serve
+    """The same two hops with nothing of raydiant (bench/online.py `bare_serve_app`), its model
+    deployment waiting the engine's time for one image."""
+    from bench.online import bare_serve_app
 
-    from cluster.runtime.local_ray import connect
-    from cluster.runtime.processes import free_port
-
-    api = FastAPI()
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
-    class Model:
-        async def render(self, images: int) -> bytes:
-            await asyncio.sleep(engine_s(images))
-            return b"\x89PNG" + b"\x00" * 2048
-
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
-    @serve.ingress(api)
-    class Ingress:
-        def __init__(self, model):
-            self.model = model
-
-        @api.post("/render")
-        async def render(self) -> dict:
-            image = await self.model.render.remote(1)
-            return {"bytes": len(image)}
-
-    port = free_port()
-    with connect():
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(Ingress.bind(Model.bind()), name="bare", route_prefix="/")
-        url = f"http://127.0.0.1:{port}/render"
-        with httpx.Client() as client:
-            def call() -> float:
-                started = time.perf_counter()
-                assert client.post(url, timeout=60).status_code == 200
-                return time.perf_counter() - started
-            for _ in range(3):
-                call()
-            latencies = [call() for _ in range(requests)]
-        serve.shutdown()
+    with bare_serve_app(engine_s=engine_s(1)) as url, httpx.Client() as client:
+        def call() -> float:
+            started = time.perf_counter()
+            assert client.post(url, timeout=60).status_code == 200
+            return time.perf_counter() - started
+        for _ in range(3):
+            call()
+        latencies = [call() for _ in range(requests)]
     return percentiles([1000 * (latency - engine_s(1)) for latency in latencies])
 
 

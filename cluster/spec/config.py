@@ -142,9 +142,11 @@ class WebhookConfig(BaseModel):
     previous_secret: str | None = Field(None, description="While rotating: the secret before `secret` "
                                                           "(default: $RAYDIANT_WEBHOOK_PREVIOUS_SECRET); "
                                                           "deliveries are signed with both.")
+    # Retries: a failed attempt is tried again later, each wait twice the last.
     first_retry_s: float = Field(1.0, gt=0, description="Wait before the first retry; doubles each time.")
     max_retry_s: float = Field(300.0, gt=0, description="Longest wait between two attempts.")
     give_up_after_s: float = Field(86400.0, gt=0, description="No attempt starts later than this after the task ended.")
+    # Deliveries in flight: bounded for the replica, and shared fairly between keys.
     max_concurrent: int = Field(32, ge=1, description="Deliveries in flight per ingress replica.")
     max_concurrent_per_key: int = Field(4, ge=1, description="Of those, in flight for one API key's tasks: a "
                                                              "slow receiver holds only its own key's slots.")
@@ -185,6 +187,7 @@ class ServeConfig(BaseModel):
     max_request_cost: float = Field(512.0, gt=0, description="Largest request, in megapixel-steps (n x steps x "
                                                              "W x H / 2^20; 1024*1024, 50 steps, n 4 is 200; "
                                                              "2048*2048 at 100 steps is 1600).")
+    # How long things live: a task, its lease, its record and files, its URLs, a caller's wait.
     task_deadline_s: float = Field(600.0, gt=0, description="A task not done by then ends FAILED.")
     max_attempts: int = Field(3, ge=1, description="Dispatch attempts when a replica or ingress dies.")
     lease_s: float = Field(15.0, gt=0, description="An unrenewed task lease this old is re-dispatched.")

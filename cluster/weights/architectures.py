@@ -177,31 +177,22 @@ _SD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end":
                  "beta_schedule": "scaled_linear", "steps_offset": 1}
 
 
-def _sdxl(scale: Scale) -> Architecture:
+def _stable_diffusion(family: Family, scale: Scale) -> Architecture:
+    """SDXL and SD 1.5: one UNet layout, apart in their UNet's size, VAE scaling, text encoders
+    (SDXL: two, and micro-conditioning), scheduler and the pipeline's optional parts."""
+    sdxl = family == Family.SDXL
     return Architecture(
-        family=Family.SDXL,
+        family=family,
         denoiser_class="UNet2DConditionModel",
-        denoiser=_unet(scale, sdxl=True) | {"in_channels": 4, "out_channels": 4},
-        vae=_vae(scale, 4, scaling_factor=0.13025),
-        text_encoders=[_clip_l(scale), _clip_bigg(scale)],
-        scheduler_class="EulerDiscreteScheduler",
-        scheduler=_SD_SCHEDULER | {"timestep_spacing": "leading", "prediction_type": "epsilon"},
-        extra_components={"image_encoder": None, "feature_extractor": None,
-                          "force_zeros_for_empty_prompt": True},
-    )
-
-
-def _sd15(scale: Scale) -> Architecture:
-    return Architecture(
-        family=Family.SD15,
-        denoiser_class="UNet2DConditionModel",
-        denoiser=_unet(scale, sdxl=False) | {"in_channels": 4, "out_channels": 4},
-        vae=_vae(scale, 4, scaling_factor=0.18215),
-        text_encoders=[_clip_l(scale)],
-        scheduler_class="PNDMScheduler",
-        scheduler=_SD_SCHEDULER | {"skip_prk_steps": True, "set_alpha_to_one": False},
-        extra_components={"safety_checker": None, "feature_extractor": None,
-                          "image_encoder": None, "requires_safety_checker": False},
+        denoiser=_unet(scale, sdxl=sdxl) | {"in_channels": 4, "out_channels": 4},
+        vae=_vae(scale, 4, scaling_factor=0.13025 if sdxl else 0.18215),
+        text_encoders=[_clip_l(scale), _clip_bigg(scale)] if sdxl else [_clip_l(scale)],
+        scheduler_class="EulerDiscreteScheduler" if sdxl else "PNDMScheduler",
+        scheduler=_SD_SCHEDULER | ({"timestep_spacing": "leading", "prediction_type": "epsilon"} if sdxl
+                                   else {"skip_prk_steps": True, "set_alpha_to_one": False}),
+        extra_components={"image_encoder": None, "feature_extractor": None}
+                         | ({"force_zeros_for_empty_prompt": True} if sdxl
+                            else {"safety_checker": None, "requires_safety_checker": False}),
     )
 
 
@@ -210,6 +201,4 @@ def architecture(family: Family | str, scale: Scale) -> Architecture:
     family = Family(family)
     if family in (Family.FLUX, Family.FLUX_KONTEXT):
         return _flux(family, scale)
-    if family == Family.SDXL:
-        return _sdxl(scale)
-    return _sd15(scale)
+    return _stable_diffusion(family, scale)

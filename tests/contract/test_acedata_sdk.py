@@ -1,6 +1,6 @@
 """The AceData Flux contract (shared/contracts/acedata.md), checked with the real `acedatacloud`
 SDK from PyPI as the client, and raw HTTP for what the SDK does not send, against the shared
-running service on loopback. Validation cases: tests/unit/serve/acedata/test_service.py."""
+running service on loopback. Validation cases: tests/unit/serve/doors/acedata/test_service.py."""
 
 from __future__ import annotations
 

@@ -146,7 +146,7 @@ def test_synchronous_create_without_async_header(base_url):
     assert body["output"]["results"][0]["url"].startswith("http://127.0.0.1:")
 
 
-# --- request-level errors end to end (every validation case: tests/unit/serve/dashscope/test_service.py)
+# --- request-level errors end to end (every validation case: tests/unit/serve/doors/dashscope/test_service.py)
 
 
 def post_raw(base_url, body, key=API_KEY, content=None):

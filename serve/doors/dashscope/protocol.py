@@ -90,6 +90,8 @@ class TaskListItem(BaseModel):
 
 
 class TaskList(BaseModel):
+    """`GET /tasks`: a page of the key's tasks, under both names the SDK versions read."""
+
     request_id: str
     tasks: list[TaskListItem]  # the v2 client reads `tasks`
     data: list[TaskListItem]

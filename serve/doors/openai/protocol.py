@@ -70,21 +70,10 @@ class ImagesResponse(BaseModel):
     loras: list[dict[str, Any]] | None = None  # an extension: the adapters applied (path, sha256, scale)
 
 
-class ErrorDetail(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
 def error_body(failure: Failure) -> dict:
+    """`{"error": {message, type, param, code}}`: the SDK reads `body["error"]` of any error."""
     wire = ERRORS[reason(failure)]
-    return ErrorBody(error=ErrorDetail(message=message(failure), type=wire.type, param=failure.param,
-                                       code=wire.code)).model_dump()
+    return {"error": {"message": message(failure), "type": wire.type, "param": failure.param, "code": wire.code}}
 
 
 # Where each kind of model is asked for (a model asked for on the other route is refused).
