@@ -58,8 +58,6 @@ class DashScopeService(DoorService):
     async def _parse(self, caller: Caller, edit_route: bool) -> Submission:
         """Kinds are checked here, naming DashScope's fields; values by the core, once."""
         body = fields.json_object(caller.body)
-        if not body.get("model"):
-            raise Invalid("model must not be empty", "model", ErrorCode.EMPTY_MODEL)
         spec = self.tasks.model_for(fields.text(body, "model") or "", edit_route, SERVED_AT)
         if isinstance(spec, RenderError):
             raise Invalid.of(spec)
