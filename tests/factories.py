@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any, Iterator
 
 from cluster.spec.request import ResolvedRequest
 from serve.tasks.store.record import TaskRecord
@@ -20,3 +21,15 @@ def task_record(task_id: str | None = None, **fields) -> TaskRecord:
     base = dict(task_id=task_id or uuid.uuid4().hex, model="flux-schnell", submit_time=now,
                 deadline=now + 600, expires_at=now + 3600, key_id="k1", request=resolved_request())
     return TaskRecord(**(base | fields))
+
+
+def nested_dicts(node: Any) -> Iterator[dict]:
+    """Every dict in a nested structure of dicts and lists (a manifest, a schema), outermost
+    first; a dict changed by the caller is walked as changed."""
+    if isinstance(node, dict):
+        yield node
+        for value in list(node.values()):
+            yield from nested_dicts(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from nested_dicts(value)

@@ -12,6 +12,7 @@ record every device batch with its prompts, so ordering is read from the device'
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -110,6 +111,24 @@ def create(service: ViaServe, model: str, prompt: str, asynchronous: bool, **par
     return answer.json()["output"]
 
 
+@contextlib.contextmanager
+def job_on_the_device(service: ViaServe, tmp_path: Path, rows: int, model: str, steps: int):
+    """A via-serve job of `rows` prompts, yielded once its first batch is on the device; it must
+    end by itself (rc 0) in the block, and is killed whatever happens."""
+    job = service.render(tmp_path, "-i", str(prompts(tmp_path / "in.parquet", rows, model)),
+                         "-o", str(tmp_path / "out"), "--size", "1024*1024", "--steps", str(steps), wait=False)
+    try:
+        wait_until(lambda: any(f"{model} job 0" in b["prompts"] for b in service.batches()), 120,
+                   "the job on the device")
+        yield job
+    finally:
+        job.kill()
+
+
+def finished(job, tmp_path: Path) -> None:
+    assert job.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
+
+
 def test_job_renders_through_running_service(service, tmp_path, local_config):
     pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["a fox", "a cat"], "seed": [3, 8], "n": [2, 1]}),
                    tmp_path / "in.parquet")
@@ -130,18 +149,12 @@ def test_job_renders_through_running_service(service, tmp_path, local_config):
 
 
 def test_online_requests_go_first_beside_a_job_and_the_job_is_exact(service, tmp_path):
-    job = service.render(tmp_path, "-i", str(prompts(tmp_path / "in.parquet", 48, "sim-apart")),
-                         "-o", str(tmp_path / "out"), "--size", "1024*1024", "--steps", "4", wait=False)
-    try:
-        wait_until(lambda: any("sim-apart job 0" in b["prompts"] for b in service.batches()), 120,
-                   "the job on the device")
-        sent = {}
+    sent = {}
+    with job_on_the_device(service, tmp_path, 48, "sim-apart", steps=4) as job:
         for k in range(4):
             sent[f"online {k}"] = time.time()
             assert create(service, "sim-apart", f"online {k}", asynchronous=False)["task_status"] == "SUCCEEDED"
-        assert job.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
-    finally:
-        job.kill()
+        finished(job, tmp_path)
     exact_output(tmp_path / "out", 48)
     batches = service.batches()
     for prompt, at in sent.items():
@@ -154,11 +167,7 @@ def test_online_requests_go_first_beside_a_job_and_the_job_is_exact(service, tmp
 
 
 def test_a_canceled_online_task_in_a_batch_shared_with_job_images(service, tmp_path):
-    job = service.render(tmp_path, "-i", str(prompts(tmp_path / "in.parquet", 16, "sim-mixed")),
-                         "-o", str(tmp_path / "out"), "--size", "1024*1024", "--steps", "20", wait=False)
-    try:
-        wait_until(lambda: any("sim-mixed job 0" in b["prompts"] for b in service.batches()), 120,
-                   "the job on the device")
+    with job_on_the_device(service, tmp_path, 16, "sim-mixed", steps=20) as job:
         task_id = create(service, "sim-mixed", "online canceled", asynchronous=True, steps=20)["task_id"]
 
         def running() -> bool:
@@ -169,9 +178,7 @@ def test_a_canceled_online_task_in_a_batch_shared_with_job_images(service, tmp_p
         wait_until(running, 60, "the online task RUNNING", every_s=0.05)
         canceled = httpx.post(f"{service.url}/api/v1/tasks/{task_id}/cancel", headers=AUTH, timeout=30)
         assert canceled.status_code == 200, canceled.text
-        assert job.wait(timeout=300) == 0, (tmp_path / "job.log").read_text()[-3000:]
-    finally:
-        job.kill()
+        finished(job, tmp_path)
     output = httpx.get(f"{service.url}/api/v1/tasks/{task_id}", headers=AUTH, timeout=30).json()["output"]
     assert output["task_status"] == "CANCELED"
     assert not list((service.work / "results" / "tasks" / task_id).glob("*.png"))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.factories import nested_dicts
 
 REPO = Path(__file__).resolve().parents[3]
 K8S = REPO / "infra" / "k8s"
@@ -252,28 +253,19 @@ def definitions() -> dict[str, set]:
 def references(doc: dict) -> set[tuple[str, object]]:
     """(kind, name) of everything `doc` refers to by name."""
     refs: set[tuple[str, object]] = set()
-
-    def visit(node):
-        if isinstance(node, dict):
-            if "secretKeyRef" in node:
-                refs.add(("Secret", (node["secretKeyRef"]["name"], node["secretKeyRef"]["key"])))
-            if "configMapKeyRef" in node or "configMapRef" in node:
-                refs.add(("ConfigMap", (node.get("configMapKeyRef") or node["configMapRef"])["name"]))
-            if "serviceAccountName" in node:
-                refs.add(("ServiceAccount", node["serviceAccountName"]))
-            if "persistentVolumeClaim" in node:
-                refs.add(("PersistentVolumeClaim", node["persistentVolumeClaim"]["claimName"]))
-            if "redisAddress" in node:
-                refs.add(("Service", node["redisAddress"].split(":")[0]))
-            if node.get("name") == "RAYDIANT_REDIS_URL":
-                refs.add(("Service", re.match(r"redis://(?:[^@]*@)?([^:/]+)", node["value"])[1]))
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(doc)
+    for node in nested_dicts(doc):
+        if "secretKeyRef" in node:
+            refs.add(("Secret", (node["secretKeyRef"]["name"], node["secretKeyRef"]["key"])))
+        if "configMapKeyRef" in node or "configMapRef" in node:
+            refs.add(("ConfigMap", (node.get("configMapKeyRef") or node["configMapRef"])["name"]))
+        if "serviceAccountName" in node:
+            refs.add(("ServiceAccount", node["serviceAccountName"]))
+        if "persistentVolumeClaim" in node:
+            refs.add(("PersistentVolumeClaim", node["persistentVolumeClaim"]["claimName"]))
+        if "redisAddress" in node:
+            refs.add(("Service", node["redisAddress"].split(":")[0]))
+        if node.get("name") == "RAYDIANT_REDIS_URL":
+            refs.add(("Service", re.match(r"redis://(?:[^@]*@)?([^:/]+)", node["value"])[1]))
     return refs
 
 

@@ -19,6 +19,7 @@ from ray.serve.schema import ServeDeploySchema
 from cluster.spec.config import CONFIG_DIR, load_config
 from serve.deploy_config import rendered
 from cluster.spec.catalogue import deployment_name
+from tests.factories import nested_dicts
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO.parent / "shared" / "kuberay-crds"
@@ -34,18 +35,10 @@ def strict(schema):
     prunes or, under --validate=strict, refuses what a structural schema does not name)."""
     schema = copy.deepcopy(schema)
 
-    def visit(node):
-        if isinstance(node, dict):
-            if (node.get("type") == "object" and "properties" in node and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")):
-                node["additionalProperties"] = False
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(schema)
+    for node in nested_dicts(schema):
+        if (node.get("type") == "object" and "properties" in node and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")):
+            node["additionalProperties"] = False
     return schema
 
 

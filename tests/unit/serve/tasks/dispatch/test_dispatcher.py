@@ -159,56 +159,43 @@ def test_a_task_runs_to_success_through_running_with_progress(tmp_path):
     asyncio.run(scenario())
 
 
-def test_a_task_whose_input_was_never_written_fails_at_once_saying_so(tmp_path):
-    async def scenario():
-        handle = FakeHandle(finishes)
-        d = dispatcher(tmp_path, handle)
+def ended(tmp_path, handle: "FakeHandle", change=lambda record: None, **settings) -> TaskRecord:
+    """One task submitted to a dispatcher over `handle` (`change`d first), once it ended."""
+    async def scenario() -> TaskRecord:
+        d = dispatcher(tmp_path, handle, **settings)
         record = new_task()
-        record.init_image_key = f"tasks/{record.task_id}/input"  # its ingress died before writing it
+        change(record)
         await d.submit(record)
-        final = await d.wait(record.task_id, 10)
-        assert final.status == TaskStatus.FAILED and final.code == ErrorCode.INTERNAL
-        assert "input image was lost" in final.message and final.attempts == 1 and not handle.streams
+        return await d.wait(record.task_id, 10)
 
-    asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_task_whose_input_was_never_written_fails_at_once_saying_so(tmp_path):
+    handle = FakeHandle(finishes)
+    # Its ingress died between storing the record and writing the input.
+    final = ended(tmp_path, handle, lambda r: setattr(r, "init_image_key", f"tasks/{r.task_id}/input"))
+    assert final.status == TaskStatus.FAILED and final.code == ErrorCode.INTERNAL
+    assert "input image was lost" in final.message and final.attempts == 1 and not handle.streams
 
 
 def test_a_replica_that_dies_is_retried_and_the_task_succeeds(tmp_path):
-    async def scenario():
-        handle = FakeHandle(dies, finishes)
-        d = dispatcher(tmp_path, handle)
-        record = new_task()
-        await d.submit(record)
-        final = await d.wait(record.task_id, 10)
-        assert final.status == TaskStatus.SUCCEEDED and final.attempts == 2 and len(handle.streams) == 2
-
-    asyncio.run(scenario())
+    handle = FakeHandle(dies, finishes)
+    final = ended(tmp_path, handle)
+    assert final.status == TaskStatus.SUCCEEDED and final.attempts == 2 and len(handle.streams) == 2
 
 
 def test_a_model_that_stays_down_fails_retryable_after_max_attempts(tmp_path):
-    async def scenario():
-        d = dispatcher(tmp_path, FakeHandle(dies), max_attempts=1)
-        record = new_task()
-        await d.submit(record)
-        final = await d.wait(record.task_id, 10)
-        assert final.status == TaskStatus.FAILED and final.code == ErrorCode.MODEL_UNAVAILABLE
-        assert final.code.retryable and "after 1 attempts" in final.message
-
-    asyncio.run(scenario())
+    final = ended(tmp_path, FakeHandle(dies), max_attempts=1)
+    assert final.status == TaskStatus.FAILED and final.code == ErrorCode.MODEL_UNAVAILABLE
+    assert final.code.retryable and "after 1 attempts" in final.message
 
 
 def test_a_hanging_replica_ends_failed_at_the_deadline_and_its_call_is_canceled(tmp_path):
-    async def scenario():
-        handle = FakeHandle(hangs)
-        d = dispatcher(tmp_path, handle)
-        record = new_task()
-        record.deadline = time.time() + 0.5
-        await d.submit(record)
-        final = await d.wait(record.task_id, 10)
-        assert final.status == TaskStatus.FAILED and final.code == ErrorCode.TIMEOUT
-        assert handle.streams[0].canceled.is_set()  # the replica drops what nobody will read
-
-    asyncio.run(scenario())
+    handle = FakeHandle(hangs)
+    final = ended(tmp_path, handle, lambda r: setattr(r, "deadline", time.time() + 0.5))
+    assert final.status == TaskStatus.FAILED and final.code == ErrorCode.TIMEOUT
+    assert handle.streams[0].canceled.is_set()  # the replica drops what nobody will read
 
 
 def test_cancel_while_streaming_cancels_the_replica_call_and_stores_nothing(tmp_path):
