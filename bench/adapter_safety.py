@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import save_file
 
 from cluster.lora.adapter_file import AdapterChecker
-from cluster.weights.base_weights import BaseWeights
 from cluster.lora.cache import LocalLora
 from cluster.spec.loras import Lora
+from cluster.weights.base_weights import BaseWeights
 
 HIDDEN = 256  # each layer 256 x 256 fp32: 256 KiB
 

@@ -20,9 +20,9 @@ import torch
 
 from bench.engine import bare_loop
 from cluster.cli import quiet_libraries
-from cluster.spec.config import load_config
 from cluster.engine.renderer import Renderer
 from cluster.runtime.local_ray import connect
+from cluster.spec.config import load_config
 from jobs.driver.job import run_job
 from jobs.driver.spec import JobSpec
 

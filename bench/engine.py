@@ -26,9 +26,9 @@ import time
 import torch
 
 from cluster.cli import quiet_libraries
-from cluster.spec.config import load_config
 from cluster.engine.renderer import Renderer
 from cluster.images.encoding import PNG_COMPRESS_LEVEL
+from cluster.spec.config import load_config
 from cluster.spec.request import RenderRequest
 
 

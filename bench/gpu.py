@@ -49,8 +49,8 @@ class Measured:
 
 def spec_for(model: str, setting: str):
     """The model entry a setting renders with: full-size random weights, one image a batch."""
-    from cluster.spec.config import load_config
     from cluster.spec.catalogue import ModelSpec
+    from cluster.spec.config import load_config
 
     spec = load_config().spec(model)
     return ModelSpec.model_validate(spec.model_dump() | {

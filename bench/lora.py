@@ -77,9 +77,9 @@ def timed_batch(renderer, *loras: tuple[int, float]) -> float:
 
 
 def core_figures(root: Path, work: Path) -> dict:
-    from cluster.spec.config import load_config
     from cluster.engine.renderer import Renderer
     from cluster.lora.cache import LoraCache
+    from cluster.spec.config import load_config
 
     spec = load_config().spec("flux-schnell")
     spec = spec.model_copy(update={"warmup": False, "lora_slots": 32,
@@ -104,9 +104,9 @@ def core_figures(root: Path, work: Path) -> dict:
 def compiled_figures(root: Path, work: Path) -> dict:
     import torch
 
-    from cluster.spec.config import load_config
     from cluster.engine.renderer import Renderer
     from cluster.lora.cache import LoraCache
+    from cluster.spec.config import load_config
 
     def compiled(max_loras: int) -> Renderer:
         spec = load_config().spec("flux-schnell")

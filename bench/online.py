@@ -25,9 +25,9 @@ from pathlib import Path
 import httpx
 
 from cluster.cli import quiet_libraries
-from cluster.spec.config import load_config
 from cluster.engine.renderer import Renderer
 from cluster.spec.catalogue import parse_size
+from cluster.spec.config import load_config
 from cluster.spec.request import RenderRequest
 from serve.local.service import local_service
 

@@ -33,8 +33,8 @@ MID = {"num_layers": 4, "num_single_layers": 8, "attention_head_dim": 64, "num_a
 def mid_size_pipeline():
     import diffusers
 
-    from cluster.spec.families import Family
     from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
+    from cluster.spec.families import Family
 
     pipeline = diffusers.FluxPipeline.from_pretrained(build_tiny(Family.FLUX, tiny_cache_dir() / TINY_DIRS[Family.FLUX]))
     torch.manual_seed(0)

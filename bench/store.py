@@ -21,10 +21,10 @@ import time
 import uuid
 from pathlib import Path
 
+from serve.tasks.store.base import TaskStore
 from serve.tasks.store.record import TaskRecord, TaskStatus
 from serve.tasks.store.redis import RedisTaskStore
 from serve.tasks.store.sqlite import SQLiteTaskStore
-from serve.tasks.store.base import TaskStore
 from tests.factories import resolved_request
 from tests.servers import redis_server
 

@@ -20,8 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cluster.spec.config import ConfigError, RaydiantConfig, load_config
 from cluster.spec.catalogue import parse_size
+from cluster.spec.config import ConfigError, RaydiantConfig, load_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="raydiant: a distributed render cluster for text-to-image diffusion models.")

@@ -82,8 +82,9 @@ def render_command(
 ) -> None:
     """Render every prompt of a Parquet dataset into a dataset of image shards plus metadata (resumable)."""
     from pydantic import ValidationError
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
 
     from cluster.spec.errors import RenderError
     from cluster.spec.loras import lora_flag_item, read_lora_list

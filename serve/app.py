@@ -12,13 +12,12 @@ from typing import Any
 
 from ray.serve import Application
 
-from cluster.spec.config import RaydiantConfig, load_config
 from cluster.spec.catalogue import deployment_name
+from cluster.spec.config import RaydiantConfig, load_config
 from serve.edge.auth import listens_beyond_loopback
-from serve.replica.deployment import ModelServer
 from serve.ingress import Ingress
+from serve.replica.deployment import ModelServer
 from serve.secrets import publish, resolve, without_secrets
-
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ import typer
 from cluster.cli import ConfigOption, console, fail, load, quiet_libraries
 from cluster.spec.errors import first_line
 
-
 infra_app = typer.Typer(no_args_is_help=True, help="Deployment files generated from the config.")
 
 

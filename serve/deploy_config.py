@@ -15,8 +15,8 @@ from typing import Any
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from cluster.spec.config import CONFIG_DIR, RaydiantConfig, load_config
 from cluster.spec.catalogue import deployment_name
+from cluster.spec.config import CONFIG_DIR, RaydiantConfig, load_config
 
 REPO = CONFIG_DIR.parent
 IMAGE_HOME = "/home/ray/raydiant"  # where infra/docker/Dockerfile puts the project's configs/

@@ -9,18 +9,19 @@ from time import monotonic
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import Headers
 from ray import serve
 from ray.serve.schema import DeploymentStatus, ReplicaState
+from starlette.datastructures import Headers
 
-from cluster.spec.config import RaydiantConfig
 from cluster.spec.catalogue import deployment_name
+from cluster.spec.config import RaydiantConfig
+from cluster.spec.errors import ErrorCode, RenderError
 from cluster.storage.results import Storage
 from serve.doors import registry
 from serve.doors.registry import DOORS, door_of
+from serve.doors.web.router import page_router, static_files
 from serve.edge.auth import ApiKeys, listens_beyond_loopback, weak_secrets
 from serve.edge.client_address import client_address, trusted_networks
-from cluster.spec.errors import ErrorCode, RenderError
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.files import router as files_router
 from serve.edge.http import Gate
@@ -28,14 +29,14 @@ from serve.edge.ratelimit import RateLimiter
 from serve.secrets import for_replica
 from serve.tasks.dispatch.capacity import ModelCapacity
 from serve.tasks.dispatch.dispatcher import Dispatcher
-from serve.tasks.store.factory import open_store
 from serve.tasks.periodic import every
 from serve.tasks.service import TaskService
+from serve.tasks.store.factory import open_store
 from serve.tasks.webhooks.secrets import TenantSecrets
 from serve.tasks.webhooks.sender import Webhooks
-from serve.doors.web.router import page_router, static_files
 
 log = logging.getLogger(__name__)
+
 
 def create_app() -> FastAPI:
     """A fresh app: routes only. The replica fills `app.state` (one app per replica, so its

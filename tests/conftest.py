@@ -23,8 +23,8 @@ os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
 os.environ.setdefault("RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
 os.environ.setdefault("RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S", "2")
 
-from cluster.spec.config import load_config  # noqa: E402  (after RAYDIANT_CACHE is set)
 from cluster.engine.renderer import Renderer  # noqa: E402
+from cluster.spec.config import load_config  # noqa: E402  (after RAYDIANT_CACHE is set)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups (it runs first otherwise)
@@ -97,8 +97,8 @@ def images(engine, *requests) -> list[np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_sd15_dir() -> Path:
     """The tiny SD 1.5 pipeline directory (built on first use)."""
-    from cluster.spec.families import Family
     from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
+    from cluster.spec.families import Family
 
     return build_tiny(Family.SD15, tiny_cache_dir() / TINY_DIRS[Family.SD15])
 

@@ -11,11 +11,10 @@ from __future__ import annotations
 import torch
 from diffusers import DiffusionPipeline
 
-from cluster.weights.architectures import Architecture, Scale, architecture
-
-from cluster.spec.families import Family
-from cluster.weights.components import build_pipeline, materialize_, on_meta
 from cluster.doubles.tiny_pipelines import tiny_tokenizers
+from cluster.spec.families import Family
+from cluster.weights.architectures import Architecture, Scale, architecture
+from cluster.weights.components import build_pipeline, materialize_, on_meta
 
 RANDOM_SEED = 0
 

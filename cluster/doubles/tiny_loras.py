@@ -13,10 +13,9 @@ from pathlib import Path
 import diffusers
 import torch
 
-from cluster.weights.architectures import architecture
-
-from cluster.spec.families import PIPELINE_CLASS, Family
 from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
+from cluster.spec.families import PIPELINE_CLASS, Family
+from cluster.weights.architectures import architecture
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 

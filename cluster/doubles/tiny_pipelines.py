@@ -13,11 +13,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cluster.weights.architectures import architecture
-
-from cluster.spec.families import Family
-from cluster.weights.components import build_pipeline, on_cpu
 from cluster.doubles.tiny_tokenizers import train_clip_tokenizer, train_t5_tokenizer
+from cluster.spec.families import Family
+from cluster.weights.architectures import architecture
+from cluster.weights.components import build_pipeline, on_cpu
 
 # Bump when the tiny architectures change, so cached builds are rebuilt.
 TINY_VERSION = 1

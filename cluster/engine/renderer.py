@@ -30,22 +30,22 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 from PIL import Image
 
-from cluster.lora.adapters import PipelineAdapters
-from cluster.spec.families import Family
-from cluster.weights.base_weights import BaseWeights
 from cluster.engine.batch_invariance import make_batch_invariant
 from cluster.engine.batching import plan_batches
-from cluster.images.encoding import ImageFormat, decode, encode, sampling_metadata
-from cluster.lora.cache import LocalLora, LoraCache, LoraUnavailable
-from cluster.spec.loras import AppliedLora, Lora, adapter_set_id
-from cluster.spec.catalogue import ModelSpec, parse_size
 from cluster.engine.progress import Canceled, StepProgress, StepReporter
-from cluster.spec.errors import ErrorCode, RenderError, first_line
+from cluster.engine.speed import StepCache, compile_regions, quantize_weights
+from cluster.images.encoding import ImageFormat, decode, encode, sampling_metadata
+from cluster.lora.adapters import PipelineAdapters
+from cluster.lora.cache import LocalLora, LoraCache, LoraUnavailable
 from cluster.lora.hotswap import SlotAdapters
+from cluster.spec.catalogue import ModelSpec, parse_size
+from cluster.spec.errors import ErrorCode, RenderError, first_line
+from cluster.spec.families import Family
+from cluster.spec.loras import AppliedLora, Lora, adapter_set_id
 from cluster.spec.request import RenderRequest, RenderResult, ResolvedRequest
 from cluster.spec.seeding import generator, image_seeds
-from cluster.engine.speed import StepCache, compile_regions, quantize_weights
 from cluster.spec.settings import FastSettings
+from cluster.weights.base_weights import BaseWeights
 from cluster.weights.sources import load_pipeline
 
 log = logging.getLogger(__name__)

@@ -93,9 +93,7 @@ def quantize_weights(pipeline, method: Quantization, device: "torch.device") -> 
     if method == "none":
         return
     try:
-        from torchao.quantization import (
-            Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, quantize_,
-        )
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Int8WeightOnlyConfig, quantize_
     except ImportError as exc:
         raise ValueError(f"quantize: {method} needs torchao (pip install torchao): {exc}") from None
     if method == "fp8":

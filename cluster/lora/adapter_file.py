@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from cluster.spec.errors import RenderError
 from cluster.lora.cache import LocalLora, LoraUnavailable
+from cluster.spec.errors import RenderError
 
 MAX_HEADER_BYTES = 16 * 2**20  # a LoRA's header lists a few thousand tensors: ~1 MiB
 _FLOATS = {"F16", "BF16", "F32", "F64"}

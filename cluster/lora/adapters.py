@@ -32,12 +32,12 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 
-from cluster.lora.adapter_file import AdapterChecker, CheckedAdapter
-from cluster.spec.errors import ErrorCode, RenderError
-from cluster.lora.cache import LocalLora, LoraUnavailable
-from cluster.spec.loras import AppliedLora, Lora, adapter_set_id
-from cluster.lora.recent_uses import RecentUses
 from cluster.engine.speed import denoiser
+from cluster.lora.adapter_file import AdapterChecker, CheckedAdapter
+from cluster.lora.cache import LocalLora, LoraUnavailable
+from cluster.lora.recent_uses import RecentUses
+from cluster.spec.errors import ErrorCode, RenderError
+from cluster.spec.loras import AppliedLora, Lora, adapter_set_id
 
 log = logging.getLogger(__name__)
 

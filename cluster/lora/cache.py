@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.spec.errors import ErrorCode, RenderError, first_line
-from cluster.storage.guarded_fetch import FetchError, FetchPolicy, request
 from cluster.spec.loras import Lora
+from cluster.storage.guarded_fetch import FetchError, FetchPolicy, request
 
 KNOWN_LIMIT = 256  # adapters remembered in memory per process (path, hash), so a hit touches no disk
 

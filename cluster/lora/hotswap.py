@@ -35,12 +35,12 @@ from dataclasses import dataclass
 
 import torch
 
+from cluster.engine.speed import denoiser
 from cluster.lora.adapter_file import AdapterChecker
 from cluster.lora.adapters import in_canonical_order
-from cluster.spec.errors import RenderError
 from cluster.lora.cache import LocalLora, LoraUnavailable
+from cluster.spec.errors import RenderError
 from cluster.spec.loras import AppliedLora, Lora, adapter_set_id
-from cluster.engine.speed import denoiser
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cluster.storage.local_files import create_once
 from cluster.runtime.processes import free_port, free_ports, stop_tree, wait_for_port, watch_owner
+from cluster.storage.local_files import create_once
 
 HEAD_START_TIMEOUT_S = 120
 

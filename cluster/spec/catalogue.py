@@ -17,13 +17,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cluster.spec.families import Family
 from cluster.spec.errors import ErrorCode, RenderError
+from cluster.spec.families import Family
 from cluster.spec.loras import LoraPolicy, resolve_loras
 from cluster.spec.request import RenderRequest, ResolvedRequest
 from cluster.spec.seeding import MAX_SEED, draw_seed
-from cluster.spec.settings import SimulatedTiming
-from cluster.spec.settings import QUALITIES, FastSettings, Quantization
+from cluster.spec.settings import QUALITIES, FastSettings, Quantization, SimulatedTiming
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[*xX]\s*(\d+)\s*$")
 

@@ -15,10 +15,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from cluster.spec.loras import DEFAULT_SOURCES, LoraKind, LoraPolicy
 from cluster.spec.catalogue import CATALOGUE, ModelSpec
-from cluster.spec.settings import FastSettings, Quantization
-from cluster.spec.settings import SimulatedTiming
+from cluster.spec.loras import DEFAULT_SOURCES, LoraKind, LoraPolicy
+from cluster.spec.settings import FastSettings, Quantization, SimulatedTiming
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "local.yaml"

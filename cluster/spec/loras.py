@@ -25,8 +25,8 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 

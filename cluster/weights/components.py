@@ -17,9 +17,8 @@ import torch
 import transformers
 from accelerate import init_empty_weights
 
-from cluster.weights.architectures import Architecture, TextEncoderSpec
-
 from cluster.spec.families import PIPELINE_CLASS
+from cluster.weights.architectures import Architecture, TextEncoderSpec
 
 _TEXT_CONFIG = {
     "CLIPTextModel": transformers.CLIPTextConfig,

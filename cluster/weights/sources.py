@@ -29,9 +29,9 @@ import diffusers
 import fsspec
 import torch
 
-from cluster.spec.families import PIPELINE_CLASS, Family
-from cluster.spec.errors import first_line
 from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
+from cluster.spec.errors import first_line
+from cluster.spec.families import PIPELINE_CLASS, Family
 
 if TYPE_CHECKING:
     from cluster.spec.settings import SimulatedTiming

@@ -20,17 +20,17 @@ from typing import Callable
 
 import pyarrow.parquet as pq
 
+from cluster.runtime.placement import ActorPool, gpu_capacity, plan_actor_pool, unschedulable
+from cluster.spec.catalogue import MODEL_DEPLOYMENT_PREFIX
 from cluster.spec.config import load_config
 from cluster.spec.errors import first_line
-from cluster.spec.catalogue import MODEL_DEPLOYMENT_PREFIX
-from cluster.runtime.placement import ActorPool, gpu_capacity, plan_actor_pool, unschedulable
 from cluster.storage.results import Storage
 from jobs.driver import manifest
 from jobs.driver.counter import ImageCounter
-from jobs.output.layout import ShardStats, read_stats
-from jobs.output.shard_writer import remove_staging
 from jobs.driver.plan import InputError, ShardPlan, describe_inputs, input_files, plan_shards
 from jobs.driver.spec import DEFAULT_SERVE_APP, JobSpec
+from jobs.output.layout import ShardStats, read_stats
+from jobs.output.shard_writer import remove_staging
 
 _POLL_S = 0.5  # how often the driver reads the image counter while shards are in flight
 

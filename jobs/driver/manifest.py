@@ -22,9 +22,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cluster.spec.config import RaydiantConfig
 from cluster.storage.results import Storage
-from jobs.output.layout import ShardStats
 from jobs.driver.plan import InputFile
 from jobs.driver.spec import JobSpec
+from jobs.output.layout import ShardStats
 
 MANIFEST = "manifest.json"
 LIBRARIES = ("raydiant", "diffusers", "transformers", "torch", "ray", "pyarrow", "fsspec")

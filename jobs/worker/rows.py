@@ -17,9 +17,9 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cluster.spec.catalogue import ModelSpec, parse_size
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.loras import read_lora_list
-from cluster.spec.catalogue import ModelSpec, parse_size
 from cluster.spec.request import RenderRequest, ResolvedRequest
 from cluster.spec.seeding import derive_seed, image_seeds
 from jobs.driver.spec import RowDefaults

@@ -30,9 +30,9 @@ from collections import deque
 from dataclasses import replace
 from typing import Iterator
 
+from cluster.spec.catalogue import deployment_name
 from cluster.spec.errors import ErrorCode, RenderError, first_line
 from cluster.spec.loras import adapter_set_id
-from cluster.spec.catalogue import deployment_name
 from cluster.spec.request import RenderResult, ResolvedRequest, WorkClass
 
 REFRESH_S = 5.0  # how often the running replicas are counted

@@ -27,19 +27,19 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from cluster.spec.config import load_config
 from cluster.engine.renderer import Denoised, Renderer
 from cluster.lora.cache import cache_for
+from cluster.spec.config import load_config
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderResult
 from cluster.storage.results import Storage
 from cluster.weights.sources import ModelLoadError
+from jobs.driver.plan import ShardPlan
+from jobs.driver.spec import RowDefaults
 from jobs.output.layout import ShardStats
 from jobs.output.shard_writer import ShardWriter, earlier_run
-from jobs.driver.plan import ShardPlan
 from jobs.worker.rows import WorkItem, expand_row
 from jobs.worker.served import ServedModel
-from jobs.driver.spec import RowDefaults
 
 CONCURRENT_SHARDS = 2  # calls at once per actor: one rendering while the other reads or commits
 _ENCODES_AHEAD = 2  # denoised batches waiting for the encoder before the device waits for it

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from cluster.spec.catalogue import parse_size
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.loras import LoraRef, read_lora_list
-from cluster.spec.catalogue import parse_size
-from serve.edge.errors import ErrorKind, Failure, Reason, ServiceError, message as failure_message
+from serve.edge.errors import ErrorKind, Failure, Reason, ServiceError
+from serve.edge.errors import message as failure_message
 
 
 class Invalid(Exception):

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from cluster.runtime.processes import free_port, kill_session, session_pids, stop_session, watch_owner  # noqa: F401 (re-exported)
+from cluster.runtime.processes import (  # noqa: F401 (re-exported)
+    free_port, kill_session, session_pids, stop_session, watch_owner,
+)
 
 
 @dataclass

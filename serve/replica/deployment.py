@@ -18,13 +18,13 @@ from collections.abc import AsyncIterator
 
 from ray import serve
 
-from cluster.spec.config import FetchConfig, LoraConfig
 from cluster.engine.renderer import Prepared, Renderer
-from cluster.storage.guarded_fetch import FetchPolicy
 from cluster.lora.cache import LoraCache
 from cluster.spec.catalogue import ModelSpec
+from cluster.spec.config import FetchConfig, LoraConfig
 from cluster.spec.errors import RenderError
 from cluster.spec.request import RenderResult, ResolvedRequest, WorkClass
+from cluster.storage.guarded_fetch import FetchPolicy
 from serve.replica.pipelined import PipelinedRenderer
 from serve.replica.render_events import Finished, RenderEvent
 

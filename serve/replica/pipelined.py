@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from cluster.engine.renderer import Denoised, Prepared, Renderer, sort_results
 from cluster.engine.progress import StepProgress
+from cluster.engine.renderer import Denoised, Prepared, Renderer, sort_results
 from cluster.spec.request import RenderResult, WorkClass
 from serve.replica.render_events import Finished, Progress, RenderEvent, Started
 

@@ -29,13 +29,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
-from cluster.spec.config import ServeConfig
 from cluster.spec.catalogue import ModelSpec
+from cluster.spec.config import ServeConfig
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest
+from cluster.storage.guarded_fetch import (
+    FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver,
+)
 from cluster.storage.results import Storage, StorageError
 from serve.edge.errors import ErrorKind, Failure, ServiceError
-from cluster.storage.guarded_fetch import FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver
 from serve.tasks.dispatch.dispatcher import Dispatcher, QueueFull
 from serve.tasks.dispatch.fair_queue import cost_of
 from serve.tasks.store.record import TaskRecord, TaskStatus, WebhookDelivery

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.storage.results import Storage
-from jobs.output.layout import read_metadata, read_stats
 from jobs.driver.job import JobSummary, run_job
 from jobs.driver.spec import JobSpec
+from jobs.output.layout import read_metadata, read_stats
 from tests.multinode import local_cluster, wait_until
 
 ROWS = 24

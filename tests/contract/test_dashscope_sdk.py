@@ -8,14 +8,13 @@ import io
 import json
 import time
 
+import dashscope
 import httpx
 import pytest
-from PIL import Image
-
-import dashscope
 from dashscope import ImageSynthesis
 from dashscope.aigc.image_synthesis import AioImageSynthesis
 from dashscope.common.error import InvalidTask
+from PIL import Image
 
 from cluster.storage.results import Storage
 from tests.contract.conftest import API_KEY, OTHER_KEY

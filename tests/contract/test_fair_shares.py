@@ -10,10 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
-from cluster.doubles.simulated_gpu import read_busy_intervals
 import pytest
 
+from cluster.doubles.simulated_gpu import read_busy_intervals
 from tests.contract.conftest import FLOOD_IMAGES_KEY, FLOOD_KEY, QUIET_IMAGES_KEY, QUIET_KEY
 
 FLOOD = 24  # more than a key's share of the queue (max_queued_per_key: 16)

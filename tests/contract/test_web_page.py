@@ -15,8 +15,6 @@ from tests.conftest import shot
 from tests.contract.conftest import PAGE_KEY
 
 
-
-
 def until(browser, condition, timeout_s: float = 60):
     return WebDriverWait(browser, timeout_s, poll_frequency=0.05).until(lambda driver: condition())
 

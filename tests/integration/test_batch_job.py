@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from cluster.engine.renderer import Renderer
+from cluster.runtime.local_ray import connect
 from cluster.spec.request import RenderRequest
 from cluster.storage.results import Storage
-from cluster.runtime.local_ray import connect
-from jobs.output.layout import read_metadata
 from jobs.driver.job import JobError, run_job
 from jobs.driver.spec import JobSpec
+from jobs.output.layout import read_metadata
 from tests.conftest import pixels
 
 
@@ -198,10 +198,9 @@ def test_a_broken_model_source_fixed_then_rerun_renders_every_image(tmp_path, in
 def test_a_loras_column_renders_each_rows_adapters_and_records_them(tmp_path, local_config):
     import hashlib
 
+    from cluster.doubles.tiny_loras import build_tiny_lora
     from cluster.lora.cache import LoraCache
     from cluster.spec.loras import LoraRef
-    from cluster.doubles.tiny_loras import build_tiny_lora
-
     from tests import hostile_adapters
 
     adapter = build_tiny_lora("flux", tmp_path / "loras" / "a", seed=3)

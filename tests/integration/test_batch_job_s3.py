@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from cluster.storage.results import Storage
 from cluster.runtime.local_ray import connect
-from jobs.output.layout import read_metadata
+from cluster.storage.results import Storage
 from jobs.driver.job import run_job
 from jobs.driver.spec import JobSpec
+from jobs.output.layout import read_metadata
 from tests.servers import s3_server
 
 

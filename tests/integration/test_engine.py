@@ -12,8 +12,8 @@ from PIL import Image
 
 from cluster.engine.renderer import Renderer
 from cluster.images.encoding import png_text
-from cluster.spec.request import RenderRequest
 from cluster.spec.errors import ErrorCode
+from cluster.spec.request import RenderRequest
 from cluster.weights.sources import ModelLoadError
 from tests.conftest import pixels
 

@@ -12,12 +12,12 @@ from PIL import Image
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cluster.storage.results import Storage
-from jobs.gallery import write_gallery
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import ResolvedRequest
-from jobs.output.shard_writer import ShardWriter
+from cluster.storage.results import Storage
 from jobs.driver.plan import ShardPlan
+from jobs.gallery import write_gallery
+from jobs.output.shard_writer import ShardWriter
 from jobs.worker.rows import WorkItem
 from tests.conftest import shot
 

@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cluster.doubles.tiny_loras import build_tiny_lora
 from cluster.engine.renderer import Renderer
-from cluster.spec.errors import ErrorCode
-from cluster.lora.hotswap import SlotAdapters
 from cluster.lora.cache import LoraCache
+from cluster.lora.hotswap import SlotAdapters
+from cluster.spec.errors import ErrorCode
 from cluster.spec.loras import LoraRef
 from cluster.spec.request import RenderRequest
-from cluster.doubles.tiny_loras import build_tiny_lora
 from tests.conftest import images
 
 RANKS = {"a": 4, "b": 8, "c": 8}  # a + b fit the slot's rank of 16; a + b + c do not

@@ -20,16 +20,16 @@ import diffusers
 import numpy as np
 import pytest
 
-from cluster.spec.families import PIPELINE_CLASS, Family
+from cluster.doubles.tiny_loras import build_tiny_lora
+from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
 from cluster.engine.batch_invariance import make_batch_invariant
 from cluster.engine.renderer import Renderer
 from cluster.images.encoding import png_text
 from cluster.lora.cache import LoraCache
+from cluster.spec.families import PIPELINE_CLASS, Family
 from cluster.spec.loras import LoraRef
 from cluster.spec.request import RenderRequest
 from cluster.spec.seeding import generator
-from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
-from cluster.doubles.tiny_loras import build_tiny_lora
 from tests.conftest import images, pixels
 
 MODELS = {"flux-schnell": Family.FLUX, "stable-diffusion-xl": Family.SDXL}

@@ -11,15 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import dashscope
 import httpx
 import yaml
-
-import dashscope
 from dashscope import ImageSynthesis
 
-from cluster.spec.config import CONFIG_DIR
 from cluster.runtime.local_ray import private_head
 from cluster.runtime.processes import free_ports
+from cluster.spec.config import CONFIG_DIR
 
 BIN = Path(sys.executable).parent
 KEY = "deploy-key"

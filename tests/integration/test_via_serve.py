@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.doubles.simulated_gpu import read_busy_intervals
 from cluster.engine.renderer import Renderer
 from cluster.spec.request import RenderRequest
-from cluster.doubles.simulated_gpu import read_busy_intervals
 from cluster.storage.results import Storage
 from jobs.output.layout import read_metadata
 from tests.conftest import pixels

@@ -12,8 +12,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from cluster.spec.errors import ErrorCode
-from serve.edge.errors import ErrorKind, Failure, Reason, WireError, message, reason
 from serve.doors.base import LiveTask
+from serve.edge.errors import ErrorKind, Failure, Reason, WireError, message, reason
 
 ERRORS: dict[Reason, WireError] = {
     ErrorKind.UNAUTHENTICATED: WireError(401, "invalid_token"),

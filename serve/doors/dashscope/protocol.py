@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from cluster.spec.errors import ErrorCode
 from cluster.spec.catalogue import ModelSpec
-from serve.edge.errors import ErrorKind, Failure, Reason, WireError, message, reason
+from cluster.spec.errors import ErrorCode
 from serve.doors.base import LiveTask
+from serve.edge.errors import ErrorKind, Failure, Reason, WireError, message, reason
 
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 # What a task keeps of the client's body (the rest of a body is never stored).

@@ -20,7 +20,6 @@ from serve.edge.http import Caller
 from serve.tasks.service import Submission
 from serve.tasks.store.record import TaskRecord, TaskStatus
 
-
 MAX_PAGE_NO = 1_000_000  # a store's offset must stay a 64-bit integer
 
 

@@ -8,10 +8,10 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from serve.edge.errors import ErrorKind, ServiceError
-from serve.edge.http import Caller, Door, read_body
 from serve.doors.openai.protocol import ERRORS, error_body
 from serve.doors.openai.service import EditUpload, OpenAIService
+from serve.edge.errors import ErrorKind, ServiceError
+from serve.edge.http import Caller, Door, read_body
 
 door = Door(service=OpenAIService, errors=ERRORS, error_body=error_body, prefix="/v1")
 MAX_FORM_FIELDS = 64

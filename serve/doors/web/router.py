@@ -10,8 +10,8 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from serve.doors.dashscope.protocol import ERRORS, error_body
-from serve.edge.http import Caller, Door
 from serve.doors.web.service import WebService
+from serve.edge.http import Caller, Door
 
 STATIC = Path(__file__).parent / "static"
 page_router = APIRouter()  # the page itself, at /

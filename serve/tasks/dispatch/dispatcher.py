@@ -42,12 +42,12 @@ from cluster.spec.loras import adapter_set_id
 from cluster.spec.request import RenderResult
 from cluster.storage.results import Storage
 from serve import metrics
+from serve.replica.render_events import Finished, RenderEvent, Started
 from serve.tasks.dispatch.capacity import ModelCapacity
 from serve.tasks.dispatch.fair_queue import FairSlots, cost_of
 from serve.tasks.periodic import every
-from serve.replica.render_events import Finished, RenderEvent, Started
-from serve.tasks.store.record import ImageOutcome, TaskProgress, TaskRecord, TaskStatus
 from serve.tasks.store.base import TaskStore
+from serve.tasks.store.record import ImageOutcome, TaskProgress, TaskRecord, TaskStatus
 
 log = logging.getLogger(__name__)
 

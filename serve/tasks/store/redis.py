@@ -23,8 +23,8 @@ import time
 
 import redis.asyncio as redis
 
-from serve.tasks.store.record import TaskRecord
 from serve.tasks.store.base import POSITION_CAP, IndexEntry, TaskStore
+from serve.tasks.store.record import TaskRecord
 
 _PURGE_GRACE_S = 3600  # a record outlives its retention this long in Redis, for the purge to unindex it
 _PURGE_BATCH = 200  # records unindexed per script call: short scripts keep Redis responsive

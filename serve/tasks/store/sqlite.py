@@ -20,8 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from serve.tasks.store.record import TaskRecord, TaskStatus
 from serve.tasks.store.base import POSITION_CAP, IndexEntry, Mutation, TaskStore
+from serve.tasks.store.record import TaskRecord, TaskStatus
 
 _UPDATE = ("UPDATE tasks SET version = ?, expires_at = ?, body = ?, key_id = ?, model = ?, status = ?, "
            "submit_time = ?, lease_due = ?, webhook_due = ? WHERE task_id = ?")

@@ -35,8 +35,8 @@ from standardwebhooks import Webhook
 
 from cluster.spec.config import WebhookConfig
 from cluster.storage.guarded_fetch import FetchError, FetchPolicy, Resolver, request, system_resolver
-from serve.tasks.store.record import DeliveryState, TaskRecord, WebhookDelivery
 from serve.tasks.store.base import TaskStore
+from serve.tasks.store.record import DeliveryState, TaskRecord, WebhookDelivery
 from serve.tasks.webhooks.secrets import TenantSecrets
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tests.factories import nested_dicts
 
 REPO = Path(__file__).resolve().parents[3]

@@ -14,11 +14,11 @@ from cluster.spec.config import RaydiantConfig
 from cluster.storage.results import Storage
 from serve.doors.acedata.service import AceDataService
 from serve.doors.dashscope.service import DashScopeService
-from serve.edge.http import Caller
 from serve.doors.openai.service import OpenAIService
+from serve.edge.http import Caller
 from serve.tasks.dispatch.dispatcher import QueueFull, create_with_files
-from serve.tasks.store.record import ImageOutcome, TaskRecord, TaskStatus
 from serve.tasks.service import TaskService
+from serve.tasks.store.record import ImageOutcome, TaskRecord, TaskStatus
 from serve.tasks.store.sqlite import SQLiteTaskStore
 
 CONFIG = {

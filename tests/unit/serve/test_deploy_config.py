@@ -16,9 +16,9 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from cluster.spec.catalogue import deployment_name
 from cluster.spec.config import CONFIG_DIR, load_config
 from serve.deploy_config import rendered
-from cluster.spec.catalogue import deployment_name
 from tests.factories import nested_dicts
 
 REPO = Path(__file__).resolve().parents[3]

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from cluster.spec.errors import ErrorCode, RenderError
 from serve.doors.acedata.protocol import ERRORS as ACEDATA_ERRORS
 from serve.doors.dashscope.protocol import ERRORS as DASHSCOPE_ERRORS
-from serve.edge import strict_json
-from cluster.spec.errors import ErrorCode, RenderError
-from serve.edge.errors import ErrorKind, ServiceError, reason
 from serve.doors.openai.protocol import ERRORS as OPENAI_ERRORS
+from serve.edge import strict_json
+from serve.edge.errors import ErrorKind, ServiceError, reason
 from tests.unit.serve.fakes import caller, doors
 
 EXAMPLES = 150

@@ -11,9 +11,9 @@ from ray.serve.schema import DeploymentStatus, ReplicaState
 
 from serve.doors.acedata import router as acedata_routes
 from serve.doors.dashscope import router as dashscope_routes
-from serve.ingress import covered, create_app, door_of
 from serve.doors.openai import router as openai_routes
 from serve.doors.web import router as web_routes
+from serve.ingress import covered, create_app, door_of
 
 
 @pytest.mark.parametrize(("path", "routes"), [

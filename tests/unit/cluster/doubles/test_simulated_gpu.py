@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from cluster.spec.config import RaydiantConfig
-from cluster.engine.renderer import Renderer
-from cluster.spec.request import RenderRequest
 from cluster.doubles.simulated_gpu import SimulatedGpuPipeline, read_busy_intervals, utilization
-from cluster.spec.settings import SimulatedTiming
+from cluster.engine.renderer import Renderer
+from cluster.spec.config import RaydiantConfig
+from cluster.spec.request import RenderRequest
 from cluster.spec.seeding import generator
+from cluster.spec.settings import SimulatedTiming
 
 
 def test_batch_costs_base_plus_per_image_and_is_recorded(tmp_path, monkeypatch):

@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cluster.spec.config import load_config
+from cluster.doubles.simulated_gpu import SimulatedGpuPipeline
 from cluster.engine.renderer import Renderer
+from cluster.spec.config import load_config
 from cluster.spec.errors import ErrorCode
 from cluster.spec.request import RenderRequest
-from cluster.doubles.simulated_gpu import SimulatedGpuPipeline
 from cluster.spec.settings import SimulatedTiming
 
 

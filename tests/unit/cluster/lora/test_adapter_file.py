@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from cluster.engine.speed import denoiser
 from cluster.lora.adapter_file import AdapterChecker
-from cluster.weights.base_weights import BaseWeights
 from cluster.lora.cache import LocalLora, LoraUnavailable
 from cluster.spec.loras import Lora
-from cluster.engine.speed import denoiser
+from cluster.weights.base_weights import BaseWeights
 from tests import hostile_adapters
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cluster.spec.errors import ErrorCode
-from cluster.storage.guarded_fetch import FetchPolicy
 from cluster.lora.cache import LoraCache, LoraUnavailable
+from cluster.spec.errors import ErrorCode
 from cluster.spec.loras import Lora
+from cluster.storage.guarded_fetch import FetchPolicy
 from tests.servers import file_server
 
 

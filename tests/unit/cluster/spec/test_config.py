@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.spec.config import DEFAULT_CONFIG, CONFIG_DIR, ConfigError, load_config
+from cluster.spec.config import CONFIG_DIR, DEFAULT_CONFIG, ConfigError, load_config
 
 
 def write(tmp_path, text: str):

@@ -9,9 +9,7 @@ import pytest
 
 from cluster.spec.config import load_config
 from cluster.spec.errors import ErrorCode, RenderError
-from cluster.spec.loras import (
-    Lora, LoraPolicy, LoraRef, adapter_set_id, lora_flag_item, read_lora_list, resolve_loras,
-)
+from cluster.spec.loras import Lora, LoraPolicy, LoraRef, adapter_set_id, lora_flag_item, read_lora_list, resolve_loras
 from cluster.spec.request import RenderRequest
 
 

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from cluster.storage.results import Storage
-from jobs.output.layout import read_metadata, read_stats
-from jobs.output.shard_writer import remove_staging
 from jobs.driver.plan import ShardPlan
 from jobs.driver.spec import RowDefaults
+from jobs.output.layout import read_metadata, read_stats
+from jobs.output.shard_writer import remove_staging
 from jobs.worker.shard_worker import ShardWorker
 
 ROWS = [{"id": f"r{i}", "prompt": f"prompt {i}", "seed": i, "n": 1} for i in range(5)] + [

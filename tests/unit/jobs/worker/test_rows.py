@@ -7,8 +7,8 @@ import math
 
 from cluster.spec.config import load_config
 from cluster.spec.errors import ErrorCode
-from jobs.worker.rows import WorkItem, expand_row, image_key, row_id
 from jobs.driver.spec import RowDefaults
+from jobs.worker.rows import WorkItem, expand_row, image_key, row_id
 
 SPECS = load_config().specs()
 DEFAULTS = RowDefaults(model="flux-schnell", width=512, height=512, steps=2)

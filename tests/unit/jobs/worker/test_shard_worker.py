@@ -11,9 +11,9 @@ import yaml
 
 from cluster.spec.errors import ErrorCode
 from cluster.storage.results import Storage
-from jobs.output.layout import read_metadata, read_stats
 from jobs.driver.plan import ShardPlan
 from jobs.driver.spec import RowDefaults
+from jobs.output.layout import read_metadata, read_stats
 from jobs.worker.shard_worker import ShardWorker
 
 ROWS = [{"id": "r1", "prompt": "a cat", "seed": 5, "n": 2},

@@ -33,9 +33,8 @@ def test_keys_come_from_the_environment_then_the_config(monkeypatch):
 
 
 def test_a_service_others_can_reach_refuses_short_or_placeholder_secrets():
-    from serve.secrets import new_signing_key, new_webhook_secret
-
     from serve.edge.auth import listens_beyond_loopback, weak_secrets
+    from serve.secrets import new_signing_key, new_webhook_secret
 
     strong = ["k3Jq8vT2mXw9Lp4Z", "Z9x8c7v6b5n4m3l2k1"]
     assert weak_secrets(strong, new_signing_key(), new_webhook_secret()) == []

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from serve.edge import fields
 from cluster.spec.errors import ErrorCode
+from serve.edge import fields
 from serve.edge.errors import ErrorKind
 from serve.edge.fields import Invalid
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
-from cluster.spec.config import load_config
-from cluster.engine.renderer import Renderer
-from cluster.spec.request import RenderRequest, WorkClass
 from cluster.doubles.simulated_gpu import read_busy_intervals
+from cluster.engine.renderer import Renderer
+from cluster.spec.config import load_config
+from cluster.spec.request import RenderRequest, WorkClass
 from cluster.spec.settings import SimulatedTiming
 from serve.replica.pipelined import PipelinedRenderer
 from serve.replica.render_events import Finished, Started

@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from cluster.spec.errors import ErrorCode, RenderError
-from serve.edge.errors import REASONS, ErrorKind, ServiceError, message, reason
-from serve.doors.openai.protocol import ERRORS
-from serve.doors.openai.protocol import error_body
+from serve.doors.openai.protocol import ERRORS, error_body
 from serve.doors.openai.service import EditUpload
+from serve.edge.errors import REASONS, ErrorKind, ServiceError, message, reason
 from tests.unit.serve.fakes import caller, doors, png
 
 

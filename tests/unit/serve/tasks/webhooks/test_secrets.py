@@ -4,8 +4,8 @@ key, two while the service rotates, and weak service secrets refused by what the
 from __future__ import annotations
 
 import base64
-from datetime import datetime
 import os
+from datetime import datetime
 
 from standardwebhooks.webhooks import Webhook
 
