@@ -7,7 +7,7 @@ its answer shapes.
   plainly; what comes back is the `Created` task or the `Failure` to answer with.
 - `LiveTask`: what every door shows of a live task beside its own fields (place in the queue,
   progress, seconds left, adapters), one pydantic model that a door's task shape extends, filled
-  by `LiveTask.of(record)`.
+  by `LiveTask.fields_of(record)`.
 - `webhook_body`: a door whose clients may ask for a callback renders its task body for it; the
   others take no `callback_url`.
 
@@ -72,9 +72,9 @@ class LiveTask(BaseModel):
     loras: list[dict[str, Any]] | None = None
 
     @classmethod
-    def of(cls, record: TaskRecord) -> dict[str, Any]:
-        """The live fields of `record`, for a door's shape that extends `LiveTask`:
-        `TaskOutput(task_id=..., **LiveTask.of(record))`."""
+    def fields_of(cls, record: TaskRecord) -> dict[str, Any]:
+        """The live fields of `record` (as values, not a model), for a door's shape that extends
+        `LiveTask`: `TaskOutput(task_id=..., **LiveTask.fields_of(record))`."""
         progress = record.progress
         return {"queue_position": record.queue_position,
                 "progress": progress.steps_only() if progress else None,

@@ -107,7 +107,7 @@ class AceDataService(DoorService):
         response = self.final_body(record, base_url) if record.terminal else None
         return TaskItem(id=record.task_id, created_at=record.submit_time, finished_at=record.end_time,
                         request=record.client_body, response=response, trace_id=record.trace_id,
-                        status=record.status.value.lower(), **LiveTask.of(record))
+                        status=record.status.value.lower(), **LiveTask.fields_of(record))
 
     def webhook_body(self, record: TaskRecord) -> dict:
         return self.final_body(record)

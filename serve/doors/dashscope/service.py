@@ -145,7 +145,7 @@ class DashScopeService(DoorService):
         output = TaskOutput(task_id=record.task_id, task_status=record.status.value,
                             submit_time=format_time(record.submit_time),
                             scheduled_time=format_time(record.scheduled_time),
-                            end_time=format_time(record.end_time), **LiveTask.of(record))
+                            end_time=format_time(record.end_time), **LiveTask.fields_of(record))
         usage = None
         if record.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and record.results:
             output.results = [

@@ -35,4 +35,4 @@ class WebService(DoorService):
                         steps=request.steps, guidance=request.guidance, submit_time=record.submit_time,
                         end_time=record.end_time, images=images,
                         error=record.error().text() if record.code else None, quality=request.quality,
-                        **LiveTask.of(record))
+                        **LiveTask.fields_of(record))

@@ -112,3 +112,5 @@ def test_requests_without_a_valid_key_are_limited_per_client_address(monkeypatch
         assert client.get("/healthz", headers={"x-forwarded-for": forged}).status_code == 429
     keyed = client.get("/healthz", headers={"authorization": f"Bearer {key}"})
     assert keyed.status_code == 200  # a valid key spends its own budget, not the address's
+    for junk in (b"Bearer \xff\xfe", b"\x00", b"Bearer " + b"k" * 10_000):  # bytes no key is: refused, never a 500
+        assert client.get("/healthz", headers={"authorization": junk}).status_code == 429

@@ -119,7 +119,8 @@ def test_edits(door):
     assert edit(door, {"prompt": "x"}, [png()], mask=png()).param == "mask"
     assert "use /v1/images/generations" in edit(door, {"prompt": "x", "model": "flux-dev"}, [png()]).message
     # The multipart `loras` field is JSON text, read with the body's own bounds (a deep one was a 500).
-    for hostile in ("[" * 100_000, '[{"path": "a", "scale": 1' + "0" * 400 + "}]", "\ud800"):
+    for hostile in ("[" * 100_000, '[{"path": "a", "scale": 1' + "0" * 400 + "}]", "\ud800",
+                    '[{"path": "a", "scale": NaN}]', '[{"path": "a", "weight": 1}]', '"org/a"', "[" + " " * 70_000 + "]"):
         refused = edit(door, {"prompt": "x", "model": "flux-kontext-pro", "loras": hostile}, [png()])
         assert reason(refused) == ErrorCode.INVALID_PARAMETER and refused.param == "loras", refused
 
