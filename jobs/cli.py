@@ -56,6 +56,9 @@ def render_command(
     shard_size: int = typer.Option(1000, "--shard-size", help="Images per output shard: a tar, a data file or a "
                                                                "folder (the dataset's unit, independent of "
                                                                "--batch-size)."),
+    unit_size: Optional[int] = typer.Option(
+        None, "--unit-size", help="Images per work unit, what a render actor takes at a time (default: 2 device "
+                                  "batches; independent of --shard-size)."),
     concurrency: Optional[str] = typer.Option(
         None, "--concurrency", help="Render actors: N or MIN,MAX (default: one per GPU the cluster has or can "
                                     "autoscale to; 1 on CPU)."),
@@ -109,8 +112,8 @@ def render_command(
             fail(f"--concurrency must be N or MIN,MAX, got '{concurrency}'")
     try:
         spec = JobSpec(input=input, output=output, config=str(config) if config else None, format=fmt,
-                       image_format=image_format,
-                       batch_size=batch_size, shard_size=shard_size, concurrency=pool, gpus_per_worker=gpus_per_worker, limit=limit,
+                       image_format=image_format, batch_size=batch_size, shard_size=shard_size, unit_size=unit_size,
+                       concurrency=pool, gpus_per_worker=gpus_per_worker, limit=limit,
                        seed=seed, max_errors=max_errors, address=address,
                        via_serve=serve_app if via_serve else None,
                        defaults={"model": model, "width": width, "height": height, "steps": steps, "n": n,

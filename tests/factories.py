@@ -7,6 +7,9 @@ import uuid
 from typing import Any, Iterator
 
 from cluster.spec.request import ResolvedRequest
+from jobs.driver.plan import ShardPlan
+from jobs.output.assembly import commit_shard
+from jobs.output.layout import ShardStats
 from serve.tasks.store.record import TaskRecord
 
 
@@ -33,3 +36,16 @@ def nested_dicts(node: Any) -> Iterator[dict]:
     elif isinstance(node, list):
         for value in node:
             yield from nested_dicts(value)
+
+
+def render_shard(worker, plan: ShardPlan, fmt: str, redo: bool = False, unit_images: int = 2) -> ShardStats:
+    """What the job's pipeline does to one shard, without Ray: its units read and rendered by
+    `worker` (a `jobs.worker.unit_worker.UnitWorker`), one after the other, then the shard
+    committed from their parts."""
+    from jobs.worker.units import read_units
+
+    units = [out["unit"] for out in read_units({"plan": plan, "redo": redo}, plan.file, unit_images,
+                                               worker.defaults.n)]
+    for unit in units:
+        worker.render_unit(unit)
+    return commit_shard(worker.storage, fmt, worker.image_format, plan, [u.name for u in units], redo)

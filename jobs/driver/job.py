@@ -1,12 +1,20 @@
 """The batch render job: Parquet prompts -> a dataset of shards, streaming, resumable.
 
 The driver plans shards from the input's footers (`jobs/driver/plan.py`: one entry per shard of
-`shard_size` images, never one per row), drops the shards an earlier run committed, and hands
-the rest to an autoscaling pool of `ShardWorker` actors placed from the cluster's GPUs; each
-renders and commits whole shards (`jobs/output/shard_writer.py`). The driver hears each committed shard's
-stats and, in between, the image counts of `jobs/driver/counter.py`; at the end it writes the
-manifest and summary from the shards' stats. Its memory and work grow with the number of
-shards, not of images.
+`shard_size` images, never one per row) and drops the shards an earlier run committed. The rest
+go through one Ray Data pipeline:
+
+    shards -> read stage (Ray Data tasks: a shard's rows read once, cut into work units of a
+              few device batches, `jobs/worker/units.py`), one block per unit
+           -> render stage (an autoscaling pool of `UnitWorker` actors placed from the cluster's
+              GPUs, `jobs/worker/unit_worker.py`): whichever actor is free takes the next unit,
+              renders it and writes its part
+           -> the driver, which hears each unit's stats and, once a shard's last unit is back,
+              runs its commit as a Ray task (`jobs/output/assembly.py`)
+
+so every actor has work from the first unit on, whatever the shard size, and the job ends with
+at most a unit per actor still running. At the end the driver writes the manifest and summary
+from the shards' stats. Its memory and work grow with the number of shards, not of images.
 """
 
 from __future__ import annotations
@@ -26,13 +34,19 @@ from cluster.spec.config import load_config
 from cluster.spec.errors import first_line
 from cluster.storage.results import Storage
 from jobs.driver import manifest
-from jobs.driver.counter import ImageCounter
+from jobs.driver.assembly import Assembly
 from jobs.driver.plan import InputError, ShardPlan, describe_inputs, input_files, plan_shards
 from jobs.driver.spec import DEFAULT_SERVE_APP, JobSpec
+from jobs.output.assembly import commit_shard
 from jobs.output.layout import ShardStats, read_stats
 from jobs.output.shard_writer import remove_staging
+from jobs.output.unit_part import UnitStats
 
-_POLL_S = 0.5  # how often the driver reads the image counter while shards are in flight
+_POLL_S = 0.5  # how often the driver looks at finished commits while units are in flight
+# CPUs of a read task and of a shard's commit: both mostly wait on storage, and neither may wait
+# behind the other for long on a node whose CPUs the render actors hold.
+_READ_CPUS = _COMMIT_CPUS = 0.5
+_ACTORS_UP_S = 600  # the render pool's first actors must be up within this, or the job fails saying so
 
 
 class JobError(Exception):
@@ -46,7 +60,9 @@ class Progress:
     rows_done: int = 0  # rows of shards committed (by this run or an earlier one)
     images_done: int = 0
     images_failed: int = 0
-    images_skipped: int = 0  # already committed by an earlier run
+    images_skipped: int = 0  # already committed by an earlier run, or in a part it wrote
+    reused_rendered: int = 0  # of those, in parts of shards this run commits
+    reused_failed: int = 0
     started: float = 0.0
 
     @property
@@ -61,10 +77,16 @@ class Progress:
         rate = (self.images_done + self.images_failed) / max(time.monotonic() - self.started, 1e-9)
         return max(left, 0) / rate if self.images_done + self.images_failed else None
 
-    def hear(self, rendered: int, failed: int) -> None:
-        """Counts from the image counter: display only, never past the total."""
-        self.images_done = max(self.images_done, min(rendered, self.images_total - self.images_failed))
-        self.images_failed = max(self.images_failed, min(failed, self.images_total - self.images_done))
+    def hear(self, unit: UnitStats) -> None:
+        """A unit is back (heard once, whatever Ray re-ran): its images are done."""
+        if unit.reused:  # an earlier run rendered it: done before this run, not by it
+            self.reused_rendered += unit.rendered
+            self.reused_failed += unit.failed
+            self.images_skipped += unit.rendered + unit.failed
+            self.images_total -= unit.rendered + unit.failed
+        else:
+            self.images_done += unit.rendered
+            self.images_failed += unit.failed
 
 
 @dataclass
@@ -194,8 +216,9 @@ def run_job(spec: JobSpec | PreparedJob, on_progress: Callable[[Progress], None]
             rendered += stats.rendered_now
             failed += stats.failed_now
             progress.rows_done += plan.rows
-            progress.hear(rendered, failed)
             on_progress(progress)
+        # A part an earlier run wrote is in its shard's counts, but this run did not render it.
+        rendered, failed = rendered - progress.reused_rendered, failed - progress.reused_failed
         progress.images_done, progress.images_failed = rendered, failed  # exact, whatever Ray re-ran
         on_progress(progress)
         remove_staging(storage, spec.format)  # every shard is in: no writer runs any more
@@ -218,39 +241,50 @@ def run_job(spec: JobSpec | PreparedJob, on_progress: Callable[[Progress], None]
     return summary
 
 
+def _commit(output: str, fmt: str, image_format: str, plan: ShardPlan, units: list[str], redo: bool) -> ShardStats:
+    return commit_shard(Storage(output), fmt, image_format, plan, units, redo)
+
+
 def _render(spec: JobSpec, pool: ActorPool, todo: list[tuple[ShardPlan, bool]], progress: Progress,
             on_progress: Callable[[Progress], None]):
-    """Yield (plan, stats) as shards commit; between commits, tell `on_progress` the counter's
-    figures."""
+    """Yield (plan, stats) as shards commit; tell `on_progress` as units come back."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from jobs.worker.shard_worker import CONCURRENT_SHARDS, ShardWorker  # torch and diffusers: only once there is work
+    from jobs.worker.unit_worker import CONCURRENT_UNITS, UnitWorker  # torch and diffusers: only once there is work
+    from jobs.worker.units import read_units
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    context.max_errored_blocks = 0  # a shard that fails after its retries fails the job, never vanishes
-    # On the driver's node: a counter on a worker node would die with that node.
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
-    counter = ray.remote(num_cpus=0, max_restarts=-1)(ImageCounter).options(scheduling_strategy=here).remote()
-    plans = {plan.index: plan for plan, _ in todo}
-    # The plans travel as themselves (Ray Data keeps Python objects whole), and so do the stats.
+    context.max_errored_blocks = 0  # a unit that fails after its retries fails the job, never vanishes
+    # Units go to actors that are up: without this wait the first actor up would take the first
+    # units while the others still start. An actor is up once its imports are done (models
+    # load on its first unit), so the wait is short; the pool's minimum fits the cluster now.
+    context.wait_for_min_actors_s = _ACTORS_UP_S
+    plans = {plan.name: (plan, redo) for plan, redo in todo}
+    # The plans travel as themselves (Ray Data keeps Python objects whole), and so do units and stats.
     dataset = ray.data.from_items([{"plan": plan, "redo": redo} for plan, redo in todo],
                                   override_num_blocks=len(todo))
+    dataset = dataset.flat_map(read_units, num_cpus=_READ_CPUS,
+                               fn_kwargs={"input_uri": spec.input, "unit_images": spec.unit_images,
+                                          "default_n": spec.defaults.n})
+    # A block per unit: an actor call takes a whole block, so a block of a shard's units would
+    # put the whole shard on one actor again.
+    dataset = dataset.repartition(target_num_rows_per_block=1)
     dataset = dataset.map_batches(
-        ShardWorker, batch_size=1, num_gpus=pool.gpus_per_worker, num_cpus=pool.cpus_per_worker,
-        # Two shards at once per actor, really concurrent: ShardWorker keeps the device to one of
-        # them (its own lock) while the other reads its rows, encodes or commits.
+        UnitWorker, batch_size=1, num_gpus=pool.gpus_per_worker, num_cpus=pool.cpus_per_worker,
+        # Two units at once per actor, really concurrent (one on the device, the other preparing
+        # or writing), and none queued behind them: a unit waits for whichever actor frees first.
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_workers, max_size=pool.max_workers,
-                                           max_concurrent_calls_per_actor=CONCURRENT_SHARDS,
+                                           max_concurrent_calls_per_actor=CONCURRENT_UNITS,
+                                           max_tasks_in_flight_per_actor=CONCURRENT_UNITS,
                                            enable_true_multi_threading=True),
-        fn_constructor_kwargs={"config": spec.config, "output": spec.output, "fmt": spec.format,
-                               "image_format": spec.image_format, "batch_size": spec.batch_size,
-                               "defaults": spec.defaults, "job_seed": spec.seed, "input_uri": spec.input,
-                               "pool_size": pool.max_workers, "via_serve": spec.via_serve, "counter": counter})
+        fn_constructor_kwargs={"config": spec.config, "output": spec.output, "image_format": spec.image_format,
+                               "batch_size": spec.batch_size, "defaults": spec.defaults, "job_seed": spec.seed,
+                               "pool_size": pool.max_workers, "via_serve": spec.via_serve})
+    commit = ray.remote(num_cpus=_COMMIT_CPUS)(_commit)  # retried by Ray if its worker dies: idempotent
     arrivals: queue.Queue = queue.Queue()
 
-    def consume() -> None:  # Ray Data's iterator blocks: it runs beside the progress loop
+    def consume() -> None:  # Ray Data's iterator blocks: it runs beside the commits
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 arrivals.put(list(batch["stats"]))
@@ -258,20 +292,32 @@ def _render(spec: JobSpec, pool: ActorPool, todo: list[tuple[ShardPlan, bool]], 
         except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
             arrivals.put(exc)
 
-    threading.Thread(target=consume, name="shards", daemon=True).start()
-    while True:
+    threading.Thread(target=consume, name="units", daemon=True).start()
+    assembly, committing, units_out = Assembly(), {}, True
+    while units_out or committing:
+        if committing:
+            done, _ = ray.wait(list(committing), num_returns=len(committing), timeout=0)
+            for ref in done:
+                yield plans[committing.pop(ref)][0], ray.get(ref)
         try:
-            arrived = arrivals.get(timeout=_POLL_S)
+            arrived = arrivals.get(timeout=_POLL_S) if units_out else None
         except queue.Empty:
-            try:
-                progress.hear(*ray.get(counter.read.remote(), timeout=_POLL_S))
-            except (ray.exceptions.RayError, TimeoutError):
-                pass  # progress is display only: a counter that cannot answer skips a tick
-            on_progress(progress)
             continue
         if arrived is None:
-            return
+            units_out = False
+            if committing:  # only commits left: wait for the next one
+                ray.wait(list(committing), num_returns=1)
+            continue
         if isinstance(arrived, BaseException):
             raise arrived
-        for stats in arrived:
-            yield plans[int(stats.shard)], stats
+        for unit in arrived:
+            if not assembly.add(unit):
+                continue
+            progress.hear(unit)
+            if (units := assembly.complete(unit)) is not None:
+                plan, redo = plans[unit.shard]
+                committing[commit.remote(spec.output, spec.format, spec.image_format, plan, units, redo)] = unit.shard
+        on_progress(progress)
+    if assembly.open:  # Ray Data finished, yet a shard misses units: never commit it half
+        raise JobError(f"{len(assembly.open)} shard(s) did not get all their units back (first: "
+                       f"{min(assembly.open)}); rerun the job to finish them")

@@ -10,6 +10,9 @@ from cluster.spec.loras import LoraRef
 
 OutputFormat = Literal["files", "webdataset", "parquet"]
 DEFAULT_SERVE_APP = "raydiant"  # what `raydiant serve` names its application
+# Device batches per work unit by default: enough that a unit's fixed costs (its part, a Ray Data
+# call) are small beside its render, few enough that a job's last units end close together.
+UNIT_BATCHES = 2
 
 
 class RowDefaults(BaseModel):
@@ -41,6 +44,9 @@ class JobSpec(BaseModel):
     batch_size: int = Field(4, ge=1, description="Images per device batch (what the model wants on the GPU).")
     shard_size: int = Field(1000, ge=1, le=1_000_000, description="Images per output shard (a tar, a data "
                                                                    "file or a folder): the dataset's unit.")
+    unit_size: int | None = Field(None, ge=1, le=100_000, description=(
+        "Images per work unit: what a render actor takes at a time, independent of the shards (default: "
+        f"{UNIT_BATCHES} device batches)."))
     concurrency: tuple[int, int] | None = Field(
         None, description="Renderer actors: min, max (default: from the cluster's GPUs, see cluster/runtime/placement.py).")
     gpus_per_worker: float | None = Field(
@@ -61,6 +67,10 @@ class JobSpec(BaseModel):
         if low < 1 or high < low:
             raise ValueError(f"concurrency must be MIN,MAX with 1 <= MIN <= MAX, got {low},{high}")
         return value
+
+    @property
+    def unit_images(self) -> int:
+        return self.unit_size or UNIT_BATCHES * self.batch_size
 
     def error_budget(self, images: int) -> float:
         """How many failed images the job tolerates out of `images`."""

@@ -10,7 +10,6 @@ in jobs/output/layout.py.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import asdict
@@ -19,30 +18,32 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from cluster.spec.errors import ErrorCode, RenderError
-from cluster.spec.loras import AppliedLora
+from cluster.spec.errors import ErrorCode
 from cluster.storage.results import Storage
 from jobs.driver.plan import ShardPlan
 from jobs.output.base import ShardFormat
 from jobs.output.files import ImageFolder
 from jobs.output.layout import EXTENSIONS, METADATA_SCHEMA, ShardStats, parquet_bytes, remove_staging_in, stats_key
 from jobs.output.parquet import ParquetShards
+from jobs.output.unit_part import PARTS
 from jobs.output.webdataset import WebDataset
-from jobs.worker.rows import WorkItem, sample_name
+from jobs.worker.rows import sample_name
 
 FORMATS: dict[str, type[ShardFormat]] = {"webdataset": WebDataset, "parquet": ParquetShards, "files": ImageFolder}
 
 
 def remove_staging(storage: Storage, fmt: str) -> int:
-    """After the last shard committed: what killed writers left (layout.remove_staging_in)."""
+    """After the last shard committed: what killed writers left (layout.remove_staging_in), and
+    the parts no shard needs any more (a commit killed after its stats, before removing them)."""
     shards = FORMATS[fmt]
+    storage.delete_prefix(PARTS)
     return remove_staging_in(storage, shards.folder if shards.one_file else None)
 
 
 class ShardWriter:
-    """Writes one shard as its images come: `add` each item's outcome, then `commit`. Images
-    stream into the shard's data (its format's); only metadata rows (small) are held until the
-    commit."""
+    """Writes one shard as its images come: `place` each image's outcome (or `carry` what an
+    earlier run finished), then `commit`. Images stream into the shard's data (its format's);
+    only metadata rows (small) are held until the commit."""
 
     def __init__(self, storage: Storage, fmt: str, image_format: str, plan: ShardPlan):
         self.storage, self.plan = storage, plan
@@ -50,18 +51,11 @@ class ShardWriter:
         self.rows: list[dict[str, Any]] = []
         self.bytes, self.kept, self.kept_failed, self.started = 0, 0, 0, time.monotonic()
 
-    def add(self, item: WorkItem, image: bytes | None, error: RenderError | None, render_s: float | None,
-            loras: tuple[AppliedLora, ...] = ()) -> None:
-        """`loras`: the adapters the image was rendered with (path, sha256, scale), shown in its
-        `loras` column as JSON instead of the ones its row asked for."""
-        row = item.columns() | {"shard": self.plan.name, "render_s": render_s, "path": None, "sha256": None,
-                                "error_code": error.code.value if error else None,
-                                "error": error.text() if error else None}
-        if loras:
-            row["loras"] = json.dumps([lora.as_dict() for lora in loras])
+    def place(self, row: dict[str, Any], image: bytes | None) -> None:
+        """An image's outcome (its metadata row, and its bytes when it was rendered) into the
+        shard: the image stored where the format puts it, its row kept for the commit."""
         if image is not None:
-            row["sha256"] = hashlib.sha256(image).hexdigest()
-            row["path"] = self.format.write(item.sample, image, row)
+            row["path"] = self.format.write(sample_name(row["key"]), image, row)
             self.bytes += len(image)
         self.rows.append(row)
 
@@ -98,9 +92,20 @@ def earlier_run(storage: Storage, fmt: str, image_format: str, name: str) -> Ite
     """What an earlier run of shard `name` finished: its metadata rows that need no more work
     (rendered, or refused for a reason a rerun cannot change), each with its image bytes (None
     where the format leaves the image in place)."""
-    rows = pq.read_table(storage.path(f"metadata/{name}.parquet"), filesystem=storage.fs).to_pylist()
-    final = {r["key"]: r for r in rows if r["error_code"] is None or not ErrorCode(r["error_code"]).retryable}
+    final = {r["key"]: r for r in _final_rows(storage, name)}
     yield from ((row, None) for row in final.values() if row["path"] is None)
     rendered = {sample_name(r["key"]): r for r in final.values() if r["path"] is not None}
     if rendered:
         yield from FORMATS[fmt].read_back(storage, name, EXTENSIONS[image_format], rendered)
+
+
+def finished_keys(storage: Storage, name: str) -> set[str]:
+    """The keys of the images of committed shard `name` that need no more work."""
+    return {row["key"] for row in _final_rows(storage, name, columns=["key", "error_code"])}
+
+
+def _final_rows(storage: Storage, name: str, columns: list[str] | None = None) -> list[dict]:
+    """Shard `name`'s metadata rows that need no more work: rendered, or refused for a reason a
+    rerun cannot change."""
+    rows = pq.read_table(storage.path(f"metadata/{name}.parquet"), filesystem=storage.fs, columns=columns).to_pylist()
+    return [r for r in rows if r["error_code"] is None or not ErrorCode(r["error_code"]).retryable]

@@ -1,5 +1,5 @@
-"""The batch job's render actors: input rows expanded into images (`rows.py`), shards rendered
-and committed (`shard_worker.py`), in-process or through a running service's replicas
-(`served.py`).
+"""The batch job's read and render stages: shards cut into work units with their input rows
+(`units.py`), rows expanded into images (`rows.py`), units rendered and written as parts
+(`unit_worker.py`), in-process or through a running service's replicas (`served.py`).
 
 May import: cluster, jobs.output."""

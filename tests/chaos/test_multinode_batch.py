@@ -10,6 +10,7 @@ at once). Each scenario kills one node; the next one adds a node back.
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import threading
 from pathlib import Path
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.doubles.simulated_gpu import read_busy_intervals
 from cluster.storage.results import Storage
 from jobs.driver.job import JobSummary, run_job
 from jobs.driver.spec import JobSpec
@@ -25,17 +27,32 @@ from jobs.output.layout import read_metadata, read_stats
 from tests.multinode import local_cluster, wait_until
 
 ROWS = 24
-RENDER_ACTOR = "ShardWorker"
+RENDER_ACTOR = "UnitWorker"
 SHARD_SIZE = 2  # 12 shards: both actors get several, and a kill lands mid-job
 
 
+# A SIMULATED GPU that logs its batches (to $RAYDIANT_SIM_DIR, one file per pipeline): which
+# render actors did work, whatever Ray Data reports.
+SIMULATED = "models:\n  flux-schnell: {source: 'sim:flux', simulated: {base_s: 0.1, per_image_s: 0.05}}\n"
+
+
 @pytest.fixture(scope="module")
-def cluster():
-    with local_cluster() as running:
-        running.add_worker(num_cpus=2, num_gpus=1)
-        running.add_worker(num_cpus=2, num_gpus=1)
-        running.wait_for_nodes()
-        yield running
+def sim_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("multinode-sim")
+
+
+@pytest.fixture(scope="module")
+def cluster(sim_dir):
+    before = os.environ.get("RAYDIANT_SIM_DIR")
+    os.environ["RAYDIANT_SIM_DIR"] = str(sim_dir)  # the raylets, so their workers, inherit it
+    try:
+        with local_cluster() as running:
+            running.add_worker(num_cpus=2, num_gpus=1)
+            running.add_worker(num_cpus=2, num_gpus=1)
+            running.wait_for_nodes()
+            yield running
+    finally:
+        os.environ.pop("RAYDIANT_SIM_DIR") if before is None else os.environ.update(RAYDIANT_SIM_DIR=before)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +141,21 @@ def test_render_actors_on_gpu_nodes_only(cluster, prompts, tmp_path):
     gpu_workers = {n.node_id for n in cluster.workers}
     assert placed and set(placed) <= gpu_workers and cluster.head_id not in placed
     assert len(set(placed)) == 2  # one per GPU node, without any flag
+
+
+def test_one_shard_spreads_over_every_actor(cluster, prompts, sim_dir, tmp_path):
+    """A job of one shard and 2 x actors units: every render actor renders some of it (a shard
+    is no longer the unit of work)."""
+    config = tmp_path / "simulated.yaml"
+    config.write_text(SIMULATED)
+    one_shard = spec(prompts, tmp_path / "out", "webdataset").model_copy(
+        update={"config": str(config), "shard_size": 1000, "unit_size": ROWS // 4})
+    summary = run_job(one_shard)
+    assert (summary.images, summary.shards) == (ROWS, 1)
+    batches_by_pipeline = [[batch["batch"] for batch in batches] for batches in read_busy_intervals(sim_dir).values()]
+    assert len(batches_by_pipeline) == 2, f"{len(batches_by_pipeline)} render actors rendered, not 2"
+    assert all(batches for batches in batches_by_pipeline)
+    assert sum(map(sum, batches_by_pipeline)) == ROWS  # every image rendered once, on either actor
 
 
 def test_node_killed_mid_shard_no_replacement(cluster, prompts, tmp_path):

@@ -54,6 +54,9 @@ def test_sigkill_mid_job_then_rerun_completes_exactly_once(tmp_path):
         job.wait()
     committed_before = read_metadata(Storage(str(out))).num_rows
     assert 0 < committed_before < 60
+    # Units the killed run finished whose shard it did not commit yet: the rerun reuses them.
+    in_parts = sum(pq.read_metadata(part).num_rows for part in out.glob("parts/*/*.parquet")
+                   if not (out / "stats" / f"{part.parent.name}.json").exists())
 
     rerun = render(*args, log=tmp_path / "rerun")
     returncode, stdout, stderr = finish(rerun, tmp_path / "rerun")
@@ -64,7 +67,9 @@ def test_sigkill_mid_job_then_rerun_completes_exactly_once(tmp_path):
     assert all(r["error"] is None and (out / r["path"]).is_file() for r in table)
     assert len(list((out / "images").rglob("*.png"))) == 60  # no orphan files
     assert sorted(p.name for p in (out / "images").iterdir()) == [f"{i:06d}" for i in range(15)]  # 4 a folder
-    assert f"{committed_before} already done" in stdout.replace("\n", " ")
+    done = stdout.replace("\n", " ")
+    assert f"{60 - committed_before - in_parts} rendered" in done
+    assert f"{committed_before + in_parts} already done" in done
 
 
 def test_error_budget_exceeded_exits_nonzero(tmp_path):

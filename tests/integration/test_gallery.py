@@ -18,6 +18,7 @@ from cluster.storage.results import Storage
 from jobs.driver.plan import ShardPlan
 from jobs.gallery import write_gallery
 from jobs.output.shard_writer import ShardWriter
+from jobs.output.unit_part import outcome_row
 from jobs.worker.rows import WorkItem
 from tests.conftest import shot
 
@@ -45,7 +46,8 @@ def job_output(root, fmt: str) -> str:
     for index, shard in enumerate([items[:3], items[3:] + [refused]]):
         writer = ShardWriter(Storage(output), fmt, "png", ShardPlan(index, "in.parquet", 0, len(shard), len(shard)))
         for item in shard:
-            writer.add(item, png(COLOURS[int(item.id[3:])]) if item.error is None else None, item.error, 0.1)
+            image = png(COLOURS[int(item.id[3:])]) if item.error is None else None
+            writer.place(outcome_row(item, writer.plan.name, image, item.error, 0.1), image)
         writer.commit()
     return output
 

@@ -1,4 +1,4 @@
-"""Job output (jobs/output/shard_writer.py) as its readers see it: the real Hugging Face `datasets` loaders,
+"""Job output (jobs/output/shard_writer.py, assembled from units' parts) as its readers see it: the real Hugging Face `datasets` loaders,
 the `webdataset` package and pyarrow load each format as written, with no conversion; a shard
 rendered twice (a retried task, a rerun) rewrites the same files with the same images. Written
 by the render actor without Ray, with the FAKE engine (solid colours, no model)."""
@@ -18,7 +18,8 @@ from jobs.driver.plan import ShardPlan
 from jobs.driver.spec import RowDefaults
 from jobs.output.layout import read_metadata, read_stats
 from jobs.output.shard_writer import remove_staging
-from jobs.worker.shard_worker import ShardWorker
+from jobs.worker.unit_worker import UnitWorker
+from tests.factories import render_shard
 
 ROWS = [{"id": f"r{i}", "prompt": f"prompt {i}", "seed": i, "n": 1} for i in range(5)] + [
     {"id": "bad", "prompt": None, "seed": 1, "n": 1}]
@@ -36,10 +37,10 @@ def write_output(tmp_path, fmt: str) -> Storage:
     pq.write_table(pa.Table.from_pylist(ROWS), prompts)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump({"models": {"flux-schnell": {"source": "fake:flux", "warmup": False}}}))
-    worker = ShardWorker(str(config), str(tmp_path / fmt), fmt, "png", batch_size=2, input_uri=str(prompts),
-                         job_seed=0, defaults=RowDefaults(width=256, height=320, steps=1))
+    worker = UnitWorker(str(config), str(tmp_path / fmt), "png", batch_size=2, job_seed=0,
+                        defaults=RowDefaults(width=256, height=320, steps=1))
     for index, (start, stop) in enumerate(SHARDS):
-        worker.render_shard(ShardPlan(index, str(prompts), start, stop, stop - start))
+        render_shard(worker, ShardPlan(index, str(prompts), start, stop, stop - start), fmt)
     return Storage(str(tmp_path / fmt))
 
 

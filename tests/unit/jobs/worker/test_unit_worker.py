@@ -1,6 +1,8 @@
-"""The render actor (jobs/worker/shard_worker.py) without Ray: a shard's rows in, its images and metadata
-committed, with the FAKE engine (solid colours, no model). A model that fails to load gives
-retryable error rows, and the shard's redo renders only those once the source is fixed."""
+"""The render actor (jobs/worker/unit_worker.py) without Ray: a shard's units rendered one after the
+other and the shard committed from their parts (tests/factories.render_shard), with the FAKE
+engine (solid colours, no model). A model that fails to load gives retryable error rows, and
+the shard's redo renders only those once the source is fixed; a part an earlier attempt wrote is
+not rendered again."""
 
 from __future__ import annotations
 
@@ -14,7 +16,10 @@ from cluster.storage.results import Storage
 from jobs.driver.plan import ShardPlan
 from jobs.driver.spec import RowDefaults
 from jobs.output.layout import read_metadata, read_stats
-from jobs.worker.shard_worker import ShardWorker
+from jobs.output.unit_part import PARTS
+from jobs.worker.unit_worker import UnitWorker
+from jobs.worker.units import read_units
+from tests.factories import render_shard
 
 ROWS = [{"id": "r1", "prompt": "a cat", "seed": 5, "n": 2},
         {"id": "r2", "prompt": "a dog", "seed": 9, "n": 1},
@@ -34,14 +39,14 @@ def prompts(tmp_path) -> str:
     return str(path)
 
 
-def worker(config: str, out: str, prompts: str, fmt: str = "files") -> ShardWorker:
-    return ShardWorker(config, out, fmt, "png", batch_size=2, input_uri=prompts, job_seed=0,
-                       defaults=RowDefaults(model="flux-schnell", width=256, height=256, steps=1))
+def worker(config: str, out: str) -> UnitWorker:
+    return UnitWorker(config, out, "png", batch_size=2, job_seed=0,
+                      defaults=RowDefaults(model="flux-schnell", width=256, height=256, steps=1))
 
 
 def test_a_shard_is_rendered_and_committed_with_its_seeds(tmp_path, prompts):
     config, out = config_file(tmp_path, "fake:flux"), str(tmp_path / "out")
-    stats = worker(config, out, prompts).render_shard(ShardPlan(0, prompts, 0, 3, 4))
+    stats = render_shard(worker(config, out), ShardPlan(0, prompts, 0, 3, 4), "files")
     assert (stats.shard, stats.rows, stats.images, stats.rendered, stats.failed, stats.retryable) == \
         ("000000", 3, 4, 3, 1, 0)
     table = read_metadata(Storage(out)).to_pylist()
@@ -53,7 +58,7 @@ def test_a_shard_is_rendered_and_committed_with_its_seeds(tmp_path, prompts):
 
 def test_a_slice_of_the_input_is_read_across_row_groups(tmp_path, prompts):
     config, out = config_file(tmp_path, "fake:flux"), str(tmp_path / "out")
-    stats = worker(config, out, prompts).render_shard(ShardPlan(3, prompts, 1, 3, 2))
+    stats = render_shard(worker(config, out), ShardPlan(3, prompts, 1, 3, 2), "files")
     assert stats.shard == "000003" and stats.rows == 2
     assert sorted({r["id"] for r in read_metadata(Storage(out)).to_pylist()}) == ["r2", "r3"]
 
@@ -61,12 +66,12 @@ def test_a_slice_of_the_input_is_read_across_row_groups(tmp_path, prompts):
 def test_a_model_that_failed_to_load_is_rendered_by_the_redo_once_fixed(tmp_path, prompts):
     out, plan = str(tmp_path / "out"), ShardPlan(0, prompts, 0, 3, 4)
     broken = config_file(tmp_path, str(tmp_path / "no-such-weights"))
-    stats = worker(broken, out, prompts, "webdataset").render_shard(plan)
+    stats = render_shard(worker(broken, out), plan, "webdataset")
     assert (stats.failed, stats.retryable) == (4, 3)
     failed = [r for r in read_metadata(Storage(out)).to_pylist() if r["error_code"] == "model_load_failed"]
     assert len(failed) == 3 and "cannot load model flux-schnell" in failed[0]["error"]
     fixed = config_file(tmp_path, "fake:flux")
-    again = worker(fixed, out, prompts, "webdataset").render_shard(plan, redo=True)
+    again = render_shard(worker(fixed, out), plan, "webdataset", redo=True)
     assert (again.rendered, again.failed, again.retryable, again.kept, again.kept_failed) == (3, 1, 0, 1, 1)
     assert read_stats(Storage(out))["000000"] == again
 
@@ -75,6 +80,32 @@ def test_identical_rows_without_ids_are_two_images(tmp_path):
     prompts = tmp_path / "same.parquet"
     pq.write_table(pa.table({"prompt": ["a fox", "a fox"]}), prompts)
     config, out = config_file(tmp_path, "fake:flux"), str(tmp_path / "out")
-    stats = worker(config, out, str(prompts)).render_shard(ShardPlan(0, str(prompts), 0, 2, 2))
+    stats = render_shard(worker(config, out), ShardPlan(0, str(prompts), 0, 2, 2), "files")
     table = read_metadata(Storage(out)).to_pylist()
     assert stats.rendered == 2 and len({r["key"] for r in table}) == 2 and len({r["seed"] for r in table}) == 2
+
+
+def test_units_are_cut_by_images_and_carry_their_rows(prompts):
+    """Rows asking for 2, 1 and (a bad `n`: the default) 1 image, in units of at most 2 images."""
+    units = [out["unit"] for out in read_units({"plan": ShardPlan(0, prompts, 0, 3, 4), "redo": False}, prompts, 2, 1)]
+    assert [(u.start, u.stop, u.units, u.name) for u in units] == [
+        (0, 1, 2, "000000000-000000001"), (1, 3, 2, "000000001-000000003")]
+    assert [[position for position, _ in u.rows] for u in units] == [["in.parquet:0"], ["in.parquet:1", "in.parquet:2"]]
+    assert [row["id"] for _, row in units[1].rows] == ["r2", "r3"]
+
+
+def test_a_part_an_earlier_attempt_wrote_is_not_rendered_again(tmp_path, prompts):
+    """A unit retried after its part was written (its actor died before answering, or the job
+    was killed before the shard committed) answers from the part; the shard is the same."""
+    config, out = config_file(tmp_path, "fake:flux"), str(tmp_path / "out")
+    plan = ShardPlan(0, prompts, 0, 3, 4)
+    [first, second] = [o["unit"] for o in read_units({"plan": plan, "redo": False}, prompts, 2, 1)]
+    renderer = worker(config, out)
+    written = renderer.render_unit(first)
+    assert (written.rendered, written.failed, written.reused) == (2, 0, False)
+    again = worker(config_file(tmp_path, str(tmp_path / "no-such-weights")), out)  # could not render at all
+    reused = again.render_unit(first)
+    assert (reused.rendered, reused.failed, reused.reused) == (2, 0, True)
+    assert not again.renderers  # no model was even loaded for it
+    stats = render_shard(renderer, plan, "files")
+    assert (stats.rendered, stats.failed) == (3, 1) and not Storage(out).exists(PARTS + "/000000")
