@@ -11,7 +11,7 @@ from typing import Iterator, Optional
 import typer
 from rich.table import Table
 
-from cluster.cli import ConfigOption, console, errors, fail, quiet_libraries
+from cluster.cli import ConfigOption, console, errors, fail, quiet_logging
 from cluster.spec.catalogue import parse_size
 
 jobs_app = typer.Typer(no_args_is_help=True, help="Jobs on a remote Ray cluster (Job Submission API).")
@@ -57,8 +57,9 @@ def render_command(
                                                                "folder (the dataset's unit, independent of "
                                                                "--batch-size)."),
     unit_size: Optional[int] = typer.Option(
-        None, "--unit-size", help="Images per work unit, what a render actor takes at a time (default: 2 device "
-                                  "batches; independent of --shard-size)."),
+        None, "--unit-size", help="Images per work unit, what a render actor takes at a time (default: from the "
+                                  "job's size, 16 units an actor, of 2 to 32 device batches; independent of "
+                                  "--shard-size)."),
     concurrency: Optional[str] = typer.Option(
         None, "--concurrency", help="Render actors: N or MIN,MAX (default: one per GPU the cluster has or can "
                                     "autoscale to; 1 on CPU)."),
@@ -127,7 +128,7 @@ def render_command(
         fail(str(exc))
     from cluster.runtime.local_ray import connect
 
-    quiet_libraries()
+    quiet_logging()  # the driver loads no model: its render actors do, and their output goes to the log
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
                TextColumn("{task.fields[rate]:.2f} img/s"), TextColumn("[red]{task.fields[errors]} errors"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]

@@ -85,9 +85,10 @@ class LocalCluster:
 
 
 @contextmanager
-def local_cluster() -> Iterator[LocalCluster]:
-    """The head only (no CPUs); add workers with `add_worker`. The caller's process is attached
-    as a driver for the length of the block."""
+def local_cluster(head_gpus: int = 0) -> Iterator[LocalCluster]:
+    """The head only (no CPUs; `head_gpus` fake GPUs, for a fourth device beside three workers);
+    add workers with `add_worker`. The caller's process is attached as a driver for the length
+    of the block."""
     temp_dir = tempfile.mkdtemp(prefix="raydiant-mn-", dir="/tmp")  # short: Ray's socket paths
     # `Cluster` records its address in /tmp/ray/ray_current_cluster whatever its temp_dir, and
     # fails when that folder is missing (on a machine where no Ray ran before, or tests run alone).
@@ -95,8 +96,8 @@ def local_cluster() -> Iterator[LocalCluster]:
     agent, metrics, dashboard = free_ports(3)
     # The dashboard serves Ray's state API (where actors run); on a free port, loopback only.
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard,
-        "dashboard_agent_listen_port": agent, "metrics_export_port": metrics, "temp_dir": temp_dir,
+        "num_cpus": 0, "num_gpus": head_gpus, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": dashboard, "dashboard_agent_listen_port": agent, "metrics_export_port": metrics, "temp_dir": temp_dir,
         "_system_config": FAST_FAILURE_DETECTION})
     handle = LocalCluster(cluster, temp_dir, f"http://127.0.0.1:{dashboard}")
     try:

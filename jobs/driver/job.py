@@ -20,6 +20,7 @@ from the shards' stats. Its memory and work grow with the number of shards, not 
 from __future__ import annotations
 
 import json
+import math
 import queue
 import threading
 import time
@@ -46,6 +47,10 @@ _POLL_S = 0.5  # how often the driver looks at finished commits while units are 
 # CPUs of a read task and of a shard's commit: both mostly wait on storage, and neither may wait
 # behind the other for long on a node whose CPUs the render actors hold.
 _READ_CPUS = _COMMIT_CPUS = 0.5
+# Images a read task plans at least: small shards are read several to a task, since a task's
+# fixed cost (scheduling, a worker process to start on a busy node) is far above reading a
+# few rows, and a few read tasks keep every render actor in units from the start.
+_READ_IMAGES = 1024
 _ACTORS_UP_S = 600  # the render pool's first actors must be up within this, or the job fails saying so
 
 
@@ -211,7 +216,10 @@ def run_job(spec: JobSpec | PreparedJob, on_progress: Callable[[Progress], None]
     finished = dict(committed)
     rendered = failed = 0
     if todo:
-        for plan, stats in _render(spec, pool, todo, progress, on_progress):
+        # From the whole job's size, not what is left of it: a rerun cuts the same units, and
+        # finds the parts a killed run wrote under the same names.
+        unit_images = spec.unit_images(sum(p.images for p in shards), pool.max_workers)
+        for plan, stats in _render(spec, pool, todo, unit_images, progress, on_progress):
             finished[plan.name] = stats
             rendered += stats.rendered_now
             failed += stats.failed_now
@@ -245,27 +253,33 @@ def _commit(output: str, fmt: str, image_format: str, plan: ShardPlan, units: li
     return commit_shard(Storage(output), fmt, image_format, plan, units, redo)
 
 
-def _render(spec: JobSpec, pool: ActorPool, todo: list[tuple[ShardPlan, bool]], progress: Progress,
-            on_progress: Callable[[Progress], None]):
-    """Yield (plan, stats) as shards commit; tell `on_progress` as units come back."""
+def _read_tasks(todo: list[tuple[ShardPlan, bool]]) -> int:
+    images = sum(plan.images for plan, _ in todo)
+    return max(1, min(len(todo), math.ceil(images / _READ_IMAGES)))
+
+
+def _render(spec: JobSpec, pool: ActorPool, todo: list[tuple[ShardPlan, bool]], unit_images: int,
+            progress: Progress, on_progress: Callable[[Progress], None]):
+    """Yield (plan, stats) as shards commit, from units of about `unit_images` images; tell
+    `on_progress` as units come back."""
     import ray
 
-    from jobs.worker.unit_worker import CONCURRENT_UNITS, UnitWorker  # torch and diffusers: only once there is work
+    from jobs.worker.unit_worker import CONCURRENT_UNITS, UnitWorker  # the actors import torch, not the driver
     from jobs.worker.units import read_units
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.max_errored_blocks = 0  # a unit that fails after its retries fails the job, never vanishes
     # Units go to actors that are up: without this wait the first actor up would take the first
-    # units while the others still start. An actor is up once its imports are done (models
-    # load on its first unit), so the wait is short; the pool's minimum fits the cluster now.
+    # units while the others still start. An actor is up once it loaded the job's model; the
+    # pool's minimum fits the cluster now, so the wait is only that.
     context.wait_for_min_actors_s = _ACTORS_UP_S
     plans = {plan.name: (plan, redo) for plan, redo in todo}
     # The plans travel as themselves (Ray Data keeps Python objects whole), and so do units and stats.
     dataset = ray.data.from_items([{"plan": plan, "redo": redo} for plan, redo in todo],
-                                  override_num_blocks=len(todo))
+                                  override_num_blocks=_read_tasks(todo))
     dataset = dataset.flat_map(read_units, num_cpus=_READ_CPUS,
-                               fn_kwargs={"input_uri": spec.input, "unit_images": spec.unit_images,
+                               fn_kwargs={"input_uri": spec.input, "unit_images": unit_images,
                                           "default_n": spec.defaults.n})
     # A block per unit: an actor call takes a whole block, so a block of a shard's units would
     # put the whole shard on one actor again.

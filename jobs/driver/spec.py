@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -10,9 +11,14 @@ from cluster.spec.loras import LoraRef
 
 OutputFormat = Literal["files", "webdataset", "parquet"]
 DEFAULT_SERVE_APP = "raydiant"  # what `raydiant serve` names its application
-# Device batches per work unit by default: enough that a unit's fixed costs (its part, a Ray Data
-# call) are small beside its render, few enough that a job's last units end close together.
+# The work unit by default: at least UNITS_PER_ACTOR units for each render actor, so that every
+# actor has work from the start and the last units end close together; at least UNIT_BATCHES
+# device batches, so that a unit's fixed cost (a Ray Data call, its part: about 60 ms here) is
+# small beside its render; at most MAX_UNIT_BATCHES, since a unit's images are held in memory
+# until its part is written (32 batches of 4 images at 1024*1024 in PNG: about 200 MB).
+UNITS_PER_ACTOR = 16
 UNIT_BATCHES = 2
+MAX_UNIT_BATCHES = 32
 
 
 class RowDefaults(BaseModel):
@@ -46,7 +52,7 @@ class JobSpec(BaseModel):
                                                                    "file or a folder): the dataset's unit.")
     unit_size: int | None = Field(None, ge=1, le=100_000, description=(
         "Images per work unit: what a render actor takes at a time, independent of the shards (default: "
-        f"{UNIT_BATCHES} device batches)."))
+        f"{UNITS_PER_ACTOR} units an actor, of {UNIT_BATCHES} to {MAX_UNIT_BATCHES} device batches)."))
     concurrency: tuple[int, int] | None = Field(
         None, description="Renderer actors: min, max (default: from the cluster's GPUs, see cluster/runtime/placement.py).")
     gpus_per_worker: float | None = Field(
@@ -68,9 +74,13 @@ class JobSpec(BaseModel):
             raise ValueError(f"concurrency must be MIN,MAX with 1 <= MIN <= MAX, got {low},{high}")
         return value
 
-    @property
-    def unit_images(self) -> int:
-        return self.unit_size or UNIT_BATCHES * self.batch_size
+    def unit_images(self, images: int, actors: int) -> int:
+        """Images per work unit for a job of `images` on up to `actors` render actors: `unit_size`
+        when given, else as the constants above say."""
+        if self.unit_size:
+            return self.unit_size
+        batches = math.ceil(images / (max(actors, 1) * UNITS_PER_ACTOR * self.batch_size))
+        return self.batch_size * min(max(batches, UNIT_BATCHES), MAX_UNIT_BATCHES)
 
     def error_budget(self, images: int) -> float:
         """How many failed images the job tolerates out of `images`."""

@@ -30,23 +30,23 @@ import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from cluster.engine.renderer import Denoised, Renderer
-from cluster.lora.cache import cache_for
 from cluster.spec.config import load_config
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderResult
 from cluster.storage.results import Storage
-from cluster.weights.sources import ModelLoadError
 from jobs.driver.spec import RowDefaults
 from jobs.output.shard_writer import finished_keys
 from jobs.output.unit_part import UnitPart, UnitStats, earlier_part
 from jobs.worker.rows import WorkItem, expand_row
 from jobs.worker.served import ServedModel
 from jobs.worker.units import UnitPlan
+
+if TYPE_CHECKING:  # torch and diffusers are the actor's (3.5 s to import): the driver names this class only
+    from cluster.engine.renderer import Denoised, Renderer
 
 CONCURRENT_UNITS = 2  # calls at once per actor: one on the device while the other prepares or writes
 _ENCODES_AHEAD = 2  # denoised batches waiting for the encoder before the device waits for it
@@ -55,6 +55,8 @@ _ENCODES_AHEAD = 2  # denoised batches waiting for the encoder before the device
 class UnitWorker:
     def __init__(self, config: str | None, output: str, image_format: str, batch_size: int,
                  defaults: RowDefaults, job_seed: int, pool_size: int = 1, via_serve: str | None = None):
+        import torch
+
         self.via_serve = via_serve  # the Serve application's name, when rendering through it
         self.pool_size = pool_size
         if not torch.cuda.is_available() and not via_serve:
@@ -69,6 +71,11 @@ class UnitWorker:
         self.renderers: dict[str, Renderer | ServedModel | RenderError] = {}  # model -> renderer, or why not
         self._device = threading.Lock()  # held while a batch denoises
         self._loading = threading.Lock()
+        if not via_serve:
+            # The job's model, before the pool counts this actor as up: every actor of the pool
+            # then starts on its first unit at once. A model only some rows name loads on the
+            # first unit that needs it; a model that fails to load fails its images, not the actor.
+            self._renderer(defaults.model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`map_batches` body: units in (`unit`), their stats out (`stats`), each as itself."""
@@ -132,6 +139,10 @@ class UnitWorker:
             return self.renderers[model]
 
     def _load(self, model: str) -> "Renderer | ServedModel | RenderError":
+        from cluster.engine.renderer import Renderer
+        from cluster.lora.cache import cache_for
+        from cluster.weights.sources import ModelLoadError
+
         if self.via_serve:  # the service's batch size and slots, as the job's config describes them
             return ServedModel.connect(self.via_serve, model, self.config.spec(model).max_batch_size,
                                        self.config.serve.deployment(model).max_ongoing_requests,

@@ -2,11 +2,12 @@
 device and hands each unit its input rows.
 
 A shard is the dataset's unit (a tar, a data file, a folder); a unit is the device's: about
-`unit_images` images (a few device batches), so that a job of any size spreads over every render
-actor from the start and ends with at most one unit per actor still running. A unit is a slice
-of its shard's rows, so its name (`start-stop`, rows of the input file) is fixed by its position
-in the input like the shard's: a retried or rerun unit renders the same images under the same
-name. A row asking for more images than a unit holds is a unit of its own.
+`unit_images` images (a few device batches, `JobSpec.unit_images`), so that a job of any size
+spreads over every render actor from the start and ends with at most one unit per actor still
+running. A unit is a slice of its shard's rows, so its name (`start-stop`, rows of the input
+file) is fixed by its position in the input like the shard's: a retried or rerun unit renders
+the same images under the same name. A row asking for more images than a unit holds is a unit
+of its own.
 
 This stage reads each shard's rows once (only the row groups that hold them) and sends them on
 with the units, so render actors never read the input: a unit of 16 rows would otherwise read a
