@@ -108,7 +108,9 @@ def marginal(work: Path, engine: str, config: str | None, sizes: list[int]) -> N
 def cluster_utilization(work: Path, nodes: int, images: int, shard_sizes: list[int]) -> None:
     from jobs.driver.job import run_job
     from jobs.driver.spec import JobSpec
-    from tests.multinode import local_cluster
+    import ray
+
+    from tests.multinode import local_cluster, wait_until
 
     config = work / "simulated.yaml"
     config.write_text(SIMULATED)
@@ -121,6 +123,9 @@ def cluster_utilization(work: Path, nodes: int, images: int, shard_sizes: list[i
             cluster.add_worker(num_cpus=2, num_gpus=1)
         cluster.wait_for_nodes()
         for shard_size in shard_sizes:
+            # The last job's actors give their GPUs back as they exit, after the job ended: a job
+            # measured before that would start with a device short.
+            wait_until(lambda: ray.available_resources().get("GPU", 0) == nodes, 60, "every GPU free")
             before = set(read_busy_intervals(sim_dir))  # each job's actors are new pipelines, new files
             spec = JobSpec(input=str(prompts(work, images)), output=str(work / f"out-sim-{nodes}-{shard_size}"),
                            config=str(config), batch_size=BATCH, shard_size=shard_size,
