@@ -45,7 +45,8 @@ MODEL, BATCH = "flux-schnell", 4
 SIZE, STEPS = 256, 2  # of parts 1 and 3 (--size, --steps)
 FAKE = "models:\n  flux-schnell: {source: 'fake:flux', warmup: false}\n"
 BASE_S, PER_IMAGE_S = 0.05, 0.10
-SIMULATED = f"models:\n  flux-schnell: {{source: 'sim:flux', simulated: {{base_s: {BASE_S}, per_image_s: {PER_IMAGE_S}}}}}\n"
+SIMULATED = (f"models:\n  flux-schnell: {{source: 'sim:flux', "
+             f"simulated: {{base_s: {BASE_S}, per_image_s: {PER_IMAGE_S}}}}}\n")
 RAYDIANT = str(Path(sys.executable).parent / "raydiant")
 FIXED_ROWS = 8
 
@@ -106,10 +107,10 @@ def marginal(work: Path, engine: str, config: str | None, sizes: list[int]) -> N
 
 
 def cluster_utilization(work: Path, nodes: int, images: int, shard_sizes: list[int]) -> None:
-    from jobs.driver.job import run_job
-    from jobs.driver.spec import JobSpec
     import ray
 
+    from jobs.driver.job import run_job
+    from jobs.driver.spec import JobSpec
     from tests.multinode import local_cluster, wait_until
 
     config = work / "simulated.yaml"
@@ -143,7 +144,8 @@ def report(nodes: int, shard_size: int, summary, devices: dict[str, list[dict]],
     ran_dry = sorted(last - max(b["end"] for b in intervals) for intervals in devices.values())
     unit_s = (unit_images // BATCH) * (BASE_S + PER_IMAGE_S * BATCH)
     best = nodes / (BASE_S / BATCH + PER_IMAGE_S)
-    print(f"  {nodes} devices, --shard-size {shard_size:4d}: {len(devices)} rendered; {summary.images_per_s:5.1f} img/s "
+    print(f"  {nodes} devices, --shard-size {shard_size:4d}: {len(devices)} rendered; "
+          f"{summary.images_per_s:5.1f} img/s "
           f"whole job ({summary.images_per_s / best:.2f} of {best:.1f}); utilization {utilization:.3f}; "
           f"ran dry before the end: {', '.join(f'{s:.2f}' for s in ran_dry)} s (a unit: {unit_s:.2f} s)", flush=True)
 

@@ -97,7 +97,8 @@ def local_cluster(head_gpus: int = 0) -> Iterator[LocalCluster]:
     # The dashboard serves Ray's state API (where actors run); on a free port, loopback only.
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "num_gpus": head_gpus, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": dashboard, "dashboard_agent_listen_port": agent, "metrics_export_port": metrics, "temp_dir": temp_dir,
+        "dashboard_port": dashboard, "dashboard_agent_listen_port": agent, "metrics_export_port": metrics,
+        "temp_dir": temp_dir,
         "_system_config": FAST_FAILURE_DETECTION})
     handle = LocalCluster(cluster, temp_dir, f"http://127.0.0.1:{dashboard}")
     try:

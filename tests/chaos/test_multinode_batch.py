@@ -28,7 +28,8 @@ from tests.multinode import local_cluster, wait_until
 
 ROWS = 24
 RENDER_ACTOR = "UnitWorker"
-SHARD_SIZE = 2  # 12 shards: both actors get several, and a kill lands mid-job
+SHARD_SIZE = 4  # 6 shards of 2 units each: both actors get several, and a kill lands mid-job
+UNIT_SIZE = 2  # units smaller than shards: a shard is assembled from units of both actors
 
 
 # A SIMULATED GPU that logs its batches (to $RAYDIANT_SIM_DIR, one file per pipeline): which
@@ -64,7 +65,8 @@ def prompts(tmp_path_factory) -> Path:
 
 
 def spec(prompts: Path, output: Path, fmt: str) -> JobSpec:
-    return JobSpec(input=str(prompts), output=str(output), format=fmt, batch_size=2, shard_size=SHARD_SIZE, seed=7,
+    return JobSpec(input=str(prompts), output=str(output), format=fmt, batch_size=2, shard_size=SHARD_SIZE,
+                   unit_size=UNIT_SIZE, seed=7,
                    defaults={"model": "flux-schnell", "width": 256, "height": 256, "steps": 2})
 
 
