@@ -5,8 +5,8 @@ A source string is one of:
 - `random:<family>` full-size architecture, random weights, built on the target device
 - `fake:<family>`   a FAKE engine drawing solid colours (plumbing tests and benchmarks only)
 - `sim:<family>`    a SIMULATED GPU: solid colours after a GPU's time per batch (utilization benchmarks)
-- `scheme://...`    any fsspec URI (`s3://`, `gs://`, `file://`, `memory://`): copied to the
-                    local cache (refreshed when the remote listing changes), then loaded
+- `scheme://...`    any fsspec URI (`s3://`, `gs://`, `file://`, `memory://`): copied once
+                    into the shared weights cache (a new version when the listing changes), then loaded
 - a local directory (absolute, relative, or `~`)
 - `org/name`        a Hugging Face hub id (downloaded by diffusers on real clusters)
 
@@ -15,23 +15,19 @@ Everything except `random:` ends in `<PipelineClass>.from_pretrained(local_dir_o
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import diffusers
-import fsspec
 import torch
 
 from cluster.doubles.tiny_pipelines import TINY_DIRS, build_tiny, tiny_cache_dir
 from cluster.spec.errors import first_line
 from cluster.spec.families import PIPELINE_CLASS, Family
+from cluster.weights.shared_cache import CacheError, fetch
 
 if TYPE_CHECKING:
     from cluster.spec.settings import SimulatedTiming
@@ -76,46 +72,13 @@ def weights_cache_dir() -> Path:
 
 
 def fetch_fsspec(uri: str) -> Path:
-    """Copy a pipeline directory from any fsspec URI into the local cache; returns the copy.
-
-    The copy is keyed by URI and refreshed when the remote listing (names and sizes) changes.
-    It appears atomically, so concurrent workers on one machine never see a partial copy.
-    """
+    """The pipeline directory at any fsspec URI, copied once into the weights cache, which many
+    processes on many nodes may share (`cluster/weights/shared_cache.py`): its current version's
+    folder, complete and never changed while it is loaded."""
     try:
-        fs, root = fsspec.core.url_to_fs(uri)
-        listing = {
-            os.path.relpath(path, root): info.get("size")
-            for path, info in fs.find(root, detail=True).items()
-        }
-    except Exception as exc:  # noqa: BLE001 - any filesystem failure is a load failure
-        raise ModelLoadError(f"cannot list weights at {uri}: {exc}") from exc
-    if not listing:
-        raise ModelLoadError(f"no files at {uri}")
-    manifest = json.dumps(sorted(listing.items()))
-    target = weights_cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:24]
-    if (target / ".manifest.json").exists() and (target / ".manifest.json").read_text() == manifest:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=target.parent))
-    try:
-        for rel in listing:
-            dest = staging / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(f"{root.rstrip('/')}/{rel}", str(dest))
-        (staging / ".manifest.json").write_text(manifest)
-        old = target.with_name(target.name + ".old")
-        if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(target, old)
-        os.rename(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except ModelLoadError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"cannot copy weights from {uri}: {exc}") from exc
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        return fetch(uri, weights_cache_dir()).path
+    except CacheError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def local_location(source: WeightSource) -> str:
