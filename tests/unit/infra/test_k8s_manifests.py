@@ -304,3 +304,65 @@ def test_redis_keeps_its_data_and_needs_its_password():
     assert service["kind"] == "Service" and service["metadata"]["name"] == "redis"
     assert redis["spec"]["volumeClaimTemplates"] and "--requirepass" in redis["spec"]["template"]["spec"][
         "containers"][0]["args"]
+
+
+# --- scaling from zero: GPU nodes chosen by what the provisioner knows before a node exists -------
+
+OVERLAYS = K8S / "overlays"
+# Labels only software on a running node sets (GPU feature discovery, node feature discovery):
+# a required term on one leaves a group of zero nodes at zero (kubernetes/autoscaler#8341).
+RUNNING_NODE_ONLY = ("nvidia.com/", "feature.node.kubernetes.io/")
+# Per cloud, the labels its provisioner sets from a node group's template or an instance type.
+PROVISIONER_LABELS = {"gke": {"cloud.google.com/gke-accelerator"},
+                      "eks-karpenter": {"karpenter.k8s.aws/instance-gpu-memory"},
+                      "aks": {"node.kubernetes.io/instance-type"}}
+
+
+def required_node_labels(pod: dict) -> set[str]:
+    """The label keys a pod cannot be placed without: its nodeSelector and required affinity."""
+    required = (pod.get("affinity", {}).get("nodeAffinity", {})
+                .get("requiredDuringSchedulingIgnoredDuringExecution", {}).get("nodeSelectorTerms", []))
+    return set(pod.get("nodeSelector", {})) | {e["key"] for term in required for e in term.get("matchExpressions", [])}
+
+
+def running_node_only(manifest: dict) -> list[str]:
+    return sorted(label for pod in pod_specs(manifest) for label in required_node_labels(pod)
+                  if label.startswith(RUNNING_NODE_ONLY))
+
+
+def overlaid(cloud: str) -> list[dict]:
+    """The overlay's resources with its JSON patches applied, as `kubectl apply -k` would ("add" ops)."""
+    kustomization = yaml.safe_load((OVERLAYS / cloud / "kustomization.yaml").read_text())
+    docs = [d for resource in kustomization["resources"] for d in documents((OVERLAYS / cloud / resource).resolve())]
+    for patch in kustomization["patches"]:
+        targets = [d for d in docs if all(d.get("kind") == v if k == "kind" else d["metadata"].get(k) == v
+                                          for k, v in patch["target"].items())]
+        assert targets, f"{cloud}: a patch matches nothing: {patch['target']}"
+        for doc in targets:
+            for op in yaml.safe_load(patch["patch"]):
+                assert op["op"] == "add"
+                *parents, leaf = op["path"].strip("/").split("/")
+                node = doc
+                for key in parents:  # every step but the last exists already: the patch fits the base
+                    node = node[int(key)] if isinstance(node, list) else node[key]
+                node[leaf] = op["value"]
+    return docs
+
+
+def test_no_manifest_requires_a_label_that_only_a_running_node_has():
+    for name, manifest in ray_manifests():
+        assert running_node_only(manifest) == [], name
+    broken = copy.deepcopy(next(m for _, m in ray_manifests() if m["kind"] == "RayCluster"))
+    broken["spec"]["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"] = {"nvidia.com/gpu.memory": "81559"}
+    assert running_node_only(broken) == ["nvidia.com/gpu.memory"]  # the rule fires
+
+
+@pytest.mark.parametrize("cloud", sorted(PROVISIONER_LABELS))
+def test_each_cloud_requires_gpu_nodes_by_a_label_its_provisioner_knows(cloud):
+    assert {p.name for p in OVERLAYS.iterdir()} == set(PROVISIONER_LABELS)
+    [service] = [d for d in overlaid(cloud) if d["kind"] == "RayService"]
+    assert running_node_only(service) == []
+    for group in ray_cluster_spec(service)["workerGroupSpecs"]:
+        assert required_node_labels(group["template"]["spec"]) == PROVISIONER_LABELS[cloud], cloud
+    head = ray_cluster_spec(service)["headGroupSpec"]["template"]["spec"]
+    assert required_node_labels(head) == set() and "tolerations" not in head  # off GPU nodes by their taint
