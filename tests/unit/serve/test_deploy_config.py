@@ -137,3 +137,16 @@ def test_the_image_installs_its_dependencies_in_a_layer_that_code_edits_do_not_r
     assert all(step.split()[-2] in ("infra/docker/constraints.txt", "pyproject.toml") for step in steps[:install]
                if step.startswith("COPY")), steps[:install]
     assert "--no-deps" in next(s for s in steps[first_code:] if s.startswith("RUN"))
+
+
+def test_the_image_takes_torch_from_the_cuda_index_alone_and_checks_its_cuda():
+    dockerfile = (REPO / "infra/docker/Dockerfile").read_text()
+    steps = dockerfile.replace("\\\n", " ")
+    assert "--extra-index-url" not in steps  # PyPI's torch (another CUDA) could win silently
+    assert '--index-url "https://download.pytorch.org/whl/${CUDA}" -r /tmp/torch.txt' in steps
+    assert "torch.version.cuda == want" in steps and "'+${CUDA}' in torch.__version__" in steps
+    assert "['optional-dependencies']['gcs']" in steps and "gcsfs" in str(PYPROJECT["optional-dependencies"]["gcs"])
+    # The classic builder makes WORKDIR's folder root's: it is made and owned before.
+    made = steps.index("sudo chown ray /home/ray/raydiant")
+    assert made < steps.index("WORKDIR /home/ray/raydiant")
+    assert re.search(r"driver floor for CUDA 12\.8: R570", dockerfile)
