@@ -6,7 +6,7 @@ A door's service answers with a body or a `Failure`:
   door's parser refuses, a task that failed, timed out or was canceled. Its `ErrorCode` is the
   one the task record and the batch job carry.
 - a `ServiceError` for what only the HTTP edge knows: no key, a rate limit, a body too large or
-  not JSON, an unknown task, a task past canceling, a full queue, a reused idempotency key
+  not JSON, an unknown task, a task past canceling, a full queue or task store, a reused idempotency key
   (`ErrorKind`). A door's parser also uses it, with an `ErrorCode`, when its message already
   names the field as the door spells it (`fields.Invalid`).
 
@@ -31,6 +31,7 @@ class ErrorKind(StrEnum):
     BODY_TOO_LARGE = "body_too_large"
     MALFORMED = "malformed"  # not JSON, or not the expected shape
     QUEUE_FULL = "queue_full"  # the model's queue is at capacity; carries retry_after_s
+    STORE_FULL = "store_full"  # the task store is at its bound: no new task until old ones expire
     NOT_FOUND = "not_found"  # unknown task, expired task, or another key's task
     NOT_CANCELABLE = "not_cancelable"  # the task is past the point where it can be canceled
     CONFLICT = "conflict"  # an Idempotency-Key reused with another request body

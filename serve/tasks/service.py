@@ -38,11 +38,14 @@ from cluster.storage.guarded_fetch import (
 )
 from cluster.storage.results import Storage, StorageError
 from serve.edge.errors import ErrorKind, Failure, ServiceError
+from serve import metrics
 from serve.tasks.dispatch.dispatcher import Dispatcher, QueueFull
 from serve.tasks.dispatch.fair_queue import cost_of
+from serve.tasks.store.base import StoreFull
 from serve.tasks.store.record import TaskRecord, TaskStatus, WebhookDelivery
 from serve.tasks.webhooks.secrets import TenantSecrets
 
+STORE_FULL_RETRY_S = 30  # a full store frees room as finished tasks expire: minutes, not seconds
 CLIENT_TEXT_LIMIT = 1024  # longer strings in a stored client body (data: URIs) are elided
 CLIENT_BODY_BUDGET = 8192  # bytes of a stored client body in all, as JSON (keys, numbers and brackets count)
 CLIENT_BODY_DEPTH = 4
@@ -179,6 +182,10 @@ class TaskService:
                 await asyncio.to_thread(self.storage.write, record.init_image_key, resolved.init_image)
         try:
             await self.dispatcher.submit(record, write_input)
+        except StoreFull:
+            metrics.task_store_full.inc(tags={"model": spec.name})
+            return ServiceError(ErrorKind.STORE_FULL, "the task store is full: new tasks are refused until finished "
+                                                      "ones expire; retry later", retry_after_s=STORE_FULL_RETRY_S)
         except QueueFull as full:
             if full.key is not None:  # this key's share: others still get theirs
                 return ServiceError(ErrorKind.RATE_LIMITED, f"this key has {self.settings.max_queued_per_key} tasks "

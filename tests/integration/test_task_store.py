@@ -248,3 +248,42 @@ def test_a_store_file_of_an_older_version_gets_its_indexes(tmp_path, run):
         assert run(store.pending_ahead(record())) == 1
     finally:
         run(store.close())
+
+
+def test_a_full_redis_refuses_new_tasks_and_still_finishes_those_it_has(run, monkeypatch):
+    """Redis with maxmemory under noeviction refuses every write past it, a running task's next
+    state too: new tasks are refused from 90% of the bound on, and those in still finish."""
+    import redis
+
+    monkeypatch.setattr(store_base, "FULLNESS_EVERY_S", 0.0)  # asked at every create: the bound is met exactly
+    with redis_server() as url:
+        admin = redis.Redis.from_url(url)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 2 * 2**20)  # 2 MiB of room
+        full = RedisTaskStore(url)
+        created = []
+        with pytest.raises(store_base.StoreFull, match="the task store is 9[0-9]% full"):
+            for _ in range(100_000):
+                r = record(request=resolved_request(prompt="x" * 2000))
+                run(full.create(r))
+                created.append(r)
+        assert len(created) > 100  # it filled up, and refused only then
+        assert run(full.fullness()) >= store_base.NEW_TASKS_UP_TO
+        for r in created[:50]:  # the tasks in can still change state
+            assert run(full.transition(r.task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING)) is not None
+        run(full.close())
+
+
+def test_a_write_past_redis_maxmemory_is_a_full_store_too(run, monkeypatch):
+    import redis
+
+    monkeypatch.setattr(store_base, "FULLNESS_EVERY_S", 1e9)  # the first answer stays: only Redis itself refuses
+    with redis_server() as url:
+        admin = redis.Redis.from_url(url)
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 2**20)
+        full = RedisTaskStore(url)
+        with pytest.raises(store_base.StoreFull, match="at its maxmemory"):
+            for _ in range(100_000):
+                run(full.create(record(request=resolved_request(prompt="x" * 2000))))
+        run(full.close())

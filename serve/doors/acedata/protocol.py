@@ -21,6 +21,7 @@ ERRORS: dict[Reason, WireError] = {
     ErrorKind.BODY_TOO_LARGE: WireError(413, "bad_request"),
     ErrorKind.MALFORMED: WireError(400, "bad_request"),
     ErrorKind.QUEUE_FULL: WireError(503, "service_unavailable"),
+    ErrorKind.STORE_FULL: WireError(503, "service_unavailable"),
     ErrorKind.NOT_FOUND: WireError(404, "not_found"),
     ErrorKind.NOT_CANCELABLE: WireError(400, "bad_request"),
     ErrorKind.CONFLICT: WireError(409, "conflict"),

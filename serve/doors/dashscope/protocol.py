@@ -32,6 +32,7 @@ ERRORS: dict[Reason, WireError] = {
     ErrorKind.BODY_TOO_LARGE: WireError(413, "InvalidParameter"),
     ErrorKind.MALFORMED: WireError(400, "InvalidParameter"),
     ErrorKind.QUEUE_FULL: WireError(503, "ServiceUnavailable"),
+    ErrorKind.STORE_FULL: WireError(503, "ServiceUnavailable"),
     ErrorKind.NOT_FOUND: WireError(404, "InvalidParameter"),
     ErrorKind.NOT_CANCELABLE: WireError(400, "UnsupportedOperation"),
     ErrorKind.CONFLICT: WireError(409, "Conflict"),

@@ -39,6 +39,7 @@ ERRORS: dict[Reason, OpenAIError] = {
     ErrorKind.BODY_TOO_LARGE: OpenAIError(413, "invalid_request_error", "request_too_large"),
     ErrorKind.MALFORMED: OpenAIError(400, "invalid_request_error"),
     ErrorKind.QUEUE_FULL: OpenAIError(503, "server_error", "overloaded"),
+    ErrorKind.STORE_FULL: OpenAIError(503, "server_error", "overloaded"),
     ErrorKind.NOT_FOUND: OpenAIError(404, "invalid_request_error"),
     ErrorKind.NOT_CANCELABLE: OpenAIError(400, "invalid_request_error"),
     ErrorKind.CONFLICT: OpenAIError(409, "invalid_request_error", "idempotency_key_reused"),

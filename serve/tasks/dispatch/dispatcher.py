@@ -92,6 +92,7 @@ async def create_with_files(store: TaskStore, record: TaskRecord,
 
 
 RECOUNT_S = 2.0  # how often the running replicas are counted to size the slots
+STORE_REPORT_S = 15.0  # how often the task store's fullness is reported (a metric)
 
 
 class Dispatcher:
@@ -128,7 +129,8 @@ class Dispatcher:
     def start(self) -> None:
         self._loops = [every(self.settings.lease_s / 3, self._renew_leases),
                        every(self.settings.lease_s / 2, self._recover),
-                       every(60.0, self._purge)]
+                       every(60.0, self._purge),
+                       every(STORE_REPORT_S, self._report_store)]
         if self.running_replicas is not None:
             self._loops.append(every(RECOUNT_S, self._size_slots))
 
@@ -363,6 +365,10 @@ class Dispatcher:
             await self.store.transition(record.task_id, {TaskStatus.RUNNING, TaskStatus.PENDING},
                                         status=TaskStatus.PENDING)
             self._start(record)
+
+    async def _report_store(self) -> None:
+        if (full := await self.store.fullness()) is not None:
+            metrics.task_store_fullness.set(full)
 
     async def _purge(self) -> None:
         async def remove_files(task_ids: list[str]) -> None:

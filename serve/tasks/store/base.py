@@ -23,6 +23,11 @@ from typing import Awaitable, Callable, Iterable
 from serve.tasks.store.record import TERMINAL, DeliveryState, TaskRecord, TaskStatus
 
 Mutation = Callable[[TaskRecord], TaskRecord | None]  # None: leave the record as it is
+# A bounded store (Redis with maxmemory and noeviction) refuses every write past its bound, a
+# running task's next state as much as a new task. New tasks are refused from this share of the
+# bound on, so the tasks already in can still finish.
+NEW_TASKS_UP_TO = 0.9
+FULLNESS_EVERY_S = 1.0  # the store's memory is asked at most this often
 SCAN_LIMIT = 200  # tasks recovery or webhooks take per call (each is a load and a write)
 PURGE_LIMIT = 2000  # expired tasks deleted per call: above the rate at which many keys create them
 POSITION_CAP = 1000  # queue positions are exact up to this
@@ -51,8 +56,19 @@ class IndexEntry:
                    record.expires_at, None if record.terminal else record.lease_until, webhook_due)
 
 
+class StoreFull(Exception):
+    """The store is at its bound: no new task until finished ones expire."""
+
+
 class TaskStore(abc.ABC):
+    _fullness: float | None = None
+    _fullness_at = float("-inf")
+
     # --- backend primitives -------------------------------------------------------------------
+
+    async def _fullness_now(self) -> float | None:
+        """Used over the bound of the store's memory; None for a store without one (SQLite)."""
+        return None
 
     @abc.abstractmethod
     async def _insert(self, record: TaskRecord) -> None: ...
@@ -103,7 +119,17 @@ class TaskStore(abc.ABC):
 
     # --- operations ---------------------------------------------------------------------------
 
+    async def fullness(self) -> float | None:
+        """Used over the bound of the store's memory (None: unbounded), asked at most every
+        FULLNESS_EVERY_S: one question a second, not one a submission."""
+        if time.monotonic() - self._fullness_at >= FULLNESS_EVERY_S:
+            self._fullness, self._fullness_at = await self._fullness_now(), time.monotonic()
+        return self._fullness
+
     async def create(self, record: TaskRecord) -> None:
+        """Store a new task; raises StoreFull past NEW_TASKS_UP_TO of the store's bound."""
+        if (full := await self.fullness()) is not None and full >= NEW_TASKS_UP_TO:
+            raise StoreFull(f"the task store is {full:.0%} full")
         await self._insert(record)
 
     async def delete(self, task_ids: list[str]) -> None:

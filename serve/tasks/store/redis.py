@@ -22,8 +22,9 @@ from __future__ import annotations
 import time
 
 import redis.asyncio as redis
+from redis.exceptions import OutOfMemoryError
 
-from serve.tasks.store.base import POSITION_CAP, IndexEntry, TaskStore
+from serve.tasks.store.base import POSITION_CAP, IndexEntry, StoreFull, TaskStore
 from serve.tasks.store.record import TaskRecord
 
 _PURGE_GRACE_S = 3600  # a record outlives its retention this long in Redis, for the purge to unindex it
@@ -116,8 +117,17 @@ class RedisTaskStore(TaskStore):
         return bool(done)
 
     async def _insert(self, record: TaskRecord) -> None:
-        if not await self._store(record, -1):
+        try:
+            stored = await self._store(record, -1)
+        except OutOfMemoryError as exc:  # past maxmemory under noeviction
+            raise StoreFull("the task store is at its maxmemory") from exc
+        if not stored:
             raise ValueError(f"task {record.task_id} exists")
+
+    async def _fullness_now(self) -> float | None:
+        memory = await self._redis.info("memory")
+        bound = int(memory.get("maxmemory", 0))
+        return int(memory["used_memory"]) / bound if bound else None
 
     async def _load(self, task_id: str) -> TaskRecord | None:
         body = await self._redis.get(self._key(task_id))

@@ -366,3 +366,48 @@ def test_each_cloud_requires_gpu_nodes_by_a_label_its_provisioner_knows(cloud):
         assert required_node_labels(group["template"]["spec"]) == PROVISIONER_LABELS[cloud], cloud
     head = ray_cluster_spec(service)["headGroupSpec"]["template"]["spec"]
     assert required_node_labels(head) == set() and "tolerations" not in head  # off GPU nodes by their taint
+
+
+# --- least privilege: each pod's identity, token and process rights -------------------------------
+
+def every_pod() -> list[tuple[str, str, dict]]:
+    """(file, role, pod spec) of every pod template; role: head, worker, submitter or other."""
+    pods = []
+    for name, docs in all_documents().items():
+        for doc in docs:
+            if doc.get("kind") in RAY_KINDS:
+                cluster = ray_cluster_spec(doc)
+                pods.append((name, "head", cluster["headGroupSpec"]["template"]["spec"]))
+                pods += [(name, "worker", g["template"]["spec"]) for g in cluster.get("workerGroupSpecs", [])]
+                if "submitterPodTemplate" in doc["spec"]:
+                    pods.append((name, "submitter", doc["spec"]["submitterPodTemplate"]["spec"]))
+            else:
+                pods += [(name, "other", pod) for pod in pod_specs(doc)]
+    return pods
+
+
+def test_only_heads_run_as_the_identity_kuberay_gives_the_autoscalers_rights():
+    for name, role, pod in every_pod():
+        assert (pod["serviceAccountName"] == "raydiant-head") == (role == "head"), (name, role)
+        # No Kubernetes API token where no Kubernetes API is called (the head's autoscaler calls it).
+        assert pod.get("automountServiceAccountToken", True) is (role == "head"), (name, role)
+
+
+def test_every_pod_is_restricted_and_owns_the_volumes_it_writes():
+    for name, role, pod in every_pod():
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert "fsGroup" in context, (name, role)  # the model cache and Redis' data: written by the pod's user
+        for container in pod["containers"]:
+            assert container["securityContext"] == {"allowPrivilegeEscalation": False,
+                                                    "capabilities": {"drop": ["ALL"]}}, (name, container["name"])
+        for init in pod.get("initContainers", []):  # the one root step: the cache's owner, on NFS classes
+            assert init["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}, name
+            assert init["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_the_task_store_refuses_when_full_never_evicts():
+    [_, redis] = documents(K8S / "redis.yaml")
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    assert args[args.index("--maxmemory") + 1] == "2gb"  # half the 4 GiB limit: a rewrite's fork counts too

@@ -18,6 +18,7 @@ from serve.doors.openai.service import OpenAIService
 from serve.edge.http import Caller
 from serve.tasks.dispatch.dispatcher import QueueFull, create_with_files
 from serve.tasks.service import TaskService
+from serve.tasks.store.base import StoreFull
 from serve.tasks.store.record import ImageOutcome, TaskRecord, TaskStatus
 from serve.tasks.store.sqlite import SQLiteTaskStore
 
@@ -47,11 +48,12 @@ def png(width: int = 64, height: int = 64) -> bytes:
 @dataclass
 class FakeDispatcher:
     """Finishes tasks the moment they are submitted: SUCCEEDED with one PNG per image, or FAILED
-    when `fail_with` is set; raises QueueFull when `full`."""
+    when `fail_with` is set; raises QueueFull when `full`, StoreFull when `store_full`."""
 
     store: SQLiteTaskStore
     storage: Storage
     full: bool = False
+    store_full: bool = False  # the task store is at its bound (tests/integration/test_task_store.py: a real one)
     broken: bool = False  # the store fails when the task is created
     fail_with: tuple[str, str] | None = None
     hold: bool = False  # leave tasks PENDING (to test cancel)
@@ -62,6 +64,8 @@ class FakeDispatcher:
     async def submit(self, record: TaskRecord, write_files=None) -> None:
         if self.full:
             raise QueueFull(record.model)
+        if self.store_full:
+            raise StoreFull("the task store is 95% full")
         if self.broken:
             raise ConnectionError("the task store is unreachable")
         self.submitted.append(record)

@@ -116,7 +116,7 @@ def test_edit_with_data_uri_and_with_our_own_signed_url(door):
     assert first.client_body["image_url"].startswith("<") and "omitted" in first.client_body["image_url"]
 
 
-def test_failed_task_is_500_api_error_and_full_queue_503(door):
+def test_failed_task_is_500_api_error_and_a_full_queue_or_store_503(door):
     door.dispatcher.fail_with = (ErrorCode.TIMEOUT, "the task did not finish before its deadline")
     error = images(door, {"action": "generate", "prompt": "x"})
     assert reason(error) == ErrorCode.TIMEOUT and message(error) == "the task did not finish before its deadline"
@@ -124,6 +124,10 @@ def test_failed_task_is_500_api_error_and_full_queue_503(door):
     door.dispatcher.full = True
     error = images(door, {"action": "generate", "prompt": "x"})
     assert reason(error) == ErrorKind.QUEUE_FULL and error.retry_after_s == 5 and ERRORS[reason(error)].status == 503
+    door.dispatcher.full, door.dispatcher.store_full = False, True
+    error = images(door, {"action": "generate", "prompt": "x"})
+    assert reason(error) == ErrorKind.STORE_FULL and error.retry_after_s == 30 and ERRORS[reason(error)].status == 503
+    assert "task store is full" in message(error)
 
 
 def test_retrieve_and_batch_keep_response_present(door):
