@@ -16,7 +16,26 @@ infra_app = typer.Typer(no_args_is_help=True, help="Deployment files generated f
 
 def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
+    app.command("doctor")(doctor_command)
     app.add_typer(infra_app, name="infra")
+
+
+def doctor_command(
+    config: Optional[Path] = ConfigOption,
+    address: Optional[str] = typer.Option(None, "--address", help="Also check that this Ray cluster can hold "
+                                                                  "every replica's GPUs."),
+) -> None:
+    """Check a deployment before it serves: secrets, storage, the weights cache, each model's source,
+    the task store and GPUs; one line per check, with the fix. Exits 1 when any fails."""
+    from serve.doctor import run_checks
+
+    checks = run_checks(load(config), address)
+    for check in checks:
+        mark = "[green]ok  [/green]" if check.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {check.name}: {check.detail}" + ("" if check.ok else f"; [bold]fix:[/bold] {check.fix}"),
+                      highlight=False, soft_wrap=True)
+    if not all(check.ok for check in checks):
+        raise typer.Exit(1)
 
 
 @infra_app.command("render")

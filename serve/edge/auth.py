@@ -76,6 +76,18 @@ def weak_secrets(api_keys: list[str], signing_key: str, webhook_secret: str) -> 
     return problems
 
 
+def placeholders(api_keys: list[str], signing_key: str, webhook_secret: str) -> list[str]:
+    """Which secrets are placeholders (a template's value, or too few distinct characters): wrong
+    wherever the service listens, where short ones are fine on loopback."""
+    problems = [f"API key {position} is a placeholder" for position, key in enumerate(api_keys, 1)
+                if _placeholder(key)]
+    if _placeholder(signing_key):
+        problems.append("the signing key is a placeholder")
+    if _placeholder(webhook_secret):
+        problems.append("the webhook secret is a placeholder")
+    return problems
+
+
 def _placeholder(value: str) -> bool:
     lowered = value.lower()
     return any(p in lowered for p in PLACEHOLDERS) or len(set(value)) < 6
