@@ -25,7 +25,7 @@ from cluster.spec.config import ConfigError, RaydiantConfig, load_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="raydiant: a distributed render cluster for text-to-image diffusion models.")
-models_app = typer.Typer(no_args_is_help=True, help="Inspect the model catalogue and build tiny models.")
+models_app = typer.Typer(no_args_is_help=True, help="Inspect the model catalogue, pull weights, build tiny models.")
 app.add_typer(models_app, name="models")
 
 # Piped output gets a wide console, so tables are not cut at 80 columns.
@@ -72,6 +72,31 @@ def models_build_tiny(directory: Path = typer.Argument(..., help="Output directo
     quiet_libraries()
     for family, path in build_all_tiny(directory).items():
         console.print(f"{family.value:13} {path}")
+
+
+@models_app.command("pull")
+def models_pull(
+    models: Optional[list[str]] = typer.Argument(None, help="Models to pull (default: every configured one)."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Bring models' weights into the cache now (a service's first start then loads, not downloads)."""
+    from cluster.weights.pull import pull
+    from cluster.weights.sources import ModelLoadError
+
+    cfg = load(config)
+    names = models or list(cfg.models)
+    if unknown := [name for name in names if name not in cfg.models]:
+        fail(f"unknown model(s): {', '.join(unknown)}; configured: {', '.join(cfg.models)}")
+    quiet_libraries()
+    failed = False
+    for name in names:
+        try:
+            console.print(f"{name}: {pull(cfg.models[name].source)}", highlight=False, soft_wrap=True)
+        except ModelLoadError as exc:
+            errors.print(f"{name}: {exc}", highlight=False, soft_wrap=True)
+            failed = True
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -50,7 +50,7 @@ def pod_specs(manifest: dict) -> list[dict]:
         if manifest["kind"] == "RayJob" and "submitterPodTemplate" in manifest["spec"]:
             specs.append(manifest["spec"]["submitterPodTemplate"]["spec"])
         return specs
-    if manifest["kind"] in ("StatefulSet", "Deployment"):
+    if manifest["kind"] in ("StatefulSet", "Deployment", "Job"):
         return [manifest["spec"]["template"]["spec"]]
     return []
 
