@@ -13,18 +13,39 @@ Each replica reports its split: fetch (through `cluster/weights/shared_cache.py`
 download, or its wait for another's), load (the pipeline from the cache into memory), first
 image (one step at `--size`, on the CPU: this machine's stand-in for warm-up). Then the bytes
 fetched by all of them over one copy (goal: within 1.05x for any N), and what one replica
-reached from the local S3. Last, a replica killed mid-download: what the next one fetched again.
+reached from the local S3. Then a replica killed mid-download: what the next one fetched again.
+Last, the compile cache: a regional compile's warm-up (tiny FLUX, torch's inductor on the CPU)
+in a fresh process, then in a second one with the same `TORCHINDUCTOR_CACHE_DIR`, as a second
+replica finds the first's on the shared volume (the image puts it there).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 MODEL_URI = "s3://weights/sd15"
+# A replica's regional-compile warm-up, in a process of its own (the measure is its compile).
+WARMUP = """
+import time, torch
+from cluster.cli import quiet_libraries
+quiet_libraries()
+from cluster.engine.renderer import Renderer
+from cluster.engine.speed import compile_regions
+from cluster.spec.config import load_config
+pipeline = Renderer(load_config(None).spec("flux-schnell").model_copy(update={"warmup": False})).pipeline
+compile_regions(pipeline)
+started = time.perf_counter()
+with torch.inference_mode():
+    pipeline(prompt=["a"], width=256, height=256, num_inference_steps=1, generator=[torch.Generator().manual_seed(0)])
+print(f"WARMUP {time.perf_counter() - started:.2f}")
+"""
 
 
 def build_weights(folder: Path) -> int:
@@ -98,6 +119,16 @@ def killed_mid_download(cache: Path) -> tuple[int, int]:
     return kept, ray.get(second.fetch_only.remote())
 
 
+def compile_warmups(cache: Path) -> list[float]:
+    """Warm-up seconds of two replicas in turn, sharing one inductor cache folder."""
+    times = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", WARMUP], capture_output=True, text=True, check=True,
+                              env=os.environ | {"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+        times.append(float(re.search(r"WARMUP (\S+)", done.stdout)[1]))
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replicas", default="1,4")
@@ -138,6 +169,9 @@ def main() -> None:
             print(f"\nkilled mid-download with {kept / 2**20:.0f} MiB whole in staging: the next replica fetched "
                   f"{again / 2**20:.0f} MiB of {one_copy / 2**20:.0f} (re-fetched beyond what was left: "
                   f"{max(0, again - (one_copy - kept)) / 2**20:.0f} MiB)", flush=True)
+    first, second = compile_warmups(work / "inductor")
+    print(f"\ncompile warm-up (tiny FLUX, regional compile, CPU inductor): first replica {first:.1f} s, "
+          f"second with the first's cache {second:.1f} s ({first / second:.1f}x)", flush=True)
 
 
 if __name__ == "__main__":
