@@ -4,6 +4,9 @@ What the job runs travels as its `working_dir`: the code (`cluster/`, `serve/`, 
 configs and `pyproject.toml`, copied into a folder of its own first, so nothing else of the
 checkout can travel (`infra/` with a filled-in Secret, `var/` with generated keys, a `.env`), and
 no file whose name says it is a secret (keys, tokens, `.env`, certificates) even inside those.
+A config holding a secret in its text (API keys, a signing key, a webhook secret, a password in
+a URL, a hub token, a private key) stops the submission, naming the file and the field: it
+would be readable by anyone who can read the job's files.
 The list is shown before it is sent. The job runs the same `raydiant` CLI there, so what works
 locally works on the cluster.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import re
 import shlex
 import shutil
 import tempfile
@@ -28,6 +32,12 @@ PROJECT = Path(__file__).resolve().parent.parent
 SHIPPED = ["cluster", "serve", "jobs", "configs", "pyproject.toml"]  # what a job needs, nothing more
 NEVER_SHIPPED = ["*.key", "*secret*", "*token*", ".env", ".env.*", "*.pem", "*.p12", "__pycache__", "*.pyc"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# A config's fields that hold secrets (cluster/spec/config.py), and secrets recognisable in any text.
+SECRET_FIELDS = [("serve", "api_keys"), ("storage", "signing_key"), ("serve", "webhooks", "secret"),
+                 ("serve", "webhooks", "previous_secret")]
+SECRET_TEXT = {"a password in a URL": re.compile(r"://[^/@\s:]*:[^/@\s]+@"),
+               "a Hugging Face token": re.compile(r"\bhf_[A-Za-z0-9]{30,}"),
+               "a private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")}
 
 
 class SubmitError(Exception):
@@ -61,8 +71,26 @@ def _never_shipped(name: str) -> bool:
     return any(fnmatch.fnmatch(name.lower(), pattern) for pattern in NEVER_SHIPPED)
 
 
+def secrets_in(relative: str, text: str) -> list[str]:
+    """What secrets a shipped file's text holds, named by field or kind (never the values)."""
+    found = [kind for kind, pattern in SECRET_TEXT.items() if pattern.search(text)]
+    if relative.endswith((".yaml", ".yml")):
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError:
+            config = None
+        for path in SECRET_FIELDS:
+            value = config
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value:
+                found.append(".".join(path))
+    return found
+
+
 def package(destination: Path, project: Path = PROJECT) -> list[str]:
-    """Copy what a job needs into `destination`; returns the files copied (relative paths)."""
+    """Copy what a job needs into `destination`; returns the files copied (relative paths).
+    Raises SubmitError when a file to ship holds a secret."""
     copied: list[str] = []
     for top in SHIPPED:
         source = project / top
@@ -75,6 +103,10 @@ def package(destination: Path, project: Path = PROJECT) -> list[str]:
             named = relative.parts[:-1] if relative.suffix == ".py" else relative.parts
             if any(_never_shipped(part) for part in named):
                 continue
+            if path.suffix != ".py" and (found := secrets_in(str(relative), path.read_text(errors="replace"))):
+                raise SubmitError(f"{relative} holds {', '.join(found)}: a shipped file is readable by anyone who "
+                                  f"can read the job's files; put secrets in the cluster's environment (RAYDIANT_* "
+                                  f"variables from a Secret) instead")
             (destination / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, destination / relative)
             copied.append(str(relative))

@@ -3,9 +3,13 @@ secret file, and a list of it shown before anything is sent."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-from jobs.submit import describe, package
+import pytest
+
+from jobs.submit import SubmitError, describe, package
 
 
 def checkout(root: Path) -> Path:
@@ -50,3 +54,32 @@ def test_every_module_of_the_packages_ships(tmp_path):
     modules = {str(p.relative_to(root)) for top in ("cluster", "serve", "jobs") for p in (root / top).rglob("*.py")
                if "__pycache__" not in p.parts}
     assert modules - shipped == set()
+
+
+def test_a_config_holding_a_secret_stops_the_submission_naming_the_field(tmp_path):
+    inline = {"configs/inline.yaml": ("serve: {api_keys: [f3a9c2e81b7d4065]}\n", "serve.api_keys"),
+              "configs/signing.yaml": ("storage: {signing_key: abc}\n", "storage.signing_key"),
+              "configs/redis.yaml": ("tasks: {backend: redis, url: 'redis://:hunter2@redis:6379/1'}\n",
+                                     "a password in a URL"),
+              "configs/hub.yaml": ("# HF_TOKEN=hf_" + "a" * 34 + "\nmodels: {}\n", "a Hugging Face token")}
+    for name, (text, what) in inline.items():
+        project = checkout(tmp_path / name.replace("/", "-"))
+        (project / name).write_text(text)
+        with pytest.raises(SubmitError, match=f"^{name} holds {what}: a shipped file is readable"):
+            package(tmp_path / f"out-{name.replace('/', '-')}", project)
+
+
+def test_the_shipped_copy_imports_in_a_clean_interpreter(tmp_path):
+    """The copy alone, not the checkout nor its editable install: the packages' dependencies
+    from site-packages, raydiant's own code only from what was shipped."""
+    package(tmp_path)
+    checkout = str(Path(__file__).resolve().parents[3])
+    probe = (f"import sys; sys.path[:] = [p for p in sys.path if p not in ('', {checkout!r})]; "
+             "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+             "sys.path.insert(0, '.'); "
+             "import cluster.cli, serve.app, jobs.driver.job, jobs.worker.unit_worker, cluster.doubles.tiny_tokenizers; "
+             "print(cluster.cli.__file__)")
+    done = subprocess.run([sys.executable, "-I", "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).resolve() == (tmp_path / "cluster" / "cli.py").resolve()
