@@ -259,6 +259,8 @@ def references(doc: dict) -> set[tuple[str, object]]:
             refs.add(("Secret", (node["secretKeyRef"]["name"], node["secretKeyRef"]["key"])))
         if "configMapKeyRef" in node or "configMapRef" in node:
             refs.add(("ConfigMap", (node.get("configMapKeyRef") or node["configMapRef"])["name"]))
+        if isinstance(node.get("configMap"), dict):  # a volume
+            refs.add(("ConfigMap", node["configMap"]["name"]))
         if "serviceAccountName" in node:
             refs.add(("ServiceAccount", node["serviceAccountName"]))
         if "persistentVolumeClaim" in node:

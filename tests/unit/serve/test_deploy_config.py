@@ -150,3 +150,25 @@ def test_the_image_takes_torch_from_the_cuda_index_alone_and_checks_its_cuda():
     made = steps.index("sudo chown ray /home/ray/raydiant")
     assert made < steps.index("WORKDIR /home/ray/raydiant")
     assert re.search(r"driver floor for CUDA 12\.8: R570", dockerfile)
+
+
+def test_a_changed_config_is_a_new_config_map_and_so_a_new_cluster(tmp_path, monkeypatch):
+    """KubeRay starts a new cluster for a changed rayClusterConfig and applies serveConfigV2 in
+    place: the config's content names the ConfigMap the pods mount, so a new config changes the
+    cluster spec."""
+    from serve import deploy_config
+
+    before = rendered()
+    source = tmp_path / "cluster.yaml"
+    source.write_text(deploy_config.SOURCE.read_text() + "\n# a changed config\n")
+    monkeypatch.setattr(deploy_config, "SOURCE", source)
+    after = rendered()
+    old, new = (yaml.safe_load(r[deploy_config.RAYSERVICE])["spec"]["rayClusterConfig"] for r in (before, after))
+    assert old != new
+    config_map = yaml.safe_load(after[deploy_config.CONFIG_MAP])
+    assert config_map["immutable"] is True and config_map["data"]["cluster.yaml"] == source.read_text()
+    mounted = {v["configMap"]["name"] for g in [new["headGroupSpec"], *new["workerGroupSpecs"]]
+               for v in g["template"]["spec"]["volumes"] if "configMap" in v}
+    assert mounted == {config_map["metadata"]["name"]}
+    app = yaml.safe_load(yaml.safe_load(after[deploy_config.RAYSERVICE])["spec"]["serveConfigV2"])["applications"][0]
+    assert app["args"]["config"] == f"{deploy_config.MOUNTED}/cluster.yaml"
