@@ -46,6 +46,7 @@ def run_checks(config: RaydiantConfig, address: str | None = None) -> list[Check
 
 
 def secrets(config: RaydiantConfig) -> Check:
+    from cluster.weights.sources import HUB_TOKEN
     from serve.edge.auth import listens_beyond_loopback, placeholders, weak_secrets
     from serve.secrets import resolve
 
@@ -56,9 +57,13 @@ def secrets(config: RaydiantConfig) -> Check:
     exposed = listens_beyond_loopback(config.serve.host)
     problems = (weak_secrets(list(found.api_keys), found.signing_key, found.webhook_secret) if exposed
                 else placeholders(list(found.api_keys), found.signing_key, found.webhook_secret))
+    hub_token = os.environ.get("HF_TOKEN")
+    if hub_token is not None and not HUB_TOKEN.match(hub_token.strip()):
+        problems.append("HF_TOKEN is not a Hugging Face token (a placeholder?): gated models cannot load")
     if problems:
         return Check("secrets", False, "; ".join(problems),
-                     "use random values: openssl rand -hex 16 for API keys, -hex 32 for the signing key")
+                     "use random values: openssl rand -hex 16 for API keys, -hex 32 for the signing key; "
+                     "a real HF_TOKEN (hf_...) or none")
     return Check("secrets", True, f"{len(found.api_keys)} API key(s), signing key and webhook secret set")
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.weights.shared_cache import CacheError, fetch
-from cluster.weights.sources import ModelLoadError, local_location, parse_source, weights_cache_dir
+from cluster.weights.sources import (
+    ModelLoadError, drop_placeholder_hub_token, local_location, parse_source, weights_cache_dir,
+)
 
 
 def pull(source: str) -> str:
@@ -33,6 +35,7 @@ def pull(source: str) -> str:
     if parsed.kind == "hub":
         from huggingface_hub import snapshot_download
 
+        drop_placeholder_hub_token()  # the hub would refuse even a public repository with it
         try:
             return f"in the hub cache: {snapshot_download(source)}"
         except Exception as exc:  # noqa: BLE001 - gated, missing, or no route: said in one line

@@ -15,6 +15,7 @@ Everything except `random:` ends in `<PipelineClass>.from_pretrained(local_dir_o
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from cluster.weights.shared_cache import CacheError, fetch
 if TYPE_CHECKING:
     from cluster.spec.settings import SimulatedTiming
 
+log = logging.getLogger(__name__)
 SourceKind = Literal["tiny", "random", "fake", "sim", "fsspec", "local", "hub"]
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -67,6 +69,21 @@ def parse_source(source: str) -> WeightSource:
     return WeightSource("hub", source)
 
 
+# A Hugging Face access token: `hf_` and its body. Anything else in HF_TOKEN (the Secret
+# template's `hf_...`, an empty value) is a placeholder, which the hub would take as a token and
+# refuse with 401 even for public repositories.
+HUB_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
+
+
+def drop_placeholder_hub_token() -> str | None:
+    """Take a placeholder out of $HF_TOKEN before the hub sees it; returns why, when it did."""
+    token = os.environ.get("HF_TOKEN")
+    if token is None or HUB_TOKEN.match(token.strip()):
+        return None
+    del os.environ["HF_TOKEN"]
+    return "HF_TOKEN is not a Hugging Face token (a placeholder?): hub downloads go anonymous"
+
+
 def weights_cache_dir() -> Path:
     return Path(os.environ.get("RAYDIANT_CACHE", Path.home() / ".cache" / "raydiant")) / "weights"
 
@@ -83,6 +100,8 @@ def fetch_fsspec(uri: str) -> Path:
 
 def local_location(source: WeightSource) -> str:
     """A local directory (or hub id) that `from_pretrained` can load."""
+    if source.kind == "hub" and (why := drop_placeholder_hub_token()):
+        log.warning(why)
     if source.kind == "tiny":
         return str(build_tiny(source.family, tiny_cache_dir() / TINY_DIRS[source.family]))
     if source.kind == "fsspec":

@@ -87,3 +87,8 @@ def test_redis_with_another_password_or_an_eviction_policy_fails(here, monkeypat
 def test_gpus_asked_of_a_machine_without_them_fail(here):
     cfg = config(here, "serve:\n  deployments:\n    flux-schnell: {ray_actor_options: {num_gpus: 1}}\n")
     assert "sees no CUDA device" in failed(run_checks(cfg))["GPUs here"]
+
+
+def test_a_placeholder_hub_token_fails(here, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_...")
+    assert "HF_TOKEN is not a Hugging Face token" in failed(run_checks(load_config(None)))["secrets"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -43,3 +45,16 @@ def test_empty_fsspec_location(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelLoadError, match="no files at"):
         load(f"file://{tmp_path / 'empty'}")
+
+
+def test_a_placeholder_hub_token_is_dropped_before_the_hub_sees_it(monkeypatch):
+    """The Secret template's `hf_...` sent as a token gets 401 even for a public repository."""
+    from cluster.weights.sources import drop_placeholder_hub_token
+
+    monkeypatch.setenv("HF_TOKEN", "hf_...")
+    assert "not a Hugging Face token" in drop_placeholder_hub_token() and "HF_TOKEN" not in os.environ
+    real = "hf_" + "aB3" * 12
+    monkeypatch.setenv("HF_TOKEN", real)
+    assert drop_placeholder_hub_token() is None and os.environ["HF_TOKEN"] == real
+    monkeypatch.delenv("HF_TOKEN")
+    assert drop_placeholder_hub_token() is None
