@@ -46,7 +46,7 @@ def run_checks(config: RaydiantConfig, address: str | None = None) -> list[Check
 
 
 def secrets(config: RaydiantConfig) -> Check:
-    from cluster.weights.sources import HUB_TOKEN
+    from cluster.weights.sources import placeholder_hub_token
     from serve.edge.auth import listens_beyond_loopback, placeholders, weak_secrets
     from serve.secrets import resolve
 
@@ -57,8 +57,7 @@ def secrets(config: RaydiantConfig) -> Check:
     exposed = listens_beyond_loopback(config.serve.host)
     problems = (weak_secrets(list(found.api_keys), found.signing_key, found.webhook_secret) if exposed
                 else placeholders(list(found.api_keys), found.signing_key, found.webhook_secret))
-    hub_token = os.environ.get("HF_TOKEN")
-    if hub_token is not None and not HUB_TOKEN.match(hub_token.strip()):
+    if placeholder_hub_token():
         problems.append("HF_TOKEN is not a Hugging Face token (a placeholder?): gated models cannot load")
     if problems:
         return Check("secrets", False, "; ".join(problems),
@@ -137,17 +136,13 @@ def model_source(name: str, source: str) -> tuple[Check, int]:
 
 
 def _fsspec_source(label: str, uri: str) -> tuple[Check, int]:
-    import fsspec
+    from cluster.weights.shared_cache import CacheError, list_source
 
     try:
-        fs, base = fsspec.core.url_to_fs(uri)
-        files = fs.find(base, detail=True)
-    except Exception as exc:  # noqa: BLE001 - credentials, a missing bucket, an unknown protocol
-        return Check(label, False, f"cannot list {uri}: {first_line(exc)}",
-                     "check the URI and this pod's object-storage identity"), 0
-    if not files:
-        return Check(label, False, f"no files at {uri}", "copy the pipeline there, or fix the URI"), 0
-    size = sum(int(info.get("size") or 0) for info in files.values())
+        files = list_source(uri)  # as the cache will list it
+    except CacheError as exc:  # credentials, a missing bucket, an unknown protocol, nothing there
+        return Check(label, False, first_line(exc), "check the URI and this pod's object-storage identity"), 0
+    size = sum(size for size, _ in files.values())
     return Check(label, True, f"{uri}: {len(files)} files, {size / 2**30:.2f} GiB"), size
 
 

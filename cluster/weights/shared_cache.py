@@ -79,6 +79,12 @@ class Fetched:
     waited_s: float  # spent waiting for another process's download
 
 
+def list_source(uri: str) -> Listing:
+    """What `uri` holds now (a `CacheError` says why it cannot be listed): its files' sizes and tags."""
+    fs, base = _open(uri)
+    return _listing(fs, base, uri)
+
+
 def fetch(uri: str, root: Path, on_wait: Callable[[str], None] = log.info) -> Fetched:
     """The folder of `uri`'s current version under `root`, fetched by this process or another."""
     fs, base = _open(uri)

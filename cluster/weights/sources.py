@@ -72,13 +72,18 @@ def parse_source(source: str) -> WeightSource:
 # A Hugging Face access token: `hf_` and its body. Anything else in HF_TOKEN (the Secret
 # template's `hf_...`, an empty value) is a placeholder, which the hub would take as a token and
 # refuse with 401 even for public repositories.
-HUB_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
+_HUB_TOKEN = re.compile(r"^hf_[A-Za-z0-9]{30,}$")
+
+
+def placeholder_hub_token() -> bool:
+    """$HF_TOKEN is set, and is no Hugging Face token."""
+    token = os.environ.get("HF_TOKEN")
+    return token is not None and not _HUB_TOKEN.match(token.strip())
 
 
 def drop_placeholder_hub_token() -> str | None:
     """Take a placeholder out of $HF_TOKEN before the hub sees it; returns why, when it did."""
-    token = os.environ.get("HF_TOKEN")
-    if token is None or HUB_TOKEN.match(token.strip()):
+    if not placeholder_hub_token():
         return None
     del os.environ["HF_TOKEN"]
     return "HF_TOKEN is not a Hugging Face token (a placeholder?): hub downloads go anonymous"
