@@ -109,3 +109,18 @@ def test_a_part_an_earlier_attempt_wrote_is_not_rendered_again(tmp_path, prompts
     assert (reused.rendered, reused.failed, reused.reused) == (2, 0, True)
     stats = render_shard(renderer, plan, "files")
     assert (stats.rendered, stats.failed) == (3, 1) and not Storage(out).exists(PARTS + "/000000")
+
+
+def test_a_row_asking_for_a_billion_images_is_one_refused_row_in_a_unit_of_its_own(tmp_path):
+    """A hostile `n` costs its own row only: a unit of its own, refused as one error row, with
+    its neighbours' images rendered (nothing expands it a billion times)."""
+    path = tmp_path / "hostile.parquet"
+    rows = [{"id": "ok1", "prompt": "a cat", "n": 1}, {"id": "huge", "prompt": "a dog", "n": 10**9},
+            {"id": "ok2", "prompt": "a cow", "n": 1}]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    units = [out["unit"] for out in read_units({"plan": ShardPlan(0, str(path), 0, 3, 3), "redo": False},
+                                               str(path), 2, 1)]
+    assert [[row["id"] for _, row in u.rows] for u in units] == [["ok1"], ["huge"], ["ok2"]]
+    renderer = worker(config_file(tmp_path, "fake:flux"), str(tmp_path / "out"))
+    stats = [renderer.render_unit(u) for u in units]
+    assert [(s.rendered, s.failed) for s in stats] == [(1, 0), (0, 1), (1, 0)]
