@@ -30,8 +30,16 @@ def documents(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
 
 
+def manifest_files() -> list[Path]:
+    """Every manifest, the overlays' and kustomizations apart: the service's beside this folder's
+    kustomization, the batch job's in job/, the interactive cluster's in dev/."""
+    return sorted(p for p in [*K8S.glob("*.yaml"), *K8S.glob("*/*.yaml")]
+                  if p.name != "kustomization.yaml" and "overlays" not in p.parts)
+
+
 def all_documents() -> dict[str, list[dict]]:
-    return {path.name: documents(path) for path in sorted(K8S.glob("*.yaml"))}
+    """Each manifest's documents, by its path under infra/k8s (as the README applies it)."""
+    return {path.relative_to(K8S).as_posix(): documents(path) for path in manifest_files()}
 
 
 def ray_cluster_spec(manifest: dict) -> dict:
@@ -104,14 +112,10 @@ def kuberay_errors(manifest: dict) -> list[str]:
             errors.append("token authentication needs rayVersion 2.52.0 or later")
     spec = manifest["spec"]
     if kind == "RayJob":
-        # validateDeletionConfiguration: "a RayJob with shutdownAfterJobFinishes set to false cannot
-        # have TTLSecondsAfterFinished"; a deletionStrategy needs a feature gate that is off by default.
-        if not spec.get("shutdownAfterJobFinishes") and spec.get("ttlSecondsAfterFinished", 0) > 0:
-            errors.append("ttlSecondsAfterFinished without shutdownAfterJobFinishes")
-        if spec.get("ttlSecondsAfterFinished", 0) < 0:
-            errors.append("TTLSecondsAfterFinished must be a non-negative integer")
-        if "deletionStrategy" in spec:
-            errors.append("deletionStrategy needs the RayJobDeletionPolicy feature gate")
+        errors += deletion_errors(spec)
+        # The CRD: preRunningDeadlineSeconds "minimum: 1" (KubeRay 1.6)
+        if spec.get("preRunningDeadlineSeconds", 1) < 1:
+            errors.append("preRunningDeadlineSeconds must be at least 1")
         # "activeDeadlineSeconds must be a positive integer", "backoffLimit must be a positive integer"
         if spec.get("activeDeadlineSeconds", 1) <= 0 or spec.get("backoffLimit", 0) < 0:
             errors.append("activeDeadlineSeconds must be > 0 and backoffLimit >= 0")
@@ -125,6 +129,60 @@ def kuberay_errors(manifest: dict) -> list[str]:
             errors.append("an unknown upgradeStrategy type")
         if head.get("headService", {}).get("metadata", {}).get("name"):
             errors.append("headService.metadata.name is set")
+    return errors
+
+
+DELETION_ORDER = ("DeleteWorkers", "DeleteCluster", "DeleteSelf")  # validateTTLConsistency
+
+
+def deletion_errors(spec: dict) -> list[str]:
+    """validateDeletionConfiguration and validateDeletionRules (KubeRay 1.6, where the
+    RayJobDeletionPolicy gate is on by default), and the CRD's rules on deletionStrategy."""
+    errors = []
+    shutdown = spec.get("shutdownAfterJobFinishes", False)
+    if not shutdown and spec.get("ttlSecondsAfterFinished", 0) > 0:
+        errors.append("ttlSecondsAfterFinished without shutdownAfterJobFinishes")
+    if spec.get("ttlSecondsAfterFinished", 0) < 0:
+        errors.append("TTLSecondsAfterFinished must be a non-negative integer")
+    strategy = spec.get("deletionStrategy")
+    if strategy is None:
+        return errors
+    legacy = "onSuccess" in strategy or "onFailure" in strategy
+    rules = strategy.get("deletionRules") or []
+    if rules and shutdown:
+        errors.append("shutdownAfterJobFinishes and deletionRules are mutually exclusive")
+    if rules and legacy:
+        errors.append("legacy onSuccess/onFailure and deletionRules together")
+    if legacy and not ("onSuccess" in strategy and "onFailure" in strategy):
+        errors.append("legacy deletion policies need both onSuccess and onFailure")
+    if not legacy and not rules:
+        errors.append("deletionStrategy needs onSuccess and onFailure, or deletionRules")
+    autoscaling = spec["rayClusterSpec"].get("enableInTreeAutoscaling", False)
+    ttls: dict[tuple, dict[str, int]] = {}
+    for i, rule in enumerate(rules):
+        condition = rule["condition"]
+        if ("jobStatus" in condition) == ("jobDeploymentStatus" in condition):
+            errors.append(f"deletionRules[{i}]: exactly one of JobStatus and JobDeploymentStatus")
+            continue
+        if condition.get("ttlSeconds", 0) < 0:
+            errors.append(f"deletionRules[{i}]: TTLSeconds must be non-negative")
+            continue
+        if spec.get("clusterSelector") and rule["policy"] in ("DeleteCluster", "DeleteWorkers"):
+            errors.append(f"deletionRules[{i}]: {rule['policy']} not supported when ClusterSelector is set")
+            continue
+        if autoscaling and rule["policy"] == "DeleteWorkers":
+            errors.append(f"deletionRules[{i}]: DeleteWorkers not supported with autoscaling enabled")
+            continue
+        key = ("jobStatus", condition["jobStatus"]) if "jobStatus" in condition \
+            else ("jobDeploymentStatus", condition["jobDeploymentStatus"])
+        if rule["policy"] in ttls.setdefault(key, {}):
+            errors.append(f"deletionRules[{i}]: duplicate rule for {rule['policy']} and {key[1]}")
+            continue
+        ttls[key][rule["policy"]] = condition.get("ttlSeconds", 0)
+    for key, by_policy in ttls.items():
+        ordered = [by_policy[p] for p in DELETION_ORDER if p in by_policy]
+        if ordered != sorted(ordered):
+            errors.append(f"for {key[1]}: TTLs must not decrease from DeleteWorkers to DeleteCluster to DeleteSelf")
     return errors
 
 
@@ -156,11 +214,19 @@ def head_container(manifest: dict) -> dict:
     ("RayService", lambda m: m["metadata"].update({"name": "r" * 48}), "at most 47"),
     ("RayCluster", lambda m: ray_cluster_spec(m)["headGroupSpec"].update({"resources": {"CPU": "1"}}),
      "resources in rayStartParams and resources"),
-    ("RayJob", lambda m: m["spec"].update({"shutdownAfterJobFinishes": False}), None),  # ttl 0: accepted
-    ("RayJob", lambda m: m["spec"].update({"shutdownAfterJobFinishes": False, "ttlSecondsAfterFinished": 60}),
+    ("RayJob", lambda m: m["spec"].update({"ttlSecondsAfterFinished": 0}), None),  # ttl 0: accepted
+    ("RayJob", lambda m: m["spec"].update({"ttlSecondsAfterFinished": 60}),
      "ttlSecondsAfterFinished without shutdownAfterJobFinishes"),
-    ("RayJob", lambda m: m["spec"].update({"deletionStrategy": {"onSuccess": {"policy": "DeleteCluster"}}}),
-     "feature gate"),
+    ("RayJob", lambda m: m["spec"].update({"shutdownAfterJobFinishes": True}), "mutually exclusive"),
+    ("RayJob", lambda m: m["spec"]["deletionStrategy"].update({"onSuccess": {"policy": "DeleteCluster"}}),
+     "legacy onSuccess/onFailure and deletionRules"),
+    ("RayJob", lambda m: m["spec"]["deletionStrategy"]["deletionRules"].append(
+        {"policy": "DeleteSelf", "condition": {"jobStatus": "FAILED", "ttlSeconds": 60}}), "must not decrease"),
+    ("RayJob", lambda m: m["spec"]["deletionStrategy"]["deletionRules"].append(
+        {"policy": "DeleteCluster", "condition": {"jobStatus": "SUCCEEDED"}}), "duplicate rule"),
+    ("RayJob", lambda m: m["spec"]["rayClusterSpec"].update({"enableInTreeAutoscaling": True}),
+     "DeleteWorkers not supported with autoscaling"),
+    ("RayJob", lambda m: m["spec"].update({"preRunningDeadlineSeconds": 0}), "at least 1"),
 ])
 def test_each_mirrored_rule_fires_on_a_manifest_that_breaks_it(kind, change, words):
     errors = kuberay_errors(broken(kind, change))
@@ -215,10 +281,18 @@ def test_every_ray_container_requests_ephemeral_storage_and_gpu_pods_share_one_m
                     in pod["volumes"], name
 
 
-def test_a_finished_rayjob_frees_its_gpus_at_once_and_submits_from_a_light_image():
+def test_a_finished_rayjob_frees_its_gpus_at_once_keeps_a_failed_head_and_submits_from_a_light_image():
     [(_, job)] = [(n, d) for n, d in ray_manifests() if d["kind"] == "RayJob"]
     spec = job["spec"]
-    assert spec["shutdownAfterJobFinishes"] is True and spec["ttlSecondsAfterFinished"] == 0
+    rules = {(r["policy"], r["condition"].get("jobStatus") or r["condition"]["jobDeploymentStatus"]):
+             r["condition"].get("ttlSeconds", 0) for r in spec["deletionStrategy"]["deletionRules"]}
+    assert rules[("DeleteCluster", "SUCCEEDED")] == 0  # everything back the moment it succeeds
+    for failed in ("FAILED", "Failed"):  # the job failed, or never ran (pre-running deadline, submission)
+        assert rules[("DeleteWorkers", failed)] == 0  # the GPUs back at once
+        assert rules[("DeleteCluster", failed)] == 3600  # the head (its logs) an hour
+    assert not any(policy == "DeleteSelf" for policy, _ in rules)  # the RayJob's status stays
+    # A cluster not up in 30 minutes fails the job rather than holding its head for the whole day.
+    assert spec["preRunningDeadlineSeconds"] == 1800 < spec["activeDeadlineSeconds"]
     [submitter] = spec["submitterPodTemplate"]["spec"]["containers"]
     ray_version = spec["rayClusterSpec"]["rayVersion"]
     assert submitter["image"] == f"rayproject/ray:{ray_version}-py311"  # CPU image, same Ray
@@ -289,7 +363,7 @@ def applied_in_readme() -> list[str]:
 
 def test_the_readmes_order_applies_every_reference_before_its_use():
     order = applied_in_readme()
-    assert set(order) == {p.name for p in K8S.glob("*.yaml")}, "every manifest is applied in the README"
+    assert set(order) == set(all_documents()), "every manifest is applied in the README"
     docs = all_documents()
     defined: dict[str, set] = {kind: set() for kind in DEFINED_KINDS}
     for name in order:
@@ -332,14 +406,17 @@ def running_node_only(manifest: dict) -> list[str]:
                   if label.startswith(RUNNING_NODE_ONLY))
 
 
-def overlaid(cloud: str) -> list[dict]:
-    """The overlay's resources with its JSON patches applied, as `kubectl apply -k` would ("add" ops)."""
-    kustomization = yaml.safe_load((OVERLAYS / cloud / "kustomization.yaml").read_text())
-    docs = [d for resource in kustomization["resources"] for d in documents((OVERLAYS / cloud / resource).resolve())]
-    for patch in kustomization["patches"]:
+def kustomization(folder: Path) -> dict:
+    return yaml.safe_load((folder / "kustomization.yaml").read_text())
+
+
+def apply_patches(docs: list[dict], patches: list[dict]) -> int:
+    """Apply JSON "add" patches by target, as kustomize does; how many documents they reached."""
+    reached = 0
+    for patch in patches:
         targets = [d for d in docs if all(d.get("kind") == v if k == "kind" else d["metadata"].get(k) == v
                                           for k, v in patch["target"].items())]
-        assert targets, f"{cloud}: a patch matches nothing: {patch['target']}"
+        reached += len(targets)
         for doc in targets:
             for op in yaml.safe_load(patch["patch"]):
                 assert op["op"] == "add"
@@ -348,25 +425,62 @@ def overlaid(cloud: str) -> list[dict]:
                 for key in parents:  # every step but the last exists already: the patch fits the base
                     node = node[int(key)] if isinstance(node, list) else node[key]
                 node[leaf] = op["value"]
+    return reached
+
+
+def kustomize_build(folder: Path) -> list[dict]:
+    """What `kubectl apply -k folder` applies, for the part of kustomize these folders use:
+    resources, components and JSON "add" patches. Kustomize's load restriction is kept: a file
+    resource must be in or below the folder; from elsewhere only a folder with its own
+    kustomization may be taken."""
+    folder = folder.resolve()
+    spec = kustomization(folder)
+    docs: list[dict] = []
+    for entry in spec.get("resources", []):
+        path = (folder / entry).resolve()
+        if path.is_dir():
+            docs += kustomize_build(path)
+        else:
+            assert path.is_relative_to(folder), f"{folder}: kustomize refuses {entry}: not in or below the folder"
+            docs += documents(path)
+    for component in spec.get("components", []):
+        part = kustomization(folder / component)
+        assert part["kind"] == "Component"
+        apply_patches(docs, part["patches"])  # a component's patch may match nothing here
+    assert apply_patches(docs, spec.get("patches", [])) >= len(spec.get("patches", [])), folder
     return docs
 
 
-def test_no_manifest_requires_a_label_that_only_a_running_node_has():
-    for name, manifest in ray_manifests():
-        assert running_node_only(manifest) == [], name
-    broken = copy.deepcopy(next(m for _, m in ray_manifests() if m["kind"] == "RayCluster"))
-    broken["spec"]["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"] = {"nvidia.com/gpu.memory": "81559"}
-    assert running_node_only(broken) == ["nvidia.com/gpu.memory"]  # the rule fires
+OVERLAID = {"service": (".", "RayService"), "job": ("job", "RayJob"), "dev": ("dev", "RayCluster")}
+
+
+def test_every_kustomization_takes_files_only_from_its_own_folder(tmp_path):
+    for folder in sorted({p.parent for p in K8S.rglob("kustomization.yaml")}):
+        if kustomization(folder)["kind"] == "Kustomization":
+            assert kustomize_build(folder), folder
+    # `kubectl apply -k infra/k8s` is the service: every manifest the README applies before it.
+    assert [d["metadata"]["name"] for d in kustomize_build(K8S)] == [
+        d["metadata"]["name"] for name in ("serviceaccount.yaml", "redis.yaml", "model-cache.yaml",
+                                           "raydiant-config.yaml", "rayservice.yaml") for d in documents(K8S / name)]
+    # The rule fires: an overlay that takes a file from above its folder (kustomize: "security;
+    # file ... is not in or below ...", which the first overlays here did).
+    (tmp_path / "base.yaml").write_text((K8S / "redis.yaml").read_text())
+    (tmp_path / "overlay").mkdir()
+    (tmp_path / "overlay" / "kustomization.yaml").write_text("kind: Kustomization\nresources: [../base.yaml]\n")
+    with pytest.raises(AssertionError, match="kustomize refuses"):
+        kustomize_build(tmp_path / "overlay")
 
 
 @pytest.mark.parametrize("cloud", sorted(PROVISIONER_LABELS))
-def test_each_cloud_requires_gpu_nodes_by_a_label_its_provisioner_knows(cloud):
+@pytest.mark.parametrize("what", sorted(OVERLAID))
+def test_each_cloud_requires_gpu_nodes_by_a_label_its_provisioner_knows(cloud, what):
     assert {p.name for p in OVERLAYS.iterdir()} == set(PROVISIONER_LABELS)
-    [service] = [d for d in overlaid(cloud) if d["kind"] == "RayService"]
-    assert running_node_only(service) == []
-    for group in ray_cluster_spec(service)["workerGroupSpecs"]:
+    sub, kind = OVERLAID[what]
+    [manifest] = [d for d in kustomize_build(OVERLAYS / cloud / sub) if d["kind"] == kind]
+    assert running_node_only(manifest) == []
+    for group in ray_cluster_spec(manifest)["workerGroupSpecs"]:
         assert required_node_labels(group["template"]["spec"]) == PROVISIONER_LABELS[cloud], cloud
-    head = ray_cluster_spec(service)["headGroupSpec"]["template"]["spec"]
+    head = ray_cluster_spec(manifest)["headGroupSpec"]["template"]["spec"]
     assert required_node_labels(head) == set() and "tolerations" not in head  # off GPU nodes by their taint
 
 

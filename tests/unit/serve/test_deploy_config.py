@@ -23,8 +23,8 @@ from tests.factories import nested_dicts
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO.parent / "shared" / "kuberay-crds"
-MANIFESTS = {"RayService": REPO / "infra/k8s/rayservice.yaml", "RayJob": REPO / "infra/k8s/rayjob.yaml",
-             "RayCluster": REPO / "infra/k8s/raycluster.yaml"}
+MANIFESTS = {"RayService": REPO / "infra/k8s/rayservice.yaml", "RayJob": REPO / "infra/k8s/job/rayjob.yaml",
+             "RayCluster": REPO / "infra/k8s/dev/raycluster.yaml"}
 CRD_FILES = {"RayService": "ray.io_rayservices.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayCluster": "ray.io_rayclusters.yaml"}
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
