@@ -163,6 +163,7 @@ class Ingress:
             raise RuntimeError("no API keys configured: set RAYDIANT_API_KEYS or serve.api_keys")
         storage = Storage(cfg.storage.root, signing_key=secrets.signing_key.encode(),
                           public_url=settings.public_url or "")
+        await asyncio.to_thread(lambda: storage.served_here)  # asks the credential chain once, off the loop
         capacities = {name: _capacity(cfg, name) for name in models}
         store = open_store(cfg.tasks, secrets.redis_url)
         self.dispatcher = Dispatcher(store, storage, models, settings, capacities,

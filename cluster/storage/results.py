@@ -2,8 +2,12 @@
 
 - Writes go to a temporary name beside the target and are renamed into place (local disk), or
   rely on the object store's all-or-nothing PUT (S3, GCS): no reader ever sees half a file.
-- URLs: object stores presign (`fs.sign`); local storage gets an HMAC-signed URL served by the
-  ingress (`serve/edge/files.py`), checked with `verify()`.
+- URLs live as long as they say. Local storage gets an HMAC-signed URL served by the ingress
+  (`serve/edge/files.py`), checked with `verify()`. An object store presigns its own URLs
+  (`fs.sign`) when the credentials that sign them outlive them (long-lived keys). When they are a
+  session's (IRSA, an instance role: about an hour), a URL they sign would die with them, so the
+  URL is the ingress's, HMAC-signed like a local one, and the ingress answers it with a redirect
+  to a presigned URL of at most REDIRECT_S seconds, signed then with fresh credentials.
 """
 
 from __future__ import annotations
@@ -21,7 +25,12 @@ from urllib.parse import urlencode
 
 import fsspec
 
+from cluster.storage.session_credentials import signs_with_session
+
 _LOCAL_PROTOCOLS = {"file", "local"}
+# How long the object store's URL behind one of our redirects lives: long enough to start a
+# download, and well inside the 10 minutes botocore keeps before it refreshes a session.
+REDIRECT_S = 300
 
 
 class StorageError(Exception):
@@ -51,6 +60,15 @@ class Storage:
         self.is_local = bool(set(_protocols(self.fs)) & _LOCAL_PROTOCOLS)
         if self.is_local:
             self.fs.makedirs(self._root, exist_ok=True)
+        self._served_here: bool | None = None  # asked of the credentials once, on the first URL
+
+    @property
+    def served_here(self) -> bool:
+        """Whether result URLs are the ingress's (local files; an object store whose signing
+        credentials are a session's) rather than the object store's own presigned URLs."""
+        if self._served_here is None:
+            self._served_here = self.is_local or signs_with_session(self.fs)
+        return self._served_here
 
     def path(self, key: str) -> str:
         return f"{self._root.rstrip('/')}/{safe_key(key)}"
@@ -132,13 +150,18 @@ class Storage:
 
     def url_until(self, key: str, expires_at: int, base_url: str | None = None) -> str:
         """An absolute URL for `key`, valid until `expires_at` (Unix seconds). The same key and
-        expiry give the same local URL in every answer."""
-        if not self.is_local:
+        expiry give the same URL through the ingress in every answer."""
+        if not self.served_here:
             return self.fs.sign(self.path(key), expiration=max(1, int(expires_at - time.time())))
         expires = int(expires_at)
         query = urlencode({"expires": expires, "signature": self._signature(safe_key(key), expires)})
         base = (self.public_url or base_url or "").rstrip("/")
         return f"{base}/files/{safe_key(key)}?{query}"
+
+    def redirect_url(self, key: str, expires: int) -> str:
+        """The object store's own URL for `key`, presigned now for at most REDIRECT_S seconds and
+        never past `expires`: what the ingress redirects one of its URLs to."""
+        return self.fs.sign(self.path(key), expiration=max(1, min(REDIRECT_S, int(expires - time.time()))))
 
     def verify(self, key: str, expires: int, signature: str) -> bool:
         """True when `signature` was made by `url()` for `key` and has not expired."""

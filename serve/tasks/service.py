@@ -132,7 +132,7 @@ class TaskService:
     def _own_result_key(self, url: str) -> str | None:
         """The storage key behind one of our own valid signed URLs (any host name: the signature
         is what proves it is ours), else None."""
-        if not self.storage.is_local:
+        if not self.storage.served_here:
             return None
         try:
             parts = urlsplit(url)
