@@ -16,46 +16,56 @@ Guarantees, and their limits:
   on. An owner that finds its lease taken stops; each file is written under a name of its own
   writer and renamed into place, so two writers never mix one file.
 - **A version is never renamed or deleted while a process may load it.** It is its own folder,
-  `versions/<id>`, that appears whole (renamed from staging once every file is verified) and is
-  never touched again. A source updated while another process loads the old version leaves
-  that version in place: both load what they asked for. Old versions are not collected yet: a
-  loaded pipeline may keep memory-mapping its files, and a version's last reader is not known
-  across nodes.
-- **Verified** by each file's size against the listing. Checksums are not compared (S3's ETag is
-  an MD5 only for single-part uploads).
+  `versions/<id>`, that appears whole (renamed from staging once every file is verified). Every
+  process that takes a version holds a reader lease on it for the rest of its life
+  (`version_readers.py`). A source updated while another process loads the old version leaves
+  that version in place: both load what they asked for. The process that fetches a new version
+  then collects the old ones whose reader leases have all lapsed (their processes are gone).
+- **Verified**: each file's size against the listing and, where the listing gives one, its MD5
+  (S3's ETag of a single-part upload, GCS's md5Hash), hashed as the bytes arrive. S3's ETag of a
+  multipart upload is not a file's MD5, and a local folder lists none: those are checked by size.
+  A source changed between its listing and the download fails the fetch, naming the file.
 - Lease expiry compares wall clocks of different nodes: they must agree within seconds (NTP).
 
-Files are fetched `_PARALLEL_FILES` at a time (a pipeline's components are separate files);
-ranged reads within one file are the filesystem's own (s3fs reads in blocks).
+Reads are concurrent ranged GETs: every file is cut into `_CHUNK` ranges, and `_PARALLEL_READS`
+of them are in flight at once, in file order, so one large file (a 10 GB transformer shard) is
+read over many connections and files finish one after another (a killed download loses little).
 
 Layout, per source (a hash of its URI) under the cache root:
 
     <source>/versions/<id>/   a complete copy, with `.complete` (the listing it was fetched for)
     <source>/staging/<id>/    the download in progress: whole files, and `*.partial-<owner>` ones
     <source>/<id>.lease       the downloader's lease: owner, expiry, bytes done of the total
+    <source>/readers/<id>/    one reader lease per process that took the version
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import fsspec
 
-LEASE_S = float(os.environ.get("RAYDIANT_CACHE_LEASE_S", "60"))
-_PARALLEL_FILES = 8
+from cluster.weights import version_readers
+from cluster.weights.version_readers import LEASE_S
+
+_CHUNK = 8 * 2**20  # S3's advice for ranged GETs: 8-16 MB
+_PARALLEL_READS = 16  # ranges in flight: at most this many chunks held in memory (128 MiB)
 _POLL_S = 0.25
 _REPORT_EVERY_S = 5.0
 _COMPLETE = ".complete"
@@ -95,6 +105,8 @@ def fetch(uri: str, root: Path, on_wait: Callable[[str], None] = log.info) -> Fe
     fetched, waited = 0, 0.0
     try:
         source.mkdir(parents=True, exist_ok=True)
+        # A reader before it looks: a collector that moved the version away sees it and puts it back.
+        version_readers.hold(source / "readers" / version)
         while not (done / _COMPLETE).exists():
             lease = Lease(source / f"{version}.lease")
             if lease.acquire():
@@ -107,9 +119,37 @@ def fetch(uri: str, root: Path, on_wait: Callable[[str], None] = log.info) -> Fe
                     lease.release()
             else:
                 waited += lease.wait(uri, on_wait)
+        if fetched:  # a new version: the ones before it may have no reader left
+            collect_old_versions(source, keep=version)
     except OSError as exc:
         raise CacheError(f"cannot write the weights cache {root}: {exc}") from exc
     return Fetched(done, fetched, waited)
+
+
+def collect_old_versions(source: Path, keep: str) -> list[str]:
+    """Delete the versions of `source` other than `keep` that no live process reads; returns
+    their ids. Each is first renamed out of `versions/` (one collector alone can), then its
+    readers are looked at again: a process that took it in between finds it back in place."""
+    collected = []
+    for folder in sorted((source / "versions").iterdir()):
+        version = folder.name
+        readers = source / "readers" / version
+        if version == keep or version_readers.has_live_reader(readers):
+            continue
+        trash = source / "trash" / f"{version}-{uuid.uuid4().hex[:8]}"
+        trash.parent.mkdir(exist_ok=True)
+        try:
+            os.rename(folder, trash)
+        except FileNotFoundError:
+            continue  # another collector took it
+        if version_readers.has_live_reader(readers):
+            os.rename(trash, folder)
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        shutil.rmtree(readers, ignore_errors=True)
+        collected.append(version)
+        log.info("collected the weights version %s of %s: no process reads it", version, source.name)
+    return collected
 
 
 def _open(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -133,7 +173,7 @@ def _listing(fs: fsspec.AbstractFileSystem, base: str, uri: str) -> Listing:
 
 def _tag(info: dict[str, Any]) -> str:
     """What changes when a file's content does, beside its size."""
-    for key in ("ETag", "etag", "md5Hash", "mtime", "LastModified", "last_modified", "updated"):
+    for key in ("md5Hash", "ETag", "etag", "mtime", "LastModified", "last_modified", "updated"):
         if info.get(key) is not None:
             return str(info[key])
     return ""
@@ -146,27 +186,125 @@ def _download(fs: fsspec.AbstractFileSystem, base: str, listing: Listing, stagin
     total = sum(size for size, _ in listing.values())
     progress = [total - sum(listing[rel][0] for rel in todo)]
     lease.report(progress[0], total)
+    copies = [_Copy(fs, base, rel, *listing[rel], staging, lease.owner) for rel in todo]
+    lock = threading.Lock()
 
-    def get(rel: str) -> int:
-        lease.check()
-        size = listing[rel][0]
-        dest = staging / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        partial = dest.with_name(f"{dest.name}.partial-{lease.owner}")
+    def read(copy: "_Copy", index: int) -> None:
+        copy.put(index, lease.check)
+        with lock:
+            progress[0] += copy.chunk_size(index)
+            lease.report(progress[0], total)
+
+    pool, reads = ThreadPoolExecutor(_PARALLEL_READS, thread_name_prefix="fetch"), []
+    try:
+        for copy in copies:
+            if copy.chunks == 0:  # an empty file: nothing to read
+                copy.finish()
+        reads = [pool.submit(read, copy, i) for copy in copies for i in range(copy.chunks)]
+        for done in as_completed(reads):
+            done.result()
+    except BaseException:
+        for pending in reads:
+            pending.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True)  # no read still writes when the files close
+        for copy in copies:
+            copy.close()
+    return sum(copy.size for copy in copies)
+
+
+class _Copy:
+    """One file fetched as ranges written in place into `<name>.partial-<owner>`, and renamed to
+    its name, verified, by the thread that writes its last range: a file is whole the moment it
+    is, so a downloader killed later keeps it. When the listing gives an MD5, each range is
+    hashed in its turn by the thread that read it, so no more than the ranges in flight are ever
+    held in memory."""
+
+    def __init__(self, fs, base: str, rel: str, size: int, tag: str, staging: Path, owner: str):
+        self.fs, self.source, self.rel, self.size = fs, f"{base}/{rel}", rel, size
+        self.dest = staging / rel
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.partial = self.dest.with_name(f"{self.dest.name}.partial-{owner}")
+        self.chunks = -(-size // _CHUNK)
+        self.expected_md5 = _md5_of(tag)
+        self._md5 = hashlib.md5(usedforsecurity=False) if self.expected_md5 else None
+        self._hashed = 0  # ranges hashed: the index of the next one
+        self._left = self.chunks  # ranges not yet written
+        self._failed = False  # a range failed: the ones waiting for their turn give up
+        self._turn = threading.Condition()
+        self._fd = os.open(self.partial, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, 0o644)
+
+    def chunk_size(self, index: int) -> int:
+        return min(_CHUNK, self.size - index * _CHUNK)
+
+    def put(self, index: int, check: Callable[[], None]) -> None:
+        """Read range `index` from the source, write it in place and hash it in its turn."""
         try:
-            fs.get_file(f"{base}/{rel}", str(partial))
-        except Exception as exc:  # noqa: BLE001 - the source's failure, named
-            raise CacheError(f"cannot copy {rel} from {base}: {exc}") from exc
-        if (got := partial.stat().st_size) != size:
-            partial.unlink()
-            raise CacheError(f"{rel} from {base}: {got} bytes, where the listing said {size}")
-        os.replace(partial, dest)
-        progress[0] += size
-        lease.report(progress[0], total)
-        return size
+            check()
+            start = index * _CHUNK
+            try:
+                data = self.fs.cat_file(self.source, start=start, end=start + self.chunk_size(index))
+            except Exception as exc:  # noqa: BLE001 - the source's failure, named
+                raise CacheError(f"cannot copy {self.rel} from {self.source}: {exc}") from exc
+            if len(data) != self.chunk_size(index):
+                raise CacheError(f"{self.rel} from {self.source}: shorter than the listing's {self.size} bytes")
+            os.pwrite(self._fd, data, start)
+            if self._md5 is not None:
+                self._hash_in_turn(index, data)
+            with self._turn:
+                self._left -= 1
+                last = self._left == 0
+            if last:
+                self.finish()
+        except BaseException:
+            with self._turn:
+                self._failed = True
+                self._turn.notify_all()
+            raise
 
-    with ThreadPoolExecutor(_PARALLEL_FILES, thread_name_prefix="fetch") as pool:
-        return sum(pool.map(get, todo))
+    def _hash_in_turn(self, index: int, data: bytes) -> None:
+        # Ranges are submitted in order and taken first in, first out: every earlier range of
+        # this file is read or being read by another thread, so this wait always ends.
+        with self._turn:
+            while self._hashed != index and not self._failed:
+                self._turn.wait()
+            if self._failed:
+                raise CacheError(f"{self.rel}: an earlier range failed")
+            self._md5.update(data)
+            self._hashed += 1
+            self._turn.notify_all()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def finish(self) -> None:
+        """Verify the whole file (size; MD5 where known) and give it its name."""
+        self.close()
+        if (got := self.partial.stat().st_size) != self.size:
+            self.partial.unlink()
+            raise CacheError(f"{self.rel} from {self.source}: {got} bytes, where the listing said {self.size}")
+        if self._md5 is not None and self._md5.hexdigest() != self.expected_md5:
+            self.partial.unlink()
+            raise CacheError(f"{self.rel} from {self.source}: its MD5 is not the listing's "
+                             "(the source changed while it was fetched, or the copy is corrupt)")
+        os.replace(self.partial, self.dest)
+
+
+def _md5_of(tag: str) -> str | None:
+    """The file's MD5 (hex) when its listing's tag is one: S3's ETag of a single-part upload
+    (32 hex digits; a multipart ETag ends in "-<parts>") or GCS's md5Hash (16 bytes, base64)."""
+    text = tag.strip('"')
+    if re.fullmatch(r"[0-9a-fA-F]{32}", text):
+        return text.lower()
+    if len(text) == 24 and text.endswith("=="):
+        try:
+            return base64.b64decode(text, validate=True).hex()
+        except binascii.Error:
+            return None
+    return None
 
 
 def _whole(path: Path, size: int) -> bool:

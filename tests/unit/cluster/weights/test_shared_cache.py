@@ -32,9 +32,9 @@ class SlowFiles(LocalFileSystem):
     @classmethod
     def _strip_protocol(cls, path):
         return super()._strip_protocol(path.removeprefix("slowfile://"))
-    def get_file(self, rpath, lpath, **kwargs):
+    def cat_file(self, rpath, start=None, end=None, **kwargs):
         time.sleep(float(sys.argv[3]) * (int(Path(rpath).stem[-1]) + 1 if sys.argv[4] == "staggered" else 1))
-        return super().get_file(rpath, lpath, **kwargs)
+        return super().cat_file(rpath, start=start, end=end, **kwargs)
 
 fsspec.register_implementation("slowfile", SlowFiles, clobber=True)
 from cluster.weights.shared_cache import fetch
@@ -122,3 +122,35 @@ def test_a_source_that_cannot_be_listed_is_named(tmp_path):
         fetch(f"file://{tmp_path / 'empty'}", tmp_path / "cache")
     with pytest.raises(CacheError, match="cannot open nosuchproto://x"):
         fetch("nosuchproto://x", tmp_path / "cache")
+
+
+# A process that takes a version and keeps it (a replica with its pipeline loaded) until killed.
+HOLD = """
+import sys, time
+from pathlib import Path
+from cluster.weights.shared_cache import fetch
+print(fetch(sys.argv[1], Path(sys.argv[2])).path, flush=True)
+time.sleep(600)
+"""
+
+
+def test_old_versions_are_collected_once_no_process_reads_them(tmp_path):
+    folder, cache = source(tmp_path), tmp_path / "cache"
+    lapse = {"RAYDIANT_CACHE_LEASE_S": "1"}  # the readers' leases lapse 1 s after their process dies
+    reader = subprocess.Popen([sys.executable, "-c", HOLD, f"file://{folder}", str(cache)],
+                              stdout=subprocess.PIPE, text=True, env=os.environ | lapse)
+    try:
+        v1 = Path(reader.stdout.readline().strip())
+        (folder / "unet" / "part0.safetensors").write_bytes(b"new weights")
+        v2 = fetch(f"file://{folder}", cache)  # a new version while v1 is loaded elsewhere
+        assert v2.fetched_bytes > 0 and (v1 / "unet" / "part0.safetensors").read_bytes() == bytes([0]) * FILE_BYTES
+    finally:
+        reader.kill()
+        reader.wait()
+    time.sleep(1.5)  # its lease lapses: no process reads v1 any more
+    (folder / "unet" / "part1.safetensors").write_bytes(b"newer weights")
+    v3 = fetch(f"file://{folder}", cache)
+    assert not v1.exists()  # collected by the process that fetched the next version
+    assert v2.path.exists()  # this process still holds v2 (it took it, and lives)
+    assert sorted(p.name for p in versions(cache)) == sorted([v2.path.name, v3.path.name])
+    assert not list(cache.glob("*/trash/*"))
