@@ -202,7 +202,9 @@ def gpus(config: RaydiantConfig, address: str | None) -> list[Check]:
         return []  # no GPU asked: nothing to check
     import torch
 
-    checks = []
+    from cluster.runtime.cuda_driver import driver_cuda_version
+
+    checks = [cuda_driver(torch.version.cuda, driver_cuda_version())]
     if torch.cuda.is_available():
         checks.append(Check("GPUs here", True, f"{torch.cuda.device_count()} CUDA device(s), torch "
                                                f"{torch.__version__} built for CUDA {torch.version.cuda}"))
@@ -213,6 +215,22 @@ def gpus(config: RaydiantConfig, address: str | None) -> list[Check]:
     if address:
         checks.append(_ray_gpus(needs, address))
     return checks
+
+
+def cuda_driver(torch_cuda: str | None, driver: tuple[int, int] | None) -> Check:
+    """torch's CUDA against the newest CUDA the driver supports (None: no driver)."""
+    from cluster.runtime.cuda_driver import too_old_for
+
+    if torch_cuda is None:
+        return Check("CUDA driver", False, "torch is a CPU build", "install the image's torch (+cu128, from "
+                                                                   "PyTorch's CUDA index)")
+    if driver is None:
+        return Check("CUDA driver", False, "no NVIDIA driver here (libcuda.so.1 cannot be loaded)",
+                     "run on a GPU node with NVIDIA's driver (R570 or later for this image)")
+    if problem := too_old_for(torch_cuda, driver):
+        return Check("CUDA driver", False, problem, f"upgrade the node's driver to one for CUDA {torch_cuda} "
+                                                    "(R570+ for 12.8), or use an image built for the driver's CUDA")
+    return Check("CUDA driver", True, f"supports CUDA {driver[0]}.{driver[1]}; torch is built for {torch_cuda}")
 
 
 def _ray_gpus(needs: dict[str, float], address: str) -> Check:

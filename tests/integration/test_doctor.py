@@ -13,6 +13,7 @@ from pathlib import Path
 import fsspec
 import pytest
 import redis
+import torch
 
 from cluster.spec.config import load_config
 from serve.doctor import run_checks
@@ -88,10 +89,13 @@ def test_redis_with_another_password_or_an_eviction_policy_fails(here, monkeypat
         assert "refused the password" in failed(run_checks(cfg))["task store"]
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has the GPU the check asks for")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has the GPU the check asks for")
 def test_gpus_asked_of_a_machine_without_them_fail(here):
     cfg = config(here, "serve:\n  deployments:\n    flux-schnell: {ray_actor_options: {num_gpus: 1}}\n")
-    assert "sees no CUDA device" in failed(run_checks(cfg))["GPUs here"]
+    problems = failed(run_checks(cfg))
+    assert "sees no CUDA device" in problems["GPUs here"]
+    assert problems["CUDA driver"] == ("torch is a CPU build" if torch.version.cuda is None else
+                                       "no NVIDIA driver here (libcuda.so.1 cannot be loaded)")
 
 
 def test_a_placeholder_hub_token_fails(here, monkeypatch):
