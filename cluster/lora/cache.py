@@ -4,8 +4,13 @@
 http(s) URLs through the guarded fetch of cluster/storage/guarded_fetch.py (address rules, byte and time caps),
 fsspec URIs with fsspec, hub files with huggingface_hub (in its own cache under this one), local
 files in place. Fetched files are written atomically under names fixed by their location, so
-replicas and workers of one node share them; the least recently used go first once the cache
-holds more than `max_bytes` (a file in use stays readable: its loader has it open or in memory).
+every process that shares the folder shares them: one machine's, or the cluster's on the
+ReadWriteMany volume (`RAYDIANT_CACHE`). The least recently used go first once the cache holds
+more than `max_bytes`, but never one used in the last `evict_grace_s`: over NFS a file deleted
+while another node reads it fails that read (ESTALE), and every use touches its file before it
+reads it. So the cache may stay over its bytes for that long after a burst of new adapters.
+One download per file for everyone sharing the folder: an flock per file (NFSv4 and EFS carry
+flock across nodes as POSIX locks; a lock of a dead node is freed when its lease lapses).
 
 Every file is checked to be a safetensors file (its header parsed, at least one tensor) before
 anyone loads it: a pickle, or anything else, is refused with the request's error.
@@ -20,6 +25,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +67,13 @@ def default_cache_dir() -> Path:
 
 class LoraCache:
     def __init__(self, directory: str | Path | None = None, max_bytes: int = 20 * 2**30,
-                 max_file_bytes: int = 2 * 2**30, fetch_policy: FetchPolicy = FetchPolicy()):
+                 max_file_bytes: int = 2 * 2**30, fetch_policy: FetchPolicy = FetchPolicy(),
+                 evict_grace_s: float = 120.0):
         self.directory = Path(directory) if directory else default_cache_dir()
         self.files = self.directory / "files"
         self.files.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.max_file_bytes = max_bytes, max_file_bytes
+        self.evict_grace_s = evict_grace_s
         self.policy = fetch_policy
         self._known: OrderedDict[str, LocalLora] = OrderedDict()
         self._lock = threading.Lock()
@@ -196,9 +204,11 @@ class LoraCache:
     # --- the disk's LRU -----------------------------------------------------------------------
 
     def _evict(self, keep: Path) -> None:
-        """Remove the least recently used files until the cache fits `max_bytes` (never `keep`)."""
+        """Remove the least recently used files until the cache fits `max_bytes`: never `keep`,
+        nor a file used in the last `evict_grace_s` (another process may be reading it)."""
         with open(self.directory / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one evictor per node at a time
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one evictor at a time, for all who share the folder
+            recent = time.time() - self.evict_grace_s
             entries = []
             for path in self.files.glob("*.safetensors"):
                 try:
@@ -207,8 +217,8 @@ class LoraCache:
                     continue
                 entries.append((stat.st_mtime, stat.st_size, path))
             total = sum(size for _, size, _ in entries)
-            for _, size, path in sorted(entries):
-                if total <= self.max_bytes:
+            for used, size, path in sorted(entries):
+                if total <= self.max_bytes or used > recent:
                     break
                 if path != keep:
                     path.unlink(missing_ok=True)

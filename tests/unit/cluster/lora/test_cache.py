@@ -4,7 +4,9 @@ are real (tiny, made on the spot); the HTTP server is a real one on loopback tha
 
 from __future__ import annotations
 
+import os
 import pickle
+import time
 
 import pytest
 import torch
@@ -84,7 +86,8 @@ def test_the_disk_cache_keeps_the_most_recently_used_within_its_bytes(tmp_path):
     files = {f"/{i}.safetensors": adapter(tmp_path / f"{i}.safetensors", i) for i in range(4)}
     size = len(files["/0.safetensors"])
     with file_server(files) as server:
-        cache = LoraCache(tmp_path / "cache", max_bytes=int(2.5 * size), fetch_policy=FetchPolicy(allow_loopback=True))
+        cache = LoraCache(tmp_path / "cache", max_bytes=int(2.5 * size), fetch_policy=FetchPolicy(allow_loopback=True),
+                          evict_grace_s=0)  # recency alone (the grace: the next test)
         loras = [Lora(str(i), "https", f"{server.url}/{i}.safetensors", 1.0) for i in range(4)]
         for lora in loras[:3]:
             cache.get(lora)
@@ -94,6 +97,27 @@ def test_the_disk_cache_keeps_the_most_recently_used_within_its_bytes(tmp_path):
         assert server.hits["/2.safetensors"] == 1  # still on disk: no second download
         cache.get(loras[0])
         assert server.hits["/0.safetensors"] == 2  # evicted earlier: fetched again
+
+
+def test_a_shared_cache_never_evicts_a_file_another_process_used_within_the_grace(tmp_path):
+    """Two nodes share the folder (the cluster's volume): one node's burst of new adapters does
+    not delete the file the other just touched to read it (over NFS: ESTALE mid-read); once it
+    has lain unused past the grace, it goes first."""
+    files = {f"/{i}.safetensors": adapter(tmp_path / f"{i}.safetensors", i) for i in range(3)}
+    size = len(files["/0.safetensors"])
+    policy = FetchPolicy(allow_loopback=True)
+    with file_server(files) as server:
+        loras = [Lora(str(i), "https", f"{server.url}/{i}.safetensors", 1.0) for i in range(3)]
+        reader = LoraCache(tmp_path / "shared", max_bytes=int(1.5 * size), fetch_policy=policy, evict_grace_s=60)
+        other = LoraCache(tmp_path / "shared", max_bytes=int(1.5 * size), fetch_policy=policy, evict_grace_s=60)
+        being_read = reader.get(loras[0]).file
+        other.get(loras[1])  # over the bytes: but the reader's file was used a moment ago
+        assert being_read.exists() and other.cached_bytes() == 2 * size
+        past = time.time() - 61
+        os.utime(being_read, (past, past))  # unused for longer than the grace
+        other.get(loras[2])
+        assert not being_read.exists()  # the least recently used, and no longer in use: gone
+        assert other.cached_bytes() == 2 * size  # the two used within the grace stay
 
 
 def test_many_first_uses_at_once_make_one_download(tmp_path):
