@@ -183,6 +183,10 @@ class ServeConfig(BaseModel):
     max_queued_per_key: int = Field(16, ge=1, description="Waiting tasks per API key and model before 429: no key "
                                                           "fills a model's queue (split between the ingress "
                                                           "replicas).")
+    max_kept_per_key: int = Field(100_000, ge=1, description="Task records one API key may keep at once (they "
+                                                             "live retention_s) before 429: no key fills the task "
+                                                             "store shared by all (the shipped Redis holds about "
+                                                             "1.1 M).")
     max_request_cost: float = Field(512.0, gt=0, description="Largest request, in megapixel-steps (n x steps x "
                                                              "W x H / 2^20; 1024*1024, 50 steps, n 4 is 200; "
                                                              "2048*2048 at 100 steps is 1600).")

@@ -167,6 +167,12 @@ class TaskService:
             if lora.kind == "https" and (problem := await self._check_url(lora.location, f"{loras_name} item {i}: "
                                                                                          f"path", loras_name)):
                 return problem
+        if (kept := await self.store.kept(submission.key_id)) >= self.settings.max_kept_per_key:
+            # The key's share of the shared store (a soft bound: submissions racing past the
+            # count may each be let in). Its records free their place as they expire.
+            return ServiceError(ErrorKind.RATE_LIMITED, f"this key keeps {kept} tasks, its share of the task store "
+                                f"({self.settings.max_kept_per_key}); new tasks are refused until some expire "
+                                f"(after {self.settings.retention_s} s)", retry_after_s=STORE_FULL_RETRY_S)
         now = time.time()
         record = TaskRecord(
             task_id=str(uuid.uuid4()), model=spec.name, key_id=submission.key_id, api=submission.api,

@@ -124,6 +124,19 @@ def test_list_totals_follow_transitions_expiry_and_purge(store, run):
     assert (total(), total(model="stable-diffusion-xl")) == (4, 0)
 
 
+def test_what_a_key_keeps_is_counted_in_its_index_and_falls_as_records_go(store, run):
+    """The count behind each key's share of the store (serve.max_kept_per_key): every record of
+    the key, whatever its model or status, none of another key's; down as records are purged."""
+    now = time.time()
+    mine = [record(model="flux-schnell"), record(model="stable-diffusion-xl"), record(expires_at=now - 1)]
+    for r in [*mine, record(key_id="someone-else")]:
+        run(store.create(r))
+    run(store.transition(mine[0].task_id, {TaskStatus.PENDING}, status=TaskStatus.SUCCEEDED))
+    assert run(store.kept("k1")) == 3 and run(store.kept("someone-else")) == 1 and run(store.kept("nobody")) == 0
+    run(store.purge_expired(time.time()))
+    assert run(store.kept("k1")) == 2
+
+
 def test_sqlite_counts_a_file_made_before_its_counts(tmp_path, run):
     """A file of the version before `task_counts`: its records are counted on open."""
     path = tmp_path / "old.sqlite"

@@ -89,6 +89,11 @@ class TaskStore(abc.ABC):
         """A key's live tasks, newest first, filtered, one page; also the total that matched."""
 
     @abc.abstractmethod
+    async def kept(self, key_id: str) -> int:
+        """How many records the key keeps: its live ones, and any expired but not yet purged (a
+        count in the key's index: a store question, never a scan of the store)."""
+
+    @abc.abstractmethod
     async def pending_ahead(self, record: TaskRecord) -> int:
         """How many PENDING tasks of the record's model were submitted before it, counted up to
         `POSITION_CAP` (a count in an index costs what it counts; a dispatcher's queue is far

@@ -148,6 +148,9 @@ class RedisTaskStore(TaskStore):
         records = [TaskRecord.model_validate_json(body) for body in bodies if body is not None]
         return [r for r in records if r.expires_at >= now], int(total)
 
+    async def kept(self, key_id: str) -> int:
+        return int(await self._redis.zcard(f"{self._prefix}:key:{key_id}"))
+
     async def pending_ahead(self, record: TaskRecord) -> int:
         queue = f"{self._prefix}:pending:{record.model}"
         rank = await self._redis.zrank(queue, record.task_id)  # (submit_time, task_id) order: the queue's

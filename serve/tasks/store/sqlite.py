@@ -206,6 +206,10 @@ class SQLiteTaskStore(TaskStore):
             (*params, *params, time.time()))
         return int(total)
 
+    async def kept(self, key_id: str) -> int:
+        [(total,)] = await self._run("SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE key_id = ?", (key_id,))
+        return int(total)
+
     async def pending_ahead(self, record: TaskRecord) -> int:
         rows = await self._run(
             "SELECT COUNT(*) FROM (SELECT 1 FROM tasks WHERE model = ? AND status = ? AND expires_at >= ?"

@@ -120,3 +120,19 @@ def test_record_keeps_the_resolved_request_whole(door):
     assert (record.request.width, record.request.height, record.request.steps, record.request.seed) == (512, 768, 3, 9)
     assert record.request.add_sampling_metadata is False and record.api == "dashscope"
     assert record.webhook.url == "https://receiver.example/h"
+
+
+def test_a_key_past_its_share_of_the_task_store_is_refused_and_others_are_not(tmp_path):
+    """One key, within its rate limit, must not fill the task store that every key shares: past
+    `max_kept_per_key` records it gets 429 with a reason and a retry delay; another key gets in."""
+    door = doors(tmp_path, max_kept_per_key=2)
+    body = {"model": "flux-schnell", "input": {"prompt": "a fox"}}
+    for _ in range(2):
+        assert create(door, body)["output"]["task_status"] == "PENDING"  # async: taken
+    refused = create(door, body)
+    assert isinstance(refused, ServiceError) and reason(refused) == ErrorKind.RATE_LIMITED
+    assert ERRORS[reason(refused)].status == 429 and refused.retry_after_s == 30
+    assert message(refused) == ("this key keeps 2 tasks, its share of the task store (2); new tasks are refused "
+                                "until some expire (after 86400 s)")
+    assert len(door.dispatcher.submitted) == 2  # nothing stored for the refused one
+    assert create(door, body, key_id="key-b")["output"]["task_status"] == "PENDING"
