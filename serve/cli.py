@@ -47,6 +47,20 @@ def infra_render() -> None:
     console.print("\n".join(f"wrote {path}" for path in changed) or "generated files are current")
 
 
+@infra_app.command("image")
+def infra_image(reference: str = typer.Argument(..., help="REGISTRY/raydiant:<version>-<commit>, or "
+                                                            "REGISTRY/raydiant@sha256:<digest>.")) -> None:
+    """Set the image of every manifest under infra/ to one build (a version and commit, or a digest)."""
+    from serve.deploy_image import MutableImage, stamp
+
+    try:
+        changed = stamp(reference)
+    except MutableImage as exc:
+        console.print(f"[red]refused:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print("\n".join(f"wrote {path}" for path in changed) or f"every manifest runs {reference} already")
+
+
 def serve_command(
     config: Optional[Path] = ConfigOption,
     host: Optional[str] = typer.Option(None, "--host", help="Bind address (default: the config's, 127.0.0.1)."),
