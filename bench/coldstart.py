@@ -13,7 +13,11 @@ Each replica reports its split: fetch (through `cluster/weights/shared_cache.py`
 download, or its wait for another's), load (the pipeline from the cache into memory), first
 image (one step at `--size`, on the CPU: this machine's stand-in for warm-up). Then the bytes
 fetched by all of them over one copy (goal: within 1.05x for any N), and what one replica
-reached from the local S3. Then a replica killed mid-download: what the next one fetched again.
+reached from the local S3, and what one process reaches reading whole files against concurrent
+ranged GETs, side by side. moto answers each range by reading the whole object, so on it ranged
+reads measure moto (quadratic in a file's size), not S3; the replicas therefore read whole files
+here (`RAYDIANT_CACHE_RANGE_MIB=0`), and what ranges give one node is for a real bucket to say.
+Then a replica killed mid-download: what the next one fetched again.
 Last, the compile cache: a regional compile's warm-up (tiny FLUX, torch's inductor on the CPU)
 in a fresh process, then in a second one with the same `TORCHINDUCTOR_CACHE_DIR`, as a second
 replica finds the first's on the shared volume (the image puts it there).
@@ -119,6 +123,25 @@ def killed_mid_download(cache: Path) -> tuple[int, int]:
     return kept, ray.get(second.fetch_only.remote())
 
 
+def read_rates(work: Path, one_copy: int) -> list[tuple[str, float]]:
+    """MiB/s of one process copying the model from the local S3 into a fresh cache: whole files 8
+    at a time (one GET a file: how the cache read before), then concurrent ranged GETs (now)."""
+    from cluster.weights import shared_cache
+
+    rates = []
+    for name, chunk, reads in (("whole files, 8 at a time", 2**62, 8),
+                               ("16 ranged GETs of 8 MiB (the default)", 8 * 2**20, 16)):
+        saved = shared_cache._CHUNK, shared_cache._PARALLEL_READS
+        shared_cache._CHUNK, shared_cache._PARALLEL_READS = chunk, reads
+        try:
+            started = time.monotonic()
+            shared_cache.fetch(MODEL_URI, work / f"cache-read-{reads}")
+            rates.append((name, one_copy / 2**20 / (time.monotonic() - started)))
+        finally:
+            shared_cache._CHUNK, shared_cache._PARALLEL_READS = saved
+    return rates
+
+
 def compile_warmups(cache: Path) -> list[float]:
     """Warm-up seconds of two replicas in turn, sharing one inductor cache folder."""
     times = []
@@ -147,8 +170,17 @@ def main() -> None:
     with s3_server() as endpoint:
         # Before the cluster starts: its raylets, so the replicas, inherit them.
         os.environ.update({"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint})
+                           "AWS_DEFAULT_REGION": "us-east-1", "FSSPEC_S3_ENDPOINT_URL": endpoint,
+                           # moto reads a whole object to answer each range of it: the replicas
+                           # read whole files here (real S3 serves ranges; the line above compares)
+                           "RAYDIANT_CACHE_RANGE_MIB": "0"})
+        import fsspec
+
+        fsspec.config.conf["s3"] = {"endpoint_url": endpoint}  # this process read FSSPEC_* at import
         upload(work / "sd15", endpoint)
+        (whole, whole_rate), (ranged, ranged_rate) = read_rates(work, one_copy)
+        print(f"one process from the local S3: {whole}: {whole_rate:.0f} MiB/s; {ranged}: {ranged_rate:.0f} MiB/s "
+              f"({ranged_rate / whole_rate:.2f}x)", flush=True)
         counts = [int(n) for n in args.replicas.split(",")]
         with local_cluster(head_gpus=1 if max(counts) > 3 else 0) as cluster:
             for _ in range(min(max(counts), 3)):

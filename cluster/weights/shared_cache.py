@@ -27,9 +27,10 @@ Guarantees, and their limits:
   A source changed between its listing and the download fails the fetch, naming the file.
 - Lease expiry compares wall clocks of different nodes: they must agree within seconds (NTP).
 
-Reads are concurrent ranged GETs: every file is cut into `_CHUNK` ranges, and `_PARALLEL_READS`
-of them are in flight at once, in file order, so one large file (a 10 GB transformer shard) is
-read over many connections and files finish one after another (a killed download loses little).
+Reads are concurrent ranged GETs: every file is cut into `_CHUNK` ranges (8 MiB;
+`RAYDIANT_CACHE_RANGE_MIB`, 0 for one GET a file), and `_PARALLEL_READS` of them are in flight at
+once, in file order, so one large file (a 10 GB transformer shard) is read over many
+connections and files finish one after another (a killed download loses little).
 
 Layout, per source (a hash of its URI) under the cache root:
 
@@ -64,7 +65,9 @@ import fsspec
 from cluster.weights import version_readers
 from cluster.weights.version_readers import LEASE_S
 
-_CHUNK = 8 * 2**20  # S3's advice for ranged GETs: 8-16 MB
+# S3's advice for ranged GETs: 8-16 MB. 0: one GET a file, for a store that answers a range by
+# reading the whole object first (moto does: a ranged read of a large file there is quadratic).
+_CHUNK = int(float(os.environ.get("RAYDIANT_CACHE_RANGE_MIB", "8")) * 2**20) or 2**62
 _PARALLEL_READS = 16  # ranges in flight: at most this many chunks held in memory (128 MiB)
 _POLL_S = 0.25
 _REPORT_EVERY_S = 5.0

@@ -18,3 +18,13 @@ def test_every_planned_setting_is_a_valid_model_entry():
             assert spec.quantize == ("fp8" if setting == "fp8" else "none")
             if setting == "fast":
                 assert spec.step_cache, model
+
+
+def test_the_cold_start_runs_on_the_cpu_at_tiny_scale(tmp_path):
+    """The GPU cold start's path at tiny scale: the first replica fetches the folder through the
+    shared cache, the second finds it there."""
+    from bench.gpu import cold_start
+
+    first, second = cold_start(tmp_path, scale="tiny", device="cpu", size=64, steps=1, compiled=False)
+    assert first["fetched_gib"] > 0 and second["fetched_gib"] == 0
+    assert all(r["load_s"] > 0 and r["warmup_s"] > 0 for r in (first, second))
