@@ -182,6 +182,8 @@ def test_a_canceled_online_task_in_a_batch_shared_with_job_images(service, tmp_p
     output = httpx.get(f"{service.url}/api/v1/tasks/{task_id}", headers=AUTH, timeout=30).json()["output"]
     assert output["task_status"] == "CANCELED"
     assert not list((service.work / "results" / "tasks" / task_id).glob("*.png"))
+    # The batch it started in held job images too (how many were waiting then depends on where
+    # the job's unit was: at least one), and ran all its steps for them after the cancel.
     [shared] = [b for b in service.batches() if "online canceled" in b["prompts"]]
-    assert len(shared["prompts"]) == 4 and shared["steps_done"] == shared["steps"] == 20  # it ran on for the job
+    assert len(shared["prompts"]) >= 2 and shared["steps_done"] == shared["steps"] == 20, shared
     exact_output(tmp_path / "out", 16)
