@@ -7,7 +7,7 @@ the last bits from the same image inside a batch:
    more rows, and the kernels accumulate in a different order.
 2. A convolution of a single small image (under 20480 input elements) takes torch's native
    im2col path; batches and large inputs take oneDNN. Deep, low-resolution UNet and VAE levels
-   hit this.
+   hit this. A non-contiguous (channels-last) input takes yet another path, batch-dependent too.
 3. Elementwise kernels (SiLU, sin, cos, ...) run full SIMD chunks and finish the tail of a buffer
    with scalar code, whose transcendental functions round differently. A [1, 16] tensor is all
    tail; the same row inside a [4, 16] tensor is vectorised.
@@ -65,6 +65,10 @@ def _pad_rows(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., 
 
 def _pair_single_image(forward: Callable[[torch.Tensor], torch.Tensor]) -> Callable[..., torch.Tensor]:
     def paired(self: torch.nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if x.ndim == 4 and not x.is_contiguous():
+            # A channels-last input (image-to-image latents come from the VAE encoder so) takes
+            # another convolution path, whose result depends on the batch: one layout for all.
+            x = x.contiguous()
         if x.ndim == 4 and x.shape[0] == 1 and x.numel() <= SMALL_CONV_NUMEL:
             return forward(torch.cat([x, x]), *args, **kwargs)[:1]
         return forward(x, *args, **kwargs)

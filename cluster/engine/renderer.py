@@ -10,10 +10,17 @@ most `max_batch_size`, and returns one `RenderResult` per image in request order
 Four steps, each done once per request or batch:
 
 - `prepare()` checks what a request brings that the model has to read (its LoRA files, fetched
-  and checked; its input image, decoded) and refuses it otherwise. It blocks (downloads, file
+  and checked; its input image and mask, decoded at the render size) and refuses it otherwise. It blocks (downloads, file
   reads): a caller on an event loop runs it in a thread, before the request joins a batch.
 - `plan()` groups prepared requests' images into device batches of one shape (no I/O).
 - `denoise()` is the device's work for one batch; `encode()` (PNG/WebP/JPEG) the CPU's.
+
+One model renders four kinds of request (`ResolvedRequest.mode`), each through its own diffusers
+pipeline made from the loaded one (`from_pipe`: the same modules, so the same weights, adapters,
+compiled regions and step cache): text to image; image to image (an input image and a
+`strength`); inpaint (an input image repainted where its mask says, the rest composited back
+from the input exactly, as clients expect of an edit); and an edit model's instruction edit.
+A device batch holds one kind and one strength.
 
 `render()` runs them one after the other; a Serve replica prepares in a thread, then runs the
 next batch's `denoise()` while the previous batch is encoded.
@@ -32,8 +39,10 @@ from PIL import Image
 
 from cluster.engine.batch_invariance import make_batch_invariant
 from cluster.engine.batching import plan_batches
+from cluster.engine.previews import LatentPreviewer, PreviewTaker
 from cluster.engine.progress import Canceled, StepProgress, StepReporter
 from cluster.engine.speed import StepCache, compile_regions, quantize_weights
+from cluster.images import masks
 from cluster.images.encoding import ImageFormat, decode, encode, sampling_metadata
 from cluster.lora.adapters import PipelineAdapters
 from cluster.lora.cache import LocalLora, LoraCache, LoraUnavailable
@@ -85,6 +94,7 @@ class Prepared:
     request: ResolvedRequest
     init_image: Image.Image | None = None
     lora_files: dict[str, LocalLora] = dataclasses.field(default_factory=dict)
+    mask: Image.Image | None = None  # inpaint: 255 where the model repaints, at the render size
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,7 @@ def _batch_key(image: _Image) -> Hashable:
     init_size = image.init_image.size if image.init_image is not None else None
     # One adapter set per batch: the pipeline applies one set to a whole call.
     return (r.width, r.height, r.steps, r.guidance, r.negative_prompt is not None, init_size,
-            adapter_set_id(r.loras), r.quality)
+            adapter_set_id(r.loras), r.quality, r.mode, r.strength)
 
 
 class Renderer:
@@ -137,6 +147,8 @@ class Renderer:
         self.base = BaseWeights({name: c for name, c in self.pipeline.components.items()
                                  if isinstance(c, torch.nn.Module)}, fixed_storage=not spec.offload)
         self.lora_cache = lora_cache or LoraCache()
+        self._pipelines: dict[str, Any] = {"text": self.pipeline, "edit": self.pipeline}
+        self.previewer = LatentPreviewer()
         self.adapters = self._adapters()
         self.step_cache = StepCache(self.pipeline, spec.fast if spec.step_cache else FastSettings())
         if spec.compile:
@@ -232,7 +244,7 @@ class Renderer:
         return self.spec.resolve(request)
 
     def render(self, requests: Sequence[RenderRequest | ResolvedRequest],
-               image_format: ImageFormat = "png") -> list[RenderResult]:
+               image_format: ImageFormat | None = None) -> list[RenderResult]:
         """Render every image of every request; results in request order, then image order.
 
         Raw `RenderRequest`s are resolved first; one that does not resolve (and any request
@@ -283,13 +295,21 @@ class Renderer:
             files = self._lora_files(request.loras)
             if isinstance(files, RenderError):
                 return files
-        init_image = None
+        init_image = mask = None
         if request.init_image is not None:
             try:
                 init_image = decode(request.init_image).convert("RGB")
             except Exception:  # noqa: BLE001 - any undecodable upload is the caller's error
                 return RenderError.invalid("image", "cannot be decoded")
-        return Prepared(request, init_image, files)
+            size = (request.width, request.height)
+            if request.mode in ("image", "inpaint") and init_image.size != size:
+                init_image = init_image.resize(size, Image.Resampling.LANCZOS)  # what is kept is at the output size
+        if request.mode == "inpaint":
+            try:
+                mask = masks.read(request.mask, (request.width, request.height))  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001 - checked at the door; a mask that still fails is the caller's
+                return RenderError.invalid("mask", "cannot be decoded")
+        return Prepared(request, init_image, files, mask)
 
     def _lora_files(self, loras: tuple[Lora, ...]) -> dict[str, LocalLora] | RenderError:
         """The adapters' local files, fetched (on the node's first use) and checked, or why they
@@ -322,6 +342,21 @@ class Renderer:
         return RenderResult(request_id=request.request_id, request_index=request_index, index=0,
                             seed=request.seed, width=request.width, height=request.height, error=error)
 
+    def _pipeline_for(self, mode: str):
+        """The pipeline that renders `mode`, made on first use from the loaded one: the same
+        modules (weights, adapters, compiled regions, step-cache hooks), a different call."""
+        if mode not in self._pipelines:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting, DiffusionPipeline
+
+            if not isinstance(self.pipeline, DiffusionPipeline):  # a SIMULATED GPU takes every kind as it is
+                self._pipelines[mode] = self.pipeline
+            else:
+                auto = AutoPipelineForImage2Image if mode == "image" else AutoPipelineForInpainting
+                pipeline = auto.from_pipe(self.pipeline)
+                pipeline.set_progress_bar_config(disable=True)
+                self._pipelines[mode] = pipeline
+        return self._pipelines[mode]
+
     def _pipeline_kwargs(self, batch: list[_Image]) -> dict[str, Any]:
         first = batch[0].request
         kwargs: dict[str, Any] = {
@@ -339,14 +374,24 @@ class Renderer:
         if self.spec.family == Family.FLUX_KONTEXT:
             kwargs["image"] = [image.init_image for image in batch]
             kwargs["max_area"] = first.width * first.height  # keep the requested size
+        elif first.mode in ("image", "inpaint"):
+            kwargs["image"] = [image.init_image for image in batch]
+            kwargs["strength"] = first.strength
+            if first.mode == "inpaint":
+                kwargs["mask_image"] = [image.prepared.mask for image in batch]
+            if "width" not in _parameters(self._pipeline_for(first.mode)):  # SDXL's image to image: the image's size
+                del kwargs["width"], kwargs["height"]
         return kwargs
 
     def denoise(self, batch: list[_Image], on_step: Callable[[StepProgress], None] | None = None,
-                canceled: Callable[[], bool] | None = None) -> list[Denoised]:
+                canceled: Callable[[], bool] | None = None,
+                on_preview: Callable[[_Image, int, Image.Image], None] | None = None) -> list[Denoised]:
         """The device's work for one batch (retried in halves when it runs out of memory).
 
         `on_step` hears the batch's progress a few times a second; when `canceled()` turns true
         the render stops at the next step and its images fail with code `Canceled`.
+        `on_preview(image, preview index, picture)` gets the previews of the images whose
+        requests asked for them (`partial_images`), small and unencoded, on the device's thread.
         """
         started = time.perf_counter()
         kwargs = self._pipeline_kwargs(batch)
@@ -361,12 +406,16 @@ class Renderer:
             return [Denoised(batch, failed=self._failed(batch, RenderError(
                 ErrorCode.INTERNAL, f"the adapters could not be applied: {first_line(exc)}")))]
         self.step_cache.apply(batch[0].request.quality)  # one quality per batch
-        if on_step is not None or canceled is not None:
-            kwargs["callback_on_step_end"] = StepReporter(batch[0].request.steps, on_step or (lambda _: None),
-                                                          canceled or (lambda: False))
+        if on_step is not None or canceled is not None or on_preview is not None:
+            kwargs["callback_on_step_end"] = self._step_callback(batch, on_step, canceled, on_preview)
         try:
             with torch.inference_mode():
-                pictures = self.pipeline(**kwargs).images
+                pictures = self._pipeline_for(batch[0].request.mode)(**kwargs).images
+            if len(pictures) != len(batch):  # never a silent loss: every image gets a result
+                raise RuntimeError(f"the pipeline returned {len(pictures)} images for a batch of {len(batch)}")
+            if batch[0].request.mode == "inpaint":  # outside the mask, the input's pixels exactly
+                pictures = [masks.composite(picture, image.init_image, image.prepared.mask)
+                            for picture, image in zip(pictures, batch)]
         except Canceled:
             return [Denoised(batch, failed=self._failed(batch, RenderError(
                 ErrorCode.CANCELED, "the task was canceled while it rendered")))]
@@ -384,17 +433,39 @@ class Renderer:
         return [Denoised(batch, pictures, elapsed_s=time.perf_counter() - started, batch_size=len(batch),
                          loras=applied)]
 
-    def encode(self, denoised: Denoised, image_format: ImageFormat = "png") -> list[RenderResult]:
-        """The CPU's work for one denoised batch: each picture encoded, with its sampling metadata
-        (PNG text chunks) when asked."""
+    def _step_callback(self, batch: list[_Image], on_step, canceled, on_preview):
+        """The pipeline's `callback_on_step_end` for one batch: progress and cancel, then the
+        previews asked for (the latents are read, never changed)."""
+        first = batch[0].request
+        reporter = StepReporter(first.denoise_steps, on_step or (lambda _: None), canceled or (lambda: False))
+        wanted = [image.request.partial_images for image in batch]
+        taker = None
+        if on_preview is not None and any(wanted):
+            taker = PreviewTaker(self.previewer, wanted, first.width, first.height,
+                                 lambda position, index, picture: on_preview(batch[position], index, picture))
+
+        def on_step_end(pipeline, step_index: int, timestep, callback_kwargs: dict) -> dict:
+            reporter(pipeline, step_index, timestep, callback_kwargs)
+            if taker is not None and "latents" in callback_kwargs:  # a SIMULATED GPU has none: no previews
+                steps = getattr(pipeline, "num_timesteps", None) or first.denoise_steps
+                taker(pipeline, step_index + 1, steps, callback_kwargs["latents"])
+            return callback_kwargs
+
+        return on_step_end
+
+    def encode(self, denoised: Denoised, image_format: ImageFormat | None = None) -> list[RenderResult]:
+        """The CPU's work for one denoised batch: each picture encoded in its request's format
+        (`image_format` overrides: a batch job's), with its sampling metadata (PNG text chunks)
+        when asked."""
         if denoised.failed is not None:
             return denoised.failed
         return [
             RenderResult(
                 request_id=image.request.request_id, request_index=image.request_index,
                 index=image.index, seed=image.seed, width=picture.width, height=picture.height,
-                image=encode(picture, image_format, sampling_metadata(image.request, image.seed, denoised.loras)
-                             if image.request.add_sampling_metadata else None),
+                image=encode(picture, image_format or image.request.output_format,
+                             sampling_metadata(image.request, image.seed, denoised.loras)
+                             if image.request.add_sampling_metadata else None, image.request.output_quality),
                 inference_s=denoised.elapsed_s, batch_size=denoised.batch_size or len(denoised.batch),
                 loras=denoised.loras,
             )
@@ -409,6 +480,16 @@ class Renderer:
                          height=image.request.height, error=error)
             for image in batch
         ]
+
+
+def _parameters(pipeline) -> set[str]:
+    """The arguments a pipeline's call takes (a SIMULATED GPU takes any)."""
+    import inspect
+
+    parameters = inspect.signature(pipeline.__call__).parameters
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return {"width", "height"}
+    return set(parameters)
 
 
 def sort_results(results: list[RenderResult]) -> list[RenderResult]:

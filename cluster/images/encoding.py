@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Literal
 
 from PIL import Image, PngImagePlugin
 
 from cluster.spec.loras import AppliedLora
-from cluster.spec.request import ResolvedRequest
+from cluster.spec.request import ImageFormat, ResolvedRequest
 
-ImageFormat = Literal["png", "jpeg", "webp"]
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 # zlib level 1: ~3x faster than PIL's default 6 at 1024*1024 for a few percent more bytes,
 # which matters when encoding sits on the render path. Strategy Z_RLE on PNG's filtered rows:
@@ -26,6 +26,8 @@ def sampling_metadata(request: ResolvedRequest, seed: int, loras: tuple[AppliedL
     """The text chunks written into a PNG (all values as strings, as PNG tEXt requires); `loras`
     (when any) as JSON: path, sha256 and scale of each adapter."""
     extra = {"loras": json.dumps([lora.as_dict() for lora in loras])} if loras else {}
+    if request.mode in ("image", "inpaint"):
+        extra |= {"mode": request.mode, "strength": str(request.strength)}
     return extra | {
         "prompt": request.prompt,
         "negative_prompt": request.negative_prompt or "",
@@ -40,7 +42,9 @@ def sampling_metadata(request: ResolvedRequest, seed: int, loras: tuple[AppliedL
     }
 
 
-def encode(image: Image.Image, fmt: ImageFormat = "png", metadata: dict[str, str] | None = None) -> bytes:
+def encode(image: Image.Image, fmt: ImageFormat = "png", metadata: dict[str, str] | None = None,
+           quality: int = 95) -> bytes:
+    """`image` as `fmt`: PNG lossless, with `metadata` as text chunks; JPEG and WebP at `quality`."""
     buf = io.BytesIO()
     if fmt == "png":
         info = None
@@ -50,9 +54,9 @@ def encode(image: Image.Image, fmt: ImageFormat = "png", metadata: dict[str, str
                 info.add_itxt(key, value)  # iTXt: UTF-8, so any prompt survives
         image.save(buf, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL, compress_type=PNG_STRATEGY_RLE)
     elif fmt == "jpeg":
-        image.convert("RGB").save(buf, format="JPEG", quality=95)
+        image.convert("RGB").save(buf, format="JPEG", quality=quality)
     else:
-        image.save(buf, format="WEBP", quality=95)
+        image.save(buf, format="WEBP", quality=quality)
     return buf.getvalue()
 
 

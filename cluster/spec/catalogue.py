@@ -20,9 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.families import Family
 from cluster.spec.loras import LoraPolicy, resolve_loras
-from cluster.spec.request import RenderRequest, ResolvedRequest
+from cluster.spec.request import IMAGE_FORMATS, Mode, RenderRequest, ResolvedRequest
 from cluster.spec.seeding import MAX_SEED, draw_seed
 from cluster.spec.settings import QUALITIES, FastSettings, Quantization, SimulatedTiming
+
+MAX_PARTIAL_IMAGES = 3  # previews a request may ask for (OpenAI's `partial_images`)
+# How far from the input image a request goes when it does not say: image to image keeps its
+# composition; an inpaint repaints the masked area from noise (the rest is the input's anyway).
+DEFAULT_STRENGTH: dict[str, float] = {"image": 0.8, "inpaint": 1.0}
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[*xX]\s*(\d+)\s*$")
 
@@ -128,10 +133,9 @@ class ModelSpec(BaseModel):
         prompt = (req.prompt or "").strip()
         if not prompt:
             return RenderError(ErrorCode.EMPTY_PROMPT, "must not be empty", "prompt")
-        if self.edit and not req.init_image:
-            return RenderError.invalid("image", f"is required: model {self.name} edits an image")
-        if not self.edit and req.init_image:
-            return RenderError.invalid("image", f"is not taken by model {self.name} (it does not edit images)")
+        mode = self.mode_of(req)
+        if isinstance(mode, RenderError):
+            return mode
         width, height = (req.width, req.height)
         if width is None or height is None:
             width, height = parse_size(self.default_size)  # type: ignore[misc]
@@ -158,6 +162,21 @@ class ModelSpec(BaseModel):
             return RenderError.invalid("quality", f"must be {' or '.join(QUALITIES)}, got {quality!r}")
         if not self.step_cache:
             quality = "lossless"  # a model without a step cache renders every request lossless
+        strength = DEFAULT_STRENGTH.get(mode) if req.strength is None else float(req.strength)
+        if strength is not None and not (0 < strength <= 1):
+            return RenderError.invalid("strength", f"must be more than 0 and at most 1, got {strength:g}")
+        if strength is not None and steps * strength < 1:  # SD pipelines run int(steps x strength) steps
+            return RenderError.invalid("strength", f"{strength:g} of {steps} steps runs no denoising step: "
+                                                   f"steps x strength must be at least 1")
+        output_format = req.output_format or "png"
+        if output_format not in IMAGE_FORMATS:
+            return RenderError.invalid("output_format", f"must be {', '.join(IMAGE_FORMATS)}, got {output_format!r}")
+        output_quality = 95 if req.output_quality is None else req.output_quality
+        if not 0 <= output_quality <= 100:
+            return RenderError.invalid("output_quality", f"must be 0..100, got {output_quality}")
+        partial_images = req.partial_images or 0
+        if not 0 <= partial_images <= MAX_PARTIAL_IMAGES:
+            return RenderError.invalid("partial_images", f"must be 0..{MAX_PARTIAL_IMAGES}, got {partial_images}")
         return ResolvedRequest(
             model=self.name,
             prompt=self.truncate(prompt),
@@ -173,7 +192,34 @@ class ModelSpec(BaseModel):
             request_id=req.request_id,
             loras=loras,
             quality=quality,
+            mode=mode,
+            mask=req.mask if mode == "inpaint" else None,
+            strength=strength,
+            output_format=output_format,  # type: ignore[arg-type]
+            output_quality=output_quality,
+            partial_images=partial_images,
         )
+
+    def mode_of(self, req: RenderRequest) -> Mode | RenderError:
+        """What this model does with the request's inputs: an edit model edits its input image (a
+        mask or a strength is not for it); any other model renders text to image, image to image
+        from an input image, or inpaints where a mask says."""
+        if self.edit:
+            if not req.init_image:
+                return RenderError.invalid("image", f"is required: model {self.name} edits an image")
+            if req.mask:
+                return RenderError.invalid("mask", f"is not taken by model {self.name}: it edits the whole image "
+                                                   f"by its instruction (inpaint with a text-to-image model)")
+            if req.strength is not None:
+                return RenderError.invalid("strength", f"is not taken by model {self.name} (it edits by instruction)")
+            return "edit"
+        if req.mask and not req.init_image:
+            return RenderError.invalid("mask", "needs an input image to repaint")
+        if req.strength is not None and not req.init_image:
+            return RenderError.invalid("strength", "is taken only with an input image (image to image, inpaint)")
+        if not req.init_image:
+            return "text"
+        return "inpaint" if req.mask else "image"
 
     def size_for_aspect(self, ratio_w: int, ratio_h: int) -> tuple[int, int] | RenderError:
         """The renderable size nearest to aspect `ratio_w:ratio_h` at about this model's native

@@ -9,9 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Literal
 
 from cluster.spec.errors import RenderError
 from cluster.spec.loras import AppliedLora, Lora, LoraRef
+
+
+# text: text to image; image: image to image (an input image, `strength`); inpaint: an input
+# image repainted where its mask says, the rest kept exactly; edit: an edit model's instruction.
+Mode = Literal["text", "image", "inpaint", "edit"]
+ImageFormat = Literal["png", "jpeg", "webp"]
+IMAGE_FORMATS: tuple[ImageFormat, ...] = ("png", "jpeg", "webp")
 
 
 @dataclass(frozen=True)
@@ -29,10 +37,17 @@ class RenderRequest:
     seed: int | None = None
     n: int = 1
     add_sampling_metadata: bool = True
-    init_image: bytes | None = field(default=None, repr=False)  # edit models only (encoded image)
+    # An input image (encoded): an edit model edits it; any other model renders image to image
+    # from it, or inpaints it where `mask` says.
+    init_image: bytes | None = field(default=None, repr=False)
+    mask: bytes | None = field(default=None, repr=False)  # a canonical mask (cluster/images/masks.py)
+    strength: float | None = None  # how far from the input image: 0 < s <= 1 (image to image, inpaint)
     request_id: str = ""  # the caller's id, echoed in results
     loras: tuple[LoraRef, ...] = ()  # adapters with their scales, in the order their deltas add
     quality: str | None = None  # "lossless" (default) or "fast" (cluster/engine/speed.py)
+    output_format: str | None = None  # png (default), jpeg or webp
+    output_quality: int | None = None  # 0..100, JPEG and WebP (default 95)
+    partial_images: int | None = None  # previews while it renders, 0..3 (cluster/engine/previews.py)
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,20 @@ class ResolvedRequest:
     request_id: str = ""
     loras: tuple[Lora, ...] = ()
     quality: str = "lossless"  # what renders it: "fast" only where the model has a step cache
+    mode: Mode = "text"  # what the model does with it (decided by `ModelSpec.resolve`)
+    mask: bytes | None = field(default=None, repr=False)  # inpaint only: canonical (255 = repaint)
+    strength: float | None = None  # image to image and inpaint only
+    output_format: ImageFormat = "png"
+    output_quality: int = 95  # JPEG and WebP
+    partial_images: int = 0  # previews at evenly spaced steps (they never change the final pixels)
+
+    @property
+    def denoise_steps(self) -> int:
+        """The steps the pipeline runs: from an input image, the last `strength` of the schedule
+        (diffusers' `get_timesteps`: at least one)."""
+        if self.strength is None:
+            return self.steps
+        return self.steps - int(max(self.steps - self.steps * self.strength, 0))
 
 
 @dataclass(frozen=True)

@@ -217,9 +217,9 @@ def decode_data_uri(url: str) -> bytes:
         raise FetchError("image data URI must be data:image/...;base64,<base64>") from None
 
 
-def check_image(data: bytes, max_pixels: int) -> None:
-    """A PNG, JPEG or WebP of at most `max_pixels` pixels (checked from its header, before any
-    decoding, so a decompression bomb is refused without being expanded)."""
+def check_image(data: bytes, max_pixels: int) -> tuple[int, int]:
+    """The size of a PNG, JPEG or WebP of at most `max_pixels` pixels (checked from its header,
+    before any decoding, so a decompression bomb is refused without being expanded)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind, (width, height) = image.format, image.size
@@ -229,3 +229,4 @@ def check_image(data: bytes, max_pixels: int) -> None:
         raise FetchError(f"input image is {kind}; PNG, JPEG or WebP expected")
     if width * height > max_pixels:
         raise FetchError(f"input image is {width}x{height}: more than {max_pixels} pixels")
+    return width, height

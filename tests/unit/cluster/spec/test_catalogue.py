@@ -130,11 +130,15 @@ def test_sd_prompt_truncated_at_75_words():
     assert r.prompt.split() == words[:75] and r.negative_prompt.split() == words[:75]
 
 
-def test_edit_model_needs_an_image_and_others_refuse_one():
+def test_an_edit_model_needs_an_image_and_other_models_render_from_one():
     err = resolve("flux-kontext")
     assert isinstance(err, RenderError) and err.param == "image" and err.text().startswith("image is required")
-    err = resolve("flux-schnell", init_image=b"png")
-    assert isinstance(err, RenderError) and err.param == "image" and "does not edit images" in err.message
+    assert resolve("flux-kontext", init_image=b"png").mode == "edit"
+    image = resolve("flux-schnell", init_image=b"png")
+    assert (image.mode, image.strength, image.mask) == ("image", 0.8, None)
+    inpaint = resolve("flux-schnell", init_image=b"png", mask=b"mask")
+    assert (inpaint.mode, inpaint.strength, inpaint.mask) == ("inpaint", 1.0, b"mask")
+    assert resolve("flux-schnell").mode == "text" and resolve("flux-schnell").strength is None
 
 
 def test_parse_size():
