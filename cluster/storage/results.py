@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import mimetypes
 import os
 import posixpath
 import time
@@ -77,7 +78,10 @@ class Storage:
         """Write `data` at `key` atomically."""
         target = self.path(key)
         if not self.is_local:
-            self.fs.pipe_file(target, data)  # object stores: a PUT is all-or-nothing
+            # Object stores: a PUT is all-or-nothing; S3 serves the type it was given (a browser
+            # opening a presigned URL shows an image, not a download of octets).
+            kwargs = {"ContentType": media_type(key)} if "s3" in _protocols(self.fs) else {}
+            self.fs.pipe_file(target, data, **kwargs)
             return
         self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
         staging = f"{posixpath.dirname(target)}/.{posixpath.basename(target)}.{uuid.uuid4().hex}.tmp"
@@ -185,6 +189,11 @@ class Storage:
         if not self.signing_key:
             raise StorageError("no signing key configured for local result URLs")
         return hmac.new(self.signing_key, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def media_type(key: str) -> str:
+    """The media type of a result file by its name (images by their extension)."""
+    return mimetypes.guess_type(key)[0] or "application/octet-stream"
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

@@ -9,6 +9,8 @@ import asyncio
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
+from cluster.storage.results import media_type
+
 router = APIRouter()
 
 
@@ -31,5 +33,4 @@ async def get_file(key: str, request: Request, expires: int = 0, signature: str 
         data = await asyncio.to_thread(storage.read, key)
     except (FileNotFoundError, IsADirectoryError):
         return _refuse(404, "no such file (it may have expired)")
-    media = "image/png" if key.endswith(".png") else "application/octet-stream"
-    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+    return Response(data, media_type=media_type(key), headers={"Cache-Control": "private, max-age=3600"})

@@ -8,8 +8,9 @@
 - One thread owns the device (`Renderer.denoise`); encoding (`Renderer.encode`) runs on other
   threads while the next batch denoises. At most `encode_backlog` denoised batches wait for
   the encoders, so memory stays bounded: the device pauses rather than piling up pictures.
-- Each request is a stream of events (`serve/replica/render_events.py`): started, progress, finished;
-  a progress report that later events overtook before the stream was read is not sent.
+- Each request is a stream of events (`serve/replica/render_events.py`): started, progress,
+  previews (when asked: taken on the device's thread, scaled and encoded on the encoders),
+  finished; a progress report that later events overtook before the stream was read is not sent.
 - Two classes of work (`WorkClass`): the next batch is formed from interactive requests first,
   then batch work in arrival order, so an interactive request waits at most for the batch on the
   device, and batch work fills every gap. A batch that holds interactive requests takes batch
@@ -30,13 +31,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
+from PIL import Image
+
 from cluster.engine.progress import StepProgress
 from cluster.engine.renderer import Denoised, Prepared, Renderer, sort_results
+from cluster.images.encoding import encode
 from cluster.spec.request import RenderResult, WorkClass
-from serve.replica.render_events import Finished, Progress, RenderEvent, Started
+from serve.replica.render_events import Finished, Preview, Progress, RenderEvent, Started
 
 log = logging.getLogger(__name__)
 ENCODE_BACKLOG = 2  # denoised batches waiting for, or in, the encoders
+PREVIEW_QUALITY = 70  # JPEG and WebP previews: a glimpse, not the result
 
 
 @dataclass(eq=False)
@@ -63,6 +68,7 @@ class PipelinedRenderer:
         self._waiting: list[_Job] = []
         self._arrived = asyncio.Event()
         self._worker: asyncio.Task | None = None
+        self._sending: set[asyncio.Future] = set()  # previews being encoded
 
     async def render(self, request: Prepared, work: WorkClass = WorkClass.INTERACTIVE) -> list[RenderResult]:
         """The request's results in image order, once its batch is denoised and encoded."""
@@ -142,8 +148,11 @@ class PipelinedRenderer:
         def on_step(progress: StepProgress) -> None:  # on the device's thread
             loop.call_soon_threadsafe(self._report, jobs, progress)
 
+        def on_preview(image, index: int, picture) -> None:  # on the device's thread: encoded elsewhere
+            loop.call_soon_threadsafe(self._preview, taken[image.request_index], image, index, picture)
+
         denoised = await loop.run_in_executor(self._device, self.renderer.denoise, batch, on_step,
-                                              lambda: all(job.canceled for job in jobs))
+                                              lambda: all(job.canceled for job in jobs), on_preview)
         for job in jobs:
             job.batches_done += 1
         return denoised
@@ -156,6 +165,24 @@ class PipelinedRenderer:
             total = job.batches * progress.steps
             done = job.batches_done * progress.steps + progress.step
             job.events.put_nowait(Progress(step=done, steps=total, eta_s=round(progress.step_s * (total - done), 3)))
+
+    def _preview(self, job: _Job, image, index: int, picture) -> None:
+        """Scale a preview up to the image's size and encode it on an encoder, then tell the job."""
+        if job.canceled:
+            return
+        request = image.request
+
+        def encoded() -> bytes:
+            full = picture.resize((request.width, request.height), Image.Resampling.BILINEAR)
+            return encode(full, request.output_format, None, min(request.output_quality, PREVIEW_QUALITY))
+
+        async def send() -> None:
+            data = await asyncio.get_running_loop().run_in_executor(self._encoders, encoded)
+            job.events.put_nowait(Preview(index=image.index, partial_image_index=index, image=data))
+
+        task = asyncio.ensure_future(send())
+        self._sending.add(task)  # held until done: the loop keeps only a weak reference
+        task.add_done_callback(self._sending.discard)
 
     async def _encode_and_answer(self, taken: list[_Job], refused: list[RenderResult],
                                  denoised: list[Denoised]) -> None:

@@ -2,7 +2,7 @@
 
 `Started` when the request's first batch goes on the device (until then the task is PENDING,
 however long it waits inside the replica), `Progress` a few times a second while it denoises,
-`Finished` with its results. Plain dataclasses: cheap to pickle across Ray.
+`Preview`s when the request asked for them (`partial_images`), `Finished` with its results. Plain dataclasses: cheap to pickle across Ray.
 """
 
 from __future__ import annotations
@@ -25,8 +25,18 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class Preview:
+    """A picture of image `index` of the request before it is done (its `partial_image_index`th
+    preview), encoded in the request's output format."""
+
+    index: int
+    partial_image_index: int
+    image: bytes
+
+
+@dataclass(frozen=True)
 class Finished:
     results: list[RenderResult]
 
 
-RenderEvent = Started | Progress | Finished
+RenderEvent = Started | Progress | Preview | Finished

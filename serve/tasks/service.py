@@ -26,20 +26,22 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, AsyncIterator, Literal, Mapping
 from urllib.parse import parse_qs, urlsplit
 
+from cluster.images import masks
+from cluster.images.masks import Convention
 from cluster.spec.catalogue import ModelSpec
 from cluster.spec.config import ServeConfig
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest
 from cluster.storage.guarded_fetch import (
-    FetchError, FetchPolicy, Resolver, checked_address, fetch_image, system_resolver,
+    FetchError, FetchPolicy, Resolver, check_image, checked_address, fetch_image, system_resolver,
 )
 from cluster.storage.results import Storage, StorageError
 from serve.edge.errors import ErrorKind, Failure, ServiceError
 from serve import metrics
-from serve.tasks.dispatch.dispatcher import Dispatcher, QueueFull
+from serve.tasks.dispatch.dispatcher import Dispatcher, QueueFull, preview_key
 from serve.tasks.dispatch.fair_queue import cost_of
 from serve.tasks.store.base import StoreFull
 from serve.tasks.store.record import TaskRecord, TaskStatus, WebhookDelivery
@@ -104,15 +106,14 @@ class TaskService:
         return spec
 
     def model_for(self, name: str, edit: bool, served_at: Mapping[bool, str]) -> ModelSpec | RenderError:
-        """A served model of the kind the route takes (one that edits images, or one that
-        generates them); one of the other kind is refused with where it is served
-        (`served_at[True]`: where edit models are, `served_at[False]`: where the others are).
-        The one lookup of a request's model: its `Submission` carries what this returns."""
+        """A served model the route takes: a route that takes input images (`edit`) takes every
+        model (an edit model edits; any other renders image to image, or inpaints); the others
+        refuse an edit model with where it is served (`served_at[True]`). The one lookup of a
+        request's model: its `Submission` carries what this returns."""
         spec = self.model(name)
-        if isinstance(spec, RenderError) or spec.edit == edit:
+        if isinstance(spec, RenderError) or edit or not spec.edit:
             return spec
-        does = "edits" if spec.edit else "generates"
-        return RenderError.invalid("model", f"{name} {does} images: {served_at[spec.edit]}")
+        return RenderError.invalid("model", f"{name} edits images: {served_at[True]}")
 
     # --- input images ---------------------------------------------------------------------------
 
@@ -128,6 +129,21 @@ class TaskService:
             return ServiceError.invalid(f"{param}: {exc}", param)
         except (FileNotFoundError, StorageError):
             return ServiceError.invalid(f"{param}: the result file no longer exists", param)
+
+    async def input_mask(self, mask: bytes, convention: Convention, image: bytes, param: str) -> bytes | ServiceError:
+        """A caller's mask for `image`, checked (bytes, header, pixels, the image's size) and made
+        canonical (cluster/images/masks.py: 255 repaints) in the door's `convention`."""
+        if len(mask) > self.settings.max_image_bytes:
+            return ServiceError.invalid(f"{param} is larger than {self.settings.max_image_bytes} bytes", param)
+        try:
+            check_image(mask, self.settings.fetch.max_image_pixels)
+            size = check_image(image, self.settings.fetch.max_image_pixels)
+        except FetchError as exc:
+            return ServiceError.invalid(f"{param}: {str(exc).replace('input image', 'the mask')}", param)
+        try:
+            return await asyncio.to_thread(masks.canonical, mask, convention, size)
+        except masks.MaskError as exc:
+            return ServiceError.invalid(f"{param} {exc}", param)
 
     def _own_result_key(self, url: str) -> str | None:
         """The storage key behind one of our own valid signed URLs (any host name: the signature
@@ -176,16 +192,21 @@ class TaskService:
         now = time.time()
         record = TaskRecord(
             task_id=str(uuid.uuid4()), model=spec.name, key_id=submission.key_id, api=submission.api,
-            request=dataclasses.replace(resolved, init_image=None), client_body=_compact(submission.client_body),
+            request=dataclasses.replace(resolved, init_image=None, mask=None),
+            client_body=_compact(submission.client_body),
             base_url=submission.base_url, trace_id=str(uuid.uuid4()),
             webhook=WebhookDelivery(url=submission.callback_url) if submission.callback_url else None,
             submit_time=now, deadline=now + self.settings.task_deadline_s, expires_at=now + self.settings.retention_s)
         write_input = None
         if resolved.init_image is not None:
             record.init_image_key = f"tasks/{record.task_id}/input"
+            if resolved.mask is not None:
+                record.mask_key = f"tasks/{record.task_id}/mask"
 
             async def write_input() -> None:  # once the record exists: no file without a record
                 await asyncio.to_thread(self.storage.write, record.init_image_key, resolved.init_image)
+                if record.mask_key:
+                    await asyncio.to_thread(self.storage.write, record.mask_key, resolved.mask)
         try:
             await self.dispatcher.submit(record, write_input)
         except StoreFull:
@@ -274,6 +295,30 @@ class TaskService:
         if finished.status == TaskStatus.FAILED or not any(o.key for o in finished.results):
             return (finished.error() or RenderError(ErrorCode.INTERNAL, "rendering failed")).named(names or {})
         return finished
+
+    async def previews(self, record: TaskRecord) -> AsyncIterator[tuple[int, int, bytes]]:
+        """The task's previews as they come, (image index, preview index, encoded picture), each
+        once, until the task ends: those already kept in storage first (the task may have begun
+        before the caller listened), then those its render sends here (this ingress runs the
+        tasks submitted to it). The caller stops iterating when it has its answer."""
+        queue = self.dispatcher.listen(record.task_id)
+        sent: set[tuple[int, int]] = set()
+        try:
+            for index in range(record.request.n):
+                for partial in range(record.request.partial_images):
+                    try:
+                        data = await asyncio.to_thread(self.storage.read, preview_key(record, index, partial))
+                    except (FileNotFoundError, StorageError):
+                        continue
+                    sent.add((index, partial))
+                    yield index, partial, data
+            while True:
+                event = await queue.get()
+                if (event.index, event.partial_image_index) not in sent:
+                    sent.add((event.index, event.partial_image_index))
+                    yield event.index, event.partial_image_index, event.image
+        finally:
+            self.dispatcher.unlisten(record.task_id, queue)
 
     # --- read, cancel, list ---------------------------------------------------------------------
 

@@ -36,20 +36,26 @@ from typing import Any, Awaitable, Callable
 
 from ray.exceptions import TaskCancelledError
 
+from cluster.images.encoding import EXTENSIONS
 from cluster.spec.config import ServeConfig
 from cluster.spec.errors import ErrorCode
 from cluster.spec.loras import adapter_set_id
 from cluster.spec.request import RenderResult
 from cluster.storage.results import Storage
 from serve import metrics
-from serve.replica.render_events import Finished, RenderEvent, Started
+from serve.replica.render_events import Finished, Preview, RenderEvent, Started
 from serve.tasks.dispatch.capacity import ModelCapacity
 from serve.tasks.dispatch.fair_queue import FairSlots, cost_of
 from serve.tasks.periodic import every
 from serve.tasks.store.base import TaskStore
-from serve.tasks.store.record import ImageOutcome, TaskProgress, TaskRecord, TaskStatus
+from serve.tasks.store.record import ImageOutcome, PreviewNote, TaskProgress, TaskRecord, TaskStatus
 
 log = logging.getLogger(__name__)
+
+
+def preview_key(record: TaskRecord, index: int, partial_image_index: int) -> str:
+    """Where preview `partial_image_index` of image `index` of a task is kept (one file each)."""
+    return f"tasks/{record.task_id}/preview-{index}-{partial_image_index}.{EXTENSIONS[record.request.output_format]}"
 
 
 class QueueFull(Exception):
@@ -118,6 +124,7 @@ class Dispatcher:
         self._owned: set[str] = set()
         self._done: dict[str, _Done] = {}
         self._streams: dict[str, Any] = {}  # task id -> its replica call, while it runs from here
+        self._listeners: dict[str, set[asyncio.Queue]] = {}  # task id -> who hears its previews here
         self._canceled: set[str] = set()  # ids whose replica call `stop()` canceled
         self._background: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
@@ -252,14 +259,16 @@ class Dispatcher:
 
     async def _render(self, record: TaskRecord) -> list[RenderResult] | None:
         """The task's results from a replica; None when the task was canceled meanwhile."""
-        init_image = None
-        if record.init_image_key:
-            try:
+        init_image = mask = None
+        try:
+            if record.init_image_key:
                 init_image = await asyncio.to_thread(self.storage.read, record.init_image_key)
-            except FileNotFoundError:
-                raise InputLost() from None
+            if record.mask_key:
+                mask = await asyncio.to_thread(self.storage.read, record.mask_key)
+        except FileNotFoundError:
+            raise InputLost() from None
         # The record holds the request as resolved at submission: the replica renders it as it is.
-        request = dataclasses.replace(record.request, init_image=init_image, request_id=record.task_id)
+        request = dataclasses.replace(record.request, init_image=init_image, mask=mask, request_id=record.task_id)
         # Routed to a replica that holds the task's adapter set, when it has one (Serve's model
         # multiplexing, keyed by the set).
         options = {"multiplexed_model_id": adapter_set_id(request.loras)} if request.loras else {}
@@ -271,7 +280,7 @@ class Dispatcher:
                 if isinstance(event, Finished):
                     finished = True
                     return event.results
-                if not await self._note(record.task_id, event):
+                if not await self._note(record, event):
                     return None
             raise RuntimeError("the replica's stream ended without results")
         except (asyncio.CancelledError, TaskCancelledError) as exc:
@@ -286,10 +295,30 @@ class Dispatcher:
             if not finished:
                 stream.cancel()  # the replica drops what nobody will read
 
-    async def _note(self, task_id: str, event: RenderEvent) -> bool:
+    def listen(self, task_id: str) -> asyncio.Queue:
+        """A queue of the task's `Preview`s from now on, while it renders from this ingress (a
+        caller streaming its answer holds the task here: it was submitted here). `unlisten` it."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self._listeners.setdefault(task_id, set()).add(queue)
+        return queue
+
+    def unlisten(self, task_id: str, queue: asyncio.Queue) -> None:
+        listeners = self._listeners.get(task_id, set())
+        listeners.discard(queue)
+        if not listeners:
+            self._listeners.pop(task_id, None)
+
+    async def _note(self, record: TaskRecord, event: RenderEvent) -> bool:
         """Record a replica's event; False when the task is no longer live (canceled)."""
-        now = time.time()
-        if isinstance(event, Started):
+        now, task_id = time.time(), record.task_id
+        if isinstance(event, Preview):
+            for queue in self._listeners.get(task_id, ()):
+                queue.put_nowait(event)
+            key = preview_key(record, event.index, event.partial_image_index)
+            await asyncio.to_thread(self.storage.write, key, event.image)
+            changed = await self.store.transition(task_id, {TaskStatus.RUNNING}, preview=PreviewNote(
+                index=event.index, partial_image_index=event.partial_image_index, key=key))
+        elif isinstance(event, Started):
             changed = await self.store.transition(task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING,
                                                   scheduled_time=now, batch_size=event.batch_size)
         else:
@@ -307,7 +336,7 @@ class Dispatcher:
         outcomes = []
         for result in results:
             if result.ok:
-                key = f"tasks/{record.task_id}/{result.index}.png"
+                key = f"tasks/{record.task_id}/{result.index}.{EXTENSIONS[record.request.output_format]}"
                 await asyncio.to_thread(self.storage.write, key, result.image)
                 outcomes.append(ImageOutcome(index=result.index, seed=result.seed, key=key,
                                              inference_s=result.inference_s))

@@ -62,6 +62,15 @@ class TaskProgress(StepCount):
         return StepCount(step=self.step, steps=self.steps)
 
 
+class PreviewNote(BaseModel):
+    """The latest preview of a RUNNING task (`partial_images`): which image, which preview, and
+    the file that holds it (overwritten by the next)."""
+
+    index: int
+    partial_image_index: int
+    key: str
+
+
 class DeliveryState(StrEnum):
     PENDING = "pending"  # not sent yet, or sent and due to be retried
     DELIVERED = "delivered"
@@ -95,13 +104,15 @@ class TaskRecord(BaseModel):
     client_body: Any = None  # the client's request as sent (AceData's retrieve returns it)
     base_url: str = ""  # the address the client reached us at (absolute URLs in webhooks)
     trace_id: str = ""
-    init_image_key: str | None = None  # the input image of an edit, in storage
+    init_image_key: str | None = None  # the input image (an edit, image to image, inpaint), in storage
+    mask_key: str | None = None  # an inpaint's canonical mask, in storage
     webhook: WebhookDelivery | None = None
     submit_time: float
     scheduled_time: float | None = None
     end_time: float | None = None
     progress: TaskProgress | None = None  # from RUNNING on (steps done of steps, once it ends)
     batch_size: int | None = None  # images in the device batch it started in, other tasks' too
+    preview: PreviewNote | None = None  # while RUNNING, when it asked for previews
     # While PENDING: 1 + the PENDING tasks of its model submitted before it. Counted when the
     # record is read for a client (`TaskService`), never stored: it changes without a write.
     queue_position: int | None = Field(None, exclude=True)
@@ -120,8 +131,8 @@ class TaskRecord(BaseModel):
     @field_validator("request")
     @classmethod
     def _no_image_bytes(cls, request: ResolvedRequest) -> ResolvedRequest:
-        if request.init_image is not None:
-            raise ValueError("input images live in storage (init_image_key), not in the record")
+        if request.init_image is not None or request.mask is not None:
+            raise ValueError("input images and masks live in storage (init_image_key, mask_key), not in the record")
         return request
 
     @property

@@ -28,5 +28,5 @@ def test_the_eta_counts_down_from_the_replicas_report():
 
 
 def test_a_record_never_holds_image_bytes():
-    with pytest.raises(ValidationError, match="input images live in storage"):
+    with pytest.raises(ValidationError, match="input images and masks live in storage"):
         TaskRecord(**task_record().model_dump(exclude={"request"}), request=resolved_request(init_image=b"\x89PNG"))
