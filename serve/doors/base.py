@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from serve.edge.errors import Failure, ServiceError
 from serve.edge.fields import Invalid
 from serve.tasks.service import Once, Submission, TaskService
-from serve.tasks.store.record import StepCount, TaskRecord
+from serve.tasks.store.record import StepCount, TaskRecord, TaskStatus
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,12 @@ class DoorService:
         record = await (self.tasks.submit_once(submission, once) if once else self.tasks.submit(submission))
         return record if not isinstance(record, TaskRecord) else Created(submission, record)
 
+    def live(self, record: TaskRecord, base_url: str | None) -> dict[str, Any]:
+        """`LiveTask.fields_of(record)`, with the signed URL of its latest preview while it runs."""
+        preview = record.preview if record.status == TaskStatus.RUNNING else None
+        url = self.tasks.result_url(record, preview.key, base_url) if preview else None
+        return LiveTask.fields_of(record, url)
+
     def webhook_body(self, record: TaskRecord) -> dict:
         """The body this door's task sends to its callback (doors that take callbacks)."""
         raise NotImplementedError(f"the {self.api} door takes no callbacks")
@@ -70,16 +76,17 @@ class LiveTask(BaseModel):
     progress: StepCount | None = None
     eta_s: float | None = None
     loras: list[dict[str, Any]] | None = None
+    preview_url: str | None = None  # while RUNNING, its latest preview (`partial_images`)
 
     @classmethod
-    def fields_of(cls, record: TaskRecord) -> dict[str, Any]:
+    def fields_of(cls, record: TaskRecord, preview_url: str | None = None) -> dict[str, Any]:
         """The live fields of `record` (as values, not a model), for a door's shape that extends
         `LiveTask`: `TaskOutput(task_id=..., **LiveTask.fields_of(record))`."""
         progress = record.progress
         return {"queue_position": record.queue_position,
                 "progress": progress.steps_only() if progress else None,
                 "eta_s": progress.eta_left(time.time()) if progress else None,
-                "loras": lora_view(record)}
+                "loras": lora_view(record), "preview_url": preview_url}
 
 
 def lora_view(record: TaskRecord) -> list[dict] | None:

@@ -136,3 +136,30 @@ def test_rate_limit_429_with_retry_after(service):
     throttled = answers[-1]
     assert throttled.status_code == 429 and throttled.json()["error"]["code"] == "too_many_requests"
     assert 1 <= int(throttled.headers["Retry-After"]) <= 100
+
+
+def test_an_edit_on_a_text_to_image_model_repaints_only_where_the_mask_is_white(client):
+    """Extensions: `mask_image_url` (white repaints, the image's size), `strength` and
+    `output_format`, sent through the SDK as any other field."""
+    import base64
+
+    import numpy as np
+
+    source = client.flux.generate(action="generate", prompt="a field", size="512x512", model="flux-schnell",
+                                  wait=True, poll_interval=0.5, max_wait=120)
+    source_url = source.urls()[0]
+    mask = Image.new("L", (512, 512), 0)
+    mask.paste(255, (0, 0, 256, 512))  # the left half white: repainted
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    mask_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    edited = client.flux.generate(action="edit", prompt="a red barn", size="512x512", model="flux-schnell",
+                                  image_url=source_url, mask_image_url=mask_url, strength=1.0,
+                                  wait=True, poll_interval=0.5, max_wait=120)
+    before, after = (np.asarray(image(url).convert("RGB")) for url in (source_url, edited.urls()[0]))
+    assert np.array_equal(after[:, 256:], before[:, 256:]) and not np.array_equal(after[:, :256], before[:, :256])
+    webp = client.flux.generate(action="edit", prompt="at dusk", size="512x512", model="flux-schnell",
+                                image_url=source_url, strength=0.4, output_format="webp", wait=True,
+                                poll_interval=0.5, max_wait=120)
+    answer = httpx.get(webp.urls()[0], timeout=30)
+    assert answer.headers["content-type"] == "image/webp"

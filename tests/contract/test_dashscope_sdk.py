@@ -240,3 +240,30 @@ def test_another_key_cannot_see_cancel_or_list_a_task(base_url):
     listed = httpx.get(f"{base_url}/tasks", headers=other, timeout=30).json()
     assert task_id not in {t["task_id"] for t in listed["tasks"]}
     assert ImageSynthesis.wait(created).output.task_status == "SUCCEEDED"
+
+
+def test_an_input_image_and_a_mask_through_the_sdks_own_fields():
+    """A text-to-image model takes the SDK's `base_image_url` (image to image, `strength`) and
+    `mask_image_url` (white repaints): outside the mask, the input's pixels exactly."""
+    import base64
+
+    import numpy as np
+
+    first = ImageSynthesis.call(model="flux-schnell", prompt="a field", size="768*512", steps=2, seed=3)
+    source_url = item(first.output.results[0], "url")
+    mask = Image.new("L", (768, 512), 0)
+    mask.paste(255, (0, 0, 384, 512))  # the left half white: repainted
+    buffer = io.BytesIO()
+    mask.save(buffer, format="PNG")
+    mask_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    rsp = ImageSynthesis.call(model="flux-schnell", prompt="a red barn", base_image_url=source_url,
+                              mask_image_url=mask_url, size="768*512", steps=2, seed=3)
+    assert rsp.output.task_status == "SUCCEEDED", rsp
+    before, after = (np.asarray(png(url).convert("RGB")) for url in (source_url, item(rsp.output.results[0], "url")))
+    assert np.array_equal(after[:, 384:], before[:, 384:]) and not np.array_equal(after[:, :384], before[:, :384])
+    rsp = ImageSynthesis.call(model="flux-schnell", prompt="at night", base_image_url=source_url, size="768*512",
+                              steps=2, strength=0.5, output_format="jpeg", output_quality=70)
+    answer = httpx.get(item(rsp.output.results[0], "url"), timeout=30)
+    assert answer.headers["content-type"] == "image/jpeg" and Image.open(io.BytesIO(answer.content)).format == "JPEG"
+    with pytest.raises(InvalidTask, match="parameters.strength must be more than 0 and at most 1"):
+        ImageSynthesis.call(model="flux-schnell", prompt="x", base_image_url=source_url, size="768*512", strength=2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 import uuid
 from pathlib import Path
 
@@ -69,6 +70,110 @@ def test_edit_with_an_uploaded_image(client):
     listed = client.images.edit(model="flux-kontext", image=[source], prompt="make it night", size="512x512",
                                 response_format="b64_json", extra_body={"steps": 2})  # sent as image[]
     assert base64.b64decode(listed.data[0].b64_json).startswith(b"\x89PNG")
+
+
+def upload(image: Image.Image, name: str) -> io.BytesIO:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    buffer.name = name
+    buffer.seek(0)
+    return buffer
+
+
+def noisy(size: int = 512) -> Image.Image:
+    rng = np.random.default_rng(1)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+
+
+def transparent_left_half(size: int = 512) -> Image.Image:
+    """OpenAI's mask convention: the transparent pixels are the area to change."""
+    rgba = np.full((size, size, 4), 255, np.uint8)
+    rgba[:, : size // 2, 3] = 0
+    return Image.fromarray(rgba, "RGBA")
+
+
+def test_an_edit_with_a_mask_changes_only_the_transparent_area(client):
+    """images.edit(image, mask) on a text-to-image model inpaints: every pixel outside the mask
+    comes back exactly as sent."""
+    source = noisy()
+    answer = client.images.edit(model="flux-schnell", image=upload(source, "in.png"), prompt="a red door",
+                                mask=upload(transparent_left_half(), "mask.png"), size="512x512",
+                                response_format="b64_json", extra_body={"steps": 2, "seed": 4})
+    result = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.data[0].b64_json))).convert("RGB"))
+    assert np.array_equal(result[:, 256:], np.asarray(source)[:, 256:])  # kept, exactly
+    assert not np.array_equal(result[:, :256], np.asarray(source)[:, :256])  # repainted
+    assert answer.output_format == "png"
+
+
+def test_image_to_image_with_a_strength_in_the_format_asked(client):
+    source = noisy()
+    answer = client.images.edit(model="flux-schnell", image=upload(source, "in.png"), prompt="a sunset",
+                                size="512x512", output_format="webp", output_compression=80,
+                                extra_body={"steps": 2, "seed": 4, "strength": 0.5})
+    fetched_webp = httpx.get(answer.data[0].url, timeout=30)
+    assert fetched_webp.headers["content-type"] == "image/webp" and answer.output_format == "webp"
+    assert Image.open(io.BytesIO(fetched_webp.content)).format == "WEBP"
+    generated = client.images.generate(model="flux-schnell", prompt="a harbour", size="512x512",
+                                       output_format="jpeg", response_format="b64_json", extra_body={"steps": 2})
+    assert Image.open(io.BytesIO(base64.b64decode(generated.data[0].b64_json))).format == "JPEG"
+
+
+@pytest.mark.parametrize(("call", "param", "words"), [
+    (dict(model="flux-schnell", mask=lambda: upload(transparent_left_half(256), "m.png")), "mask",
+     "must be the input image's size, 512x512"),
+    (dict(model="flux-schnell", mask=lambda: upload(Image.new("RGB", (512, 512)), "m.png")), "mask", "no alpha channel"),
+    (dict(model="flux-kontext", mask=lambda: upload(transparent_left_half(), "m.png")), "mask", "edits the whole image"),
+    (dict(model="flux-schnell", extra_body={"strength": 1.5}), "strength", "at most 1"),
+    (dict(model="flux-schnell", output_format="gif"), "output_format", "png, jpeg, webp"),
+    (dict(model="flux-schnell", output_compression=101), "output_compression", "0..100"),
+])
+def test_what_an_edit_cannot_take_is_a_400_naming_it(client, call, param, words):
+    call = {k: v() if callable(v) else v for k, v in call.items()}
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.images.edit(image=upload(noisy(), "in.png"), prompt="x", size="512x512", **call)
+    assert bad.value.body["param"] == param and words in bad.value.body["message"], bad.value.body
+
+
+def test_a_streamed_generation_sends_its_previews_then_the_image_it_would_have_sent_anyway(client):
+    common = dict(model="flux-schnell", prompt="a lighthouse", size="512x512", extra_body={"seed": 9, "steps": 4})
+    events = list(client.images.generate(stream=True, partial_images=3, **common))
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 3 + ["image_generation.completed"]
+    assert [e.partial_image_index for e in events[:3]] == [0, 1, 2]
+    previews = [Image.open(io.BytesIO(base64.b64decode(e.b64_json))) for e in events[:3]]
+    assert all(preview.size == (512, 512) for preview in previews)
+    plain = client.images.generate(response_format="b64_json", **common)
+    assert base64.b64decode(events[-1].b64_json) == base64.b64decode(plain.data[0].b64_json)  # bit for bit
+    edited = list(client.images.edit(model="flux-schnell", image=upload(noisy(), "in.png"), prompt="at dusk",
+                                     size="512x512", stream=True, partial_images=1,
+                                     extra_body={"steps": 4, "strength": 0.8}))
+    assert [e.type for e in edited] == ["image_edit.partial_image", "image_edit.completed"]
+
+
+def test_a_client_that_leaves_a_stream_cancels_its_task(service):
+    """The SIMULATED GPU takes 2 s for the image: the client reads the stream's headers, waits
+    for the render to begin, hangs up, and the task ends CANCELED rather than rendering for nobody."""
+    prompt = f"left {uuid.uuid4()}"
+    with httpx.stream("POST", f"{service.url}/v1/images/generations", timeout=30,
+                      headers={"Authorization": f"Bearer {OPENAI_KEY}"},
+                      json={"model": "sim-steps", "prompt": prompt, "size": "768x512", "stream": True}) as answer:
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
+        deadline = time.monotonic() + 30
+        while _task_status(service, prompt) != "RUNNING":  # the render began: the hang-up lands mid-work
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.05)
+    deadline = time.monotonic() + 30
+    while (status := _task_status(service, prompt)) != "CANCELED":
+        assert status == "RUNNING" and time.monotonic() < deadline, status
+        time.sleep(0.05)
+
+
+def _task_status(service, prompt: str) -> str | None:
+    import sqlite3
+
+    with sqlite3.connect(Path(service.work) / "tasks.sqlite") as db:
+        rows = db.execute("SELECT status FROM tasks WHERE json_extract(body, '$.request.prompt') = ?",
+                          (prompt,)).fetchall()
+    return rows[0][0] if rows else None
 
 
 def test_errors_in_openais_shape(service, client):

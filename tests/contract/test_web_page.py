@@ -56,7 +56,7 @@ def test_page_renders_cancels_copies_and_lists(browser, service):
     done = until(browser, lambda: card(browser, "SUCCEEDED"))
     first_id = done.get_attribute("data-task-id")
     until(browser, lambda: browser.execute_script(
-        "const i = document.querySelector('#tasks .task img'); return i && i.complete && i.naturalWidth > 0"))
+        "const i = document.querySelector('#tasks .task .images img'); return i && i.complete && i.naturalWidth > 0"))
     assert done.find_element(By.TAG_NAME, "figcaption").text == "seed 7"
     assert "768*512" in done.find_element(By.CLASS_NAME, "params").text
     shot(browser, "page-images.png")
@@ -87,8 +87,56 @@ def test_page_renders_cancels_copies_and_lists(browser, service):
     assert [status for _, status in listed[:3]] == ["CANCELED", "SUCCEEDED", "SUCCEEDED"], listed
     assert listed[0][0] == doomed_id and listed[2][0] == first_id, listed
     until(browser, lambda: browser.execute_script(
-        "return [...document.querySelectorAll('#tasks img')].every(i => i.complete && i.naturalWidth > 0)"))
+        "return [...document.querySelectorAll('#tasks .images img')].every(i => i.complete && i.naturalWidth > 0)"))
     shot(browser, "page-gallery.png")
+
+
+def test_the_page_repaints_where_painted_and_shows_the_image_forming(browser, service, tmp_path):
+    """Upload an image, paint over its middle, render: the card shows a preview while it renders
+    (a screenshot), and the result keeps the input's pixels away from the painted stroke."""
+    import base64
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    source = np.random.default_rng(3).integers(0, 256, (512, 768, 3), dtype=np.uint8)
+    Image.fromarray(source).save(tmp_path / "input.png")
+    browser.get(f"{service.url}/")
+    if not browser.find_element(By.ID, "app").is_displayed():
+        browser.find_element(By.ID, "api-key").send_keys(PAGE_KEY)
+        browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
+        until(browser, lambda: browser.find_element(By.ID, "app").is_displayed())
+    Select(browser.find_element(By.ID, "model")).select_by_value("flux-dev")
+    Select(browser.find_element(By.ID, "size")).select_by_value("768*512")
+    for field, value in (("prompt", "a red door"), ("seed", "5"), ("steps", "60")):
+        element = browser.find_element(By.ID, field)
+        element.clear()
+        element.send_keys(value)
+    browser.find_element(By.ID, "init-image").send_keys(str(tmp_path / "input.png"))
+    mask = until(browser, lambda: (m := browser.find_element(By.ID, "mask-canvas")).is_displayed() and m)
+    ActionChains(browser).move_to_element(mask).click_and_hold().move_by_offset(20, 0).release().perform()
+    painted = browser.execute_script("return maskDataUrl()")  # what the page sends: white repaints
+    repaint = np.asarray(Image.open(io.BytesIO(base64.b64decode(painted.split(",", 1)[1]))).convert("L")) >= 128
+    assert 0 < repaint.mean() < 0.2  # a stroke, not the whole image
+    browser.find_element(By.ID, "submit").click()
+    preview = until(browser, lambda: (c := card(browser, "RUNNING")) and (p := c.find_element(
+        By.CLASS_NAME, "preview")).is_displayed() and browser.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0", p) and p)
+    assert preview.get_attribute("src")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", preview)
+    shot(browser, "page-preview.png")
+    done = until(browser, lambda: card(browser, "SUCCEEDED"), timeout_s=120)
+    assert "repainted where masked" in done.find_element(By.CLASS_NAME, "params").text
+    url = until(browser, lambda: done.find_element(By.CSS_SELECTOR, ".images img").get_attribute("src"))
+    result = np.asarray(Image.open(io.BytesIO(httpx.get(url, timeout=30).content)).convert("RGB"))
+    # Every pixel outside the painted stroke is the input's, exactly; inside, it was repainted.
+    assert np.array_equal(result[~repaint], source[~repaint])
+    assert not np.array_equal(result[repaint], source[repaint])
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", done)
+    shot(browser, "page-inpaint.png")
 
 
 def test_a_wrong_key_is_refused_on_the_page(browser, service):

@@ -40,10 +40,11 @@ ERRORS: dict[Reason, WireError] = {
 ACTIONS = {"generate": "generate", "edit": "edit", "edits": "edit"}  # the SDK sends `edit`
 DEFAULT_MODEL = "flux-dev"
 # The core's parameter names as AceData bodies spell them.
-PARAM_NAMES = {"n": "count", "image": "image_url"}
+PARAM_NAMES = {"n": "count", "image": "image_url", "mask": "mask_image_url"}
 # What a task keeps of the client's body (retrieve returns it): the fields this door reads.
 CLIENT_FIELDS = frozenset({"action", "model", "prompt", "size", "count", "seed", "image_url", "callback_url", "async",
-                           "loras", "quality"})
+                           "loras", "quality", "mask_image_url", "strength", "output_format", "output_quality",
+                           "partial_images"})
 # Where each kind of model is asked for (a model asked for with the other action is refused).
 SERVED_AT = {True: "use action edit", False: "use action generate"}
 

@@ -18,7 +18,7 @@ from serve.doors.acedata.protocol import (
     ACTIONS, CLIENT_FIELDS, DEFAULT_MODEL, PARAM_NAMES, SERVED_AT, Accepted, Image, ImagesBody, TaskBatch, TaskItem,
     error_body,
 )
-from serve.doors.base import Created, DoorService, LiveTask, lora_view
+from serve.doors.base import Created, DoorService, lora_view
 from serve.edge import fields
 from serve.edge.errors import ErrorKind, Failure, ServiceError
 from serve.edge.fields import Invalid
@@ -59,7 +59,7 @@ class AceDataService(DoorService):
         count = fields.integer(body, "count", floats=True)  # the SDK types `count` as a number
         if action == "edit" and count not in (None, 1):
             raise Invalid("count applies to action generate only (an edit renders one image)", "count")
-        image = None
+        image = mask = None
         prompt = fields.text(body, "prompt") or ""
         if action == "edit" and prompt.strip():  # an edit without a prompt is refused before any fetch
             url = fields.text(body, "image_url")
@@ -68,11 +68,24 @@ class AceDataService(DoorService):
             image = await self.tasks.input_image(url, "image_url")
             if not isinstance(image, bytes):
                 raise Invalid.of(image)
+            # An extension: white where the image is repainted, of the image's size (an inpaint).
+            if (mask_url := fields.text(body, "mask_image_url")) is not None:
+                mask = await self.tasks.input_image(mask_url, "mask_image_url")
+                if isinstance(mask, bytes):
+                    mask = await self.tasks.input_mask(mask, "white", image, "mask_image_url")
+                if not isinstance(mask, bytes):
+                    raise Invalid.of(mask)
+        elif "mask_image_url" in body:
+            raise Invalid("mask_image_url applies to action edit only (with its image_url)", "mask_image_url")
         callback = fields.text(body, "callback_url")
         fields.boolean(body, "async")  # a kind check: `images` reads it once the task is in
         request = RenderRequest(model=spec.name, prompt=prompt, width=width, height=height,
                                 n=1 if count is None else count, seed=fields.integer(body, "seed"), init_image=image,
-                                loras=fields.loras(body, "loras"), quality=fields.text(body, "quality"))
+                                mask=mask, strength=fields.number(body, "strength"),
+                                loras=fields.loras(body, "loras"), quality=fields.text(body, "quality"),
+                                output_format=fields.text(body, "output_format"),
+                                output_quality=fields.integer(body, "output_quality", floats=True),
+                                partial_images=fields.integer(body, "partial_images", floats=True))
         return Submission(api=self.api, key_id=caller.key_id, spec=spec, request=request, base_url=caller.base_url,
                           callback_url=callback, client_body={k: v for k, v in body.items() if k in CLIENT_FIELDS},
                           sizes="render", param_names=PARAM_NAMES)
@@ -107,7 +120,7 @@ class AceDataService(DoorService):
         response = self.final_body(record, base_url) if record.terminal else None
         return TaskItem(id=record.task_id, created_at=record.submit_time, finished_at=record.end_time,
                         request=record.client_body, response=response, trace_id=record.trace_id,
-                        status=record.status.value.lower(), **LiveTask.fields_of(record))
+                        status=record.status.value.lower(), **self.live(record, base_url))
 
     def webhook_body(self, record: TaskRecord) -> dict:
         return self.final_body(record)

@@ -54,7 +54,9 @@ def param_names(spec: ModelSpec) -> dict[str, str]:
     return {"prompt": "input.prompt", "negative_prompt": "input.negative_prompt", "image": "input.image_url",
             "size": "parameters.size", "steps": "parameters.steps", "n": "parameters.n", "seed": "parameters.seed",
             "guidance": f"parameters.{spec.guidance_name}", "loras": "parameters.loras",
-            "quality": "parameters.quality"}
+            "quality": "parameters.quality", "mask": "input.mask_image_url", "strength": "parameters.strength",
+            "output_format": "parameters.output_format", "output_quality": "parameters.output_quality",
+            "partial_images": "parameters.partial_images"}
 
 
 def error_body(failure: Failure) -> dict:

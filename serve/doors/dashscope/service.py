@@ -9,7 +9,7 @@ from datetime import datetime
 
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest
-from serve.doors.base import Created, DoorService, LiveTask
+from serve.doors.base import Created, DoorService
 from serve.doors.dashscope.protocol import (
     CLIENT_FIELDS, ERRORS, TIME_FORMAT, TaskBody, TaskList, TaskListItem, TaskOutput, param_names, request_id,
 )
@@ -21,6 +21,10 @@ from serve.tasks.service import Submission
 from serve.tasks.store.record import TaskRecord, TaskStatus
 
 MAX_PAGE_NO = 1_000_000  # a store's offset must stay a 64-bit integer
+
+
+def _image_url(inputs: dict) -> str | None:
+    return fields.text(inputs, "image_url", "input") or fields.text(inputs, "base_image_url", "input")
 
 
 def format_time(ts: float | None) -> str | None:
@@ -74,6 +78,15 @@ class DashScopeService(DoorService):
         fields.boolean(params, "offload", "parameters")  # accepted; offload is a deployment setting
         metadata = fields.boolean(params, "add_sampling_metadata", "parameters")
         prompt = fields.text(inputs, "prompt", "input") or ""
+        # Not fetched for an empty prompt: the core refuses that first. An edit model needs an
+        # image; any other takes one (image to image) and a mask with it (an inpaint).
+        image = mask = None
+        if prompt.strip() and (spec.edit or _image_url(inputs)):
+            image = await self._input_image(inputs)
+            if (mask_url := fields.text(inputs, "mask_image_url", "input")) is not None:
+                mask = await self._mask(mask_url, image)
+        elif fields.text(inputs, "mask_image_url", "input") is not None and prompt.strip():
+            raise Invalid("input.mask_image_url needs input.image_url: the image it masks", "mask_image_url")
         request = RenderRequest(
             model=spec.name, prompt=prompt,
             negative_prompt=fields.text(inputs, "negative_prompt", "input"),
@@ -83,10 +96,14 @@ class DashScopeService(DoorService):
             seed=fields.integer(params, "seed", "parameters"),
             n=1 if n is None else n,
             add_sampling_metadata=True if metadata is None else metadata,
-            # Not fetched for an empty prompt: the core refuses that first.
-            init_image=await self._input_image(inputs) if spec.edit and prompt.strip() else None,
-            loras=fields.loras(params, "loras", "parameters"),  # extensions
+            init_image=image, mask=mask,
+            # Extensions.
+            strength=fields.number(params, "strength", "parameters"),
+            loras=fields.loras(params, "loras", "parameters"),
             quality=fields.text(params, "quality", "parameters"),
+            output_format=fields.text(params, "output_format", "parameters"),
+            output_quality=fields.integer(params, "output_quality", "parameters"),
+            partial_images=fields.integer(params, "partial_images", "parameters"),  # previews: output.preview_url
         )
         # An extension: DashScope has no webhooks; `parameters.callback_url` adds one.
         callback = fields.text(params, "callback_url", "parameters")
@@ -95,13 +112,23 @@ class DashScopeService(DoorService):
                           param_names=param_names(spec))
 
     async def _input_image(self, inputs: dict) -> bytes:
-        url = fields.text(inputs, "image_url", "input") or fields.text(inputs, "base_image_url", "input")
+        url = _image_url(inputs)
         if not url:
             raise Invalid("input.image_url is required for image editing", "image_url")
         image = await self.tasks.input_image(url, "input.image_url")
         if not isinstance(image, bytes):
             raise Invalid.of(image)
         return image
+
+    async def _mask(self, url: str, image: bytes) -> bytes:
+        """An extension: `input.mask_image_url`, white where the image is repainted (as in
+        DashScope's own mask edits), of the image's size."""
+        mask = await self.tasks.input_image(url, "input.mask_image_url")
+        if isinstance(mask, bytes):
+            mask = await self.tasks.input_mask(mask, "white", image, "input.mask_image_url")
+        if not isinstance(mask, bytes):
+            raise Invalid.of(mask)
+        return mask
 
     # --- fetch / cancel / list ----------------------------------------------------------------
 
@@ -145,7 +172,7 @@ class DashScopeService(DoorService):
         output = TaskOutput(task_id=record.task_id, task_status=record.status.value,
                             submit_time=format_time(record.submit_time),
                             scheduled_time=format_time(record.scheduled_time),
-                            end_time=format_time(record.end_time), **LiveTask.fields_of(record))
+                            end_time=format_time(record.end_time), **self.live(record, base_url))
         usage = None
         if record.status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED) and record.results:
             output.results = [

@@ -19,11 +19,17 @@ RESPONSE_FORMATS = ("url", "b64_json")
 # Ours ("lossless", "fast": cluster/engine/speed.py) share the field.
 OPENAI_QUALITIES = frozenset({"standard", "hd", "low", "medium", "high", "auto"})
 # Accepted and ignored: they choose among OpenAI's own models' options, which have no
-# counterpart here (the answer is always a PNG). Their types are still checked (a 400 names the
-# field), and nothing of them is kept beyond the bounded client body.
-IGNORED_FIELDS: dict[str, type] = {"style": str, "output_format": str, "output_compression": int,
-                                   "user": str, "background": str, "moderation": str, "partial_images": int,
-                                   "stream": bool, "input_fidelity": str}
+# counterpart here. Their types are still checked (a 400 names the field), and nothing of them
+# is kept beyond the bounded client body.
+IGNORED_FIELDS: dict[str, type] = {"style": str, "user": str, "background": str, "moderation": str,
+                                   "input_fidelity": str}
+# A streamed call's events, by route (`stream=True`): `<prefix>.partial_image`, `<prefix>.completed`.
+STREAM_PREFIX = {False: "image_generation", True: "image_edit"}
+# Token counts have no meaning here: a streamed answer's `usage` says so with zeros.
+NO_USAGE = {"input_tokens": 0, "input_tokens_details": {"image_tokens": 0, "text_tokens": 0}, "output_tokens": 0,
+            "total_tokens": 0}
+# The core's parameter names as this API spells them.
+PARAM_NAMES = {"output_quality": "output_compression"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,7 @@ class ImageData(BaseModel):
 class ImagesResponse(BaseModel):
     created: int
     data: list[ImageData]
+    output_format: str | None = None  # png, jpeg or webp: what every image of `data` is
     loras: list[dict[str, Any]] | None = None  # an extension: the adapters applied (path, sha256, scale)
 
 

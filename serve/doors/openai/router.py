@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
@@ -12,6 +12,7 @@ from serve.doors.openai.protocol import ERRORS, error_body
 from serve.doors.openai.service import EditUpload, OpenAIService
 from serve.edge.errors import ErrorKind, ServiceError
 from serve.edge.http import Caller, Door, read_body
+from serve.edge.sse import event_stream
 
 door = Door(service=OpenAIService, errors=ERRORS, error_body=error_body, prefix="/v1")
 MAX_FORM_FIELDS = 64
@@ -19,7 +20,7 @@ MAX_FORM_FIELDS = 64
 
 @door.route("POST", "/images/generations", json_body=True)
 async def generations(service: OpenAIService, caller: Caller, request: Request):
-    return await service.generate(caller, request.headers.get("idempotency-key"))
+    return _streamed(await service.generate(caller, request.headers.get("idempotency-key")), request)
 
 
 @door.route("POST", "/images/edits")
@@ -27,12 +28,17 @@ async def edits(service: OpenAIService, caller: Caller, request: Request):
     upload = await _read_upload(request)
     if isinstance(upload, ServiceError):
         return upload
-    return await service.edit(caller, upload, request.headers.get("idempotency-key"))
+    return _streamed(await service.edit(caller, upload, request.headers.get("idempotency-key")), request)
 
 
 @door.route("GET", "/models")
 async def models(service: OpenAIService, caller: Caller, request: Request):
     return service.models()
+
+
+def _streamed(answer, request: Request):
+    """A streamed answer's events as Server-Sent Events; any other answer as it is."""
+    return event_stream(answer, request) if isinstance(answer, AsyncIterator) else answer
 
 
 async def _read_upload(request: Request) -> EditUpload | ServiceError:

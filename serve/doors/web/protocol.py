@@ -31,6 +31,9 @@ class TaskView(LiveTask):
     images: list[ImageView] = []
     error: str | None = None
     quality: str = "lossless"
+    mode: str = "text"  # text, image (image to image), inpaint or edit
+    strength: float | None = None
+    output_format: str = "png"
 
 
 class TaskPage(BaseModel):

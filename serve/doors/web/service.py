@@ -3,7 +3,7 @@ DashScope door, as any client's would."""
 
 from __future__ import annotations
 
-from serve.doors.base import DoorService, LiveTask
+from serve.doors.base import DoorService
 from serve.doors.web.protocol import ImageView, TaskPage, TaskView
 from serve.edge.errors import ErrorKind, Failure, ServiceError
 from serve.edge.http import Caller
@@ -35,4 +35,5 @@ class WebService(DoorService):
                         steps=request.steps, guidance=request.guidance, submit_time=record.submit_time,
                         end_time=record.end_time, images=images,
                         error=record.error().text() if record.code else None, quality=request.quality,
-                        **LiveTask.fields_of(record))
+                        mode=request.mode, strength=request.strength, output_format=request.output_format,
+                        **self.live(record, base_url))

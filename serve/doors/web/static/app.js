@@ -113,6 +113,18 @@ async function submit(event) {
   if (card.fast && $("#quality").value === "fast") parameters.quality = "fast";
   const input = { prompt: $("#prompt").value };
   if ($("#negative-prompt").value.trim()) input.negative_prompt = $("#negative-prompt").value;
+  if (state.image) {  // image to image, or an inpaint where the mask is painted
+    input.image_url = state.image;
+    parameters.strength = Number($("#strength").value);
+    const mask = maskDataUrl();
+    if (mask) input.mask_image_url = mask;
+  }
+  parameters.partial_images = 3;  // previews while it renders: the card shows the image forming
+  const format = $("#output-format").value;
+  if (format !== "png") {
+    parameters.output_format = format;
+    parameters.output_quality = Number($("#output-quality").value);
+  }
   $("#form-error").textContent = "";
   $("#submit").disabled = true;
   try {
@@ -128,6 +140,97 @@ async function submit(event) {
   } finally {
     $("#submit").disabled = false;
   }
+}
+
+// --- an input image and its mask ----------------------------------------------------------------
+// The image is sent as a data: URL; the mask is painted on a canvas over it (white where the
+// model repaints, black elsewhere, at the image's own size), or uploaded (white repaints).
+
+function readAsDataUrl(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+function loadImage(url) {
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    image.onload = () => resolve(image);
+    image.onerror = () => reject(new Error("that file is not an image this browser reads"));
+    image.src = url;
+  });
+}
+
+async function chooseImage() {
+  const file = $("#init-image").files[0];
+  state.image = null;
+  state.painted = false;
+  $("#canvas-box").hidden = true;
+  if (!file) return;
+  state.image = await readAsDataUrl(file);
+  const image = await loadImage(state.image);
+  for (const canvas of [$("#init-canvas"), $("#mask-canvas")]) Object.assign(canvas, { width: image.naturalWidth, height: image.naturalHeight });
+  $("#init-canvas").getContext("2d").drawImage(image, 0, 0);
+  clearMask();
+  $("#canvas-box").hidden = false;
+}
+
+function clearMask() {
+  const mask = $("#mask-canvas").getContext("2d");
+  mask.clearRect(0, 0, mask.canvas.width, mask.canvas.height);
+  state.painted = false;
+  $("#mask-file").value = "";
+}
+
+async function chooseMask() {
+  const file = $("#mask-file").files[0];
+  if (!file || !state.image) return;
+  const image = await loadImage(await readAsDataUrl(file));
+  const mask = $("#mask-canvas").getContext("2d");
+  mask.clearRect(0, 0, mask.canvas.width, mask.canvas.height);
+  // Shown over the image as painted strokes: white repaints (the uploaded mask's convention).
+  const scratch = Object.assign(document.createElement("canvas"), { width: mask.canvas.width, height: mask.canvas.height });
+  const context = scratch.getContext("2d");
+  context.drawImage(image, 0, 0, scratch.width, scratch.height);
+  const pixels = context.getImageData(0, 0, scratch.width, scratch.height);
+  for (let i = 0; i < pixels.data.length; i += 4) {
+    const white = pixels.data[i] + pixels.data[i + 1] + pixels.data[i + 2] >= 3 * 128;
+    pixels.data.set(white ? [255, 255, 255, 160] : [0, 0, 0, 0], i);
+  }
+  mask.putImageData(pixels, 0, 0);
+  state.painted = true;
+}
+
+function paint(event) {
+  if (!(event.buttons & 1) || !state.image) return;
+  const canvas = $("#mask-canvas");
+  const box = canvas.getBoundingClientRect();
+  const scale = canvas.width / box.width;
+  const context = canvas.getContext("2d");
+  context.fillStyle = "rgba(255, 255, 255, 0.63)";
+  context.beginPath();
+  context.arc((event.clientX - box.left) * scale, (event.clientY - box.top) * scale, 24 * scale, 0, 2 * Math.PI);
+  context.fill();
+  state.painted = true;
+}
+
+// The painted strokes as the mask the API takes: white where painted, black elsewhere.
+function maskDataUrl() {
+  if (!state.painted) return null;
+  const painted = $("#mask-canvas");
+  const mask = Object.assign(document.createElement("canvas"), { width: painted.width, height: painted.height });
+  const context = mask.getContext("2d");
+  const strokes = painted.getContext("2d").getImageData(0, 0, painted.width, painted.height);
+  const out = context.createImageData(painted.width, painted.height);
+  for (let i = 0; i < strokes.data.length; i += 4) {
+    const value = strokes.data[i + 3] > 0 ? 255 : 0;
+    out.data.set([value, value, value, 255], i);
+  }
+  context.putImageData(out, 0, 0);
+  return mask.toDataURL("image/png");
 }
 
 // --- task cards ------------------------------------------------------------------------------
@@ -162,8 +265,10 @@ function render(card, view) {
   const negative = view.negative_prompt ? ` · not: ${view.negative_prompt}` : "";
   const loras = (view.loras || []).map((lora) => ` · LoRA ${lora.path} × ${lora.scale}`).join("");
   const quality = view.quality === "fast" ? " · fast" : "";
+  const mode = { image: ` · from an image, strength ${view.strength}`, inpaint: ` · repainted where masked, strength ${view.strength}` }[view.mode] || "";
+  const format = view.output_format && view.output_format !== "png" ? ` · ${view.output_format.toUpperCase()}` : "";
   $(".params", card).textContent =
-    `${view.size} · n ${view.n} · seed ${view.seed} · ${view.steps} steps · guidance ${view.guidance}${negative}${loras}${quality}`;
+    `${view.size} · n ${view.n} · seed ${view.seed} · ${view.steps} steps · guidance ${view.guidance}${negative}${loras}${quality}${mode}${format}`;
   const live = LIVE.has(view.status);
   $(".live", card).hidden = !live;
   $(".cancel", card).hidden = !live;
@@ -173,6 +278,9 @@ function render(card, view) {
   $(".bar", card).value = progress ? progress.step : 0;
   $(".steps", card).textContent = progress && live ? `step ${progress.step} of ${progress.steps}` : "";
   $(".eta", card).textContent = progress && live ? `about ${view.eta_s.toFixed(1)} s left` : "";
+  const preview = $(".preview", card);
+  preview.hidden = !(live && view.preview_url);
+  if (live && view.preview_url && preview.getAttribute("src") !== view.preview_url) preview.src = view.preview_url;
   $(".task-error", card).textContent = view.status === "FAILED" ? view.error || "failed" : "";
   const images = $(".images", card);
   if (images.childElementCount !== view.images.length) {
@@ -288,5 +396,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#render-form").addEventListener("submit", submit);
   $("#model").addEventListener("change", fillModelOptions);
   $("#forget-key").addEventListener("click", forgetKey);
+  $("#init-image").addEventListener("change", () => chooseImage().catch((error) => { $("#form-error").textContent = error.message; }));
+  $("#mask-file").addEventListener("change", () => chooseMask().catch((error) => { $("#form-error").textContent = error.message; }));
+  $("#clear-mask").addEventListener("click", clearMask);
+  $("#mask-canvas").addEventListener("pointermove", paint);
+  $("#mask-canvas").addEventListener("pointerdown", paint);
+  $("#output-format").addEventListener("change", () => { $("#output-quality-label").hidden = $("#output-format").value === "png"; });
   if (apiKey()) start();
 });

@@ -75,12 +75,13 @@ def test_a_repeated_call_joins_its_first_task(tmp_path):
 
 def test_the_live_view_of_a_pending_a_running_and_a_finished_task():
     pending = task_record(status=TaskStatus.PENDING, queue_position=3)
-    assert LiveTask.fields_of(pending) == {"queue_position": 3, "progress": None, "eta_s": None, "loras": None}
+    assert LiveTask.fields_of(pending) == {"queue_position": 3, "progress": None, "eta_s": None, "loras": None,
+                                           "preview_url": None}
     running = task_record(status=TaskStatus.RUNNING, progress=TaskProgress(step=2, steps=8, eta_s=6.0,
                                                                           updated_at=time.time() - 1))
     live = LiveTask.fields_of(running)
     assert (live["progress"].step, live["progress"].steps) == (2, 8) and 4.5 < live["eta_s"] <= 5.0
-    assert set(LiveTask(**live).model_dump()) == {"queue_position", "progress", "eta_s", "loras"}
+    assert set(LiveTask(**live).model_dump()) == {"queue_position", "progress", "eta_s", "loras", "preview_url"}
     rendered = task_record(status=TaskStatus.SUCCEEDED, loras=[AppliedLora("org/a", "ab" * 32, 0.5)])
     assert LiveTask.fields_of(rendered)["loras"] == [{"path": "org/a", "sha256": "ab" * 32, "scale": 0.5}]
 

@@ -116,8 +116,12 @@ def test_edits(door):
     assert edit(door, {"prompt": "x"}, []).param == "image"
     assert "exactly one image" in edit(door, {"prompt": "x"}, [png(), png()]).message
     assert edit(door, {"prompt": "x"}, [b"not an image"]).param == "image"
-    assert edit(door, {"prompt": "x"}, [png()], mask=png()).param == "mask"
-    assert "use /v1/images/generations" in edit(door, {"prompt": "x", "model": "flux-dev"}, [png()]).message
+    unmasked = edit(door, {"prompt": "x"}, [png()], mask=png())  # OpenAI's masks say it with transparency
+    assert unmasked.param == "mask" and "no alpha channel" in unmasked.message
+    # A text-to-image model on the edits route renders image to image.
+    assert "data" in edit(door, {"prompt": "x", "model": "flux-dev", "strength": "0.5"}, [png()])
+    assert door.dispatcher.submitted[-1].request.mode == "image" and door.dispatcher.submitted[-1].request.strength == 0.5
+    assert "use /v1/images/edits" in generate(door, {"prompt": "x", "model": "flux-kontext"}).message
     # The multipart `loras` field is JSON text, read with the body's own bounds (a deep one was a 500).
     for hostile in ("[" * 100_000, '[{"path": "a", "scale": 1' + "0" * 400 + "}]", "\ud800",
                     '[{"path": "a", "scale": NaN}]', '[{"path": "a", "weight": 1}]', '"org/a"', "[" + " " * 70_000 + "]"):
@@ -162,3 +166,89 @@ def test_an_idempotency_key_reused_with_another_body_is_a_conflict(door):
     other = generate(door, {"prompt": "a wolf", "model": "flux-schnell"}, key="k-7")
     assert isinstance(other, (ServiceError, RenderError)) and reason(other) == ErrorKind.CONFLICT and other.param == "Idempotency-Key"
     assert len(door.dispatcher.submitted) == 1
+
+
+# --- streamed answers (stream=True) -----------------------------------------------------------
+
+class StreamingDispatcher:
+    """The door's dispatcher for streams: tasks stay RUNNING until `finish`; previews are handed
+    to listeners as a replica's would be (serve/tasks/dispatch/dispatcher.py `listen`)."""
+
+    def __init__(self, fake):
+        self.fake, self.listeners, self.done = fake, {}, asyncio.Event()
+
+    def __getattr__(self, name):
+        return getattr(self.fake, name)
+
+    def listen(self, task_id):
+        self.listeners[task_id] = asyncio.Queue()
+        return self.listeners[task_id]
+
+    def unlisten(self, task_id, queue):
+        self.listeners.pop(task_id, None)
+
+    async def wait(self, task_id, timeout_s):
+        await self.done.wait()
+        return await self.fake.store.get(task_id)
+
+
+def streaming_door(tmp_path):
+    door = doors(tmp_path)
+    door.dispatcher.hold = True  # stored PENDING: nothing renders until the test says
+    door.tasks.dispatcher = StreamingDispatcher(door.dispatcher)
+    return door
+
+
+def test_a_stream_sends_previews_as_they_come_then_the_image(tmp_path):
+    from serve.replica.render_events import Preview
+    from serve.tasks.store.record import ImageOutcome, TaskStatus
+
+    door = streaming_door(tmp_path)
+
+    async def scenario():
+        events = await door.openai.generate(caller({"prompt": "a fox", "stream": True, "partial_images": 2}), None)
+        received = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.05)  # the stream listens for previews now
+        [task_id] = door.tasks.dispatcher.listeners
+        door.tasks.dispatcher.listeners[task_id].put_nowait(Preview(index=0, partial_image_index=0, image=b"p0"))
+        first = await received
+        record = door.dispatcher.submitted[0]
+        door.storage.write(f"tasks/{task_id}/0.png", png())
+        await door.tasks.store.transition(task_id, {TaskStatus.PENDING}, status=TaskStatus.SUCCEEDED,
+                                          results=[ImageOutcome(index=0, seed=record.request.seed,
+                                                                key=f"tasks/{task_id}/0.png")])
+        door.tasks.dispatcher.done.set()
+        return first, [event async for event in events]
+
+    first, rest = asyncio.run(scenario())
+    assert (first["type"], first["partial_image_index"], base64.b64decode(first["b64_json"])) == (
+        "image_generation.partial_image", 0, b"p0")
+    assert [e["type"] for e in rest] == ["image_generation.completed"]
+    assert base64.b64decode(rest[0]["b64_json"]) == png() and rest[0]["output_format"] == "png"
+
+
+def test_a_stream_closed_before_its_image_cancels_its_task(tmp_path):
+    from serve.tasks.store.record import TaskStatus
+
+    door = streaming_door(tmp_path)
+
+    async def scenario():
+        events = await door.openai.generate(caller({"prompt": "a fox", "stream": True}), None)
+        pending = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.05)
+        pending.cancel()  # the client went away: the server cancels the response
+        await asyncio.gather(pending, return_exceptions=True)
+        await events.aclose()
+        return await door.tasks.store.get(door.dispatcher.submitted[0].task_id)
+
+    record = asyncio.run(scenario())
+    assert record.status == TaskStatus.CANCELED and door.dispatcher.stopped == [record.task_id]
+
+
+@pytest.mark.parametrize(("body", "param", "words"), [
+    ({"prompt": "x", "stream": "yes"}, "stream", "must be a boolean"),
+    ({"prompt": "x", "stream": True, "partial_images": 4}, "partial_images", "must be 0..3"),
+])
+def test_stream_fields_are_checked_like_any_other(door, body, param, words):
+    refused = generate(door, body)
+    assert refused.param == param and words in refused.message
