@@ -39,12 +39,12 @@ METADATA_SCHEMA = pa.schema([
     ("id", pa.string()), ("index", pa.int64()), ("key", pa.string()), ("prompt", pa.string()),
     ("negative_prompt", pa.string()), ("seed", pa.int64()), ("model", pa.string()), ("width", pa.int64()),
     ("height", pa.int64()), ("steps", pa.int64()), ("guidance", pa.float64()), ("loras", pa.string()), ("quality", pa.string()),
+    ("mode", pa.string()), ("strength", pa.float64()),
     ("shard", pa.string()),
     ("path", pa.string()), ("sha256", pa.string()), ("error_code", pa.string()), ("error", pa.string()),
     ("render_s", pa.float64()),
 ])
 METADATA_COLUMNS = METADATA_SCHEMA.names
-EXTENSIONS = {"png": "png", "webp": "webp", "jpeg": "jpg"}
 
 # The `image` column as Hugging Face's `Image` feature: a struct of bytes and path, declared in
 # the schema's `huggingface` metadata, so `load_dataset("parquet")` decodes it with no cast.

@@ -18,12 +18,13 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cluster.images.encoding import EXTENSIONS
 from cluster.spec.errors import ErrorCode
 from cluster.storage.results import Storage
 from jobs.driver.plan import ShardPlan
 from jobs.output.base import ShardFormat
 from jobs.output.files import ImageFolder
-from jobs.output.layout import EXTENSIONS, METADATA_SCHEMA, ShardStats, parquet_bytes, remove_staging_in, stats_key
+from jobs.output.layout import METADATA_SCHEMA, ShardStats, parquet_bytes, remove_staging_in, stats_key
 from jobs.output.parquet import ParquetShards
 from jobs.output.unit_part import PARTS
 from jobs.output.webdataset import WebDataset

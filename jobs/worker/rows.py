@@ -5,7 +5,10 @@ its position in the input (file name and row number): a rerun over the same inpu
 ids, and two identical rows are two rows, each with its images. Image i of a row seeded s uses s + i; a row without a seed gets one derived from the
 job seed and its id. Anything wrong with a row becomes the `error` of its one work item: the job
 records it and goes on. A `loras` column holds a row's adapters, as JSON text or a list of
-structs ({path, scale}). Rows come from pyarrow (`to_pylist`): a missing value is None; a float
+structs ({path, scale}). An `image` column (bytes, or Hugging Face's Image struct {bytes, path})
+makes a row image to image on a text-to-image model (with its `strength`), or the input of an
+edit model; a `mask` column beside it (white where the image is repainted, of its size) makes it
+an inpaint. Both are checked as the API's are (bytes, header and pixels, the mask's size). Rows come from pyarrow (`to_pylist`): a missing value is None; a float
 NaN (a float column's hole written by pandas) counts as missing too.
 """
 
@@ -17,12 +20,18 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+from cluster.images import masks
 from cluster.spec.catalogue import ModelSpec, parse_size
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.loras import read_lora_list
 from cluster.spec.request import RenderRequest, ResolvedRequest
 from cluster.spec.seeding import derive_seed, image_seeds
+from cluster.storage.guarded_fetch import FetchError, check_image
 from jobs.driver.spec import RowDefaults
+
+
+MAX_INPUT_BYTES = 10 * 2**20  # an input image or mask, as the API's default (serve.max_image_bytes)
+MAX_INPUT_PIXELS = 40_000_000  # as serve.fetch.max_image_pixels
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,8 @@ class WorkItem:
                 "negative_prompt": r.negative_prompt if r else None, "seed": r.seed if r else None,
                 "model": self.model, "width": r.width if r else None, "height": r.height if r else None,
                 "steps": r.steps if r else None, "guidance": r.guidance if r else None, "loras": loras,
-                "quality": r.quality if r else None}
+                "quality": r.quality if r else None, "mode": r.mode if r else None,
+                "strength": r.strength if r else None}
 
 
 def sample_name(key: str) -> str:
@@ -87,6 +97,9 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
     loras = read_lora_list(row.get("loras")) if _present(row.get("loras")) else defaults.loras
     if isinstance(loras, RenderError):
         return loras
+    inputs = _inputs(row)
+    if isinstance(inputs, RenderError):
+        return inputs
     seed = row.get("seed")
     try:
         return RenderRequest(
@@ -101,9 +114,40 @@ def _request(row: dict[str, Any], defaults: RowDefaults, job_seed: int, rid: str
             n=int(row["n"]) if _present(row.get("n")) else defaults.n,
             loras=loras,
             quality=str(row["quality"]) if _present(row.get("quality")) else defaults.quality,
+            init_image=inputs[0], mask=inputs[1],
+            strength=float(row["strength"]) if _present(row.get("strength")) else None,
         )
     except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int() of an infinite float
         return RenderError(ErrorCode.INVALID_PARAMETER, f"bad value in row: {str(exc)[:200]}")
+
+
+def _inputs(row: dict[str, Any]) -> tuple[bytes | None, bytes | None] | RenderError:
+    """The row's input image and canonical mask (None: none), checked as the API checks them."""
+    image, mask = _image_bytes(row.get("image")), _image_bytes(row.get("mask"))
+    if image is None:
+        return RenderError.invalid("mask", "needs an image column: the image it masks") if mask else (None, None)
+    for name, data in (("image", image), ("mask", mask)):
+        if data is not None and len(data) > MAX_INPUT_BYTES:
+            return RenderError.invalid(name, f"is larger than {MAX_INPUT_BYTES} bytes")
+    try:
+        size = check_image(image, MAX_INPUT_PIXELS)
+        if mask is not None:
+            check_image(mask, MAX_INPUT_PIXELS)
+    except FetchError as exc:
+        return RenderError.invalid("image" if mask is None else "image or mask", str(exc))
+    if mask is None:
+        return image, None
+    try:
+        return image, masks.canonical(mask, "white", size)
+    except masks.MaskError as exc:
+        return RenderError.invalid("mask", str(exc))
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    """An image column's bytes: raw, or Hugging Face's Image struct ({bytes, path})."""
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    return bytes(value) if isinstance(value, (bytes, bytearray)) and value else None
 
 
 def expand_row(row: dict[str, Any], specs: dict[str, ModelSpec], defaults: RowDefaults,

@@ -69,3 +69,35 @@ def test_a_loras_column_as_json_text_or_a_list_of_structs():
                        ('[{"path": "org/a", "scale": Infinity}]', "scale must be a finite number")):
         [item] = expand({"id": "k", "prompt": "x", "loras": bad})
         assert item.error.param == "loras" and words in item.error.text() and not item.error.code.retryable, bad
+
+
+def _png(mode: str, size: tuple[int, int], fill) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, size, fill).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_and_mask_columns_make_image_to_image_and_inpaint_rows():
+    image = _png("RGB", (512, 512), (10, 20, 30))
+    mask = _png("L", (512, 512), 255)  # white: repaint all of it
+    [plain] = expand({"id": "a", "prompt": "x", "image": image, "strength": 0.5})
+    assert (plain.request.mode, plain.request.strength, plain.request.init_image) == ("image", 0.5, image)
+    [masked] = expand({"id": "b", "prompt": "x", "image": {"bytes": image, "path": "in.png"}, "mask": mask})
+    assert (masked.request.mode, masked.request.strength) == ("inpaint", 1.0)  # Hugging Face's Image struct
+    assert masked.columns()["mode"] == "inpaint" and masked.columns()["strength"] == 1.0
+
+
+def test_a_bad_image_or_mask_is_one_refused_row():
+    image = _png("RGB", (512, 512), (10, 20, 30))
+    cases = {"mask without image": ({"mask": _png("L", (512, 512), 255)}, "mask", "needs an image column"),
+             "not an image": ({"image": b"not a png"}, "image", "not a PNG, JPEG or WebP"),
+             "mask of another size": ({"image": image, "mask": _png("L", (64, 64), 255)}, "mask", "512x512"),
+             "an empty mask": ({"image": image, "mask": _png("L", (512, 512), 0)}, "mask", "marks nothing"),
+             "strength out of range": ({"image": image, "strength": 3}, "strength", "at most 1")}
+    for name, (columns, param, words) in cases.items():
+        [item] = expand({"id": name, "prompt": "x", **columns})
+        assert item.request is None and item.error.param == param and words in item.error.message, (name, item.error)
