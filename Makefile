@@ -48,7 +48,7 @@ services:
 # that dies ends the run at once (--max-worker-restart 0): with test groups, xdist's replacement
 # worker can wait forever for the dead one's group, and a hung run says less than a failed one.
 test: $(STAMP) services
-	$(PY) -m pytest -n 2 --dist loadgroup --max-worker-restart 0
+	$(PY) -m pytest -n 2 --dist loadgroup --max-worker-restart 0 --durations=15
 
 bench: $(STAMP)
 	$(PY) bench/engine.py

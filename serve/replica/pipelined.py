@@ -54,6 +54,7 @@ class _Job:
     canceled: bool = False
     batches: int = 0  # of the current group's batches, how many hold its images
     batches_done: int = 0
+    last_preview: asyncio.Future | None = None  # previews go out in the order they were taken
 
 
 class PipelinedRenderer:
@@ -176,11 +177,15 @@ class PipelinedRenderer:
             full = picture.resize((request.width, request.height), Image.Resampling.BILINEAR)
             return encode(full, request.output_format, None, min(request.output_quality, PREVIEW_QUALITY))
 
+        before = job.last_preview
+
         async def send() -> None:
             data = await asyncio.get_running_loop().run_in_executor(self._encoders, encoded)
+            if before is not None:  # encoded side by side, told in order
+                await asyncio.wait({before})
             job.events.put_nowait(Preview(index=image.index, partial_image_index=index, image=data))
 
-        task = asyncio.ensure_future(send())
+        task = job.last_preview = asyncio.ensure_future(send())
         self._sending.add(task)  # held until done: the loop keeps only a weak reference
         task.add_done_callback(self._sending.discard)
 
@@ -195,6 +200,8 @@ class PipelinedRenderer:
             for result in sort_results(refused + [r for results in encoded for r in results]):
                 grouped[result.request_index].append(result)
             for job, results in zip(taken, grouped):
+                if job.last_preview is not None:  # its previews before its images
+                    await asyncio.wait({job.last_preview})
                 job.events.put_nowait(Finished(results))
         except Exception as exc:  # noqa: BLE001
             log.exception("encoding a batch failed")
