@@ -59,8 +59,10 @@ def has_live_reader(folder: Path) -> bool:
     return False
 
 
-def _write(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def _write(folder: Path, create: bool = True) -> None:
+    """Write this process's lease; a renewal never recreates a folder someone removed."""
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     fresh = folder / f".{_OWNER}.tmp"
     fresh.write_text(json.dumps({"expires": time.time() + LEASE_S}))
     os.replace(fresh, folder / _OWNER)
@@ -72,6 +74,6 @@ def _renew() -> None:
         with _lock:
             for folder in list(_held):
                 try:
-                    _write(folder)
+                    _write(folder, create=False)
                 except OSError:
                     _held.discard(folder)  # its version was collected, or the volume is gone
