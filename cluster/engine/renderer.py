@@ -10,8 +10,9 @@ most `max_batch_size`, and returns one `RenderResult` per image in request order
 Four steps, each done once per request or batch:
 
 - `prepare()` checks what a request brings that the model has to read (its LoRA files, fetched
-  and checked; its input image and mask, decoded at the render size) and refuses it otherwise. It blocks (downloads, file
-  reads): a caller on an event loop runs it in a thread, before the request joins a batch.
+  and checked; its input image and mask, decoded at the render size) and refuses it otherwise.
+  It blocks (downloads, file reads): a caller on an event loop runs it in a thread, before the
+  request joins a batch.
 - `plan()` groups prepared requests' images into device batches of one shape (no I/O).
 - `denoise()` is the device's work for one batch; `encode()` (PNG/WebP/JPEG) the CPU's.
 
@@ -423,8 +424,8 @@ class Renderer:
             if len(batch) > 1:  # retry in halves: a smaller batch may fit
                 half = len(batch) // 2
                 log.warning("%s: out of memory at batch %d, retrying in halves", self.spec.name, len(batch))
-                return (self.denoise(batch[:half], on_step, canceled)
-                        + self.denoise(batch[half:], on_step, canceled))
+                return (self.denoise(batch[:half], on_step, canceled, on_preview)
+                        + self.denoise(batch[half:], on_step, canceled, on_preview))
             return [Denoised(batch, failed=self._failed(batch, RenderError(
                 ErrorCode.OUT_OF_MEMORY, "the device ran out of memory rendering this image")))]
         except Exception as exc:  # noqa: BLE001 - a failed batch fails its images, not the caller
