@@ -12,6 +12,10 @@ model reaches on a CPU.
 It records its busy time: every batch appends its (start, end) to a file of its process under
 `$RAYDIANT_SIM_DIR` when set, so a benchmark can report utilization = busy time / wall time per
 simulated GPU, and the batch sizes it was given.
+
+A test can hold every simulated GPU of a directory still: while `$RAYDIANT_SIM_DIR/hold` exists, no
+new batch starts (the one running finishes). A queue then fills at a rate no loaded machine's
+round trips can outrun, so a test of a full queue does not race the device that drains it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -30,6 +36,9 @@ from cluster.spec.settings import SimulatedTiming
 
 if TYPE_CHECKING:  # torch is loaded by the pipeline's first call, not by the config that names it
     import torch
+
+HOLD_FILE = "hold"
+
 
 class SimulatedGpuPipeline:
     """Stands in for a diffusers pipeline on a GPU: `__call__(prompt=[...], width, height,
@@ -46,6 +55,7 @@ class SimulatedGpuPipeline:
         self._lock = threading.Lock()  # one GPU: one batch at a time
         directory = os.environ.get("RAYDIANT_SIM_DIR")
         self._log = Path(directory) / f"sim-{os.getpid()}-{id(self):x}.jsonl" if directory else None
+        self._hold = Path(directory) / HOLD_FILE if directory else None
 
     def to(self, *_args, **_kwargs) -> "SimulatedGpuPipeline":
         return self
@@ -56,6 +66,8 @@ class SimulatedGpuPipeline:
     def __call__(self, prompt: list[str], width: int, height: int, generator: list[torch.Generator],
                  num_inference_steps: int = 1, callback_on_step_end=None, **_ignored) -> SimpleNamespace:
         with self._lock:
+            while self._hold is not None and self._hold.exists():
+                time.sleep(0.05)
             started = time.time()
             self.busy_now = True
             steps = max(1, num_inference_steps)
@@ -86,6 +98,17 @@ class SimulatedGpuPipeline:
                      "prompts": [p[:64] for p in prompts]}
             with open(self._log, "a") as log:
                 log.write(json.dumps(entry) + "\n")
+
+
+@contextmanager
+def held(directory: str | Path) -> Iterator[None]:
+    """Within the block, the simulated GPUs recording under `directory` start no batch."""
+    hold = Path(directory) / HOLD_FILE
+    hold.touch()
+    try:
+        yield
+    finally:
+        hold.unlink()
 
 
 def read_busy_intervals(directory: str | Path) -> dict[str, list[dict]]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
-from cluster.doubles.simulated_gpu import SimulatedGpuPipeline, read_busy_intervals, utilization
+from cluster.doubles.simulated_gpu import SimulatedGpuPipeline, held, read_busy_intervals, utilization
 from cluster.engine.renderer import Renderer
 from cluster.spec.config import RaydiantConfig
 from cluster.spec.request import RenderRequest
@@ -24,6 +25,21 @@ def test_batch_costs_base_plus_per_image_and_is_recorded(tmp_path, monkeypatch):
     assert [im.size for im in out.images] == [(64, 32)] * 3
     [(name, intervals)] = read_busy_intervals(tmp_path).items()
     assert intervals[0]["batch"] == 3 and intervals[0]["end"] - intervals[0]["start"] >= 0.09
+
+
+def test_a_held_gpu_starts_no_batch_until_released(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYDIANT_SIM_DIR", str(tmp_path))
+    gpu = SimulatedGpuPipeline("flux", SimulatedTiming(base_s=0, per_image_s=0))
+    with held(tmp_path):
+        worker = threading.Thread(target=gpu, kwargs={"prompt": ["x"], "width": 8, "height": 8,
+                                                      "generator": [generator(1, "cpu")]})
+        worker.start()
+        worker.join(0.3)
+        assert worker.is_alive() and gpu.batches == []  # waiting, not started
+        released = time.time()
+    worker.join(5)
+    [(_, [batch])] = read_busy_intervals(tmp_path).items()
+    assert gpu.batches == [1] and batch["start"] >= released  # the wait is not busy time
 
 
 def test_seeds_decide_pixels():
