@@ -1,5 +1,6 @@
-"""The web page at `/` in a real headless Chromium: enter a key, submit, watch progress, see the
-images, cancel a task, copy a task as code (and run that code), open the gallery. Screenshots
+"""The web page at `/` in a real headless Chromium: enter a key, submit, watch progress and the
+image forming (its task's event stream), see the images, cancel a task, copy a task as code (and
+run that code), open the gallery; and that event stream read as any client would. Screenshots
 are saved under var/artifacts/screenshots/ (`browser` and `shot` in tests/conftest.py)."""
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.conftest import shot
-from tests.contract.conftest import PAGE_KEY
+from tests.contract.conftest import OTHER_KEY, PAGE_KEY
 
 
 def until(browser, condition, timeout_s: float = 60):
@@ -125,7 +126,7 @@ def test_the_page_repaints_where_painted_and_shows_the_image_forming(browser, se
     preview = until(browser, lambda: (c := card(browser, "RUNNING")) and (p := c.find_element(
         By.CLASS_NAME, "preview")).is_displayed() and browser.execute_script(
         "return arguments[0].complete && arguments[0].naturalWidth > 0", p) and p)
-    assert preview.get_attribute("src")
+    assert preview.get_attribute("src").startswith("data:image/png;base64,")  # pushed on the task's stream
     browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", preview)
     shot(browser, "page-preview.png")
     done = until(browser, lambda: card(browser, "SUCCEEDED"), timeout_s=120)
@@ -147,3 +148,32 @@ def test_a_wrong_key_is_refused_on_the_page(browser, service):
     browser.find_element(By.CSS_SELECTOR, "#key-form button").click()
     error = until(browser, lambda: browser.find_element(By.ID, "key-error").text)
     assert "401" in error and not browser.find_element(By.ID, "app").is_displayed()
+
+
+def test_a_task_event_stream_gives_its_views_and_previews_until_it_ends(service, base_url):
+    import json
+
+    import httpx
+
+    headers = {"Authorization": f"Bearer {PAGE_KEY}"}
+    created = httpx.post(f"{base_url}/services/aigc/text2image/image-synthesis", timeout=60,
+                         headers=headers | {"X-DashScope-Async": "enable"},
+                         json={"model": "flux-dev", "input": {"prompt": "a kite"},
+                               "parameters": {"size": "768*512", "steps": 12, "partial_images": 2}}).json()
+    task_id = created["output"]["task_id"]
+    events = []
+    with httpx.stream("GET", f"{service.url}/web/api/tasks/{task_id}/events", headers=headers, timeout=120) as answer:
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[len("data: "):]))
+    kinds = [event["type"] for event in events]
+    assert kinds[0] == "task" and events[-1] == {"type": "task", "task": events[-1]["task"]}
+    assert events[-1]["task"]["status"] == "SUCCEEDED" and events[-1]["task"]["images"][0]["url"]
+    previews = [event for event in events if event["type"] == "preview"]
+    assert sorted(p["partial_image_index"] for p in previews) == [0, 1]  # each once
+    assert all(p["data_url"].startswith("data:image/png;base64,") for p in previews)
+    assert kinds.index("preview") < len(kinds) - 1  # before the end
+    other = httpx.get(f"{service.url}/web/api/tasks/{task_id}/events", timeout=30,
+                      headers={"Authorization": f"Bearer {OTHER_KEY}"})  # another key's task: not there for it
+    assert (other.status_code, other.json()["code"]) == (404, "InvalidParameter") and task_id in other.json()["message"]

@@ -1,8 +1,9 @@
-"""The web page: `GET /` (one static page, no build step), its files, and the two reads it makes
-beyond the API doors. Errors use the DashScope shape, the door the page creates tasks through."""
+"""The web page: `GET /` (one static page, no build step), its files, and the reads it makes
+beyond the API doors (recent tasks, a task, a task's events). Errors use the DashScope shape, the door the page creates tasks through."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -12,6 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from serve.doors.dashscope.protocol import ERRORS, error_body
 from serve.doors.web.service import WebService
 from serve.edge.http import Caller, Door
+from serve.edge.sse import event_stream
 
 STATIC = Path(__file__).parent / "static"
 page_router = APIRouter()  # the page itself, at /
@@ -35,3 +37,10 @@ async def recent(service: WebService, caller: Caller, request: Request):
 @door.route("GET", "/api/tasks/{task_id}")
 async def task(service: WebService, caller: Caller, request: Request):
     return await service.task(caller, request.path_params["task_id"])
+
+
+@door.route("GET", "/api/tasks/{task_id}/events")
+async def events(service: WebService, caller: Caller, request: Request):
+    """A task's card as Server-Sent Events (`task`, `preview`), until it ends."""
+    answer = await service.events(caller, request.path_params["task_id"])
+    return event_stream(answer, request) if isinstance(answer, AsyncIterator) else answer

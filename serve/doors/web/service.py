@@ -1,8 +1,15 @@
-"""The web page's reads: this key's tasks as `TaskView`s. Creating and canceling go through the
+"""The web page's reads: this key's tasks as `TaskView`s, and a live task's stream of events (its
+view as it changes, and its previews as they come). Creating and canceling go through the
 DashScope door, as any client's would."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
+from collections.abc import AsyncIterator
+
+from cluster.images.encoding import MEDIA_TYPES
 from serve.doors.base import DoorService
 from serve.doors.web.protocol import ImageView, TaskPage, TaskView
 from serve.edge.errors import ErrorKind, Failure, ServiceError
@@ -10,6 +17,7 @@ from serve.edge.http import Caller
 from serve.tasks.store.record import TaskRecord
 
 PAGE_SIZE = 24
+WATCH_S = 1.0  # a followed task's record is read this often (one store read), for its progress
 
 
 class WebService(DoorService):
@@ -20,6 +28,45 @@ class WebService(DoorService):
         if record is None:
             return ServiceError(ErrorKind.NOT_FOUND, f"task {task_id} does not exist or has expired")
         return self.view(record, caller.base_url).model_dump()
+
+    async def events(self, caller: Caller, task_id: str) -> AsyncIterator[dict] | Failure:
+        """A task's card, followed: see `_events`. Leaving the stream leaves the task running."""
+        record = await self.tasks.get(task_id, caller.key_id)
+        if record is None:
+            return ServiceError(ErrorKind.NOT_FOUND, f"task {task_id} does not exist or has expired")
+        return self._events(record, caller.base_url)
+
+    async def _events(self, record: TaskRecord, base_url: str) -> AsyncIterator[dict]:
+        """`task` (its view) at once and whenever it changes, read every `WATCH_S`; `preview` (a
+        picture as a data URL) as each comes: the render pushes them to the ingress the task was
+        submitted to, the same previews an OpenAI stream gets (on another ingress, the view's
+        `preview_url` still shows the latest). Ends after the task's last view."""
+        previews = self.tasks.previews(record)
+        media_type = MEDIA_TYPES[record.request.output_format]
+        waiting: asyncio.Future | None = None
+        last: dict | None = None
+        try:
+            while True:
+                view = self.view(record, base_url).model_dump()
+                if view != last:
+                    yield {"type": "task", "task": view}
+                    last = view
+                if record.terminal:
+                    return
+                waiting = waiting or asyncio.ensure_future(anext(previews))
+                await asyncio.wait({waiting}, timeout=WATCH_S)
+                if waiting.done():
+                    index, partial, data = waiting.result()
+                    waiting = None
+                    yield {"type": "preview", "image_index": index, "partial_image_index": partial,
+                           "data_url": f"data:{media_type};base64,{base64.b64encode(data).decode()}"}
+                record = await self.tasks.get(record.task_id, record.key_id) or record
+        finally:
+            if waiting is not None:  # a preview still awaited: stop it before the previews close
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await waiting
+            await previews.aclose()
 
     async def recent(self, caller: Caller) -> dict:
         records, total = await self.tasks.list(caller.key_id, page_size=PAGE_SIZE)

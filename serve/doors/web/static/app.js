@@ -5,7 +5,7 @@
 
 const KEY = "raydiant.apiKey";
 const POLL_MS = 500;
-const state = { models: {}, live: new Map() };  // live: task id -> its card, polled until it ends
+const state = { models: {}, live: new Map() };  // live: task id -> its card, followed until it ends
 const $ = (selector, root = document) => root.querySelector(selector);
 
 function apiKey() { return sessionStorage.getItem(KEY); }
@@ -252,7 +252,44 @@ function show(view, newest = false) {
   render(card, view);
   if (LIVE.has(view.status) && !state.live.has(view.task_id)) {
     state.live.set(view.task_id, card);
-    setTimeout(() => poll(view.task_id), POLL_MS);
+    follow(view.task_id);
+  }
+}
+
+// A live card follows its task's event stream (Server-Sent Events, read with fetch: the key goes
+// in a header, which EventSource cannot send): `task`, its view whenever it changes, and
+// `preview`, each picture of the image forming as the render makes it. Polled if the stream fails.
+async function follow(taskId) {
+  const card = state.live.get(taskId);
+  try {
+    const answer = await fetch(`/web/api/tasks/${taskId}/events`, { headers: { Authorization: `Bearer ${apiKey()}` } });
+    if (!answer.ok || !answer.body) throw new Error(`${answer.status}`);
+    const reader = answer.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += value;
+      for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+        const data = buffer.slice(0, end).split("\n").filter((line) => line.startsWith("data: "));
+        buffer = buffer.slice(end + 2);
+        if (data.length) receive(card, JSON.parse(data.map((line) => line.slice(6)).join("\n")));
+      }
+    }
+  } catch (error) {
+    console.warn(`task ${taskId}: no event stream (${error.message}); polling`);
+  }
+  if (LIVE.has(card.view.status)) setTimeout(() => poll(taskId), POLL_MS);
+  else state.live.delete(taskId);
+}
+
+function receive(card, event) {
+  if (event.type === "task") {
+    card.view = event.task;
+    render(card, event.task);
+  } else if (event.type === "preview") {
+    card.streamedPreview = event.data_url;
+    render(card, card.view);
   }
 }
 
@@ -279,8 +316,9 @@ function render(card, view) {
   $(".steps", card).textContent = progress && live ? `step ${progress.step} of ${progress.steps}` : "";
   $(".eta", card).textContent = progress && live ? `about ${view.eta_s.toFixed(1)} s left` : "";
   const preview = $(".preview", card);
-  preview.hidden = !(live && view.preview_url);
-  if (live && view.preview_url && preview.getAttribute("src") !== view.preview_url) preview.src = view.preview_url;
+  const picture = card.streamedPreview || view.preview_url;  // streamed, or the latest kept one
+  preview.hidden = !(live && picture);
+  if (live && picture && preview.getAttribute("src") !== picture) preview.src = picture;
   $(".task-error", card).textContent = view.status === "FAILED" ? view.error || "failed" : "";
   const images = $(".images", card);
   if (images.childElementCount !== view.images.length) {
