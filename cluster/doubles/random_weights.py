@@ -8,6 +8,7 @@ Tokenizers are the locally trained tiny ones (their ids fit in any real vocabula
 
 from __future__ import annotations
 
+import diffusers
 import torch
 from diffusers import DiffusionPipeline
 
@@ -35,6 +36,16 @@ def build_random_pipeline(
         if isinstance(component, torch.nn.Module):
             materialize_(component, device, dtype, RANDOM_SEED)
     return pipeline
+
+
+def build_random_denoiser(family: Family | str, device: torch.device, dtype: torch.dtype,
+                          scale: Scale = "full") -> torch.nn.Module:
+    """The denoiser of `family` alone (a FLUX model's Fill weights: no second set of text encoders)."""
+    arch = architecture(family, scale)
+    denoiser_class = getattr(diffusers, arch.denoiser_class)
+    module = on_meta(lambda: denoiser_class(**arch.denoiser))
+    materialize_(module, device, dtype, RANDOM_SEED)
+    return module
 
 
 def parameter_count(family: Family | str, scale: Scale = "full") -> dict[str, int]:

@@ -26,6 +26,7 @@ TINY_SEED = 0
 TINY_DIRS: dict[Family, str] = {
     Family.FLUX: "flux",
     Family.FLUX_KONTEXT: "flux-kontext",
+    Family.FLUX_FILL: "flux-fill",
     Family.SDXL: "sdxl",
     Family.SD15: "sd15",
 }

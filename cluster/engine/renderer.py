@@ -40,7 +40,7 @@ from PIL import Image
 
 from cluster.engine.batch_invariance import make_batch_invariant
 from cluster.engine.batching import plan_batches
-from cluster.engine.previews import LatentPreviewer, PreviewTaker
+from cluster.engine.previews import LatentPreviewer, PreviewTaker, TinyAutoencoderPreviewer
 from cluster.engine.progress import Canceled, StepProgress, StepReporter
 from cluster.engine.speed import StepCache, compile_regions, quantize_weights
 from cluster.images import masks
@@ -56,7 +56,7 @@ from cluster.spec.request import RenderRequest, RenderResult, ResolvedRequest
 from cluster.spec.seeding import generator, image_seeds
 from cluster.spec.settings import FastSettings
 from cluster.weights.base_weights import BaseWeights
-from cluster.weights.sources import load_pipeline
+from cluster.weights.sources import load_fill_transformer, load_pipeline, load_preview_decoder
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +141,21 @@ class Renderer:
         self.dtype = pick_dtype(spec.dtype, self.device)
         started = time.perf_counter()
         self.pipeline = load_pipeline(spec.name, spec.family, spec.source, self.dtype, self.device, spec.simulated)
+        self.fill = self._load_fill()
         if spec.quantize != "none":
-            quantize_weights(self.pipeline, spec.quantize, self.device)
+            for pipeline in (self.pipeline, self.fill) if self.fill else (self.pipeline,):
+                quantize_weights(pipeline, spec.quantize, self.device)
         self._place_on_device()
         self.pipeline.set_progress_bar_config(disable=True)
         self.base = BaseWeights({name: c for name, c in self.pipeline.components.items()
-                                 if isinstance(c, torch.nn.Module)}, fixed_storage=not spec.offload)
+                                 if isinstance(c, torch.nn.Module)}
+                                | ({"fill_transformer": self.fill.transformer} if self.fill else {}),
+                                fixed_storage=not spec.offload)
         self.lora_cache = lora_cache or LoraCache()
         self._pipelines: dict[str, Any] = {"text": self.pipeline, "edit": self.pipeline}
-        self.previewer = LatentPreviewer()
+        if self.fill:
+            self._pipelines["inpaint"] = self.fill
+        self.previewer = self._previewer()
         self.adapters = self._adapters()
         self.step_cache = StepCache(self.pipeline, spec.fast if spec.step_cache else FastSettings())
         if spec.compile:
@@ -164,8 +170,33 @@ class Renderer:
 
     # --- set-up -------------------------------------------------------------------------------
 
+    def _load_fill(self):
+        """The FLUX.1 Fill pipeline that renders this model's inpaints, when `fill` names its
+        weights: that transformer, and this model's own text encoders, VAE and scheduler (one
+        copy of each in memory). None otherwise: FluxInpaintPipeline on the model's weights."""
+        from diffusers import DiffusionPipeline, FluxFillPipeline
+
+        if self.spec.fill is None or not isinstance(self.pipeline, DiffusionPipeline):  # SIMULATED: itself
+            return None
+        transformer = load_fill_transformer(self.spec.name, self.spec.fill, self.dtype, self.device)
+        shared = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+        fill = FluxFillPipeline(transformer=transformer, **{name: self.pipeline.components[name] for name in shared})
+        fill.set_progress_bar_config(disable=True)
+        return fill
+
+    def _previewer(self) -> LatentPreviewer | TinyAutoencoderPreviewer:
+        """The configured tiny autoencoder on this model's device, else the fitted linear map."""
+        from diffusers import DiffusionPipeline
+
+        if self.spec.preview_decoder is None or not isinstance(self.pipeline, DiffusionPipeline):
+            return LatentPreviewer()
+        decoder = load_preview_decoder(self.spec.name, self.spec.preview_decoder, self.dtype,
+                                       self.pipeline.vae.config.latent_channels)
+        return TinyAutoencoderPreviewer(decoder.to(self.device))
+
     def _modules(self) -> list[torch.nn.Module]:
-        return [c for c in self.pipeline.components.values() if isinstance(c, torch.nn.Module)]
+        modules = [c for c in self.pipeline.components.values() if isinstance(c, torch.nn.Module)]
+        return modules + [self.fill.transformer] if self.fill else modules
 
     def _place_on_device(self) -> None:
         if self.spec.offload and self.device.type == "cuda":
@@ -174,6 +205,8 @@ class Renderer:
         if self.spec.offload:
             log.info("%s: offload has no effect on %s; running fully on it", self.spec.name, self.device)
         self.pipeline.to(self.device)
+        if self.fill:
+            self.fill.transformer.to(self.device)
         if self.device.type == "cpu":
             make_batch_invariant(self._modules())
 
@@ -198,7 +231,13 @@ class Renderer:
                                 steps=self.spec.min_steps, seed=0, n=1, init_image=init,
                                 add_sampling_metadata=False)
         started = time.perf_counter()
-        results = self.render([request] * self.max_batch_size)
+        requests = [request] * self.max_batch_size
+        if self.fill:  # its Fill weights too: a model that cannot inpaint fails at load as well
+            mask = encode(Image.new("L", (width, height), 255))
+            inpaint = dataclasses.replace(request, init_image=encode(Image.new("RGB", (width, height), "gray")),
+                                          mask=mask)
+            requests += [inpaint] * self.max_batch_size
+        results = self.render(requests)
         failed = [r.error for r in results if r.error]
         if failed:
             raise RuntimeError(f"warm-up of {self.spec.name} failed: {failed[0].message}")

@@ -15,7 +15,7 @@ import math
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.families import Family
@@ -28,6 +28,8 @@ MAX_PARTIAL_IMAGES = 3  # previews a request may ask for (OpenAI's `partial_imag
 # How far from the input image a request goes when it does not say: image to image keeps its
 # composition; an inpaint repaints the masked area from noise (the rest is the input's anyway).
 DEFAULT_STRENGTH: dict[str, float] = {"image": 0.8, "inpaint": 1.0}
+# FLUX.1 Fill [dev] is distilled for a guidance far above FLUX.1 [dev]'s (its model card: 30).
+FILL_GUIDANCE = 30.0
 
 _SIZE = re.compile(r"^\s*(\d+)\s*[*xX]\s*(\d+)\s*$")
 
@@ -114,6 +116,24 @@ class ModelSpec(BaseModel):
     compile_sizes: list[str] = Field(default_factory=list, description="W*H sizes warmed up at load when compiled "
                                                                         "(default: the default size).")
     quantize: Quantization = Field("none", description="Denoiser weights: none, int8_weight_only, or fp8 (Ada/Hopper).")
+    fill: str | None = Field(None, description="FLUX models: weights of a FLUX.1 Fill transformer (a source, e.g. "
+                                               "black-forest-labs/FLUX.1-Fill-dev or tiny:flux-fill). Inpaints are "
+                                               "rendered by it, with this model's text encoders and VAE; without it, "
+                                               "by this model's own weights (FluxInpaintPipeline).")
+
+    preview_decoder: str | None = Field(None, description="A tiny autoencoder (AutoencoderTiny: madebyollin/taef1 for "
+                                                          "FLUX, madebyollin/taesdxl for SDXL) that draws previews "
+                                                          "at full size; without it, a linear latent-to-RGB map at "
+                                                          "an eighth of each side.")
+
+    @model_validator(mode="after")
+    def _fill_is_for_flux(self) -> "ModelSpec":
+        if self.fill is not None and self.family != Family.FLUX:
+            raise ValueError(f"fill: only FLUX models take Fill weights; {self.name} is {self.family.value}")
+        if self.fill is not None and self.offload:
+            raise ValueError("fill: not with offload (the Fill pipeline shares this model's modules, which "
+                             "offload moves on its own pipeline's schedule)")
+        return self
 
     @property
     def step_cache(self) -> bool:
@@ -147,7 +167,9 @@ class ModelSpec(BaseModel):
             return RenderError.invalid("steps", f"must be {self.min_steps}..{self.max_steps} for model {self.name}, "
                                                 f"got {steps}")
         guidance = self.default_guidance if req.guidance is None else float(req.guidance)
-        if not self.min_guidance <= guidance <= self.max_guidance:
+        if req.guidance is None and mode == "inpaint" and self.fill:
+            guidance = FILL_GUIDANCE
+        elif not self.min_guidance <= guidance <= self.max_guidance:
             return RenderError.invalid("guidance", f"must be {self.min_guidance:g}..{self.max_guidance:g} "
                                                    f"for model {self.name}, got {guidance:g}")
         if not 1 <= req.n <= self.max_n:
@@ -157,10 +179,12 @@ class ModelSpec(BaseModel):
         loras = resolve_loras(req.loras, self.loras, self.name)
         if isinstance(loras, RenderError):
             return loras
+        if mode == "inpaint" and self.fill and (problem := self._fill_refuses(req)):
+            return problem
         quality = req.quality or "lossless"
         if quality not in QUALITIES:
             return RenderError.invalid("quality", f"must be {' or '.join(QUALITIES)}, got {quality!r}")
-        if not self.step_cache:
+        if not self.step_cache or (mode == "inpaint" and self.fill):
             quality = "lossless"  # a model without a step cache renders every request lossless
         strength = DEFAULT_STRENGTH.get(mode) if req.strength is None else float(req.strength)
         if strength is not None and not (0 < strength <= 1):
@@ -220,6 +244,17 @@ class ModelSpec(BaseModel):
         if not req.init_image:
             return "text"
         return "inpaint" if req.mask else "image"
+
+    def _fill_refuses(self, req: RenderRequest) -> RenderError | None:
+        """What the Fill weights cannot take: adapters trained for this model's own transformer,
+        and a negative prompt (the Fill pipeline has no true guidance)."""
+        if req.loras:
+            return RenderError.invalid("loras", f"are not taken by model {self.name}'s inpaints: they are "
+                                                f"rendered by its Fill weights, which the adapters were not made for")
+        if req.negative_prompt:
+            return RenderError.invalid("negative_prompt", f"is not taken by model {self.name}'s inpaints "
+                                                          f"(its Fill weights take the prompt alone)")
+        return None
 
     def size_for_aspect(self, ratio_w: int, ratio_h: int) -> tuple[int, int] | RenderError:
         """The renderable size nearest to aspect `ratio_w:ratio_h` at about this model's native

@@ -54,6 +54,11 @@ class ModelConfig(BaseModel):
     compile: bool | None = Field(None, description="Regional compile of the denoiser, warmed up at load.")
     compile_sizes: list[str] | None = Field(None, description="W*H sizes warmed up when compiled.")
     quantize: Quantization | None = Field(None, description="none, int8_weight_only or fp8 (Ada/Hopper GPUs).")
+    fill: str | None = Field(None, description="FLUX models: FLUX.1 Fill weights (a source) that render inpaints "
+                                               "(default: the model's own weights, FluxInpaintPipeline).")
+    preview_decoder: str | None = Field(None, description="AutoencoderTiny weights (a source, e.g. madebyollin/taef1) "
+                                                          "that draw previews at full size (default: a linear "
+                                                          "latent-to-RGB map, an eighth of each side).")
 
 
 class LoraConfig(BaseModel):
@@ -284,6 +289,11 @@ class RaydiantConfig(BaseModel):
                 hint = f"'like: {entry.like}' is not" if entry.like else "it is not"
                 raise ConfigError(f"models.{name}: {hint} a catalogue model ({known}); "
                                   f"set 'like:' to one of them")
+            try:  # the entry with its catalogue model: rules that span both (fill on a FLUX model)
+                self.spec(name)
+            except ValidationError as exc:
+                problems = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise ConfigError(f"models.{name}: {problems}") from None
 
 
 def load_config(path: str | Path | None = None) -> RaydiantConfig:

@@ -14,6 +14,9 @@ class Family(StrEnum):
 
     FLUX = "flux"
     FLUX_KONTEXT = "flux-kontext"
+    # FLUX.1 Fill: a transformer that also reads the masked input and the mask. Not a model of
+    # its own here: a FLUX model's `fill` weights, which render that model's inpaints.
+    FLUX_FILL = "flux-fill"
     SDXL = "sdxl"
     SD15 = "sd15"
 
@@ -21,6 +24,7 @@ class Family(StrEnum):
 PIPELINE_CLASS: dict[Family, str] = {
     Family.FLUX: "FluxPipeline",
     Family.FLUX_KONTEXT: "FluxKontextPipeline",
+    Family.FLUX_FILL: "FluxFillPipeline",
     Family.SDXL: "StableDiffusionXLPipeline",
     Family.SD15: "StableDiffusionPipeline",
 }

@@ -127,7 +127,13 @@ def _flux(family: Family, scale: Scale) -> Architecture:
                     "pooled_projection_dim": 32, "axes_dims_rope": [4, 6, 6]}
         latent_channels = 4
     # FLUX packs 2x2 latent patches into tokens, so the transformer sees 4x the VAE channels.
-    denoiser |= {"patch_size": 1, "in_channels": 4 * latent_channels, "guidance_embeds": True}
+    packed = 4 * latent_channels
+    denoiser |= {"patch_size": 1, "in_channels": packed, "guidance_embeds": True}
+    if family == Family.FLUX_FILL:
+        # Fill reads, beside the noisy latents, the masked input's latents and the mask folded
+        # into the VAE's 8x8 pixels per latent (64 channels), each packed 2x2: 64 + 64 + 256 = 384
+        # channels at full scale, as FLUX.1-Fill-dev's config says.
+        denoiser |= {"in_channels": packed + packed + 4 * 8 * 8, "out_channels": packed}
     return Architecture(
         family=family,
         denoiser_class="FluxTransformer2DModel",
@@ -139,7 +145,8 @@ def _flux(family: Family, scale: Scale) -> Architecture:
         scheduler={"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True,
                    "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256,
                    "max_image_seq_len": 4096},
-        extra_components={"image_encoder": None, "feature_extractor": None},
+        # FLUX and Kontext take an IP-Adapter's image encoder (none here); Fill has no such slot.
+        extra_components={} if family == Family.FLUX_FILL else {"image_encoder": None, "feature_extractor": None},
     )
 
 
@@ -199,6 +206,6 @@ def _stable_diffusion(family: Family, scale: Scale) -> Architecture:
 def architecture(family: Family | str, scale: Scale) -> Architecture:
     """The component architecture of `family` at `scale`."""
     family = Family(family)
-    if family in (Family.FLUX, Family.FLUX_KONTEXT):
+    if family in (Family.FLUX, Family.FLUX_KONTEXT, Family.FLUX_FILL):
         return _flux(family, scale)
     return _stable_diffusion(family, scale)

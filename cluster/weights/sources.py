@@ -144,3 +144,58 @@ def load_pipeline(name: str, family: Family, source: str, dtype: torch.dtype, de
         raise ModelLoadError(f"cannot load model {name} from {source}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - report any loader failure as one clear line
         raise ModelLoadError(f"cannot load model {name} from {source}: {first_line(exc)}") from exc
+
+
+def load_fill_transformer(name: str, source: str, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """The transformer of FLUX.1 Fill weights at `source` (only that folder is read: the model
+    that uses it keeps its own text encoders and VAE). Left on the CPU except for `random:`."""
+    try:
+        parsed = parse_source(source)
+        if parsed.kind in ("fake", "sim"):
+            raise ModelLoadError("a SIMULATED or FAKE engine has no Fill weights (it renders inpaints itself)")
+        if parsed.kind in ("tiny", "random") and parsed.family != Family.FLUX_FILL:
+            raise ModelLoadError(f"{parsed.kind}:{parsed.location} is not Fill weights; use {parsed.kind}:flux-fill")
+        if parsed.kind == "random":
+            from cluster.doubles.random_weights import build_random_denoiser
+
+            return build_random_denoiser(Family.FLUX_FILL, device, dtype)
+        return diffusers.FluxTransformer2DModel.from_pretrained(local_location(parsed), subfolder="transformer",
+                                                                torch_dtype=dtype)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"cannot load the Fill weights of model {name} from {source}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - report any loader failure as one clear line
+        raise ModelLoadError(f"cannot load the Fill weights of model {name} from {source}: {first_line(exc)}") from exc
+
+
+def load_preview_decoder(name: str, source: str, dtype: torch.dtype, latent_channels: int) -> torch.nn.Module:
+    """A tiny autoencoder (`AutoencoderTiny`: TAESD, TAESDXL, TAEF1) whose decoder draws model
+    `name`'s previews, on the CPU: a hub id, a local folder or an fsspec URI of one; or
+    `tiny:<family>` / `random:<family>`, random weights for that family's latents (tests,
+    benchmarks: the published architecture at `random:`, a few channels at `tiny:`)."""
+    try:
+        parsed = parse_source(source)
+        if parsed.kind in ("fake", "sim"):
+            raise ModelLoadError("a SIMULATED or FAKE engine has no latents to preview")
+        if parsed.kind in ("tiny", "random"):
+            from cluster.weights.architectures import architecture
+
+            channels = architecture(parsed.family, "tiny" if parsed.kind == "tiny" else "full").vae["latent_channels"]
+            widths = (64, 64, 64, 64) if parsed.kind == "random" else (8, 8, 8, 8)
+            with torch.random.fork_rng(devices=[]):  # the same weights every time; the process's RNG untouched
+                torch.manual_seed(0)
+                decoder = diffusers.AutoencoderTiny(latent_channels=channels, encoder_block_out_channels=widths,
+                                                    decoder_block_out_channels=widths).to(dtype=dtype).eval()
+        else:
+            location = fetch_fsspec(parsed.location) if parsed.kind == "fsspec" else parsed.location
+            if parsed.kind == "local" and not (Path(location) / "config.json").is_file():
+                raise ModelLoadError(f"{location} is not an AutoencoderTiny folder (no config.json)")
+            decoder = diffusers.AutoencoderTiny.from_pretrained(str(location), torch_dtype=dtype).eval()
+        if decoder.config.latent_channels != latent_channels:
+            raise ModelLoadError(f"it decodes {decoder.config.latent_channels} latent channels; the model has "
+                                 f"{latent_channels}")
+        return decoder
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"cannot load the preview decoder of model {name} from {source}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - report any loader failure as one clear line
+        raise ModelLoadError(f"cannot load the preview decoder of model {name} from {source}: "
+                             f"{first_line(exc)}") from exc

@@ -1,6 +1,7 @@
 """What a text-to-image model does with an input image (cluster/engine/renderer.py, tiny real
 pipelines on the CPU): image to image with a strength, an inpaint whose pixels outside the mask
-are the input's exactly, each the same alone or in a batch; and the output formats."""
+are the input's exactly, each the same alone or in a batch; a FLUX model's inpaints rendered by
+its Fill weights when it has them; and the output formats."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cluster.engine.renderer import Renderer
 from cluster.images import masks
 from cluster.images.encoding import png_text
 from cluster.spec.errors import ErrorCode
+from cluster.spec.loras import LoraRef
 from cluster.spec.request import RenderRequest
+from cluster.weights.sources import ModelLoadError
 from tests.conftest import images, pixels
 
 SIZE = 256
@@ -58,6 +62,38 @@ def test_inpaint_keeps_every_pixel_outside_the_mask_exactly(engine):
     [inpainted] = images(engine, ask(model_of(engine), init_image=photo(), mask=left_half_mask()))
     assert np.array_equal(inpainted[:, SIZE // 2:], source[:, SIZE // 2:])  # the kept half: the input's
     assert not np.array_equal(inpainted[:, : SIZE // 2], source[:, : SIZE // 2])  # the masked half: repainted
+
+
+@pytest.fixture(scope="module")
+def fill_renderer(local_config) -> Renderer:
+    """flux-schnell with FLUX.1 Fill weights (tiny), warmed up as a replica is: inpaints too."""
+    return Renderer(local_config.spec("flux-schnell").model_copy(update={"fill": "tiny:flux-fill", "warmup": True}),
+                    device="cpu")
+
+
+def test_a_flux_model_with_fill_weights_inpaints_with_them_and_nothing_else(fill_renderer, flux_renderer):
+    inpaint = ask(init_image=photo(), mask=left_half_mask())
+    [filled], [own] = images(fill_renderer, inpaint), images(flux_renderer, inpaint)
+    source = pixels(photo())
+    assert np.array_equal(filled[:, SIZE // 2:], source[:, SIZE // 2:])  # outside the mask: the input's
+    assert not np.array_equal(filled[:, : SIZE // 2], own[:, : SIZE // 2])  # inside: other weights painted it
+    assert type(fill_renderer._pipeline_for("inpaint")).__name__ == "FluxFillPipeline"
+    [result] = fill_renderer.render([inpaint])
+    assert png_text(result.image)["guidance"] == "30.0"  # Fill's own guidance, when the request gives none
+    # Text to image and image to image stay the model's own, and neither set of weights changed.
+    assert np.array_equal(images(fill_renderer, ask())[0], images(flux_renderer, ask())[0])
+    img2img = ask(init_image=photo(), strength=0.5)
+    assert np.array_equal(images(fill_renderer, img2img)[0], images(flux_renderer, img2img)[0])
+    fill_renderer.check_health()
+    assert "fill_transformer" in fill_renderer.base.modules
+
+
+def test_fill_weights_take_no_adapters_nor_negative_prompt(fill_renderer):
+    [adapted, negative] = fill_renderer.render([
+        ask(init_image=photo(), mask=left_half_mask(), loras=(LoraRef("some/adapter"),)),
+        ask(init_image=photo(), mask=left_half_mask(), negative_prompt="fog")])
+    assert (adapted.error.param, negative.error.param) == ("loras", "negative_prompt")
+    assert "Fill weights" in adapted.error.message and "Fill weights" in negative.error.message
 
 
 def test_image_to_image_follows_its_strength_and_is_the_same_alone_or_batched(engine):
@@ -134,3 +170,22 @@ def test_previews_come_at_their_steps_and_never_change_the_final_pixels(engine):
     with_previews = [pixels(r.image) for r in engine.encode(denoised)]
     without = images(engine, ask(model, steps=4, seed=21), ask(model, steps=4, seed=22))
     assert all(np.array_equal(a, b) for a, b in zip(with_previews, without))
+
+
+def test_a_configured_tiny_autoencoder_draws_the_previews_at_full_size(local_config, flux_renderer):
+    spec = local_config.spec("flux-schnell").model_copy(update={"preview_decoder": "tiny:flux"})
+    engine = Renderer(spec, device="cpu")
+    _, [batch] = engine.plan([spec.resolve(ask(steps=3, seed=5, partial_images=2))])
+    seen = []
+    [denoised] = engine.denoise(batch, on_preview=lambda image, index, picture: seen.append((index, picture)))
+    assert [(index, picture.size) for index, picture in seen] == [(0, (SIZE, SIZE)), (1, (SIZE, SIZE))]
+    assert np.asarray(seen[0][1]).std() > 0  # drawn, not blank
+    [final] = [pixels(r.image) for r in engine.encode(denoised)]
+    assert np.array_equal(final, images(flux_renderer, ask(steps=3, seed=5))[0])  # the image itself: unchanged
+
+
+def test_a_preview_decoder_of_another_latent_space_is_refused_at_load(local_config):
+    spec = local_config.spec("flux-schnell").model_copy(update={"preview_decoder": "random:flux"})
+    with pytest.raises(ModelLoadError, match="preview decoder of model flux-schnell from random:flux: it decodes "
+                                             "16 latent channels; the model has 4"):
+        Renderer(spec, device="cpu")

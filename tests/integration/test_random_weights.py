@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from cluster.doubles.random_weights import build_random_pipeline, parameter_count
+from cluster.doubles.random_weights import build_random_denoiser, build_random_pipeline, parameter_count
 
 
 def test_full_size_flux_is_the_published_architecture():
@@ -14,6 +14,14 @@ def test_full_size_flux_is_the_published_architecture():
     assert 4.7e9 < counts["text_encoder_2"] < 4.8e9  # T5-XXL encoder: 4.76B
     assert 123e6 - 1e6 < counts["text_encoder"] < 124e6  # CLIP ViT-L text: 123M
     assert 83e6 < counts["vae"] < 84.5e6
+
+
+def test_full_size_flux_fill_is_the_published_architecture():
+    counts = parameter_count("flux-fill")
+    # FLUX.1-Fill-dev: FLUX.1's transformer with a wider input (384 channels, not 64).
+    assert counts["transformer"] - parameter_count("flux")["transformer"] == (384 - 64) * 3072
+    fill = build_random_denoiser("flux-fill", torch.device("cpu"), torch.float32, scale="tiny")
+    assert (fill.config.in_channels, fill.config.out_channels) == (16 + 16 + 256, 16)
 
 
 def test_full_size_sdxl_is_the_published_architecture():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.spec.catalogue import CATALOGUE, parse_size
+from cluster.spec.catalogue import CATALOGUE, ModelSpec, parse_size
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest, ResolvedRequest
 
@@ -145,3 +145,21 @@ def test_parse_size():
     assert parse_size("1024*576") == (1024, 576)
     assert parse_size("512x768") == (512, 768)
     assert parse_size("big") is None
+
+
+def test_a_flux_model_with_fill_weights_inpaints_at_their_guidance_and_takes_what_they_take():
+    spec = CATALOGUE["flux-dev"].model_copy(update={"fill": "black-forest-labs/FLUX.1-Fill-dev"})
+    inpaint = spec.resolve(RenderRequest(model="flux-dev", prompt="a cat", init_image=b"png", mask=b"mask"))
+    assert (inpaint.mode, inpaint.guidance, inpaint.quality) == ("inpaint", 30.0, "lossless")
+    assert spec.resolve(RenderRequest(model="flux-dev", prompt="a cat", init_image=b"png", mask=b"m",
+                                      guidance=12.0)).guidance == 12.0  # a request's own is kept
+    image = spec.resolve(RenderRequest(model="flux-dev", prompt="a cat", init_image=b"png"))
+    assert image.guidance == 3.5  # image to image: the model's own weights and defaults
+    refused = spec.resolve(RenderRequest(model="flux-dev", prompt="a cat", init_image=b"png", mask=b"m",
+                                         negative_prompt="fog"))
+    assert isinstance(refused, RenderError) and refused.param == "negative_prompt"
+
+
+def test_fill_weights_are_for_flux_models_only():
+    with pytest.raises(ValueError, match="only FLUX models take Fill weights"):
+        ModelSpec.model_validate(CATALOGUE["stable-diffusion-xl"].model_dump() | {"fill": "tiny:flux-fill"})

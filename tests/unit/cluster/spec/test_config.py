@@ -60,3 +60,10 @@ def test_a_compiled_model_takes_adapters_only_when_asked_into_a_slot_of_its_lora
     assert (config.spec("flux-schnell").loras.max, config.spec("flux-schnell").lora_rank) == (2, 16)
     with pytest.raises(ConfigError, match="lora_rank"):
         load_config(write(tmp_path, "models:\n  flux-schnell: {source: 'tiny:flux', lora_rank: 0}\n"))
+
+
+def test_fill_weights_on_a_model_that_cannot_take_them_name_the_model(tmp_path):
+    config = load_config(write(tmp_path, "models:\n  flux-dev: {source: 'tiny:flux', fill: 'tiny:flux-fill'}\n"))
+    assert config.spec("flux-dev").fill == "tiny:flux-fill"
+    with pytest.raises(ConfigError, match=r"models\.stable-diffusion-xl: fill: only FLUX models take Fill weights"):
+        load_config(write(tmp_path, "models:\n  stable-diffusion-xl: {source: 'tiny:sdxl', fill: 'tiny:flux-fill'}\n"))

@@ -22,7 +22,7 @@ def test_source_kinds(tmp_path):
 
 
 def test_unknown_tiny_family():
-    with pytest.raises(ModelLoadError, match="unknown family.*tiny:<flux, flux-kontext, sdxl, sd15>"):
+    with pytest.raises(ModelLoadError, match="unknown family.*tiny:<flux, flux-kontext, flux-fill, sdxl, sd15>"):
         parse_source("tiny:dalle")
 
 
