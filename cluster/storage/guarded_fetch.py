@@ -223,7 +223,10 @@ def check_image(data: bytes, max_pixels: int) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as image:
             kind, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own cap, far above ours: its header says so
+        raise FetchError(f"input image says it has over {2 * Image.MAX_IMAGE_PIXELS} pixels (a decompression "
+                         f"bomb?); at most {max_pixels} are taken") from None
+    except (UnidentifiedImageError, OSError):
         raise FetchError("input is not a PNG, JPEG or WebP image") from None
     if kind not in IMAGE_FORMATS:
         raise FetchError(f"input image is {kind}; PNG, JPEG or WebP expected")

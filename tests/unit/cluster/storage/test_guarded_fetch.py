@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import io
 import ipaddress
+import struct
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 from PIL import Image
 
-from cluster.storage.guarded_fetch import FetchError, FetchPolicy, fetch_image, refusal, request
+from cluster.storage.guarded_fetch import FetchError, FetchPolicy, check_image, fetch_image, refusal, request
 
 CLUSTER = FetchPolicy()  # the cluster profile: loopback and private refused
 LOCAL = FetchPolicy(allow_loopback=True)  # the local profile
@@ -153,6 +155,17 @@ def test_size_type_and_pixel_caps(server):
         fetch("data:image/png,not-base64", LOCAL)
     with pytest.raises(FetchError, match="http"):
         fetch("file:///etc/passwd", LOCAL)
+
+
+def test_a_decompression_bomb_is_named_from_its_header_alone():
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    # A PNG that says 50000x50000 (2.5 billion pixels) and holds no pixel data at all.
+    header = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 50_000, 50_000, 8, 2, 0, 0, 0))
+    with pytest.raises(FetchError, match=r"says it has over \d+ pixels \(a decompression bomb\?\); at most "
+                                         r"4000000 are taken"):
+        check_image(header + chunk(b"IEND", b""), 4_000_000)
 
 
 def test_connection_goes_to_the_checked_address_even_when_dns_changes(server):
