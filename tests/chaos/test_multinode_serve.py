@@ -140,7 +140,8 @@ def test_autoscaling_from_zero_up_under_a_burst_and_back_to_zero(service, record
     first = create(service, "flux-dev", steps=1)  # arrives at 0 replicas: held, not refused
     assert wait_terminal(service, [first])[first]["task_status"] == "SUCCEEDED"
     cold_start_s = time.monotonic() - started
-    wait_until(lambda: replicas("flux-dev") == 0, 60, "idle flux-dev back to 0 replicas")
+    # The burst comes at once, onto the one replica the first request started (waiting for it to
+    # go back to 0 first would prove nothing the end of the test does not, at a replica start).
     burst_started = time.monotonic()
     burst = [create(service, "flux-dev", steps=30, seed=i) for i in range(6)]
     up_s = wait_until(lambda: replicas("flux-dev") == 2, 90, "flux-dev scaled to 2 replicas")

@@ -7,19 +7,25 @@ real (torch.compile on this CPU, about 20 s) with tiny adapters made on the spot
 - the slot renders what PEFT's `set_adapters` renders on the eager model, within one level of 255
   (merged matrices: the same sum, another rounding order);
 - a request is the same alone and inside a batch of its set;
+- image to image and inpaint, with and without adapters, run on the graphs the text warm-up
+  compiled (their pipelines are made from the compiled one, and the transformer sees the same shapes);
 - a set whose ranks add up to more than `lora_rank`, an adapter with text-encoder layers and a
   DoRA adapter are refused naming `loras`, before any batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from cluster.doubles.tiny_loras import build_tiny_lora
 from cluster.engine.renderer import Renderer
+from cluster.images.encoding import encode
 from cluster.lora.cache import LoraCache
 from cluster.lora.hotswap import SlotAdapters
 from cluster.spec.errors import ErrorCode
@@ -104,6 +110,14 @@ def test_a_request_is_the_same_alone_and_in_a_batch_of_its_set(compiled, no_reco
     [alone] = images(compiled, ask(5, ("b", 0.8)))
     batched = images(compiled, ask(4, ("b", 0.8)), ask(5, ("b", 0.8)))
     assert np.array_equal(batched[1], alone)
+
+
+def test_image_to_image_and_inpaint_reuse_the_compiled_graphs(compiled, no_recompiles):
+    gray = encode(Image.new("RGB", (256, 256), "gray"))
+    left = encode(Image.fromarray(np.tile(np.arange(256) < 128, (256, 1)).astype(np.uint8) * 255, "L"))
+    image = dataclasses.replace(ask(1), init_image=gray, strength=0.6)
+    inpaint = dataclasses.replace(ask(1, ("a", 1.0)), init_image=gray, mask=left)
+    assert all(r.ok for r in compiled.render([image, inpaint, dataclasses.replace(inpaint, seed=2)]))
 
 
 def test_sets_the_slot_cannot_take_are_refused_naming_loras(compiled):
