@@ -122,6 +122,19 @@ class RateLimitConfig(BaseModel):
     burst: int = Field(20, ge=1, description="Requests a key may send at once.")
 
 
+class FilesConfig(BaseModel):
+    """Batch input files (OpenAI's `/v1/files`, purpose batch), per key, in the result storage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_bytes: int = Field(200 * 1024 * 1024, gt=0, description="Largest file (OpenAI's batch input limit: 200 MB).")
+    max_lines: int = Field(50_000, gt=0, description="Most lines (requests) a file holds (OpenAI's: 50,000).")
+    max_line_bytes: int | None = Field(None, gt=0, description="Longest line: one request's body (default: "
+                                                               "serve.max_body_bytes, the cap of a body).")
+    max_per_key: int = Field(500, gt=0, description="Files one key keeps at once (429 beyond: delete some).")
+    retention_days: float = Field(30, gt=0, description="A file expires this long after its upload.")
+
+
 class FetchConfig(BaseModel):
     """Server-side requests to client-given URLs (input images, webhooks); see cluster/storage/guarded_fetch.py."""
 
@@ -180,6 +193,7 @@ class ServeConfig(BaseModel):
     max_body_bytes: int = Field(12 * 1024 * 1024, description="Largest request body accepted.")
     max_image_bytes: int = Field(10 * 1024 * 1024, description="Largest input image (edit models).")
     fetch: FetchConfig = Field(default_factory=FetchConfig, description="Rules for image_url and callback_url.")
+    files: FilesConfig = Field(default_factory=FilesConfig, description="Batch input files (/v1/files).")
     webhooks: WebhookConfig = Field(default_factory=WebhookConfig, description="Task-end webhooks.")
     model_aliases: dict[str, str] = Field(
         default_factory=dict, description="Provider model names -> configured models (flux-pro: flux-dev).")

@@ -27,8 +27,9 @@ FLOOD_KEY = "flood-key"  # fills its share of a model's queue
 QUIET_KEY = "quiet-key"  # one request beside the flood
 FLOOD_IMAGES_KEY = "flood-images-key"  # floods with 1- and 4-image tasks
 QUIET_IMAGES_KEY = "quiet-images-key"
+FILES_KEY = "files-key"  # batch input files
 KEYS = [API_KEY, ACEDATA_KEY, HOOK_KEY, OTHER_KEY, LIMITED_KEY, OPENAI_KEY, OPENAI_LIMITED_KEY, PAGE_KEY,
-        PROGRESS_KEY, CANCEL_KEY, FLOOD_KEY, QUIET_KEY, LORA_KEY, FLOOD_IMAGES_KEY, QUIET_IMAGES_KEY]
+        PROGRESS_KEY, CANCEL_KEY, FLOOD_KEY, QUIET_KEY, LORA_KEY, FLOOD_IMAGES_KEY, QUIET_IMAGES_KEY, FILES_KEY]
 WEBHOOK_SECRET = new_webhook_secret()
 RATE_BURST = 200  # per key, in any window of 100 s: a test can spend it deterministically
 
@@ -52,6 +53,7 @@ serve:
   rate_limit: {{requests_per_second: 2, burst: {burst}}}
   model_aliases: {{flux-pro: flux-dev, flux-kontext-pro: flux-kontext, flux-kontext-max: flux-kontext,
                   gpt-image-1: flux-schnell}}
+  files: {{max_bytes: 1048576, max_lines: 1000}}  # small: test_openai_files.py passes them
   fetch: {{allow_loopback: true}}  # the webhook receiver is on loopback; private ranges stay refused
   webhooks: {{secret: "{secret}", first_retry_s: 0.3, max_retry_s: 1, give_up_after_s: 12}}  # 3 tries fit on a loaded machine
   deployments:

@@ -37,7 +37,8 @@ from serve.edge import fields
 from serve.edge.errors import ErrorKind, Failure, ServiceError
 from serve.edge.fields import Invalid
 from serve.edge.http import Caller
-from serve.tasks.service import Once, Submission
+from serve.files.store import BatchFiles, FileLimits
+from serve.tasks.service import Once, Submission, TaskService
 from serve.tasks.store.record import TaskRecord
 
 KNOWN_FIELDS = frozenset({"prompt", "model", "n", "size", "response_format", "seed", "steps", "guidance",
@@ -57,6 +58,14 @@ class EditUpload:
 
 class OpenAIService(DoorService):
     api = "openai"
+
+    def __init__(self, tasks: TaskService):
+        super().__init__(tasks)
+        files = tasks.settings.files
+        self.files = BatchFiles(tasks.storage, FileLimits(
+            max_bytes=files.max_bytes, max_lines=files.max_lines,
+            max_line_bytes=files.max_line_bytes or tasks.settings.max_body_bytes,
+            max_per_key=files.max_per_key, retention_s=int(files.retention_days * 86400)))
 
     # --- POST /v1/images/generations and /v1/images/edits ---------------------------------------
 
