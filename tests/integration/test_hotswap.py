@@ -1,5 +1,9 @@
-"""LoRA adapters on a compiled model (cluster/lora/hotswap.py), on the tiny FLUX pipeline compiled for
-real (torch.compile on this CPU, about 20 s) with tiny adapters made on the spot:
+"""A compiled model (regional compile warmed up at two sizes, cluster/engine/speed.py) and LoRA
+adapters on it (cluster/lora/hotswap.py), on the tiny FLUX pipeline compiled for real
+(torch.compile on this CPU, about 30 s) with tiny adapters made on the spot:
+
+- both warmed sizes render at batch sizes 1 and 2 with recompiles made errors, and `fast`
+  renders lossless (no step cache on a compiled model, and its PNG says so);
 
 - switching between no adapters, one adapter, two with scales, and back, at batch sizes 1 and 2,
   never recompiles (dynamo's recompiles are made errors);
@@ -25,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from cluster.doubles.tiny_loras import build_tiny_lora
 from cluster.engine.renderer import Renderer
-from cluster.images.encoding import encode
+from cluster.images.encoding import encode, png_text
 from cluster.lora.cache import LoraCache
 from cluster.lora.hotswap import SlotAdapters
 from cluster.spec.errors import ErrorCode
@@ -55,7 +59,7 @@ def root(tmp_path_factory):
 
 def renderer(local_config, root, compile: bool) -> Renderer:
     spec = local_config.spec("flux-schnell")
-    spec = spec.model_copy(update={"warmup": False, "compile": compile, "compile_sizes": ["256*256"],
+    spec = spec.model_copy(update={"warmup": False, "compile": compile, "compile_sizes": ["256*256", "512*256"],
                                    "max_batch_size": 2, "lora_rank": 16,
                                    "loras": spec.loras.model_copy(update={"local_root": str(root), "max": 3})})
     return Renderer(spec, device="cpu", lora_cache=LoraCache(root / "cache"))
@@ -81,6 +85,14 @@ def no_recompiles():
         yield
     finally:
         torch._dynamo.config.error_on_recompile = False
+
+
+def test_both_warmed_sizes_render_without_recompiling_and_fast_is_lossless(compiled, no_recompiles):
+    for width, n in ((256, 1), (512, 2), (256, 2), (512, 1)):
+        request = RenderRequest(model="flux-schnell", prompt="a fox", seed=n, width=width, height=256, steps=2, n=n)
+        assert all(r.ok for r in compiled.render([request]))
+    [fast] = compiled.render([dataclasses.replace(ask(1), quality="fast")])
+    assert png_text(fast.image)["quality"] == "lossless"
 
 
 def test_switching_sets_never_recompiles_and_no_adapters_is_the_compiled_model(compiled, no_recompiles):

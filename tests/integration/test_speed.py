@@ -4,17 +4,15 @@
 - `fast` (TaylorSeer: a fixed schedule) changes pixels, is identical alone and in a batch of
   fast requests, and never shares a device batch with lossless ones; a First Block Cache renders
   fast requests one image a batch; a model without a step cache renders `fast` as lossless;
-- torchao's int8 weight-only quantization renders; fp8 is refused on a CPU with a clear error;
-- regional compile warmed up at two sizes renders those sizes at batch sizes 1 to 4 with
-  recompiles made errors, and renders `fast` lossless (no step cache on a compiled model; slow:
-  about a minute of compiling on this CPU).
+- torchao's int8 weight-only quantization renders; fp8 is refused on a CPU with a clear error.
+
+Regional compile is tested on the one compiled model of tests/integration/test_hotswap.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from cluster.engine.renderer import Renderer
 from cluster.images.encoding import png_text
@@ -83,23 +81,3 @@ def test_int8_weight_only_renders_and_fp8_needs_a_recent_gpu(local_config, dev):
     assert picture.shape == full.shape and not np.array_equal(picture, full)  # lossy, as said
     with pytest.raises(ValueError, match="fp8 needs a GPU of compute capability 8.9"):
         renderer(local_config, quantize="fp8")
-
-
-@pytest.mark.slow
-def test_regional_compile_warmed_at_two_sizes_never_recompiles_within_them(local_config):
-    engine = renderer(local_config, compile=True, compile_sizes=["256*256", "512*256"], max_batch_size=4)
-    torch._dynamo.config.error_on_recompile = True
-    try:
-        for size in (256,):
-            for n in (1, 2, 3, 4):
-                for quality in ("lossless", "fast"):
-                    request = RenderRequest(model="flux-dev", prompt="a fox", seed=n, width=size, height=size,
-                                            steps=12, n=n, quality=quality)
-                    assert all(r.ok for r in engine.render([request]))
-        wide = RenderRequest(model="flux-dev", prompt="a fox", seed=1, width=512, height=256, steps=12, n=3)
-        assert all(r.ok for r in engine.render([wide]))
-        [fast] = engine.render([RenderRequest(model="flux-dev", prompt="a fox", seed=1, width=256, height=256,
-                                              steps=12, quality="fast")])
-        assert png_text(fast.image)["quality"] == "lossless"  # compiled: no step cache, and it says so
-    finally:
-        torch._dynamo.config.error_on_recompile = False
