@@ -16,8 +16,10 @@ Each door is a folder (router, protocol, service) and one line in `serve/doors/r
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -97,3 +99,13 @@ def lora_view(record: TaskRecord) -> list[dict] | None:
     if record.request.loras:
         return [{"path": lora.path, "scale": lora.scale} for lora in record.request.loras]
     return None
+
+
+async def close_previews(previews: AsyncIterator, waiting: asyncio.Future | None) -> None:
+    """End a followed task's previews (`TaskService.previews`): the preview still awaited first,
+    then the stream itself, which lets its listener go."""
+    if waiting is not None:
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await waiting
+    await previews.aclose()

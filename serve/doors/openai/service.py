@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from cluster.spec.catalogue import ModelSpec
 from cluster.spec.errors import ErrorCode, RenderError
 from cluster.spec.request import RenderRequest
 from cluster.storage.guarded_fetch import FetchError, check_image
-from serve.doors.base import Created, DoorService, lora_view
+from serve.doors.base import Created, DoorService, close_previews, lora_view
 from serve.doors.openai.protocol import (
     IGNORED_FIELDS, NO_USAGE, OPENAI_QUALITIES, PARAM_NAMES, RESPONSE_FORMATS, SERVED_AT, STREAM_PREFIX, ImageData,
     ImagesResponse, ModelCard, ModelList, error_body,
@@ -209,11 +208,7 @@ class OpenAIService(DoorService):
                     yield {"type": f"{prefix}.completed", "b64_json": base64.b64encode(data).decode(),
                            "image_index": outcome.index, "seed": outcome.seed, "usage": NO_USAGE, **common}
         finally:
-            if waiting is not None:  # a preview still awaited: stop it before the previews close
-                waiting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await waiting
-            await previews.aclose()
+            await close_previews(previews, waiting)
             # The client went away before the task ended (a cancellation of this stream cancels
             # the wait with it): nobody is left to want the images.
             if not finished.done() or finished.cancelled():

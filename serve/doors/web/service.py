@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 from collections.abc import AsyncIterator
 
 from cluster.images.encoding import MEDIA_TYPES
-from serve.doors.base import DoorService
+from serve.doors.base import DoorService, close_previews
 from serve.doors.web.protocol import ImageView, TaskPage, TaskView
 from serve.edge.errors import ErrorKind, Failure, ServiceError
 from serve.edge.http import Caller
@@ -62,11 +61,7 @@ class WebService(DoorService):
                            "data_url": f"data:{media_type};base64,{base64.b64encode(data).decode()}"}
                 record = await self.tasks.get(record.task_id, record.key_id) or record
         finally:
-            if waiting is not None:  # a preview still awaited: stop it before the previews close
-                waiting.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await waiting
-            await previews.aclose()
+            await close_previews(previews, waiting)
 
     async def recent(self, caller: Caller) -> dict:
         records, total = await self.tasks.list(caller.key_id, page_size=PAGE_SIZE)
