@@ -120,7 +120,6 @@ class ModelSpec(BaseModel):
                                                "black-forest-labs/FLUX.1-Fill-dev or tiny:flux-fill). Inpaints are "
                                                "rendered by it, with this model's text encoders and VAE; without it, "
                                                "by this model's own weights (FluxInpaintPipeline).")
-
     preview_decoder: str | None = Field(None, description="A tiny autoencoder (AutoencoderTiny: madebyollin/taef1 for "
                                                           "FLUX, madebyollin/taesdxl for SDXL) that draws previews "
                                                           "at full size; without it, a linear latent-to-RGB map at "
