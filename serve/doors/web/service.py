@@ -9,6 +9,7 @@ import base64
 from collections.abc import AsyncIterator
 
 from cluster.images.encoding import MEDIA_TYPES
+from cluster.storage.results import StorageError
 from serve.doors.base import DoorService, close_previews
 from serve.doors.web.protocol import ImageView, TaskPage, TaskView
 from serve.edge.errors import ErrorKind, Failure, ServiceError
@@ -37,13 +38,21 @@ class WebService(DoorService):
 
     async def _events(self, record: TaskRecord, base_url: str) -> AsyncIterator[dict]:
         """`task` (its view) at once and whenever it changes, read every `WATCH_S`; `preview` (a
-        picture as a data URL) as each comes: the render pushes them to the ingress the task was
-        submitted to, the same previews an OpenAI stream gets (on another ingress, the view's
-        `preview_url` still shows the latest). Ends after the task's last view."""
+        picture as a data URL), each once: pushed by the render as it comes when the task runs
+        from this ingress (the same previews an OpenAI stream gets), else read from storage when
+        the record names a new latest preview (a task submitted through another ingress replica).
+        Ends after the task's last view."""
         previews = self.tasks.previews(record)
         media_type = MEDIA_TYPES[record.request.output_format]
         waiting: asyncio.Future | None = None
         last: dict | None = None
+        sent: set[tuple[int, int]] = set()
+
+        def preview(index: int, partial: int, data: bytes) -> dict:
+            sent.add((index, partial))
+            return {"type": "preview", "image_index": index, "partial_image_index": partial,
+                    "data_url": f"data:{media_type};base64,{base64.b64encode(data).decode()}"}
+
         try:
             while True:
                 view = self.view(record, base_url).model_dump()
@@ -57,9 +66,16 @@ class WebService(DoorService):
                 if waiting.done():
                     index, partial, data = waiting.result()
                     waiting = None
-                    yield {"type": "preview", "image_index": index, "partial_image_index": partial,
-                           "data_url": f"data:{media_type};base64,{base64.b64encode(data).decode()}"}
+                    if (index, partial) not in sent:
+                        yield preview(index, partial, data)
                 record = await self.tasks.get(record.task_id, record.key_id) or record
+                note = record.preview
+                if note is not None and (note.index, note.partial_image_index) not in sent:
+                    try:
+                        data = await asyncio.to_thread(self.tasks.storage.read, note.key)
+                    except (FileNotFoundError, StorageError):
+                        continue  # the task ended and its preview went with it: the next view says so
+                    yield preview(note.index, note.partial_image_index, data)
         finally:
             await close_previews(previews, waiting)
 

@@ -3,6 +3,7 @@ finishes each task at once (solid-colour PNGs) or refuses it, as a test asks."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from dataclasses import dataclass, field
@@ -95,6 +96,13 @@ class FakeDispatcher:
 
     def stop(self, task_id: str) -> None:
         self.stopped.append(task_id)
+
+    def listen(self, task_id: str) -> asyncio.Queue:
+        """Previews pushed here: none (a held task renders, if at all, from another ingress)."""
+        return asyncio.Queue()
+
+    def unlisten(self, task_id: str, queue: asyncio.Queue) -> None:
+        return None
 
 
 @dataclass

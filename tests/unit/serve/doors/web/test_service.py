@@ -4,11 +4,15 @@ shows it (parameters, live fields, image URLs or errors)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from cluster.spec.errors import ErrorCode
+from serve.doors.web import service as web_service
 from serve.doors.web.service import PAGE_SIZE, WebService
 from serve.edge.errors import ErrorKind, ServiceError
-from tests.unit.serve.fakes import caller, doors
+from serve.tasks.dispatch.dispatcher import preview_key
+from serve.tasks.store.record import PreviewNote, TaskStatus
+from tests.unit.serve.fakes import caller, doors, png
 
 
 def create(door, prompt: str, key_id: str = "key-a", **parameters) -> str:
@@ -49,3 +53,37 @@ def test_recent_lists_only_the_callers_tasks_newest_first_a_page_at_most(tmp_pat
     page = asyncio.run(WebService(door.tasks).recent(caller()))
     assert page["total"] == 3 and [task["task_id"] for task in page["tasks"]] == mine[::-1]
     assert PAGE_SIZE >= 3
+
+
+def test_a_task_followed_from_another_ingress_gets_its_previews_from_storage(tmp_path, monkeypatch):
+    """The render runs from another ingress replica (nothing is pushed here): each new latest
+    preview the record names is read from storage and sent once, between the views, until the
+    last view."""
+    monkeypatch.setattr(web_service, "WATCH_S", 0.01)
+    door = doors(tmp_path)
+    door.dispatcher.hold = True
+    task_id = create(door, "a kite", partial_images=2)
+    store, storage = door.dispatcher.store, door.storage
+
+    async def follow() -> list[dict]:
+        events, stream = [], await WebService(door.tasks).events(caller(), task_id)
+        events.append(await anext(stream))  # PENDING
+        record = await store.get(task_id)
+        await store.transition(task_id, {TaskStatus.PENDING}, status=TaskStatus.RUNNING, scheduled_time=time.time())
+        for partial in (0, 1):  # what the owning ingress does with each preview
+            key = preview_key(record, 0, partial)
+            storage.write(key, png(8, 8))
+            await store.transition(task_id, {TaskStatus.RUNNING}, preview=PreviewNote(
+                index=0, partial_image_index=partial, key=key))
+            while not any(e["type"] == "preview" and e["partial_image_index"] == partial for e in events):
+                events.append(await anext(stream))
+        await store.transition(task_id, {TaskStatus.RUNNING}, status=TaskStatus.CANCELED, end_time=time.time())
+        events.extend([event async for event in stream])
+        return events
+
+    events = asyncio.run(follow())
+    previews = [e for e in events if e["type"] == "preview"]
+    assert [p["partial_image_index"] for p in previews] == [0, 1]  # each once, in order
+    assert all(p["data_url"].startswith("data:image/png;base64,") for p in previews)
+    assert events[0]["task"]["status"] == "PENDING" and events[-1]["task"]["status"] == "CANCELED"
+    assert "RUNNING" in [e["task"]["status"] for e in events if e["type"] == "task"]
