@@ -66,9 +66,11 @@ def test_inpaint_keeps_every_pixel_outside_the_mask_exactly(engine):
 
 @pytest.fixture(scope="module")
 def fill_renderer(local_config) -> Renderer:
-    """flux-schnell with FLUX.1 Fill weights (tiny), warmed up as a replica is: inpaints too."""
-    return Renderer(local_config.spec("flux-schnell").model_copy(update={"fill": "tiny:flux-fill", "warmup": True}),
-                    device="cpu")
+    """flux-schnell with FLUX.1 Fill weights (tiny), warmed up as a replica is: inpaints too (at
+    a small default size and batch, to keep the warm-up cheap here)."""
+    spec = local_config.spec("flux-schnell").model_copy(update={
+        "fill": "tiny:flux-fill", "warmup": True, "default_size": "256*256", "max_batch_size": 2})
+    return Renderer(spec, device="cpu")
 
 
 def test_a_flux_model_with_fill_weights_inpaints_with_them_and_nothing_else(fill_renderer, flux_renderer):
@@ -173,7 +175,7 @@ def test_previews_come_at_their_steps_and_never_change_the_final_pixels(engine):
 
 
 def test_a_configured_tiny_autoencoder_draws_the_previews_at_full_size(local_config, flux_renderer):
-    spec = local_config.spec("flux-schnell").model_copy(update={"preview_decoder": "tiny:flux"})
+    spec = local_config.spec("flux-schnell").model_copy(update={"preview_decoder": "tiny:flux", "warmup": False})
     engine = Renderer(spec, device="cpu")
     _, [batch] = engine.plan([spec.resolve(ask(steps=3, seed=5, partial_images=2))])
     seen = []
