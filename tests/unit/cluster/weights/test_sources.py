@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cluster.spec.families import Family
-from cluster.weights.sources import ModelLoadError, load_pipeline, parse_source
+from cluster.weights.sources import ModelLoadError, load_fill_transformer, load_pipeline, parse_source
 
 
 def test_source_kinds(tmp_path):
@@ -58,3 +58,12 @@ def test_a_placeholder_hub_token_is_dropped_before_the_hub_sees_it(monkeypatch):
     assert drop_placeholder_hub_token() is None and os.environ["HF_TOKEN"] == real
     monkeypatch.delenv("HF_TOKEN")
     assert drop_placeholder_hub_token() is None
+
+
+@pytest.mark.parametrize(("source", "words"), [
+    ("tiny:flux", "tiny:flux is not Fill weights; use tiny:flux-fill"),
+    ("sim:flux", "a SIMULATED or FAKE engine has no Fill weights"),
+])
+def test_fill_weights_of_the_wrong_kind_are_refused_naming_model_and_source(source, words):
+    with pytest.raises(ModelLoadError, match=f"cannot load the Fill weights of model flux-dev from {source}: {words}"):
+        load_fill_transformer("flux-dev", source, torch.float32, torch.device("cpu"))
