@@ -132,6 +132,8 @@ class FilesConfig(BaseModel):
     max_line_bytes: int | None = Field(None, gt=0, description="Longest line: one request's body (default: "
                                                                "serve.max_body_bytes, the cap of a body).")
     max_per_key: int = Field(500, gt=0, description="Files one key keeps at once (429 beyond: delete some).")
+    max_uploads_per_key: int = Field(2, gt=0, description="Uploads one key has in flight on an ingress replica "
+                                                          "(429 beyond): its fair share of the spool disk.")
     retention_days: float = Field(30, gt=0, description="A file expires this long after its upload.")
 
 

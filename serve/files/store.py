@@ -14,6 +14,9 @@ Guarantees, and their limits:
 - **Index lookups only.** A file id holds its upload time (`file-<ms, hex><random>`), so a list is
   one listing of the caller's own folder, sorted by name, and reads only the records of the page
   it answers. The folder is bounded: a key keeps at most `max_per_key` files (429 beyond).
+- **A fair share of the ingress.** A key has at most `max_uploads_per_key` uploads in flight
+  on an ingress replica (429 beyond): one key cannot fill the replica's spool disk and event
+  loop for all.
 - **Expiring.** A file expires `retention_days` after its upload (OpenAI's `expires_at`): from
   then on it is not found, and it is deleted when next asked for. What nobody asks for again is
   for the store's lifecycle rule to remove (S3: an expiration rule on the `files/` prefix).
@@ -25,6 +28,7 @@ import codecs
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Literal
 
@@ -59,6 +63,7 @@ class FileLimits:
     max_line_bytes: int
     max_per_key: int
     retention_s: int
+    max_uploads_per_key: int = 2
 
 
 class UploadTooLarge(Exception):
@@ -71,6 +76,30 @@ class BatchFiles:
     def __init__(self, storage: Storage, limits: FileLimits):
         self.storage = storage
         self.limits = limits
+        self._uploading: dict[str, int] = {}  # key id -> its uploads in flight here (only keys with some)
+
+    @property
+    def upload_limit(self) -> int:
+        """The most bytes an upload request may carry: the file, and room for the multipart
+        framing and the form's other fields."""
+        return self.limits.max_bytes + 64 * 1024
+
+    @contextmanager
+    def uploading(self, key_id: str) -> Iterator[ServiceError | None]:
+        """Holds one of `key_id`'s upload places on this ingress for the block; yields the 429 to
+        answer instead when it has none left. Entered and left on the event loop."""
+        if self._uploading.get(key_id, 0) >= self.limits.max_uploads_per_key:
+            yield ServiceError(ErrorKind.RATE_LIMITED, f"this key already has {self.limits.max_uploads_per_key} "
+                                                       f"uploads in flight; send the next when one ends",
+                               "file", retry_after_s=5)
+            return
+        self._uploading[key_id] = self._uploading.get(key_id, 0) + 1
+        try:
+            yield None
+        finally:
+            self._uploading[key_id] -= 1
+            if not self._uploading[key_id]:
+                del self._uploading[key_id]
 
     # --- keys ---------------------------------------------------------------------------------
 
@@ -102,9 +131,8 @@ class BatchFiles:
     # --- upload -------------------------------------------------------------------------------
 
     def counted(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """`stream`, raising `UploadTooLarge` once it passes `max_bytes` (with room for the
-        multipart framing and the form's other fields)."""
-        limit = self.limits.max_bytes + 64 * 1024
+        """`stream`, raising `UploadTooLarge` once it passes `upload_limit`."""
+        limit = self.upload_limit
 
         async def chunks() -> AsyncIterator[bytes]:
             seen = 0

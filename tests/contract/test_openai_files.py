@@ -60,3 +60,28 @@ def test_what_a_batch_file_may_not_be_is_refused_naming_it(client, data, purpose
         client.files.create(file=("bad.jsonl", data), purpose=purpose)
     assert refused.value.status_code == status
     assert [f.id for f in client.files.list()] == []  # nothing kept
+
+
+def test_malformed_uploads_and_queries_are_4xx_naming_the_problem(service):
+    """What a caller can send beside the SDK's well-formed calls: never a 5xx, nothing kept."""
+    import httpx
+
+    url, auth = f"{service.url}/v1/files", {"Authorization": f"Bearer {FILES_KEY}"}
+    cases = [
+        ({"files": {"other": ("a.jsonl", jsonl(1))}, "data": {"purpose": "batch"}}, 400, "file is required"),
+        ({"files": {"file": ("a.jsonl", b"")}, "data": {"purpose": "batch"}}, 400, "file is empty"),
+        ({"files": {"file": ("a.jsonl", jsonl(1))}}, 400, "purpose is required"),
+        ({"files": {"file": ("a.jsonl", jsonl(1)), "purpose": ("p.txt", b"batch")}}, 400, "Too many files"),
+        ({"files": [("file", ("a.jsonl", jsonl(1))), ("file", ("b.jsonl", jsonl(1)))], "data": {"purpose": "batch"}},
+         400, "multipart body"),
+        ({"json": {"file": "x", "purpose": "batch"}}, 400, "multipart/form-data"),
+    ]
+    for kwargs, status, words in cases:
+        answer = httpx.post(url, headers=auth, timeout=30, **kwargs)
+        assert answer.status_code == status and words in answer.json()["error"]["message"], (kwargs, answer.text)
+    for query, param in (({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"), ({"order": "up"}, "order")):
+        answer = httpx.get(url, params=query, headers=auth, timeout=30)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, answer.text
+    for path in ("/file-..%2F..%2Fetc", "/%00", "/file-" + "f" * 24 + "/content"):
+        assert httpx.get(url + path, headers=auth, timeout=30).status_code == 404
+    assert httpx.get(url, headers=auth, timeout=30).json()["data"] == []

@@ -47,28 +47,31 @@ async def create_file(service: OpenAIService, caller: Caller, request: Request):
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         return ServiceError(ErrorKind.MALFORMED, "files takes multipart/form-data", "file")
     files = service.files
-    declared = request.headers.get("content-length") or "0"
     too_large = ServiceError(ErrorKind.BODY_TOO_LARGE, f"file is larger than {files.limits.max_bytes} bytes", "file")
-    if declared.isdigit() and int(declared) > files.limits.max_bytes + 64 * 1024:
+    declared = request.headers.get("content-length") or "0"
+    if declared.isdigit() and int(declared) > files.upload_limit:
         return too_large
-    try:
-        form = await MultiPartParser(request.headers, files.counted(request.stream()), max_files=1,
-                                     max_fields=MAX_FORM_FIELDS).parse()
-    except UploadTooLarge:
-        return too_large
-    except MultiPartException as exc:
-        return ServiceError(ErrorKind.MALFORMED, f"multipart body: {exc.message}")
-    try:
-        upload, purpose = form.get("file"), form.get("purpose")
-        if not isinstance(upload, UploadFile):
-            return ServiceError.invalid("file is required, as a file part", "file")
-        if not isinstance(purpose, str):
-            return ServiceError.invalid("purpose is required (batch)", "purpose")
-        created = await asyncio.to_thread(files.create, caller.key_id, upload.file, upload.filename or "upload.jsonl",
-                                          purpose)
-        return created.model_dump() if isinstance(created, FileObject) else created
-    finally:
-        await form.close()
+    with files.uploading(caller.key_id) as refused:
+        if refused:
+            return refused
+        try:
+            form = await MultiPartParser(request.headers, files.counted(request.stream()), max_files=1,
+                                         max_fields=MAX_FORM_FIELDS).parse()
+        except UploadTooLarge:
+            return too_large
+        except MultiPartException as exc:
+            return ServiceError(ErrorKind.MALFORMED, f"multipart body: {exc.message}")
+        try:
+            upload, purpose = form.get("file"), form.get("purpose")
+            if not isinstance(upload, UploadFile):
+                return ServiceError.invalid("file is required, as a file part", "file")
+            if not isinstance(purpose, str):
+                return ServiceError.invalid("purpose is required (batch), as a text field", "purpose")
+            created = await asyncio.to_thread(files.create, caller.key_id, upload.file,
+                                              upload.filename or "upload.jsonl", purpose)
+            return created.model_dump() if isinstance(created, FileObject) else created
+        finally:
+            await form.close()
 
 
 @door.route("GET", "/files")

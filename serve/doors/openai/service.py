@@ -64,7 +64,8 @@ class OpenAIService(DoorService):
         self.files = BatchFiles(tasks.storage, FileLimits(
             max_bytes=files.max_bytes, max_lines=files.max_lines,
             max_line_bytes=files.max_line_bytes or tasks.settings.max_body_bytes,
-            max_per_key=files.max_per_key, retention_s=int(files.retention_days * 86400)))
+            max_per_key=files.max_per_key, retention_s=int(files.retention_days * 86400),
+            max_uploads_per_key=files.max_uploads_per_key))
 
     # --- POST /v1/images/generations and /v1/images/edits ---------------------------------------
 

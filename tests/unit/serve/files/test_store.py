@@ -101,3 +101,14 @@ def test_an_expired_file_is_not_found_and_goes(tmp_path):
 def test_ids_not_of_ours_are_not_found_without_touching_storage(files, file_id):
     for answer in (files.get("k1", file_id), files.content("k1", file_id), files.delete("k1", file_id)):
         assert isinstance(answer, ServiceError) and answer.kind == ErrorKind.NOT_FOUND
+
+
+def test_a_key_has_a_bounded_number_of_uploads_in_flight(files):
+    with files.uploading("k1") as first, files.uploading("k1") as second:
+        assert first is None and second is None
+        with files.uploading("k1") as third, files.uploading("k2") as other:
+            assert isinstance(third, ServiceError) and third.kind == ErrorKind.RATE_LIMITED and third.retry_after_s
+            assert other is None  # another key's places are its own
+    with files.uploading("k1") as again:  # places come back when uploads end, refused or not
+        assert again is None
+    assert files._uploading == {}
